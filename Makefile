@@ -1,0 +1,31 @@
+# Every target creates .venv on a fresh machine and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP_FLAGS := -q --disable-pip-version-check
+
+.PHONY: install test bench demo reproduce clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+demo: $(STAMP)
+	$(PY) -m infoplane.cli.main track examples/tishby_tanh.py --fraction 0.05 --fraction 0.85 \
+		--epochs 1500 --seeds 4 --out runs/demo
+
+reproduce: $(STAMP)
+	$(PY) benchmarks/reproduce.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line layer of infoplane (installed as ``infoplane.cli``)."""
