@@ -1,0 +1,128 @@
+"""Validation and normalisation of estimator inputs.
+
+Every estimator accepts activations of shape ``[..., N, d]`` (torch tensor or numpy array) and labels as class
+indices ``[N]`` / ``[..., N]`` or one-hot ``[N, C]`` / ``[..., N, C]``. The helpers here turn them into a flat
+batch ``[B, N, d]`` and dense int64 labels ``[B or 1, N]`` on the activations' device, or raise a ``ValueError``
+that says what is wrong and how to fix it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Batch:
+    """Activations flattened to ``[B, N, d]`` plus what is needed to shape the results back."""
+
+    acts: torch.Tensor
+    batch_shape: tuple
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return self.acts.shape[-2]
+
+
+def _to_tensor(x, what: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        arr = np.asarray(x)
+        if arr.dtype == object:
+            raise ValueError(f"{what} must be numeric; got an array of Python objects")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    raise TypeError(f"{what} must be a torch.Tensor or a numpy array; got {type(x).__name__}")
+
+
+def result_dtype(device: torch.device) -> torch.dtype:
+    """Widest float the device supports (MPS has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def as_batch(activations, *, min_precision: torch.dtype = torch.float32) -> Batch:
+    """Check activations and flatten their leading (batch) dimensions.
+
+    float16/bfloat16 are widened to ``min_precision``; integer and boolean inputs become float64 (exact).
+    """
+    a = _to_tensor(activations, "activations")
+    if a.ndim < 2:
+        raise ValueError(
+            f"activations must have shape [..., N, d] (samples by units); got shape {tuple(a.shape)}. "
+            "For a layer with one unit, add a trailing axis: acts[..., None]."
+        )
+    n, d = a.shape[-2], a.shape[-1]
+    if d == 0:
+        raise ValueError(f"activations have d = 0 units (shape {tuple(a.shape)}); a layer needs at least one unit.")
+    if n < 2:
+        raise ValueError(
+            f"activations have N = {n} samples (shape {tuple(a.shape)}); information estimates need N >= 2. "
+            "Is the sample axis second to last ([..., N, d])?"
+        )
+    if a.is_complex():
+        raise ValueError("activations must be real-valued; got a complex tensor.")
+    if not a.is_floating_point():
+        a = a.to(torch.float64 if a.device.type != "mps" else torch.float32)
+    elif a.dtype in _LOW_PRECISION:
+        a = a.to(min_precision)
+    batch_shape = tuple(a.shape[:-2])
+    flat = a.reshape(-1, n, d)
+    bad = ~torch.isfinite(flat).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        first = int(torch.nonzero(bad)[0, 0])
+        index = tuple(int(i) for i in np.unravel_index(first, batch_shape)) if batch_shape else ()
+        kind = "NaN" if bool(torch.isnan(flat[first]).any()) else "inf"
+        where = f"at batch index {index}" if batch_shape else "in the single [N, d] input"
+        raise ValueError(
+            f"activations contain {kind} {where} ({int(bad.sum())} of {flat.shape[0]} batch items affected). "
+            "Information estimates need finite values: check the training run for divergence (loss NaN) "
+            "or mask those epochs out before estimating."
+        )
+    return Batch(acts=flat, batch_shape=batch_shape, device=a.device)
+
+
+def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Dense int64 class indices of shape ``[B, N]`` or ``[1, N]`` (shared) and the number of classes C."""
+    y = _to_tensor(labels, "labels").to(batch.device)
+    n, bshape = batch.n, batch.batch_shape
+    expected = f"class indices of shape [N] = [{n}] (or {list(bshape) + [n]}), or one-hot [N, C]"
+    if y.ndim >= 1 and y.shape[-1] == n and (y.ndim == 1 or tuple(y.shape[:-1]) == bshape) and _integral(y):
+        idx = y
+    elif y.ndim >= 2 and y.shape[-2] == n and (y.ndim == 2 or tuple(y.shape[:-2]) == bshape):
+        if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(-1) == 1).all()):
+            raise ValueError(
+                f"labels of shape {tuple(y.shape)} look one-hot but not every row has exactly one 1 "
+                "and zeros elsewhere; pass class indices instead."
+            )
+        idx = y.argmax(-1)
+    elif y.ndim >= 1 and y.shape[-1] == n:
+        raise ValueError("labels must be whole numbers (class indices); got non-integer values.")
+    else:
+        raise ValueError(
+            f"labels have shape {tuple(y.shape)}, which does not match activations with N = {n} samples "
+            f"and batch shape {bshape}; expected {expected}."
+        )
+    idx = idx.reshape(-1, n).long()
+    classes, dense = torch.unique(idx, return_inverse=True)
+    return dense.reshape(-1, n), int(classes.numel())
+
+
+def _integral(y: torch.Tensor) -> bool:
+    if not y.is_floating_point():
+        return True
+    return bool(torch.isfinite(y).all()) and bool((y == torch.round(y)).all())
+
+
+def positive_float(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return v
