@@ -230,3 +230,19 @@ def test_configuration_object_matches_function():
                     (Binning(bins=30, adaptive=True), GRIDS["adaptive"][1])):
         a, b = est(acts, labels), binned_mi(acts, labels, **kw)
         assert torch.equal(a.ixt, b.ixt) and torch.equal(a.ity, b.ity)
+
+
+@pytest.mark.parametrize("bins,lo,hi", [(30, -1.0, 1.0), (30, 0.0, 1.0), (100, 0.0, 10.0), (7, -0.3, 2.9),
+                                        (1000, -1.0, 1.0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_edge_and_its_neighbours_bin_like_digitize(bins, lo, hi, dtype):
+    # Values at, just below and just above every float32 edge (and outside the range) each in their own row:
+    # the row partition must equal the one of the original's digitize indexing.
+    edges = np.linspace(lo, hi, bins).astype(np.float32).astype(dtype)
+    vals = np.concatenate([edges, np.nextafter(edges, dtype(-np.inf)), np.nextafter(edges, dtype(np.inf)),
+                           np.array([lo - 1, hi + 1, (lo + hi) / 2], dtype=dtype)])
+    acts = vals[:, None]
+    labels = np.arange(len(vals)) % 2
+    r = binned_mi(acts, labels, bins=bins, range=(lo, hi))
+    ixt, ity = oracle_mi(acts, labels, dict(kind="range", bins=bins, range=(lo, hi)))
+    assert abs(float(r.ixt) - ixt) < 1e-9 and abs(float(r.ity) - ity) < 1e-9

@@ -72,18 +72,26 @@ def as_batch(activations, *, min_precision: torch.dtype = torch.float32) -> Batc
         a = a.to(min_precision)
     batch_shape = tuple(a.shape[:-2])
     flat = a.reshape(-1, n, d)
-    bad = ~torch.isfinite(flat).flatten(1).all(dim=1)
-    if bool(bad.any()):
-        first = int(torch.nonzero(bad)[0, 0])
-        index = tuple(int(i) for i in np.unravel_index(first, batch_shape)) if batch_shape else ()
-        kind = "NaN" if bool(torch.isnan(flat[first]).any()) else "inf"
-        where = f"at batch index {index}" if batch_shape else "in the single [N, d] input"
-        raise ValueError(
-            f"activations contain {kind} {where} ({int(bad.sum())} of {flat.shape[0]} batch items affected). "
-            "Information estimates need finite values: check the training run for divergence (loss NaN) "
-            "or mask those epochs out before estimating."
-        )
     return Batch(acts=flat, batch_shape=batch_shape, device=a.device)
+
+
+def check_finite(chunk: torch.Tensor, batch: Batch, start: int = 0) -> None:
+    """Raise a ValueError naming the first batch item of ``chunk`` ([b, N, d], items start..) that is not finite."""
+    # A sum is non-finite whenever an element is, so one cheap reduction clears the usual case.
+    if bool(torch.isfinite(chunk.sum(dim=(1, 2))).all()):
+        return
+    bad = ~torch.isfinite(chunk).flatten(1).all(dim=1)
+    if not bool(bad.any()):
+        return  # the sum overflowed; every element is finite
+    first = int(torch.nonzero(bad)[0, 0])
+    shape = batch.batch_shape
+    index = tuple(int(i) for i in np.unravel_index(start + first, shape)) if shape else ()
+    kind = "NaN" if bool(torch.isnan(chunk[first]).any()) else "inf"
+    where = f"at batch index {index}" if shape else "in the single [N, d] input"
+    raise ValueError(
+        f"activations contain {kind} {where}. Information estimates need finite values: check the training "
+        "run for divergence (loss NaN) or leave those epochs out before estimating."
+    )
 
 
 def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
