@@ -99,7 +99,9 @@ def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
     y = _to_tensor(labels, "labels").to(batch.device)
     n, bshape = batch.n, batch.batch_shape
     expected = f"class indices of shape [N] = [{n}] (or {list(bshape) + [n]}), or one-hot [N, C]"
-    if y.ndim >= 1 and y.shape[-1] == n and (y.ndim == 1 or tuple(y.shape[:-1]) == bshape) and _integral(y):
+    if y.ndim >= 1 and y.shape[-1] == n and (y.ndim == 1 or tuple(y.shape[:-1]) == bshape):
+        if not _integral(y):
+            raise ValueError("labels must be whole numbers (class indices); got non-integer values.")
         idx = y
     elif y.ndim >= 2 and y.shape[-2] == n and (y.ndim == 2 or tuple(y.shape[:-2]) == bshape):
         if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(-1) == 1).all()):
@@ -108,8 +110,6 @@ def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
                 "and zeros elsewhere; pass class indices instead."
             )
         idx = y.argmax(-1)
-    elif y.ndim >= 1 and y.shape[-1] == n:
-        raise ValueError("labels must be whole numbers (class indices); got non-integer values.")
     else:
         raise ValueError(
             f"labels have shape {tuple(y.shape)}, which does not match activations with N = {n} samples "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._inputs import as_batch, as_labels, positive_float, result_dtype
+from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes allowed for the pairwise temporaries of one block of rows
 # Rows per block when the budget allows more: small enough that a block's temporaries stay in cache across the
@@ -137,6 +137,7 @@ def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_b
     y, n_classes = as_labels(labels, batch)
     n = batch.n
     acts = batch.acts
+    check_finite(acts, batch)
     if acts.device.type == "mps":
         dtype = torch.float32
     res = torch.empty(4, acts.shape[0], dtype=result_dtype(batch.device), device=batch.device)

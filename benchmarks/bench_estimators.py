@@ -1,0 +1,187 @@
+"""Estimator benchmark: infoplane against plain numpy implementations of the same algorithms.
+
+Each workload prints the median time per layer-epoch of infoplane (batched over recorded epochs, as the tracker
+calls it) and of a straightforward numpy version written here, measured in the same process, their ratio, and
+the largest difference between the two results (bits). Run: ``python benchmarks/bench_estimators.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import labels_for, median_time, ms, print_table, tanh_activations  # noqa: E402
+
+from infoplane.estimators import binned_mi, kde_mi  # noqa: E402
+
+TISHBY_WIDTHS = (10, 7, 5, 4, 3, 2)
+
+
+# ---------------------------------------------------------------- plain numpy versions of the same algorithms
+def _entropy_bits(counts):
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def numpy_binning(a, y, edges):
+    """np.digitize, then np.unique over rows with counts, for the layer and for each class (bits)."""
+    binned = edges[np.digitize(a, edges) - 1]
+    _, counts = np.unique(binned, axis=0, return_counts=True)
+    h_t = _entropy_bits(counts)
+    h_t_given_y = 0.0
+    for c in np.unique(y):
+        _, counts = np.unique(binned[y == c], axis=0, return_counts=True)
+        h_t_given_y += np.mean(y == c) * _entropy_bits(counts)
+    return h_t, h_t - h_t_given_y
+
+
+def numpy_kde(h, y, noise_var, block=512):
+    """Blocked float64 pairwise kernels, recomputed for the layer and for each class, both bounds (bits)."""
+    def mean_neg_log_kernel(x):
+        n = len(x)
+        sq = (x * x).sum(1)
+        out = np.zeros(2)
+        for i0 in range(0, n, block):
+            d = sq[i0:i0 + block, None] + sq[None, :] - 2 * x[i0:i0 + block] @ x.T
+            np.maximum(d, 0, out=d)
+            for k, div in enumerate((2.0, 8.0)):
+                out[k] -= np.log(np.exp(-d / (div * noise_var)).sum(1) / n).sum()
+        return out / n
+
+    h = h.astype(np.float64)
+    ixt = mean_neg_log_kernel(h)
+    cond = sum(np.mean(y == c) * mean_neg_log_kernel(h[y == c]) for c in np.unique(y))
+    ity = ixt - cond
+    return ixt / math.log(2), ity / math.log(2)  # each: (upper, lower)
+
+
+# ---------------------------------------------------------------- workloads
+def bench_binning(widths, n, n_epochs, n_numpy, device, repeats=3):
+    y = labels_for(n)
+    yt = torch.from_numpy(y).to(device)
+    edges = np.linspace(-1, 1, 30).astype(np.float32)
+    ours, theirs, diff = [], [], 0.0
+    for w in widths:
+        acts = tanh_activations(n_epochs, n, w, seed=w).to(device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        ours.append(median_time(lambda: binned_mi(acts, yt, bins=30, range=(-1, 1)), repeats, sync) / n_epochs)
+        r = binned_mi(acts, yt, bins=30, range=(-1, 1))
+        host = acts.cpu().numpy()
+        picks = np.linspace(0, n_epochs - 1, n_numpy).astype(int)
+        times = []
+        for e in picks:
+            t0 = time.perf_counter()
+            ixt, ity = numpy_binning(host[e], y, edges)
+            times.append(time.perf_counter() - t0)
+            diff = max(diff, abs(ixt - float(r.ixt[e])), abs(ity - float(r.ity[e])))
+        theirs.append(float(np.median(times)))
+    return float(np.mean(ours)), float(np.mean(theirs)), diff
+
+
+def bench_kde(widths, n, n_epochs, n_numpy, noise_var, device, repeats=1):
+    y = labels_for(n)
+    yt = torch.from_numpy(y).to(device)
+    ours, theirs, diff, diff64 = [], [], 0.0, 0.0
+    for w in widths:
+        acts = tanh_activations(n_epochs, n, w, seed=w).to(device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        ours.append(median_time(lambda: kde_mi(acts, yt, noise_var=noise_var), repeats, sync) / n_epochs)
+        r = kde_mi(acts, yt, noise_var=noise_var)
+        host = acts.cpu().numpy()
+        times = []
+        for e in np.linspace(0, n_epochs - 1, n_numpy).astype(int):
+            t0 = time.perf_counter()
+            (ixt_u, ixt_l), (ity_u, ity_l) = numpy_kde(host[e], y, noise_var)
+            times.append(time.perf_counter() - t0)
+            got = (r.ixt[e], r.ixt_lower[e], r.ity[e], r.ity_lower[e])
+            diff = max(diff, *(abs(float(g) - v) for g, v in zip(got, (ixt_u, ixt_l, ity_u, ity_l))))
+            r64 = kde_mi(acts[e], yt, noise_var=noise_var, precision="float64")
+            got = (r64.ixt, r64.ixt_lower, r64.ity, r64.ity_lower)
+            diff64 = max(diff64, *(abs(float(g) - v) for g, v in zip(got, (ixt_u, ixt_l, ity_u, ity_l))))
+        theirs.append(float(np.median(times)))
+    return float(np.mean(ours)), float(np.mean(theirs)), diff, diff64
+
+
+def peak_memory_of_kde(n, width, noise_var):
+    """Peak resident memory (MiB) of a fresh process that runs one infoplane KDE estimate."""
+    code = (
+        "import resource, torch, sys; sys.path.insert(0, %r); from _common import tanh_activations, labels_for;"
+        "from infoplane.estimators import kde_mi;"
+        "a = tanh_activations(1, %d, %d); y = torch.from_numpy(labels_for(%d));"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "kde_mi(a, y, noise_var=%r);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)"
+    ) % (os.path.dirname(os.path.abspath(__file__)), n, width, n, noise_var)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]) / 1024, int(out[1]) / 1024
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=274, help="recorded epochs in the 12-bit binning workload")
+    p.add_argument("--kde-epochs", type=int, default=16, help="epochs per layer timed for KDE (per-item cost)")
+    p.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke run")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.kde_epochs = 32, 2
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, torch threads "
+          f"{torch.get_num_threads()}; devices: {', '.join(map(str, devices))}")
+    try:
+        import threadpoolctl
+        print("numpy BLAS:", ", ".join(f"{i['internal_api']} {i.get('architecture', '?')}"
+                                       for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+    except ImportError:
+        pass
+    results = {}
+    rows = []
+    for device in devices:
+        tag = device.type
+        ours, theirs, diff = bench_binning(TISHBY_WIDTHS, 4096, args.epochs, 3 if args.quick else 10, device)
+        rows.append([f"1. 12-bit binning, 30 bins [-1,1] ({tag})", ms(ours), ms(theirs), f"{theirs / ours:.1f}x",
+                     f"{diff:.1e}"])
+        results[f"binning_12bit_{tag}"] = dict(ours_s=ours, numpy_s=theirs, max_diff_bits=diff)
+        ours, theirs, diff, diff64 = bench_kde(TISHBY_WIDTHS, 4096, args.kde_epochs, 1, 1e-3, device)
+        rows.append([f"2. 12-bit KDE, s2=1e-3, both bounds ({tag})", ms(ours), ms(theirs), f"{theirs / ours:.1f}x",
+                     f"{diff:.1e} (float64 option: {diff64:.1e})"])
+        results[f"kde_12bit_{tag}"] = dict(ours_s=ours, numpy_s=theirs, max_diff_bits=diff, float64_diff=diff64)
+        n = 2000 if args.quick else 10_000
+        for w in (1024, 20):
+            ours, theirs, diff = bench_binning((w,), n, 2 if args.quick else 4, 2, device, repeats=2)
+            rows.append([f"3. MNIST-like binning, N={n}, width {w} ({tag})", ms(ours), ms(theirs),
+                         f"{theirs / ours:.1f}x", f"{diff:.1e}"])
+            results[f"binning_mnist_{w}_{tag}"] = dict(ours_s=ours, numpy_s=theirs, max_diff_bits=diff)
+            ours, theirs, diff, diff64 = bench_kde((w,), n, 1, 1, 0.1, device)
+            rows.append([f"3. MNIST-like KDE s2=0.1, N={n}, width {w} ({tag})", ms(ours), ms(theirs),
+                         f"{theirs / ours:.1f}x", f"{diff:.1e} (float64 option: {diff64:.1e})"])
+            results[f"kde_mnist_{w}_{tag}"] = dict(ours_s=ours, numpy_s=theirs, max_diff_bits=diff,
+                                                   float64_diff=diff64)
+    print_table("Estimators: median time per layer-epoch (ms), infoplane vs plain numpy in this process",
+                ["workload", "infoplane", "numpy", "speed-up", "max |diff| (bits)"], rows)
+    mem_rows = []
+    for n, w in ((10_000, 1024), (10_000, 20), (20_000, 20)):
+        if args.quick and n > 10_000:
+            continue
+        peak, base = peak_memory_of_kde(n, w, 0.1)
+        mem_rows.append([f"KDE N={n}, width {w}", f"{peak:.0f}", f"{base:.0f}"])
+        results[f"kde_peak_mib_{n}_{w}"] = peak
+    print_table("KDE peak memory of a fresh process (MiB)", ["workload", "peak RSS", "before estimating"], mem_rows)
+    print(f"\nwhole benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Run every benchmark of infoplane (``make bench``). ``--quick`` gives a smoke run of each."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+BENCHMARKS = [
+    ("bench_estimators", "estimators (binning, KDE) vs plain numpy", []),
+    ("bench_tracking", "tracking overhead on the 12-bit network", []),
+    ("bench_ensemble", "seed ensembles: vectorised vs sequential training", []),
+]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", action="append", help="run only these benchmark modules")
+    args = p.parse_args(argv)
+    for name, what, extra in BENCHMARKS:
+        if args.only and name not in args.only:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                print(f"\n== {name}: not present, skipped")
+                continue
+            raise
+        print(f"\n== {name}: {what}", flush=True)
+        t0 = time.perf_counter()
+        module.main((["--quick"] if args.quick else []) + extra)
+        print(f"== {name} took {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
