@@ -1,0 +1,27 @@
+"""Every ```python block of README.md and docs/*.md runs, so the documentation cannot go stale.
+
+Blocks of one file run in order in one namespace, in a temporary directory. A block whose first line is
+``# not run`` is skipped (e.g. examples that train for minutes).
+"""
+import re
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def python_blocks(path):
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return [b for b in blocks if not b.lstrip().startswith("# not run")]
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name)
+def test_documentation_examples_run(path, tmp_path, monkeypatch):
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__docs__"}
+    for block in python_blocks(path):
+        exec(compile(block, str(path.relative_to(REPO)), "exec"), namespace)
