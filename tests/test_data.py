@@ -297,17 +297,3 @@ def test_bad_fraction_and_n_types():
         data.stratified_split(np.array([0, 1]), True, seed=0)
     with pytest.raises(ValueError, match="positive integer"):
         data.original_split(0, 0.5)
-
-
-# --------------------------------------------------------------------------- docs
-
-
-def test_docs_examples_run(tmp_path, monkeypatch):
-    text = (REPO / "docs" / "data.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 3
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    # The examples carry their own asserts; running them in order must raise nothing.
-    for block in blocks:
-        exec(compile(block, "docs/data.md", "exec"), namespace)
