@@ -95,7 +95,7 @@ def fit(
     start_epoch: int | None = None,
     state: dict | None = None,
     checkpoint: Callable[[dict], Any] | None = None,
-    checkpoint_every: int = 100,
+    checkpoint_every: int | Callable[[int], bool] = 100,
 ) -> FitResult:
     """Train one network per seed and report every epoch.
 
@@ -150,7 +150,9 @@ def fit(
     checkpoint : callable, optional
         ``checkpoint(state)`` is called every ``checkpoint_every`` epochs and after the last one,
         e.g. ``lambda s: save_state("run/state.pt", s)``.
-    checkpoint_every : int, default=100
+    checkpoint_every : int or callable, default=100
+        Epoch interval, or ``checkpoint_every(epoch) -> bool`` deciding after each epoch (the state is only
+        built when it says yes).
 
     Returns
     -------
@@ -160,7 +162,10 @@ def fit(
     seeds = _as_seeds(seeds, spec.max_seeds)
     _check_count("epochs", epochs, minimum=0)
     _check_count("batch_size", batch_size, minimum=1)
-    _check_count("checkpoint_every", checkpoint_every, minimum=1)
+    if not callable(checkpoint_every):
+        _check_count("checkpoint_every", checkpoint_every, minimum=1)
+        interval = checkpoint_every
+        checkpoint_every = lambda epoch: epoch % interval == 0  # noqa: E731
     if vectorize not in ("auto", True, False):
         raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}")
     if state is not None:
@@ -233,7 +238,7 @@ def fit(
         orders = [idx[torch.randperm(len(idx), generator=g)].to(device) for idx, g in zip(train_sets, generators)]
         rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         report(epoch)
-        if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+        if checkpoint is not None and (epoch == epochs or checkpoint_every(epoch)):
             checkpoint(current_state(epoch))
 
     final_state = current_state(epochs)
