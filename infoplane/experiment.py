@@ -55,11 +55,14 @@ def _load_data(spec, model_file):
     elif isinstance(spec, (tuple, list)) and len(spec) == 2:
         (inputs, labels), name = spec, "arrays"
     else:
-        inputs, labels = data_mod.load(spec)
+        try:
+            inputs, labels = data_mod.load(spec)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"--data {spec}: {err}") from err
         name = str(spec)
     inputs, labels = torch.as_tensor(inputs), torch.as_tensor(labels)
     if inputs.ndim < 1 or labels.ndim != 1 or len(inputs) != len(labels):
-        raise ValueError(f"data {name!r}: inputs have shape {tuple(inputs.shape)} and labels "
+        raise ConfigError(f"data {name!r}: inputs have shape {tuple(inputs.shape)} and labels "
                          f"{tuple(labels.shape)}; need N inputs and N class indices")
     if labels.is_floating_point():
         labels = labels.long()

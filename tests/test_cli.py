@@ -1,0 +1,142 @@
+"""`infoplane track` / `infoplane plot` end to end on tiny budgets, and every bad input's message and exit status."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import infoplane
+from infoplane.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+TANH = str(REPO / "examples" / "tishby_tanh.py")
+
+
+def read_rows(run_dir):
+    with open(Path(run_dir) / "infoplane.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_track_end_to_end(tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["track", TANH, "--fraction", "0.05", "--fraction", "0.85", "--epochs", "3", "--seeds", "2",
+               "--out", str(out), "--quiet", "--no-plot", "--estimator", "binning", "--estimator", "kde"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "fraction 0.05" in text and "fraction 0.85" in text and "I(X;T)" in text
+    for f in ("0.05", "0.85"):
+        run = infoplane.load_run(out / f"fraction-{f}")
+        assert run.meta["complete"] and run.fraction == float(f)
+        assert run.epochs.tolist() == sorted(set(infoplane.log_schedule(3, 400).epochs.tolist()) | {3})
+        assert run.seeds == [0, 1] and len(run.layers) == 6 and run.estimators == ["binning", "kde"]
+        rows = read_rows(out / f"fraction-{f}")
+        assert len(rows) == len(run.epochs) * 6 * 2 * 2  # epochs x layers x seeds x estimators
+        for field in ("ixt", "ity"):
+            values = run.get(field, "binning")
+            assert np.all(np.isfinite(values)) and np.all(values >= -1e-9) and np.all(values <= 12 + 1e-9)
+        train = run.meta["split"]["train"]
+        assert len(train) == 2 and len(train[0]) == round(float(f) * 4096) and train[0] != train[1]
+        assert run.metric("test_acc").shape == (2, len(run.epochs))
+        assert not (out / f"fraction-{f}" / "train_state.pt").exists()
+
+
+def test_original_split_and_reproducible_seeds(tmp_path):
+    args = ["track", TANH, "--fraction", "0.05", "--epochs", "2", "--quiet", "--no-plot", "--split", "original"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--seeds", "2"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--seeds", "2"]) == 0
+    a, b = (infoplane.load_run(tmp_path / x / "fraction-0.05") for x in "ab")
+    split = a.meta["split"]
+    assert split["train"][0] == list(range(205)) and split["test"][0] == list(range(round(0.8 * 4096), 4096))
+    ixt_a, ixt_b = a.get("ixt"), b.get("ixt")
+    assert np.array_equal(ixt_a, ixt_b)                     # same seeds: same numbers
+    assert not np.array_equal(ixt_a[0, -1], ixt_a[1, -1])   # different seeds: different networks
+
+
+def test_resume_after_kill_completes_identically(tmp_path):
+    cmd = [sys.executable, "-m", "infoplane.cli.main", "track", TANH, "--fraction", "0.5", "--epochs", "60",
+           "--seeds", "2", "--quiet", "--no-plot", "--schedule", "every:3"]
+    assert subprocess.run(cmd + ["--out", str(tmp_path / "whole")], cwd=REPO, capture_output=True).returncode == 0
+    part = tmp_path / "part"
+    proc = subprocess.Popen(cmd + ["--out", str(part)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    table = part / "fraction-0.5" / "infoplane.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not table.exists() or len(table.read_text().splitlines()) < 40):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = infoplane.load_run(part / "fraction-0.5")
+    assert not partial.meta.get("complete")
+    # an unfinished run is never mistaken for a complete one
+    assert main(cmd[3:] + ["--out", str(part)]) == 2
+    assert main(cmd[3:] + ["--out", str(part), "--resume"]) == 0
+    whole, resumed = (read_rows(d / "fraction-0.5") for d in (tmp_path / "whole", part))
+    key = lambda r: (r["seed"], int(r["epoch"]), r["layer"], r["estimator"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, whole))  # nothing missing, nothing duplicated
+    assert sorted(resumed, key=key) == sorted(whole, key=key)     # identical numbers
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("source,code,message", [
+    ("import torch\nx = 1\n", 2, "defines neither build_model nor model"),
+    ("def helper():\n    return 1 / 0\nvalue = helper()\n", 2, "ZeroDivisionError"),
+    ("import torch.nn as nn\ndef build_model():\n    return nn.Sequential(nn.Linear(10, 2))\n", 1,
+     "cannot take the probe inputs"),
+    ("import torch.nn as nn\nmodel = nn.Sequential(nn.Linear(12, 2))\n", 2, "single `model`"),
+])
+def test_bad_model_files(tmp_path, capsys, source, code, message):
+    path = write(tmp_path, "net.py", source)
+    out = tmp_path / "out"
+    rc = main(["track", path, "--epochs", "2", "--seeds", "2", "--quiet", "--no-plot", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == code and err.startswith("infoplane: error: ") and message in err.splitlines()[0]
+    if "ZeroDivision" in message:
+        assert "line 2" in err and "net.py" in err
+    for meta in out.glob("*/meta.json"):  # nothing that looks like a finished run is left behind
+        assert '"complete": true' not in meta.read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fraction", "0"], "0 < F <= 1"),
+    (["--fraction", "abc"], "expected a number"),
+    (["--seeds", "0"], "positive integer"),
+    (["--schedule", "weekly"], "--schedule"),
+    (["--data", "missing.npz"], "missing.npz"),
+    (["--probe", "train", "--seeds", "2"], "--fixed-split"),
+    (["--resume", "--overwrite"], "exclude each other"),
+])
+def test_usage_errors_exit_2_with_one_line_first(tmp_path, capsys, args, message):
+    rc = main_exit(["track", TANH, "--epochs", "2", "--quiet", "--no-plot", "--out", str(tmp_path)] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err.splitlines()[0]
+
+
+def test_labels_not_matching_data(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((10, 12), np.float32), labels=np.zeros(9, np.int64))
+    rc = main(["track", TANH, "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--quiet", "--no-plot",
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "labels" in capsys.readouterr().err.splitlines()[0]
+
+
+def main_exit(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_help_documents_the_model_file_contract():
+    out = subprocess.run([sys.executable, "-m", "infoplane.cli.main", "track", "--help"], cwd=REPO,
+                         capture_output=True, text=True).stdout
+    for name in ("build_model()", "model", "data()", "optimizer(parameters)", "loss", "layers", "train_step"):
+        assert name in out
