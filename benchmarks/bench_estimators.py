@@ -111,18 +111,28 @@ def bench_kde(widths, n, n_epochs, n_numpy, noise_var, device, repeats=1):
     return float(np.mean(ours)), float(np.mean(theirs)), diff, diff64
 
 
+def _peak_rss_mib():
+    """Peak resident memory of this process in MiB (VmHWM, which unlike ru_maxrss restarts at exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_of_kde(n, width, noise_var):
-    """Peak resident memory (MiB) of a fresh process that runs one infoplane KDE estimate."""
+    """Peak resident memory (MiB) of a fresh process running one infoplane KDE estimate, and before it."""
     code = (
-        "import resource, torch, sys; sys.path.insert(0, %r); from _common import tanh_activations, labels_for;"
-        "from infoplane.estimators import kde_mi;"
+        "import sys; sys.path.insert(0, %r); import torch; from _common import tanh_activations, labels_for;"
+        "from bench_estimators import _peak_rss_mib; from infoplane.estimators import kde_mi;"
         "a = tanh_activations(1, %d, %d); y = torch.from_numpy(labels_for(%d));"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "kde_mi(a, y, noise_var=%r);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)"
+        "base = _peak_rss_mib(); kde_mi(a, y, noise_var=%r); print(_peak_rss_mib(), base)"
     ) % (os.path.dirname(os.path.abspath(__file__)), n, width, n, noise_var)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return int(out[0]) / 1024, int(out[1]) / 1024
+    return float(out[0]), float(out[1])
 
 
 def main(argv=None):
@@ -176,7 +186,7 @@ def main(argv=None):
         mem_rows.append([f"KDE N={n}, width {w}", f"{peak:.0f}", f"{base:.0f}"])
         results[f"kde_peak_mib_{n}_{w}"] = peak
     print_table("KDE peak memory of a fresh process (MiB)", ["workload", "peak RSS", "before estimating"], mem_rows)
-    print(f"\nwhole benchmark process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"\nwhole benchmark process peak RSS: {_peak_rss_mib():.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

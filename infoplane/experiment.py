@@ -285,7 +285,7 @@ def summary(runs) -> str:
             if name in run.metric_names:
                 vals = run.metric(name)[:, -1]
                 accs.append(f"{name.replace('_acc', '')} acc {np.nanmedian(vals):.3f}")
-        lines.append(f"{head}: {', '.join(accs) or 'no metrics'}; estimator {est}, "
+        lines.append(f"{head} ({run.path}): {', '.join(accs) or 'no metrics'}; estimator {est}, "
                      f"median over {len(run.seeds)} seed(s), final epoch {int(run.epochs[-1])}")
         ixt, ity = run.get("ixt", est), run.get("ity", est)
         width = max(len(layer) for layer in run.layers)

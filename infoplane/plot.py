@@ -79,14 +79,12 @@ def _as_run(run):
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"{path!r} is not an infoplane run directory ({err}); give a directory written by "
                              f"Tracker(out=...) or `infoplane track`") from None
-        if getattr(loaded, "path", None) is None:  # write_figures puts per-run figures there
-            loaded.path = path
         return loaded
     raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")
 
 
 def _run_path(run):
-    path = getattr(run, "path", None)
+    path = run.path
     return None if path is None else os.fspath(path)
 
 

@@ -339,7 +339,7 @@ class RunWriter:
 
     def run(self):
         """The current contents as an in-memory :class:`Run`."""
-        return Run(self.meta, self.rows, self.metrics, self.metric_names)
+        return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path)
 
 
 # --------------------------------------------------------------------------------------------------------- Run
@@ -381,10 +381,13 @@ class Run:
     h_y : float
         H(Y) of the probe labels in bits, the ceiling of I(T;Y).
     rows : list of Row
+    path : str or None
+        The run directory, None for a run held only in memory.
     """
 
-    def __init__(self, meta, rows=(), metrics=None, metric_names=()):
+    def __init__(self, meta, rows=(), metrics=None, metric_names=(), path=None):
         self.meta = meta
+        self.path = None if path is None else os.fspath(path)
         self.rows = list(rows)
         self._metrics = dict(metrics or {})
         self.layers = _ordered([l["name"] for l in meta.get("layers", [])], (r.layer for r in self.rows))
@@ -513,4 +516,4 @@ def load_run(path):
     meta = read_meta(path)
     rows = read_table(os.path.join(path, TABLE))
     names, metrics = read_metrics(os.path.join(path, METRICS))
-    return Run(meta, rows, metrics, names)
+    return Run(meta, rows, metrics, names, path=path)

@@ -68,18 +68,18 @@ def _fingerprint(inputs, labels):
     return h.hexdigest()
 
 
-def _estimate_rows(acts, labels, estimators, seed, fraction, epochs, layer):
-    """Rows of one layer for a batch of epochs; ``acts`` is [n_epochs, N, d]."""
+def _estimate_rows(acts, labels, estimators, fraction, keys, layer):
+    """Rows of one layer for a batch of (seed, epoch) items; ``acts`` is [len(keys), N, d]."""
     labels = labels.to(acts.device)
     cols = []
     for est in estimators:
         res = est(acts, labels)
         vals = [res.ixt, res.ity] + ([res.ixt_lower, res.ity_lower] if est.has_lower else [])
         vals = [v.detach().cpu().double().reshape(-1).tolist() for v in vals]
-        vals += [[math.nan] * len(epochs)] * (4 - len(vals))
+        vals += [[math.nan] * len(keys)] * (4 - len(vals))
         cols.append((est.name, vals))
     return [Row(seed, fraction, e, layer, name, *(v[i] for v in vals))
-            for name, vals in cols for i, e in enumerate(epochs)]
+            for name, vals in cols for i, (seed, e) in enumerate(keys)]
 
 
 def _sort_rows(rows, seeds, layers, estimators):
@@ -316,10 +316,15 @@ class Tracker:
         epochs = [b[0] for b in buffer]
         t0 = time.perf_counter()
         rows = []
-        for i, seed in enumerate(self.seeds):
+        # One estimator call per layer covers every buffered epoch of every seed that shares a device.
+        by_device = {}
+        for i, device in enumerate(self.devices):
+            by_device.setdefault(device, []).append(i)
+        for members in by_device.values():
+            keys = [(self.seeds[i], e) for i in members for e in epochs]
             for layer in self.layers:
-                acts = torch.stack([b[1][i][layer] for b in buffer])
-                rows += _estimate_rows(acts, self.labels, self.estimators, seed, self.fraction, epochs, layer)
+                acts = torch.stack([b[1][i][layer] for i in members for b in buffer])
+                rows += _estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer)
         t1 = time.perf_counter()
         # Metrics go first: if the process dies in between, the epochs are incomplete in the table, so a
         # resumed run drops their metrics and records them again.
@@ -429,7 +434,8 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, de
                     with np.load(os.path.join(seed_dir, f"{e}.npz"), allow_pickle=False) as z:
                         arrays.append(z[layer])
                 acts = torch.from_numpy(np.stack(arrays)).to(device)
-                rows += _estimate_rows(acts, labels, estimators, seed, meta.get("fraction"), part, layer)
+                rows += _estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
+                                       layer)
     rows = _sort_rows(rows, meta["seeds"], layers, estimators)
     source = load_run(run_dir)
     new_meta = {k: v for k, v in meta.items()

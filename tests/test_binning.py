@@ -246,3 +246,17 @@ def test_every_edge_and_its_neighbours_bin_like_digitize(bins, lo, hi, dtype):
     r = binned_mi(acts, labels, bins=bins, range=(lo, hi))
     ixt, ity = oracle_mi(acts, labels, dict(kind="range", bins=bins, range=(lo, hi)))
     assert abs(float(r.ixt) - ixt) < 1e-9 and abs(float(r.ity) - ity) < 1e-9
+
+
+def test_wide_layers_whose_rows_all_differ_match_the_oracle():
+    # Wide layers part way through the units already tell every row apart (a shortcut path): I(X;T) = log2 N
+    # and I(T;Y) = H(Y), per item and with per-item labels.
+    rng = np.random.default_rng(12)
+    acts = np.tanh(rng.normal(scale=2, size=(3, 150, 64))).astype(np.float32)
+    labels = rng.integers(0, 3, size=(3, 150))
+    for kw, grid in ((dict(bins=30, range=(-1, 1)), GRIDS["range"][0]), (dict(width=0.07), GRIDS["width"][0])):
+        r = binned_mi(acts, labels, **kw)
+        for b in range(3):
+            ixt, ity = oracle_mi(acts[b], labels[b], grid)
+            assert abs(float(r.ixt[b]) - ixt) < 1e-9 and abs(float(r.ity[b]) - ity) < 1e-9
+            assert ixt == pytest.approx(math.log2(150))

@@ -66,6 +66,8 @@ class _RangeGrid:
         edges = torch.from_numpy(fixed_range_edges(bins, lo, hi))
         self.next_edge = torch.cat([edges, edges.new_tensor([math.inf])])  # index u -> edge u, inf past the last
         self.scale = (bins - 1) / (hi - lo)
+        # Larger than the float32 rounding of a * scale + offset for any a in [lo, hi] (about 2**-23 of
+        # (1 + |a| scale + |offset|)), and far below one cell.
         bias = 2.0**-20 * (1.0 + max(abs(lo), abs(hi)) * self.scale)
         if bias > 0.25:
             raise ValueError(f"bins={bins} on range {(lo, hi)} is too fine to bin exactly; use fewer bins")
@@ -74,7 +76,8 @@ class _RangeGrid:
 
     def _workspace(self, a):
         if self._buffers is None or self._buffers[0].numel() < a.numel() or self._buffers[0].device != a.device:
-            self._buffers = (torch.empty(a.numel(), dtype=torch.float64, device=a.device),
+            # float32 suffices for u: its rounding error is far below the bias (see __init__).
+            self._buffers = (torch.empty(a.numel(), dtype=torch.float32, device=a.device),
                              torch.empty(a.numel(), dtype=torch.int32, device=a.device),
                              torch.empty(a.numel(), dtype=a.dtype, device=a.device),
                              torch.empty(a.numel(), dtype=torch.bool, device=a.device))
@@ -137,9 +140,14 @@ def _shift_to_zero(cells):
     return digits, (digits.amax(dim=(0, 1)) + 1).long().tolist()
 
 
-def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> torch.Tensor:
+def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch.Tensor, bool]:
     """One int64 key per row of ``digits`` ([B, N, d], exact non-negative integers stored as floats) such that
     keys are equal iff rows are equal. ``radix[j]`` bounds unit j's digits; keys stay below 2**62 / reserve.
+    Also returns True when it found every row of every item distinct (False: not known).
+
+    Units are packed in two levels: groups whose mixed-radix value is exact in the digits' float type (one
+    matrix product forms every group's value), and segments of groups whose value fits the int64 budget.
+    A segment after the first is appended to the dense rank (< N) of the key so far.
     """
     b, n, d = digits.shape
     sparse = [j for j, r in enumerate(radix) if r > n]
@@ -153,29 +161,50 @@ def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> torch.Tenso
     limit = 2**_KEY_BITS // reserve
     if n * n >= limit:
         raise ValueError(f"N = {n} samples is too many to key rows exactly in 62 bits; use fewer probe samples")
-    # Greedy groups of units: a group's digits form one exact float64 product, and a previous dense rank
-    # (< n) times the group's range must still fit the key.
-    groups, start, prod = [], 0, 1
+    exact = 2**24 if digits.dtype == torch.float32 else 2**53
+    groups, segments = [], [[]]  # groups: (first unit, last unit + 1, value range); segments: group indices
+    start, g_prod, s_prod, factor = 0, 1, 1, 1
     for j, r in enumerate(radix):
-        if j > start and (prod * r >= 2**_EXACT_FLOAT_BITS or prod * r * n >= limit):
-            groups.append((start, j, prod))
-            start, prod = j, 1
-        prod *= r
-    groups.append((start, d, prod))
+        new_segment = s_prod * r * factor >= limit
+        if j > start and (new_segment or g_prod * r >= exact):
+            segments[-1].append(len(groups))
+            groups.append((start, j, g_prod))
+            start, g_prod = j, 1
+            if new_segment:
+                segments.append([])
+                s_prod, factor = 1, n
+        g_prod *= r
+        s_prod *= r
+    segments[-1].append(len(groups))
+    groups.append((start, d, g_prod))
 
+    flat = digits.reshape(b * n, d)
     keys = None
-    for g0, g1, size in groups:
-        mult = np.cumprod([1] + radix[g0:g1 - 1], dtype=np.float64)
-        part = torch.matmul(digits[:, :, g0:g1].double(), torch.from_numpy(mult).to(digits.device)).long()
+    for seg in segments:
+        # The groups of one segment: one product of its units with their place values, computed only when
+        # reached (wide layers usually stop after a segment or two, once every row differs).
+        u0, u1 = groups[seg[0]][0], groups[seg[-1]][1]
+        weights = torch.zeros(u1 - u0, len(seg), dtype=digits.dtype)
+        for k, g in enumerate(seg):
+            g0, g1, _ = groups[g]
+            weights[g0 - u0:g1 - u0, k] = torch.from_numpy(np.cumprod([1] + radix[g0:g1 - 1], dtype=np.float64))
+        values = torch.matmul(flat[:, u0:u1], weights.to(digits.device)).long().reshape(b, n, -1)
+        part, mult = values[:, :, 0], 1
+        for k in range(1, len(seg)):
+            mult *= groups[seg[k - 1]][2]
+            part = part + values[:, :, k] * mult
         if keys is None:
             keys = part
             continue
-        keys, distinct = dense_rank(keys)
-        if bool((distinct == n).all()):
+        sorted_keys, order = torch.sort(keys, dim=1)
+        new = run_starts(sorted_keys)
+        if bool(new.all()):
             # Every row already differs from every other: further units cannot merge any two rows.
-            return keys
-        keys = keys * size + part
-    return keys
+            return keys, True
+        rank_sorted = new.cumsum(1) - 1
+        keys = torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)  # dense rank, < n
+        keys = keys * (mult * groups[seg[-1]][2]) + part
+    return keys, False
 
 
 def label_entropy(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -187,9 +216,14 @@ def label_entropy(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.
 
 
 def _discrete_mi(keys: torch.Tensor, y: torch.Tensor, n_classes: int, h_y: torch.Tensor, dtype):
-    joint = keys * n_classes + y
-    # One sort serves both entropies: sorting by key * C + y also sorts by key.
-    sorted_joint, _ = torch.sort(joint, dim=1)
+    b, n = keys.shape
+    # Item i's joint keys are offset by i * span, so one flat sort orders every item at once (faster than a
+    # sort per row) and item i lands in positions [i n, (i + 1) n). Sorting by key * C + y also sorts by key,
+    # so the one sort serves both entropies.
+    span = 2**_KEY_BITS // b
+    offsets = torch.arange(b, device=keys.device)[:, None] * span
+    joint = (keys * n_classes + y + offsets).reshape(-1)
+    sorted_joint = torch.sort(joint)[0].reshape(b, n) - offsets
     h_ty = entropy_of_runs(run_starts(sorted_joint), dtype)
     h_t = entropy_of_runs(run_starts(torch.div(sorted_joint, n_classes, rounding_mode="floor")), dtype)
     return h_t, h_t + h_y - h_ty
@@ -284,11 +318,15 @@ def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptiv
         chunk = a[s:s + step]
         check_finite(chunk, batch, s)
         digits, radix = grid.digits(chunk)
-        keys = row_keys(digits, radix, reserve=n_classes)
+        keys, all_distinct = row_keys(digits, radix, reserve=n_classes * len(chunk))
         per_item = y.shape[0] > 1
         yc = y[s:s + step] if per_item else y
         hy = h_y[s:s + step] if per_item else h_y
-        ixt[s:s + step], ity[s:s + step] = _discrete_mi(keys, yc, n_classes, hy, dtype)
+        if all_distinct:
+            # Every count is 1: H(T) = H(T, Y) = log2 N exactly, so I(T;Y) = H(Y).
+            ixt[s:s + step], ity[s:s + step] = math.log2(n), hy
+        else:
+            ixt[s:s + step], ity[s:s + step] = _discrete_mi(keys, yc, n_classes, hy, dtype)
     return BinnedResult(ixt=ixt.reshape(batch.batch_shape), ity=ity.reshape(batch.batch_shape))
 
 
