@@ -1,7 +1,8 @@
 """Every ```python block of README.md and docs/*.md runs, so the documentation cannot go stale.
 
 Blocks of one file run in order in one namespace, in a temporary directory. A block whose first line is
-``# not run`` is skipped (e.g. examples that train for minutes).
+``# not run`` is skipped (e.g. examples that train for minutes); one whose first line is ``# file: NAME`` is
+written to NAME (e.g. a model file that later blocks load) instead of being run.
 """
 import re
 from pathlib import Path
@@ -22,6 +23,12 @@ def python_blocks(path):
 def test_documentation_examples_run(path, tmp_path, monkeypatch):
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
+    for name in ("examples", "data"):  # docs may name repository files by relative path
+        (tmp_path / name).symlink_to(REPO / name)
     namespace = {"__name__": "__docs__"}
     for block in python_blocks(path):
+        first = block.lstrip().splitlines()[0]
+        if first.startswith("# file:"):
+            (tmp_path / first.split(":", 1)[1].strip()).write_text(block)
+            continue
         exec(compile(block, str(path.relative_to(REPO)), "exec"), namespace)
