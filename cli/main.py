@@ -69,7 +69,7 @@ def _schedule(text, epochs):
     kind, _, arg = text.partition(":")
     try:
         if kind == "log":
-            return infoplane.log_schedule(epochs, int(arg or 400)).epochs.tolist() + [epochs]
+            return infoplane.log_schedule(epochs, int(arg or 400))
         if kind == "saxe":
             return infoplane.saxe_schedule(epochs)
         if kind == "every":
@@ -162,7 +162,6 @@ def build_parser():
 
 
 def cmd_track(args):
-    import infoplane
     from infoplane.experiment import summary, track
 
     if args.resume and args.overwrite:
@@ -179,24 +178,30 @@ def cmd_track(args):
                  caller=["infoplane", *sys.argv[1:]] if sys.argv else None, log=log)
     print(summary(runs))
     if not args.no_plot:
-        paths = _write_figures(infoplane, runs, None, None)
+        paths = _write_figures(runs, None, None)
         for p in paths:
             print(f"figure: {p}")
     return 0
 
 
-def _write_figures(infoplane, runs, out, estimator):
-    try:
-        import infoplane.plot as plot
-    except ImportError:
-        return []
-    return plot.write_figures(runs, out=out, estimator=estimator)
+def _write_figures(runs, out, estimator):
+    import warnings
+
+    import infoplane.plot as plot
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", plot.SaturationWarning)
+        paths = plot.write_figures(runs, out=out, estimator=estimator)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {message}", file=sys.stderr)
+    return paths
 
 
 def cmd_plot(args):
-    import infoplane
-
-    paths = _write_figures(infoplane, args.runs, args.out, args.estimator)
+    try:
+        paths = _write_figures(args.runs, args.out, args.estimator)
+    except ValueError as err:  # not a run, runs of different data, an unknown estimator or file type
+        raise UsageError(str(err)) from err
     for p in paths:
         print(p)
     return 0

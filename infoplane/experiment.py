@@ -124,7 +124,8 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     estimators : list, optional
         Estimator objects; default ``[Binning(bins=30, range=(-1, 1))]``.
     schedule : Schedule or list, optional
-        Recorded epochs; default ``log_schedule(epochs, 400)`` plus the last epoch.
+        Recorded epochs (epoch e = after e epochs of training, 0 = the initialisation); default
+        ``log_schedule(epochs, 400)``, as in the original work.
     out : str or os.PathLike, optional
         Parent directory of the run directories; default ``runs/<model file stem>``.
     resume, overwrite, keep_activations
@@ -164,7 +165,7 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     seed_list = [seed + i for i in range(seeds)]
     estimators = list(estimators) if estimators else [Binning(bins=30, range=(-1, 1))]
     if schedule is None:
-        schedule = sorted(set(log_schedule(epochs, 400).epochs.tolist()) | {epochs})
+        schedule = log_schedule(epochs, 400)
 
     runs = []
     for fraction in fractions:

@@ -32,7 +32,7 @@ def test_track_end_to_end(tmp_path, capsys):
     for f in ("0.05", "0.85"):
         run = infoplane.load_run(out / f"fraction-{f}")
         assert run.meta["complete"] and run.fraction == float(f)
-        assert run.epochs.tolist() == sorted(set(infoplane.log_schedule(3, 400).epochs.tolist()) | {3})
+        assert run.epochs.tolist() == infoplane.log_schedule(3, 400).epochs.tolist()
         assert run.seeds == [0, 1] and len(run.layers) == 6 and run.estimators == ["binning", "kde"]
         rows = read_rows(out / f"fraction-{f}")
         assert len(rows) == len(run.epochs) * 6 * 2 * 2  # epochs x layers x seeds x estimators
@@ -140,3 +140,23 @@ def test_help_documents_the_model_file_contract():
                          capture_output=True, text=True).stdout
     for name in ("build_model()", "model", "data()", "optimizer(parameters)", "loss", "layers", "train_step"):
         assert name in out
+
+
+def test_plot_command(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["track", TANH, "--fraction", "0.1", "--fraction", "0.5", "--epochs", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "figure:" in printed and (out / "compare.png").exists() and (out / "fraction-0.1" / "plane.png").exists()
+    target = tmp_path / "both.pdf"
+    assert main(["plot", str(out / "fraction-0.1"), str(out / "fraction-0.5"), "--out", str(target)]) == 0
+    assert target.read_bytes().startswith(b"%PDF") and str(target) in capsys.readouterr().out
+
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "not an infoplane run directory" in capsys.readouterr().err.splitlines()[0]
+
+    digits = str(REPO / "examples" / "digits_mlp.py")
+    assert main(["track", digits, "--epochs", "1", "--quiet", "--no-plot", "--out", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out / "fraction-0.1"), str(tmp_path / "d" / "fraction-0.8")]) == 2
+    assert "data" in capsys.readouterr().err.splitlines()[0]
