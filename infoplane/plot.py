@@ -399,10 +399,11 @@ def _by_fraction(runs):
     return sorted(runs, key=lambda r: (r.fraction is None, r.fraction or 0.0))
 
 
-def compare(runs, estimator=None, *, all_seeds=False):
+def compare(runs, estimator=None, *, all_seeds=False, titles=None):
     """Information planes of several runs side by side (e.g. 5% vs 85% training data).
 
-    One panel per run, ordered by training fraction, with shared axes and one colour scale (one colourbar).
+    One panel per run, ordered by training fraction (or as given, with ``titles``), with shared axes and one
+    colour scale (one colourbar).
 
     Parameters
     ----------
@@ -412,6 +413,9 @@ def compare(runs, estimator=None, *, all_seeds=False):
         Estimator name; None = each run's first.
     all_seeds : bool, default False
         See :func:`information_plane`.
+    titles : list of str, optional
+        One panel title per run (e.g. "tanh", "ReLU" for runs at the same fraction); the panels then keep the
+        order of ``runs``.
 
     Returns
     -------
@@ -430,7 +434,10 @@ def compare(runs, estimator=None, *, all_seeds=False):
     for r in runs:
         _values(r, estimator)
     _check_same_data(runs)
-    runs = _by_fraction(runs)
+    if titles is None:
+        runs = _by_fraction(runs)
+    elif len(titles) != len(runs):
+        raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     norm = epoch_norm(runs)
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.2, 4.6), sharex=True, sharey=True,
                              layout="constrained", squeeze=False)
@@ -439,7 +446,8 @@ def compare(runs, estimator=None, *, all_seeds=False):
     for i, (ax, run) in enumerate(zip(axes, runs)):
         _draw_plane(ax, run, estimator, norm, all_seeds, legend=(i == 0 or not same_layers))
         seeds = f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else ""
-        ax.set_title(_fraction_label(run) + seeds, fontsize=9)
+        label = _fraction_label(run) if titles is None else f"{titles[i]} | {_fraction_label(run)}"
+        ax.set_title(label + seeds, fontsize=9)
         if i:
             ax.set_ylabel("")
     # Shared axes must hold every panel's ceiling and data.
