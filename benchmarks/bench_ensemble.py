@@ -56,7 +56,10 @@ def main(argv=None):
     parser.add_argument("--sequential-epochs", type=int, default=None,
                         help="epochs actually run for one-by-one training of the ensemble (default min(epochs, 20))")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="300 epochs, for a smoke run")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = min(args.epochs, 300)
     seq_epochs = min(args.epochs, args.sequential_epochs or 20)
 
     from infoplane.modelfile import load_model_file

@@ -76,7 +76,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="best of this many runs of each")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="300 epochs, for a smoke run")
     args = p.parse_args(argv)
+    if args.quick:
+        args.epochs = min(args.epochs, 300)
     if args.threads:
         torch.set_num_threads(args.threads)
 

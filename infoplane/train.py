@@ -518,16 +518,18 @@ def _try_vectorize(spec, members, inputs, labels, train_sets, batch_size):
     if type(optimizer) not in _ELEMENTWISE:
         return f"{type(optimizer).__name__} is not known to update each parameter element independently"
 
-    base = copy.deepcopy(members[0]).to("meta")
-    loss_fn = spec.loss
+    forward_loss, how = _stacked_sequential(members[0], spec.loss, inputs, labels), "batched matrix products"
+    if forward_loss is None:
+        base = copy.deepcopy(members[0]).to("meta")
+        loss_fn = spec.loss
 
-    def member_forward_loss(p, b, x, y):
-        out = functional_call(base, (p, b), (x,))
-        return loss_fn(out, y), out
+        def member_forward_loss(p, b, x, y):
+            out = functional_call(base, (p, b), (x,))
+            return loss_fn(out, y), out
 
-    # randomness="error": a forward that draws random numbers (dropout) cannot match the
-    # one-at-a-time results, so it must fall back rather than silently differ.
-    forward_loss = vmap(member_forward_loss, randomness="error")
+        # randomness="error": a forward that draws random numbers (dropout) cannot match the
+        # one-at-a-time results, so it must fall back rather than silently differ.
+        forward_loss, how = vmap(member_forward_loss, randomness="error"), "torch.func.vmap"
 
     # Trial step on copies: the real parameters and buffers must not move.
     n = min(batch_size, len(train_sets[0]))
@@ -550,7 +552,45 @@ def _try_vectorize(spec, members, inputs, labels, train_sets, batch_size):
     if not torch.allclose(out[0].detach(), reference, rtol=1e-4, atol=1e-5):
         return "the vmapped forward does not reproduce the module's own forward"
     return _Vectorized(spec, members, optimizer, params, buffers, forward_loss,
-                       f"vectorised over {len(members)} seeds with torch.func.vmap")
+                       f"vectorised over {len(members)} seeds with {how}")
+
+
+# Parameter-free modules applied elementwise: they act on a stacked [S, B, d] tensor as on [B, d].
+_ELEMENTWISE_ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus,
+                            nn.Identity, nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softsign, nn.Tanhshrink)
+
+
+def _stacked_sequential(model, loss, inputs, labels):
+    """A forward-and-loss for the stacked ensemble written with batched matrix products, or None.
+
+    For the common case (an nn.Sequential of Linear layers and elementwise activations, trained with the
+    default cross-entropy on flat inputs), this does the same arithmetic as vmap over the members at a
+    fraction of its per-operation overhead, which dominates for small networks.
+    """
+    if not isinstance(model, nn.Sequential) or inputs.ndim != 2 or labels.is_floating_point():
+        return None
+    if type(loss) is not nn.CrossEntropyLoss or loss.weight is not None or loss.reduction != "mean" \
+            or loss.label_smoothing != 0.0 or loss.ignore_index != -100:
+        return None
+    layers = list(model.named_children())
+    if not all(type(m) is nn.Linear or type(m) in _ELEMENTWISE_ACTIVATIONS for _, m in layers):
+        return None
+    if not layers or type(layers[-1][1]) is not nn.Linear:
+        return None
+
+    def forward_loss(params, buffers, x, y):
+        h = x
+        for name, module in layers:
+            if type(module) is nn.Linear:
+                weight = params[f"{name}.weight"].transpose(1, 2)
+                bias = params.get(f"{name}.bias")
+                h = torch.bmm(h, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, weight)
+            else:
+                h = module(h)
+        per_sample = nn.functional.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none")
+        return per_sample.view(y.shape).mean(dim=1), h
+
+    return forward_loss
 
 
 # --- metrics ---------------------------------------------------------------------------------------

@@ -287,3 +287,29 @@ def test_bad_arguments(data, tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="not an infoplane training state"):
         load_state(tmp_path / "junk.pt")
+
+
+class _Residual(nn.Module):
+    """Not an nn.Sequential: trained together through torch.func.vmap rather than the batched-matmul path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(N_FEATURES, 6), nn.Linear(6, N_CLASSES)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize("builder, how", [(build_mlp, "batched matrix products"), (_Residual, "torch.func.vmap")])
+def test_both_vectorised_paths_equal_sequential(data, builder, how):
+    vec = run(data, model=builder, vectorize=True, optimizer="adam", lr=1e-2)
+    seq = run(data, model=builder, vectorize=False, optimizer="adam", lr=1e-2)
+    assert vec.vectorized and how in vec.reason
+    assert_members_close(vec.members, seq.members, rtol=1e-5, atol=1e-6)
+
+
+def test_custom_loss_takes_the_vmap_path(data):
+    vec = run(data, vectorize=True, loss=nn.CrossEntropyLoss(label_smoothing=0.1))
+    seq = run(data, vectorize=False, loss=nn.CrossEntropyLoss(label_smoothing=0.1))
+    assert "torch.func.vmap" in vec.reason
+    assert_members_close(vec.members, seq.members, rtol=1e-5, atol=1e-6)
