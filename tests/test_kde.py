@@ -136,3 +136,28 @@ def test_ixt_within_bounds_and_config_object():
     assert torch.all(k.ixt_lower <= k.ixt + 1e-9)
     assert torch.all((k.ixt >= -1e-9) & (k.ixt <= math.log2(80) + 1e-9))
     assert k.ixt.shape == (4,) and k.ixt.dtype == torch.float64
+
+
+@pytest.mark.parametrize("n,budget", [(20_000, 512 * 2**20), (20_000, 2**20), (4096, 10**9), (10, 1)])
+def test_pairwise_blocks_stay_within_the_memory_budget(n, budget):
+    from infoplane.estimators.kde import _block_rows
+
+    rows = _block_rows(n, 4, budget)
+    assert 1 <= rows <= n
+    assert rows == 1 or 2 * rows * n * 4 <= budget  # two [rows, N] float32 buffers, never the N x N matrix
+    assert rows * n < n * n or n <= 256
+
+
+def test_reduced_precision_matmul_setting_is_restored_and_ignored():
+    rng = np.random.default_rng(8)
+    h = torch.from_numpy(np.tanh(rng.normal(size=(200, 6)))).float()
+    labels = torch.from_numpy(rng.integers(0, 2, size=200))
+    ref = kde_mi(h, labels, noise_var=1e-3)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        got = kde_mi(h, labels, noise_var=1e-3)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert float(got.ixt) == float(ref.ixt) and float(got.ity_lower) == float(ref.ity_lower)

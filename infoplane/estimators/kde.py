@@ -141,16 +141,22 @@ def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_b
     if acts.device.type == "mps":
         dtype = torch.float32
     res = torch.empty(4, acts.shape[0], dtype=result_dtype(batch.device), device=batch.device)
-    for b in range(acts.shape[0]):
-        yb = y[b if y.shape[0] > 1 else 0]
-        onehot = torch.nn.functional.one_hot(yb, n_classes).to(dtype)
-        logs = _log_kernel_sums(acts[b].to(dtype), onehot, yb, 1.0 / (8.0 * s2), budget).to(res.dtype)
-        log_ny = torch.log(torch.bincount(yb, minlength=n_classes).to(res.dtype))[yb]
-        # I(X;T) = -(1/N) sum_i log(S_i / N);  sum_y p(y) I_y = -(1/N) sum_i log(S_i,own / N_{y_i})
-        ixt = math.log(n) - logs[:, 0].mean(dim=1)
-        ity = ixt - (log_ny[None, :] - logs[:, 1]).mean(dim=1)
-        res[0, b], res[1, b] = ixt[1], ity[1]
-        res[2, b], res[3, b] = ixt[0], ity[0]
+    # TF32 or bf16 matrix products (opt-ins on GPUs) would round the distances far beyond the stated accuracy.
+    precision_before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        for b in range(acts.shape[0]):
+            yb = y[b if y.shape[0] > 1 else 0]
+            onehot = torch.nn.functional.one_hot(yb, n_classes).to(dtype)
+            logs = _log_kernel_sums(acts[b].to(dtype), onehot, yb, 1.0 / (8.0 * s2), budget).to(res.dtype)
+            log_ny = torch.log(torch.bincount(yb, minlength=n_classes).to(res.dtype))[yb]
+            # I(X;T) = -(1/N) sum_i log(S_i / N);  sum_y p(y) I_y = -(1/N) sum_i log(S_i,own / N_{y_i})
+            ixt = math.log(n) - logs[:, 0].mean(dim=1)
+            ity = ixt - (log_ny[None, :] - logs[:, 1]).mean(dim=1)
+            res[0, b], res[1, b] = ixt[1], ity[1]
+            res[2, b], res[3, b] = ixt[0], ity[0]
+    finally:
+        torch.set_float32_matmul_precision(precision_before)
     res = res / math.log(2)
     shape = batch.batch_shape
     return KDEResult(ixt=res[0].reshape(shape), ity=res[1].reshape(shape),
