@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -82,16 +81,31 @@ def _stat(values):
     return f"{med:.2f} [{q1:.2f}, {q3:.2f}]" if values.size > 1 else f"{med:.2f}"
 
 
+TABLE_HEAD = ["| layer | peak I(X;T) | final I(X;T) | peak - final | peak I(T;Y) | final I(T;Y) |",
+              "|---|---|---|---|---|---|"]
+
+
 def facts(run, estimator):
-    """Markdown table rows: per layer, peak and final I(X;T), compression, final I(T;Y) (median [IQR])."""
+    """Markdown table rows: per layer, peak and final I(X;T), compression, peak and final I(T;Y)
+    (median [IQR] over seeds)."""
     ixt, ity = run.get("ixt", estimator), run.get("ity", estimator)
-    peak = np.nanmax(ixt, axis=1)  # [seeds, layers]
+    peak_x, peak_y = np.nanmax(ixt, axis=1), np.nanmax(ity, axis=1)  # [seeds, layers]
     final_x, final_y = ixt[:, -1], ity[:, -1]
     rows = []
     for j, layer in enumerate(run.layers):
-        rows.append(f"| {layer} | {_stat(peak[:, j])} | {_stat(final_x[:, j])} | "
-                    f"{_stat(peak[:, j] - final_x[:, j])} | {_stat(final_y[:, j])} |")
+        rows.append(f"| {layer} | {_stat(peak_x[:, j])} | {_stat(final_x[:, j])} | "
+                    f"{_stat(peak_x[:, j] - final_x[:, j])} | {_stat(peak_y[:, j])} | {_stat(final_y[:, j])} |")
     return rows
+
+
+def wall_seconds(run):
+    """Training and tracking time of a run, from the start and end times in its meta.json."""
+    from datetime import datetime
+
+    start, end = run.meta.get("start_time"), run.meta.get("end_time")
+    if not start or not end:
+        return float("nan")
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def accuracy(run):
@@ -122,21 +136,19 @@ def run_plan(args):
         lines = [f"### {item['title']}\n"]
         runs_by_label = {}
         for spec in item["runs"]:
-            t0 = time.perf_counter()
             runs = track(REPO / spec["model"], data=spec["data"], fractions=spec["fractions"], seeds=spec["seeds"],
                          epochs=spec["epochs"], estimators=spec["estimators"], schedule=spec["schedule"],
                          out=out / item["key"] / spec["label"].lower(), resume=True, progress=not args.quiet,
                          caller=["benchmarks/reproduce.py"], log=lambda m: print(m, file=sys.stderr))
-            wall = time.perf_counter() - t0
             runs_by_label[spec["label"]] = runs
-            lines.append(f"`{command_line(spec)}`: {wall:.0f} s wall time"
-                         + (" (resumed runs count only the remaining work)" if args.resumed else "") + "\n")
+            wall = sum(wall_seconds(r) for r in runs)
+            lines.append(f"`{command_line(spec)}`: {wall / 60:.1f} min of training and tracking "
+                         f"({', '.join(f'{r.fraction:g}: {wall_seconds(r):.0f} s' for r in runs)})\n")
             for run in runs:
                 for est in run.estimators:
                     lines.append(f"{spec['label']}, {run.fraction:.0%} of the data, estimator `{est}` "
                                  f"({len(run.seeds)} seeds; {accuracy(run)}):\n")
-                    lines.append("| layer | peak I(X;T) | final I(X;T) | peak - final | final I(T;Y) |")
-                    lines.append("|---|---|---|---|---|")
+                    lines.extend(TABLE_HEAD)
                     lines.extend(facts(run, est))
                     saturated = plot.saturated_layers(run, est)
                     if saturated:
@@ -191,7 +203,6 @@ def main(argv=None):
     p.add_argument("--out", default="runs/reproduce", help="parent of the run directories")
     p.add_argument("--figures", default=str(REPO / "docs" / "figures"))
     p.add_argument("--doc", default=str(REPO / "docs" / "reproductions.md"))
-    p.add_argument("--resumed", action="store_true", help="say in the doc that wall times cover resumed runs")
     p.add_argument("--quiet", action="store_true")
     return run_plan(p.parse_args(argv))
 
