@@ -38,8 +38,10 @@ def test_reduced_reproductions(tmp_path):
                 for est in run.estimators:
                     ixt, ity = run.get("ixt", est), run.get("ity", est)
                     assert np.all(np.isfinite(ixt)) and np.all(np.isfinite(ity))  # every layer, epoch, seed
-                    assert ixt.min() >= -1e-9 and ixt.max() <= math.log2(run.n) + 1e-9
-                    assert ity.min() >= -1e-9 and ity.max() <= run.h_y + 1e-9
+                    # binning is exact; KDE's default float32 kernel rounds at about 1e-7 bits
+                    tol = 1e-6 if est == "kde" else 1e-9
+                    assert ixt.min() >= -tol and ixt.max() <= math.log2(run.n) + tol
+                    assert ity.min() >= -tol and ity.max() <= run.h_y + tol
     text = doc.read_text()
     assert "hand-written text stays" in text and "more text" in text and "\nold\n" not in text
     for name in ("tishby-compare", "saxe-binning", "saxe-binning-width", "saxe-kde", "digits-kde",
