@@ -24,7 +24,7 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m infoplane.cli.main track examples/tishby_tanh.py --fraction 0.05 --fraction 0.85 \
-		--epochs 3000 --seeds 4 --out runs/demo --overwrite
+		--seeds 4 --out runs/demo --overwrite
 
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproduce.py
