@@ -53,7 +53,7 @@ class KDEResult:
 
 
 def _block_rows(n: int, itemsize: int, budget: int) -> int:
-    per_row = 2 * n * itemsize  # two [rows, n] buffers
+    per_row = 2 * n * itemsize  # two [rows, n] buffers (strips are at most n wide)
     return max(1, min(n, _CACHE_ROWS, budget // per_row))
 
 
@@ -77,28 +77,34 @@ def _log_kernel_sums(h, onehot, labels, scale_lower, budget):
     ones = torch.ones_like(sq)
     # One GEMM gives the scaled exponent -D_ij / (8 s^2) directly: [2c h_i, -c|h_i|^2, -c] . [h_j, 1, |h_j|^2].
     left = torch.cat([2 * scale_lower * h, -scale_lower * sq, -scale_lower * ones], dim=1)
-    right = torch.cat([h, ones, sq], dim=1).T.contiguous()
+    right = torch.cat([h, ones, sq], dim=1)
     rows = _block_rows(n, h.element_size(), budget)
-    out = torch.empty(2, 2, n, dtype=dtype, device=h.device)
-    buf = torch.empty(rows, n, dtype=dtype, device=h.device)
-    buf2 = torch.empty(rows, n, dtype=dtype, device=h.device)
+    buf = torch.empty(rows * n, dtype=dtype, device=h.device)
+    buf2 = torch.empty(rows * n, dtype=dtype, device=h.device)
     onehot_t = onehot.T.contiguous()
+    # sums[b, c, i] = sum of kernel b over the samples j of class c
+    sums = torch.zeros(2, onehot.shape[1], n, dtype=dtype, device=h.device)
     # exp(-D/2s^2) = exp(-D/8s^2)^4; flooring the base keeps the power out of subnormals (terms < e^floor vanish).
     base_floor = math.exp(floor / 4)
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
-        k_lo, k_up = buf[: i1 - i0], buf2[: i1 - i0]
-        torch.mm(left[i0:i1], right, out=k_lo)
+        # The kernel is symmetric: a strip of rows i0..i1 against columns i0.. (the diagonal block and everything
+        # to its right) serves its own rows and, transposed, the later rows, so half the matrix is computed.
+        width = n - i0
+        k_lo = buf[: (i1 - i0) * width].view(i1 - i0, width)
+        k_up = buf2[: (i1 - i0) * width].view(i1 - i0, width)
+        torch.mm(left[i0:i1], right[i0:].T, out=k_lo)
         k_lo.clamp_(min=floor, max=0.0)
         # D_ii = 0 exactly; setting it removes the largest rounding error of the product form.
-        k_lo.diagonal(offset=i0).zero_()
+        k_lo.diagonal().zero_()
         k_lo.exp_()
         torch.clamp(k_lo, min=base_floor, out=k_up).square_().square_()
         for b, k in enumerate((k_lo, k_up)):
-            # [C, rows] as onehot^T @ k^T: BLAS is far faster this way round than k @ onehot with few classes.
-            by_class = torch.mm(onehot_t, k.T)
-            out[b, 0, i0:i1] = by_class.sum(dim=0)
-            out[b, 1, i0:i1] = by_class.gather(0, labels[None, i0:i1]).squeeze(0)
+            # Class sums as one-hot^T @ k^T ([C, rows]): BLAS is far faster this way round than k @ one-hot.
+            sums[b, :, i0:i1] += torch.mm(onehot_t[:, i0:], k.T)
+            if i1 < n:
+                sums[b, :, i1:] += torch.mm(onehot_t[:, i0:i1], k[:, i1 - i0:])
+    out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
     return out.log_()
 
 
