@@ -26,10 +26,19 @@ def entropy_of_runs(new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return math.log2(n) - torch.special.xlogy(counts, counts).sum(1) / (n * math.log(2))
 
 
+def sorted_runs(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row: the sorting permutation and the run-start mask of the sorted keys."""
+    sorted_codes, order = torch.sort(codes, dim=1)
+    return order, run_starts(sorted_codes)
+
+
+def ranks_from_runs(order: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Each key's rank among its row's distinct keys (0 .. K-1), from :func:`sorted_runs`."""
+    rank_sorted = new.cumsum(1) - 1
+    return torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)
+
+
 def dense_rank(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each row's keys by their rank among the row's distinct keys (0 .. K-1); also return K per row."""
-    sorted_codes, order = torch.sort(codes, dim=1)
-    new = run_starts(sorted_codes)
-    rank_sorted = new.cumsum(1) - 1
-    ranks = torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)
-    return ranks, rank_sorted[:, -1] + 1
+    order, new = sorted_runs(codes)
+    return ranks_from_runs(order, new), new.sum(1)

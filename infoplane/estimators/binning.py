@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._entropy import dense_rank, entropy_of_runs, run_starts
+from ._entropy import dense_rank, entropy_of_runs, ranks_from_runs, run_starts, sorted_runs
 from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
 # Keys stay below 2**62 so that key * C + label cannot overflow int64.
@@ -196,14 +196,11 @@ def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch
         if keys is None:
             keys = part
             continue
-        sorted_keys, order = torch.sort(keys, dim=1)
-        new = run_starts(sorted_keys)
+        order, new = sorted_runs(keys)
         if bool(new.all()):
             # Every row already differs from every other: further units cannot merge any two rows.
             return keys, True
-        rank_sorted = new.cumsum(1) - 1
-        keys = torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)  # dense rank, < n
-        keys = keys * (mult * groups[seg[-1]][2]) + part
+        keys = ranks_from_runs(order, new) * (mult * groups[seg[-1]][2]) + part  # dense rank (< n) first
     return keys, False
 
 
