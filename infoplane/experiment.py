@@ -202,12 +202,15 @@ def _track_fraction(mf, inputs, labels, data_name, fraction, split, fixed_split,
     tracker = None
     last_save = [time.monotonic()]
 
+    def make_tracker(members, resume):
+        return Tracker(members, probe_x, probe_y, layers=mf.layers, estimators=estimators, schedule=schedule,
+                       out=run_dir, seeds=seeds, fraction=fraction, meta=meta, keep_activations=keep_activations,
+                       resume=resume)
+
     def callback(epoch, members, metrics):
         nonlocal tracker
-        if tracker is None:
-            tracker = Tracker(members, probe_x, probe_y, layers=mf.layers, estimators=estimators,
-                              schedule=schedule, out=run_dir, seeds=seeds, fraction=fraction, meta=meta,
-                              keep_activations=keep_activations, resume=resume or state is not None)
+        if tracker is None:  # the trainer's member modules stay the same objects for the whole run
+            tracker = make_tracker(members, resume or state is not None)
         if epoch in tracker.schedule:
             values = dict(metrics)
             tracker.step(epoch, **values)
@@ -237,9 +240,7 @@ def _track_fraction(mf, inputs, labels, data_name, fraction, split, fixed_split,
                          callback=callback, test_idx=test_idx, state=state, checkpoint=checkpoint,
                          checkpoint_every=should_save)
         if tracker is None:  # resumed after the last epoch: nothing left to train
-            tracker = Tracker(result.members, probe_x, probe_y, layers=mf.layers, estimators=estimators,
-                              schedule=schedule, out=run_dir, seeds=seeds, fraction=fraction, meta=meta,
-                              keep_activations=keep_activations, resume=True)
+            tracker = make_tracker(result.members, True)
     except BaseException:
         if tracker is not None:
             tracker.__exit__(*sys.exc_info())  # keeps what was measured, marks the run unfinished
