@@ -190,6 +190,14 @@ def complete_epochs(rows, seeds, layers, estimators):
     return {e for e, s in seen.items() if len(s) == need}
 
 
+def _json_ok(value):
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x))
 
@@ -214,6 +222,10 @@ class RunWriter:
 
     def __init__(self, path, meta, identity=(), resume=False, overwrite=False):
         self.path = None if path is None else os.fspath(path)
+        bad = [k for k, v in dict(meta).items() if not _json_ok(v)]
+        if bad:
+            raise ValueError(f"meta entries {bad} cannot be written to meta.json; pass plain numbers (not NaN), "
+                             f"strings, lists and dicts (e.g. array.tolist())")
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **_jsonable(meta),
                      "start_time": now(), "end_time": None, "complete": False}
         self.rows, self.metric_names, self.metrics = [], [], {}
@@ -225,10 +237,13 @@ class RunWriter:
             raise ValueError(f"out={self.path!r} is a file; give a directory for the run")
         existing = os.path.isdir(self.path) and os.listdir(self.path)
         has_run = os.path.isfile(os.path.join(self.path, META))
-        if existing and not (overwrite or (resume and has_run)):
-            what = "already holds an infoplane run" if has_run else "exists and is not empty"
-            raise ValueError(f"out={self.path!r} {what}; pass resume=True to continue it, overwrite=True to "
-                             f"replace it, or choose another directory")
+        if existing and not has_run:
+            # overwrite=True replaces runs only: never clear a directory that holds something else.
+            raise ValueError(f"out={self.path!r} exists, is not empty and holds no infoplane run; choose a new or "
+                             f"empty directory")
+        if existing and not (overwrite or resume):
+            raise ValueError(f"out={self.path!r} already holds an infoplane run; pass resume=True to continue it, "
+                             f"overwrite=True to replace it, or choose another directory")
         os.makedirs(self.path, exist_ok=True)
         if resume and has_run:
             self._resume(identity)

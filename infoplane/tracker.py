@@ -24,7 +24,7 @@ from . import __version__
 from .capture import as_probe_tensors, model_device, probe, resolve_layers
 from .estimators import Binning, from_settings
 from .schedule import as_schedule
-from .store import ACTIVATIONS, Row, RunWriter, load_run, read_meta
+from .store import ACTIVATIONS, METRICS, Row, RunWriter, read_meta, read_metrics
 
 __all__ = ["Tracker", "estimate"]
 
@@ -181,7 +181,7 @@ class Tracker:
         self.models = models
         self.seeds = [int(s) for s in seeds]
         self.fraction = None if fraction is None else float(fraction)
-        self.devices = [model_device(m) if device is None else torch.device(device) for m in models]
+        self._estimate_device = None if device is None else torch.device(device)
         self.probe_batch_size = int(probe_batch_size)
         self.buffer_bytes = int(buffer_bytes)
         self.flush_seconds = flush_seconds
@@ -201,10 +201,6 @@ class Tracker:
         self.layers = [l.name for l in self.layer_info]
         # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
         self._probe_inputs = {}
-        for m in models:
-            d = model_device(m)
-            if d not in self._probe_inputs:
-                self._probe_inputs[d] = self.inputs.to(d)
 
         labels_np = self.labels.numpy()
         run_meta = {
@@ -272,6 +268,10 @@ class Tracker:
         """
         if self._closed:
             raise RuntimeError("this Tracker is closed; create a new one (resume=True continues its run)")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise TypeError(f"epoch must be an integer, got {epoch!r}")
+        if self._buffer and self._stale():
+            self.flush()
         if epoch not in self.schedule:
             return False
         epoch = int(epoch)
@@ -282,8 +282,12 @@ class Tracker:
         values = self._metric_values(metrics)
         t0 = time.perf_counter()
         per_seed = []
-        for model, seed, device in zip(self.models, self.seeds, self.devices):
-            inputs = self._probe_inputs[model_device(model)]
+        for model, seed in zip(self.models, self.seeds):
+            here = model_device(model)  # looked up each time: the model may have moved since construction
+            device = self._estimate_device or here
+            if here not in self._probe_inputs:
+                self._probe_inputs[here] = self.inputs.to(here)
+            inputs = self._probe_inputs[here]
             acts = probe(model, inputs, self.layer_info, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
             for name, a in acts.items():
@@ -302,8 +306,7 @@ class Tracker:
         self._buffer.append((epoch, per_seed, values))
         self._buffered_bytes += sum(a.numel() * a.element_size() for acts in per_seed for a in acts.values())
         self._buffer_since = self._buffer_since or time.monotonic()
-        stale = self.flush_seconds is not None and time.monotonic() - self._buffer_since >= self.flush_seconds
-        if self._buffered_bytes >= self.buffer_bytes or stale:
+        if self._buffered_bytes >= self.buffer_bytes or self._stale():
             self.flush()
         return True
 
@@ -311,15 +314,14 @@ class Tracker:
         """Estimate every buffered epoch (one estimator call per seed, layer and estimator) and write the rows."""
         if not self._buffer:
             return
-        buffer, self._buffer = sorted(self._buffer, key=lambda b: b[0]), []
-        self._buffered_bytes, self._buffer_since = 0, None
+        buffer = sorted(self._buffer, key=lambda b: b[0])
         epochs = [b[0] for b in buffer]
         t0 = time.perf_counter()
         rows = []
         # One estimator call per layer covers every buffered epoch of every seed that shares a device.
         by_device = {}
-        for i, device in enumerate(self.devices):
-            by_device.setdefault(device, []).append(i)
+        for i in range(len(self.seeds)):
+            by_device.setdefault(buffer[0][1][i][self.layers[0]].device, []).append(i)
         for members in by_device.values():
             keys = [(self.seeds[i], e) for i in members for e in epochs]
             for layer in self.layers:
@@ -331,6 +333,8 @@ class Tracker:
         self._writer.add_metrics_many([((seed, epoch), vals) for epoch, _, values in buffer
                                   for seed, vals in zip(self.seeds, values) if vals])
         self._writer.add_rows(_sort_rows(rows, self.seeds, self.layers, self.estimators))
+        # Only now is the buffer safe to drop: an estimator failure above keeps it for another flush.
+        self._buffer, self._buffered_bytes, self._buffer_since = [], 0, None
         self.timings["estimate"] += t1 - t0
         self.timings["store"] += time.perf_counter() - t1
         self.timings["layer_epochs"] += len(epochs) * len(self.layers) * len(self.seeds)
@@ -339,8 +343,12 @@ class Tracker:
         """Estimate what is buffered, write it, and mark the run complete. Safe to call twice."""
         if self._closed:
             return
+        try:
+            self.flush()
+        except BaseException:
+            self._writer.finish(complete=False)  # the run stays resumable; close() may be called again
+            raise
         self._closed = True
-        self.flush()
         self._writer.finish(complete=True)
 
     def __enter__(self):
@@ -361,6 +369,9 @@ class Tracker:
         self._writer.finish(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _stale(self):
+        return self.flush_seconds is not None and time.monotonic() - self._buffer_since >= self.flush_seconds
+
     def _metric_values(self, metrics):
         per_seed = [{} for _ in self.seeds]
         for name, value in metrics.items():
@@ -419,6 +430,12 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, de
     device = torch.device("cpu") if device is None else torch.device(device)
     layers = [l["name"] for l in meta["layers"]]
     widths = {l["name"]: l["width"] for l in meta["layers"]}
+    new_meta = {k: v for k, v in meta.items()
+                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
+    new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
+                                for e in estimators],
+                    keep_activations=False, derived_from=os.path.abspath(run_dir))
+    writer = RunWriter(out, new_meta, overwrite=overwrite)  # refuses a bad `out` before any work
     rows = []
     for seed in meta["seeds"]:
         seed_dir = os.path.join(acts_dir, str(seed))
@@ -437,14 +454,7 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, de
                 rows += _estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
                                        layer)
     rows = _sort_rows(rows, meta["seeds"], layers, estimators)
-    source = load_run(run_dir)
-    new_meta = {k: v for k, v in meta.items()
-                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
-    new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
-                                for e in estimators],
-                    keep_activations=False, derived_from=os.path.abspath(run_dir))
-    writer = RunWriter(out, new_meta, overwrite=overwrite)
-    writer.add_metrics_many(sorted(source._metrics.items()))
+    writer.add_metrics_many(sorted(read_metrics(os.path.join(run_dir, METRICS))[1].items()))
     writer.add_rows(rows)
     writer.finish(complete=True)
     return writer.run()
