@@ -154,7 +154,10 @@ def cmd_track(args):
 
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    estimators = _estimators(args)
+    try:
+        estimators = _estimators(args)
+    except ValueError as err:  # e.g. --range 1 -1
+        raise UsageError(str(err)) from err
     schedule = _schedule(args.schedule, args.epochs)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     runs = track(args.model_file, data=args.data, fractions=args.fraction or [0.8], split=args.split,
@@ -163,7 +166,7 @@ def cmd_track(args):
                  estimators=estimators, schedule=schedule, device=args.device, out=args.out,
                  resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
                  vectorize=False if args.no_vectorize else "auto", progress=not args.quiet,
-                 caller=["infoplane", *sys.argv[1:]] if sys.argv else None, log=log)
+                 caller=["infoplane", *args.argv], log=log)
     print(summary(runs))
     if not args.no_plot:
         paths = _write_figures(runs, None, None)
@@ -197,7 +200,9 @@ def cmd_plot(args):
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded in each run's meta.json as the command line
     if args.command is None:
         parser.print_help()
         return 2

@@ -5,6 +5,7 @@ This is the engine behind ``infoplane track``: model file -> data -> split per f
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ from . import data as data_mod
 from .estimators import Binning
 from .modelfile import ModelFile, load_model_file
 from .schedule import log_schedule
-from .store import load_run, read_meta
+from .store import META, load_run, read_meta
 from .tracker import Tracker
 from .train import fit, load_state, save_state
 
@@ -47,7 +48,7 @@ def _load_data(spec, model_file):
             try:
                 inputs, labels = model_file.data()
             except Exception as err:
-                raise ValueError(f"{model_file.path}: data() failed: {type(err).__name__}: {err}") from err
+                raise ConfigError(f"{model_file.path}: data() failed: {type(err).__name__}: {err}") from err
             name = f"{model_file.stem}.data()"
         else:
             inputs, labels = data_mod.tishby12()
@@ -137,8 +138,9 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     -------
     list of Run
         One per fraction, in the order given. Interrupted training can be resumed with ``resume=True``: a
-        checkpoint (estimates written, training state saved) is taken at every recorded epoch and at least
-        once a second, so an interruption loses at most about a second of training.
+        checkpoint (estimates written, training state saved) is taken once a second and after the last epoch,
+        so an interruption loses at most about a second of work; resuming with settings that change the
+        numbers (data, training, split) is refused.
     """
     mf = model_file if isinstance(model_file, ModelFile) else load_model_file(model_file)
     if split not in SPLITS:
@@ -159,6 +161,11 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     if probe != "all" and seeds > 1 and not fixed_split and split == "stratified":
         raise ConfigError(f"--probe {probe} with several seeds needs one split for all of them (--fixed-split): "
                          "otherwise each seed would be measured on different samples")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0; got {seed!r}")
+    if mf.max_seeds is not None and seed != 0:
+        raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop --seed (or define "
+                          f"build_model() to train other seeds)")
     out = Path(out) if out is not None else Path("runs") / mf.stem
     check_outputs(out, fractions, resume, overwrite)
     inputs, labels, data_name = _load_data(data, mf)
@@ -166,68 +173,87 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     estimators = list(estimators) if estimators else [Binning(bins=30, range=(-1, 1))]
     if schedule is None:
         schedule = log_schedule(epochs, 400)
-
-    runs = []
+    job = dict(mf=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr, batch_size=batch_size,
+               optimizer=optimizer, estimators=estimators, schedule=schedule, device=device, resume=resume,
+               overwrite=overwrite, keep_activations=keep_activations, vectorize=vectorize, progress=progress,
+               log=log)
+    # Every fraction is checked before anything is trained or replaced.
+    plans = []
     for fraction in fractions:
-        runs.append(_track_fraction(mf, inputs, labels, data_name, fraction, split, fixed_split, probe, seed_list,
-                                    seed, epochs, lr, batch_size, optimizer, estimators, schedule, device,
-                                    fraction_dir(out, fraction), resume, overwrite, keep_activations, vectorize,
-                                    progress, caller, log))
-    return runs
+        try:
+            splits, split_seeds = _splits(labels, fraction, split, seed_list, fixed_split, seed)
+            probe_x, probe_y = _probe_set(inputs, labels, probe, splits)
+        except ValueError as err:
+            raise ConfigError(f"training fraction {fraction:g}: {err}") from err
+        meta = {
+            "data": data_name,
+            "model_file": str(mf.path),
+            "caller": caller if caller is not None else (list(sys.argv) if sys.argv and sys.argv[0] else "python"),
+            "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
+                         "device": str(device), "vectorize": vectorize},
+            "split": {"kind": split, "fraction": fraction, "probe": probe, "fixed": bool(fixed_split),
+                      "seeds": split_seeds, "train": [s[0].tolist() for s in splits],
+                      "test": [s[1].tolist() for s in splits]},
+        }
+        run_dir = fraction_dir(out, fraction)
+        if resume and (run_dir / META).exists():
+            _check_same_settings(run_dir, meta)
+        plans.append((fraction, run_dir, splits, probe_x, probe_y, meta))
+    return [_track_fraction(job, *plan) for plan in plans]
 
 
-def _track_fraction(mf, inputs, labels, data_name, fraction, split, fixed_split, probe, seeds, base_seed, epochs,
-                    lr, batch_size, optimizer, estimators, schedule, device, run_dir, resume, overwrite,
-                    keep_activations, vectorize, progress, caller, log):
-    if resume and (run_dir / "meta.json").exists() and read_meta(run_dir).get("complete"):
+# Settings that change the numbers of a run: a resumed run must keep them.
+_RESUME_KEYS = ("data", "training", "split")
+
+
+def _check_same_settings(run_dir, meta):
+    stored = read_meta(run_dir)
+    for key in _RESUME_KEYS:
+        if json.loads(json.dumps(meta[key])) != stored.get(key):
+            raise ConfigError(f"{run_dir} was recorded with other {key} settings than this command's; resume it "
+                              f"with the same options, or pass --overwrite to start it again")
+
+
+def _track_fraction(job, fraction, run_dir, splits, probe_x, probe_y, meta):
+    log, seeds, epochs = job["log"], job["seeds"], job["epochs"]
+    if job["resume"] and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
         log(f"{run_dir}: complete, skipped")
         return load_run(run_dir)
-    if overwrite and run_dir.exists():
+    if job["overwrite"] and run_dir.exists():
         shutil.rmtree(run_dir)
-    splits, split_seeds = _splits(labels, fraction, split, seeds, fixed_split, base_seed)
-    probe_x, probe_y = _probe_set(inputs, labels, probe, splits)
     state_path = run_dir / STATE_FILE
-    state = load_state(state_path) if resume and state_path.exists() else None
-    meta = {
-        "data": data_name,
-        "model_file": str(mf.path),
-        "caller": caller if caller is not None else (list(sys.argv) if sys.argv and sys.argv[0] else "python"),
-        "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-                     "device": str(device)},
-        "split": {"kind": split, "fraction": fraction, "probe": probe, "fixed": bool(fixed_split),
-                  "seeds": split_seeds, "train": [s[0].tolist() for s in splits],
-                  "test": [s[1].tolist() for s in splits]},
-    }
-    bar = _progress(progress, epochs, fraction, state)
+    state = load_state(state_path) if job["resume"] and state_path.exists() else None
+    bar = _progress(job["progress"], epochs, fraction, state)
     tracker = None
-    last_save = [time.monotonic()]
+    last_save = time.monotonic()
 
-    def make_tracker(members, resume):
-        return Tracker(members, probe_x, probe_y, layers=mf.layers, estimators=estimators, schedule=schedule,
-                       out=run_dir, seeds=seeds, fraction=fraction, meta=meta, keep_activations=keep_activations,
-                       resume=resume)
+    def make_tracker(members):
+        return Tracker(members, probe_x, probe_y, layers=job["mf"].layers, estimators=job["estimators"],
+                       schedule=job["schedule"], out=run_dir, seeds=seeds, fraction=fraction, meta=meta,
+                       keep_activations=job["keep_activations"], resume=job["resume"])
 
     def callback(epoch, members, metrics):
         nonlocal tracker
         if tracker is None:  # the trainer's member modules stay the same objects for the whole run
-            tracker = make_tracker(members, resume or state is not None)
+            tracker = make_tracker(members)
         if epoch in tracker.schedule:
             values = dict(metrics)
             tracker.step(epoch, **values)
-            # Estimates of every recorded epoch are written before the training state that follows it is
-            # saved, so a resumed run never skips an epoch whose rows were lost.
-            tracker.flush()
             if bar is not None:
                 bar.set_postfix(_postfix(values), refresh=False)
         if bar is not None:
             bar.update(1)
 
     def should_save(epoch):
-        return epoch in tracker.schedule or time.monotonic() - last_save[0] >= 1.0
+        return time.monotonic() - last_save >= 1.0
 
     def checkpoint(train_state):
+        nonlocal last_save
+        # The estimates of every epoch up to this state are written before the state is saved, so a resumed run
+        # never skips an epoch whose rows were lost; between checkpoints the tracker batches as it likes.
+        tracker.flush()
         save_state(state_path, train_state)
-        last_save[0] = time.monotonic()
+        last_save = time.monotonic()
 
     test_idx = [s[1] for s in splits]
     if any(len(t) == 0 for t in test_idx):
@@ -235,12 +261,12 @@ def _track_fraction(mf, inputs, labels, data_name, fraction, split, fixed_split,
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(mf, inputs, labels, [s[0] for s in splits], seeds=seeds, epochs=epochs, lr=lr,
-                         batch_size=batch_size, optimizer=optimizer, device=device, vectorize=vectorize,
-                         callback=callback, test_idx=test_idx, state=state, checkpoint=checkpoint,
-                         checkpoint_every=should_save)
+            result = fit(job["mf"], job["inputs"], job["labels"], [s[0] for s in splits], seeds=seeds, epochs=epochs,
+                         lr=job["lr"], batch_size=job["batch_size"], optimizer=job["optimizer"], device=job["device"],
+                         vectorize=job["vectorize"], callback=callback, test_idx=test_idx, state=state,
+                         checkpoint=checkpoint, checkpoint_every=should_save)
         if tracker is None:  # resumed after the last epoch: nothing left to train
-            tracker = make_tracker(result.members, True)
+            tracker = make_tracker(result.members)
     except BaseException:
         if tracker is not None:
             tracker.__exit__(*sys.exc_info())  # keeps what was measured, marks the run unfinished
@@ -251,8 +277,8 @@ def _track_fraction(mf, inputs, labels, data_name, fraction, split, fixed_split,
     tracker.close()
     if state_path.exists():
         os.remove(state_path)
-    for w in caught:
-        log(f"note: {w.message}")
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        log(f"note: {message}")
     how = "vectorised" if result.vectorized else "one at a time"
     log(f"{run_dir}: {len(seeds)} seed(s) trained {how} for {epochs} epochs")
     return load_run(run_dir)

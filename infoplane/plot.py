@@ -443,16 +443,19 @@ def compare(runs, estimator=None, *, all_seeds=False, titles=None):
                              layout="constrained", squeeze=False)
     axes = axes[0]
     same_layers = all(r.layers == runs[0].layers for r in runs)
+    tops = []
     for i, (ax, run) in enumerate(zip(axes, runs)):
         _draw_plane(ax, run, estimator, norm, all_seeds, legend=(i == 0 or not same_layers))
+        # Read each panel's limits now: the axes are shared, so the next panel overwrites them.
+        tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
         seeds = f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else ""
         label = _fraction_label(run) if titles is None else f"{titles[i]} | {_fraction_label(run)}"
         ax.set_title(label + seeds, fontsize=9)
         if i:
             ax.set_ylabel("")
     # Shared axes must hold every panel's ceiling and data.
-    xmax = max(ax.get_xlim()[1] for ax in axes)
-    ymax = max(ax.get_ylim()[1] for ax in axes)
+    xmax = max(t[0] for t in tops)
+    ymax = max(t[1] for t in tops)
     axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
     axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
     fig.suptitle(" | ".join([_data_name(runs[0]) or "data n/a", _estimator_label(runs[0], estimator)]),

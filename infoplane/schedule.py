@@ -35,6 +35,7 @@ class Schedule:
         self._rule = rule
         if epochs is not None:
             epochs = np.unique(np.asarray(epochs, dtype=np.int64))
+            epochs.flags.writeable = False  # np.asarray(schedule) hands this array out
             self._set = frozenset(epochs.tolist())
         else:
             self._set = None

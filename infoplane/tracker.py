@@ -29,7 +29,8 @@ from .store import ACTIVATIONS, METRICS, Row, RunWriter, read_meta, read_metrics
 __all__ = ["Tracker", "estimate"]
 
 # Keys of meta.json that must match when a run is resumed.
-_IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation")
+_IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
+             "keep_activations")
 
 
 def _as_estimators(estimators):

@@ -9,8 +9,8 @@ call per minibatch, which is numerically the same as training them one by one.
 from __future__ import annotations
 
 import copy
+import io
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .modelfile import ModelFile, seeded_build
+from .store import atomic_write_bytes
 
 __all__ = ["fit", "FitResult", "save_state", "load_state", "STATE_FORMAT"]
 
@@ -269,14 +270,9 @@ def save_state(path: str | os.PathLike, state: dict) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -777,9 +773,12 @@ def _set_rng(state, device):
 
 
 def _initial_rng(seed, device):
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
-        torch.manual_seed(_derive(seed, 2))
-        return _get_rng(device)
+    # Private generators: torch.manual_seed would also reseed every CUDA device, not only the one restored.
+    x = _derive(seed, 2)
+    state = {"cpu": torch.Generator().manual_seed(x).get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.Generator(device=device).manual_seed(x).get_state()
+    return state
 
 
 def _first_line(exc):

@@ -160,3 +160,20 @@ def test_plot_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(out / "fraction-0.1"), str(tmp_path / "d" / "fraction-0.8")]) == 2
     assert "data" in capsys.readouterr().err.splitlines()[0]
+
+
+def test_resume_refuses_changed_settings_and_checks_every_fraction_first(tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["track", TANH, "--epochs", "2", "--quiet", "--no-plot", "--out", str(out)]
+    assert main(base + ["--fraction", "0.5"]) == 0
+    meta = infoplane.load_run(out / "fraction-0.5").meta
+    assert meta["caller"][:3] == ["infoplane", "track", TANH]
+    capsys.readouterr()
+    assert main(base + ["--fraction", "0.5", "--resume", "--lr", "0.1"]) == 2
+    assert "other training settings" in capsys.readouterr().err.splitlines()[0]
+    # a fraction too small for any training sample is refused before the first fraction trains or is replaced
+    assert main(base + ["--fraction", "0.5", "--fraction", "0.0001", "--overwrite"]) == 2
+    assert "0.0001" in capsys.readouterr().err.splitlines()[0]
+    assert infoplane.load_run(out / "fraction-0.5").meta["complete"]  # the old run was left alone
+    assert main(base + ["--fraction", "0.5", "--overwrite", "--range", "1", "-1"]) == 2
+    assert main(base + ["--fraction", "0.5", "--overwrite", "--seed", "-1"]) == 2

@@ -377,3 +377,12 @@ def test_backend_is_agg_only_when_none_is_configured(env, expected):
     code = "import infoplane.plot, matplotlib; print(matplotlib.get_backend().lower())"
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_compare_axes_hold_every_panels_data():
+    # Shared axes report the last panel's limits; an estimate above the ceiling in the first panel must still show.
+    big = make_run(fraction=0.1, ixt=math.log2(N) * 1.5)
+    small = make_run(fraction=0.9)
+    fig = ip.compare([big, small])
+    ax = plane_axes(fig)[0]
+    assert ax.get_xlim()[1] >= math.log2(N) * 1.5
