@@ -513,6 +513,15 @@ def _try_vectorize(spec, members, inputs, labels, train_sets, batch_size):
     optimizer = spec.make_optimizer(list(params.values()))
     if type(optimizer) not in _ELEMENTWISE:
         return f"{type(optimizer).__name__} is not known to update each parameter element independently"
+    # A factory may group parameters by shape (e.g. no weight decay where p.ndim == 1); stacking adds a
+    # dimension, so the stacked optimiser must group the same parameters in the same order as a member's own.
+    names = {id(v): k for k, v in params.items()}
+    own_names = {id(v): k for k, v in members[0].named_parameters()}
+    stacked_groups = [[names.get(id(p)) for p in g["params"]] for g in optimizer.param_groups]
+    own_groups = [[own_names.get(id(p)) for p in g["params"]]
+                  for g in spec.make_optimizer(list(members[0].parameters())).param_groups]
+    if stacked_groups != own_groups:
+        return "the optimiser groups the stacked parameters differently from a single network's"
 
     forward_loss, how = _stacked_sequential(members[0], spec.loss, inputs, labels), "batched matrix products"
     if forward_loss is None:

@@ -313,3 +313,16 @@ def test_custom_loss_takes_the_vmap_path(data):
     seq = run(data, vectorize=False, loss=nn.CrossEntropyLoss(label_smoothing=0.1))
     assert "torch.func.vmap" in vec.reason
     assert_members_close(vec.members, seq.members, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_that_groups_by_shape_falls_back(data):
+    def grouped(parameters):
+        parameters = list(parameters)
+        return torch.optim.Adam([{"params": [p for p in parameters if p.ndim > 1], "weight_decay": 0.1},
+                                 {"params": [p for p in parameters if p.ndim <= 1]}], lr=1e-2)
+
+    with pytest.warns(UserWarning, match="groups the stacked parameters differently"):
+        vec = run(data, optimizer=grouped)
+    seq = run(data, optimizer=grouped, vectorize=False)
+    assert not vec.vectorized
+    assert_members_close(vec.members, seq.members, rtol=0, atol=0)
