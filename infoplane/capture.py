@@ -321,6 +321,10 @@ def probe(model, inputs, layers, batch_size=4096, device=None, epoch=None):
             m.training = flag
     acts = {}
     for layer in layers:
+        if not store[layer.name]:
+            where = "" if epoch is None else f" at epoch {epoch}"
+            raise ValueError(f"layer {layer.name!r} did not run during the probe pass{where}; a forward that skips "
+                             f"layers depending on the input cannot be tracked there: choose other layers")
         t = torch.cat(store[layer.name]) if len(store[layer.name]) > 1 else store[layer.name][0]
         if t.shape != (inputs.shape[0], layer.width):
             where = "" if epoch is None else f" at epoch {epoch}"
