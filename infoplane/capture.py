@@ -95,8 +95,6 @@ def as_probe_tensors(inputs, labels):
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must have a leading sample dimension with at least one sample, "
                          f"got shape {tuple(inputs.shape)}")
-    if inputs.dtype == torch.float64:
-        inputs = inputs.float()
     labels = torch.as_tensor(labels).detach().cpu()
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise ValueError(f"labels must be class indices of shape [N], got shape {tuple(labels.shape)} "

@@ -177,6 +177,9 @@ class Tracker:
             raise ValueError("probe_batch_size must be >= 1 and buffer_bytes >= 0")
 
         self.inputs, self.labels = as_probe_tensors(inputs, labels)
+        weight = next((p for p in models[0].parameters() if p.is_floating_point()), None)
+        if weight is not None and self.inputs.is_floating_point():
+            self.inputs = self.inputs.to(weight.dtype)  # numpy gives float64; a float32 model wants float32
         if self.labels.shape[0] < 2:
             raise ValueError("the probe set needs at least 2 samples")
         self.models = models

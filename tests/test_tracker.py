@@ -313,3 +313,16 @@ def test_keep_activations_and_estimate_reproduce_the_table(tmp_path):
     np.testing.assert_array_equal(stored.metric("loss"), original.metric("loss"))
     with pytest.raises(ValueError, match="no saved activations"):
         infoplane.estimate(tmp_path / "coarse")
+
+
+def test_float64_models_and_numpy_inputs_are_probed_in_the_models_dtype():
+    import numpy as np
+    from torch import nn
+
+    x = np.random.default_rng(0).normal(size=(64, 4))          # float64 numpy
+    y = np.arange(64) % 2
+    for dtype in (torch.float32, torch.float64):
+        model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).to(dtype)
+        with infoplane.Tracker(model, x, y, schedule=[0]) as tracker:
+            assert tracker.step(0)
+        assert tracker.run.get("ixt").shape == (1, 1, 2)
