@@ -424,9 +424,11 @@ class _Vectorized:
 
     def train_epoch(self, orders, inputs, labels, batch_size, rngs):
         order = torch.stack(orders)
+        # One gather per epoch; the minibatches are then views of it.
+        epoch_inputs, epoch_labels = inputs[order], labels[order]
         for start in range(0, order.shape[1], batch_size):
-            idx = order[:, start:start + batch_size]
-            losses, _ = self.forward_loss(self.params, self.buffers, inputs[idx], labels[idx])
+            x, y = epoch_inputs[:, start:start + batch_size], epoch_labels[:, start:start + batch_size]
+            losses, _ = self.forward_loss(self.params, self.buffers, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             # Member i's loss depends only on member i's slice, so the gradient of the sum is, slice
             # by slice, each member's own gradient.
