@@ -294,8 +294,10 @@ class Tracker:
             inputs = self._probe_inputs[here]
             acts = probe(model, inputs, self.layer_info, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
-            for name, a in acts.items():
-                if not bool(torch.isfinite(a).all()):
+            # One host sync per member (not per layer) on accelerators.
+            finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
+            for name, ok in zip(acts, finite):
+                if not ok:
                     raise ValueError(f"layer {name!r} has non-finite activations (NaN or inf) at epoch {epoch} "
                                      f"(seed {seed}); the training has probably diverged (check the loss, "
                                      f"lower the learning rate)")

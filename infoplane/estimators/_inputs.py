@@ -45,10 +45,10 @@ def result_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def as_batch(activations, *, min_precision: torch.dtype = torch.float32) -> Batch:
+def as_batch(activations) -> Batch:
     """Check activations and flatten their leading (batch) dimensions.
 
-    float16/bfloat16 are widened to ``min_precision``; integer and boolean inputs become float64 (exact).
+    float16/bfloat16 are widened to float32; integer and boolean inputs become float64 (exact).
     """
     a = _to_tensor(activations, "activations")
     if a.ndim < 2:
@@ -69,7 +69,7 @@ def as_batch(activations, *, min_precision: torch.dtype = torch.float32) -> Batc
     if not a.is_floating_point():
         a = a.to(torch.float64 if a.device.type != "mps" else torch.float32)
     elif a.dtype in _LOW_PRECISION:
-        a = a.to(min_precision)
+        a = a.float()
     batch_shape = tuple(a.shape[:-2])
     flat = a.reshape(-1, n, d)
     return Batch(acts=flat, batch_shape=batch_shape, device=a.device)
