@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .labels import as_class_indices
+
 __all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "resolve_layers", "probe", "model_device", "as_probe_tensors"]
 
 #: Module types counted as a layer's nonlinearity when choosing layers by default.
@@ -79,8 +81,8 @@ def as_probe_tensors(inputs, labels):
     Parameters
     ----------
     inputs : tensor or array, shape [N, ...]
-    labels : tensor or array of int, shape [N]
-        Class index per sample.
+    labels : tensor, array or sequence, shape [N] (or one-hot [N, C])
+        Class per sample, under the rules of :mod:`infoplane.labels`.
 
     Returns
     -------
@@ -95,18 +97,7 @@ def as_probe_tensors(inputs, labels):
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise ValueError(f"inputs must have a leading sample dimension with at least one sample, "
                          f"got shape {tuple(inputs.shape)}")
-    labels = torch.as_tensor(labels).detach().cpu()
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        raise ValueError(f"labels must be class indices of shape [N], got shape {tuple(labels.shape)} "
-                         f"(one-hot? pass labels.argmax(1))")
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array of class indices, got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point:
-        if not torch.equal(labels, labels.round()):
-            raise ValueError("labels must be integer class indices, got non-integer floats")
-    elif labels.dtype == torch.bool or labels.dtype.is_complex:
-        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    labels = labels.to(torch.int64)
+    labels = as_class_indices(labels).indices.cpu()
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"labels do not match inputs: {labels.shape[0]} labels for {inputs.shape[0]} input "
                          f"samples; pass one label per probe sample")

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .labels import as_class_indices
+
 __all__ = [
     "ICOSAHEDRON",
     "tishby12",
@@ -213,48 +215,31 @@ def digits(dtype: torch.dtype = torch.float32):
     return inputs, labels
 
 
-def _labels_from_array(labels: np.ndarray, path) -> np.ndarray:
-    if labels.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: 'labels' must be numeric; got dtype {labels.dtype}.")
-    if labels.ndim == 2:
-        if not np.all((labels == 0) | (labels == 1)) or not np.all(labels.sum(axis=1) == 1):
-            raise ValueError(
-                f"{path}: 2-D 'labels' are read as one-hot (N x C), so every row must hold "
-                "exactly one 1 and zeros elsewhere; store class indices as a 1-D array otherwise."
-            )
-        return labels.argmax(axis=1).astype(np.int64)
-    if labels.ndim != 1:
-        raise ValueError(
-            f"{path}: 'labels' must be 1-D class indices or 2-D one-hot; got shape {labels.shape}."
-        )
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ValueError(
-                f"{path}: 'labels' must be integer class indices; found non-integer values."
-            )
-    labels = labels.astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{path}: 'labels' must be class indices >= 0; found {labels.min()}.")
-    return labels
+def _labels_from_array(labels: np.ndarray, path) -> tuple[np.ndarray, list | None]:
+    checked = as_class_indices(labels, labels.shape[0] if labels.ndim else None, what=f"{path}: 'labels'")
+    return checked.indices.numpy(), checked.names
 
 
-def load_npz(path, dtype: torch.dtype = torch.float32):
+def load_npz(path, dtype: torch.dtype = torch.float32, return_names: bool = False):
     """Load your own data set from a ``.npz`` file.
 
     Parameters
     ----------
     path : str or os.PathLike
         A ``.npz`` file (as written by ``numpy.savez``) holding two arrays: ``inputs`` of
-        shape (N, ...) with finite real values, and ``labels`` either of shape (N,) with
-        integer class indices >= 0 (integral floats are accepted) or of shape (N, C)
-        one-hot, which is converted to class indices.
+        shape (N, ...) with finite real values, and ``labels`` of shape (N,) or (N, C): class
+        indices, one-hot rows or class names under the rules of :mod:`infoplane.labels`.
     dtype : torch.dtype, default torch.float32
         Floating dtype of ``inputs``.
+    return_names : bool, default False
+        Also return the class names (sorted; None for numeric labels).
 
     Returns
     -------
     inputs : Tensor of shape (N, ...), dtype ``dtype``
     labels : Tensor of shape (N,), dtype int64
+    names : list or None
+        Only with ``return_names=True``.
 
     Raises
     ------
@@ -288,7 +273,9 @@ def load_npz(path, dtype: torch.dtype = torch.float32):
         raise ValueError(f"{path}: 'inputs' must be real numbers; got dtype {inputs.dtype}.")
     if not np.all(np.isfinite(inputs)):
         raise ValueError(f"{path}: 'inputs' contains NaN or infinite values; clean them first.")
-    labels = _labels_from_array(labels, path)
+    labels, names = _labels_from_array(labels, path)
+    if return_names:
+        return torch.as_tensor(inputs).to(dtype), torch.as_tensor(labels), names
     return torch.as_tensor(inputs).to(dtype), torch.as_tensor(labels)
 
 

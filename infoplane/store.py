@@ -1,213 +1,33 @@
-"""The run directory: ``meta.json``, ``infoplane.csv``, ``metrics.csv`` and optional raw activations.
+"""Writing a run: :class:`RunWriter` fills one run directory (or keeps the run in memory).
 
-Crash safety: table rows are appended, flushed and fsynced one estimated batch at a time; whole-file rewrites
-(``meta.json``, a CSV whose header grows, trimming on resume) go to a temporary file that replaces the old one
-with ``os.replace``. A process killed at any moment therefore leaves valid files; at worst the last CSV line is
-cut short, and readers drop such a line. Nothing is pickled: JSON, CSV and ``.npz`` (numpy arrays) only.
+The directory's lifecycle (create, recognise, clear, lock) is decided in :mod:`infoplane.rundir`, its file
+format in :mod:`infoplane.runfiles`, and reading it back in :mod:`infoplane.run`; this module only writes.
 """
 from __future__ import annotations
 
-import csv
 import io
-import json
-import math
 import os
-import shutil
-from collections import namedtuple
-from datetime import datetime, timezone
 
 import numpy as np
 
-__all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "METRICS", "ACTIVATIONS"]
+from . import rundir
+from .run import Run, load_run
+from .runfiles import (ACTIVATIONS, FIELDS, FORMAT, FORMAT_VERSION, META, METRICS, TABLE, Row, _json_ok,
+                       _jsonable, _num, append_csv, atomic_write_bytes, complete_epochs, format_row, now,
+                       read_meta, read_metrics, read_table, write_csv, write_meta)
 
-META, TABLE, METRICS, ACTIVATIONS = "meta.json", "infoplane.csv", "metrics.csv", "activations"
-FORMAT = "infoplane-run"
-FORMAT_VERSION = 1
-
-FIELDS = ("seed", "fraction", "epoch", "layer", "estimator", "ixt", "ity", "ixt_lower", "ity_lower")
-VALUES = ("ixt", "ity", "ixt_lower", "ity_lower")
-
-#: One line of ``infoplane.csv``; absent values are NaN, an absent fraction is None.
-Row = namedtuple("Row", FIELDS)
+__all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "METRICS", "ACTIVATIONS",
+           "read_meta", "read_metrics", "read_table"]
 
 
-def now():
-    """Current UTC time as an ISO 8601 string (seconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+class ResumeMismatchError(ValueError):
+    """A run cannot be resumed because its stored settings differ (``keys`` lists which)."""
+
+    def __init__(self, message, keys=()):
+        super().__init__(message)
+        self.keys = list(keys)
 
 
-# --------------------------------------------------------------------------------------------------- low level
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``, so readers see the old or the new
-    file, never a mix."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _csv_text(rows):
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    return buf.getvalue()
-
-
-def write_csv(path, header, rows):
-    """Atomically replace ``path`` with a CSV of ``header`` and ``rows`` (lists of strings)."""
-    atomic_write_bytes(path, _csv_text([header, *rows]).encode())
-
-
-def append_csv(path, rows):
-    """Append rows to an existing CSV, then flush and fsync."""
-    if not rows:
-        return
-    with open(path, "a", encoding="utf-8", newline="") as f:
-        f.write(_csv_text(rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_csv(path):
-    """Header and rows of a CSV, dropping a last line that was cut short (no final newline).
-
-    Returns
-    -------
-    header : list of str, or None for a missing or empty file
-    rows : list of list of str
-    """
-    if not os.path.exists(path):
-        return None, []
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    lines = list(csv.reader(io.StringIO(text)))
-    if not lines:
-        return None, []
-    header, rows = lines[0], lines[1:]
-    for i, row in enumerate(rows):
-        if len(row) != len(header):
-            raise ValueError(f"{path}: line {i + 2} has {len(row)} fields, expected {len(header)} ({header}); "
-                             f"the file is damaged")
-    return header, rows
-
-
-def _num(x):
-    """A float as a round-trip exact string; NaN becomes the empty cell."""
-    x = float(x)
-    return "" if math.isnan(x) else repr(x)
-
-
-def _parse_num(s):
-    return math.nan if s == "" else float(s)
-
-
-def format_row(row):
-    """A :class:`Row` as CSV cells."""
-    frac = "" if row.fraction is None else repr(float(row.fraction))
-    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator, *(_num(getattr(row, v))
-                                                                                         for v in VALUES)]
-
-
-def parse_row(cells):
-    """CSV cells of ``infoplane.csv`` as a :class:`Row`."""
-    seed, frac, epoch, layer, est, *vals = cells
-    return Row(int(seed), None if frac == "" else float(frac), int(epoch), layer, est, *map(_parse_num, vals))
-
-
-def read_table(path):
-    """All complete rows of an ``infoplane.csv`` as :class:`Row` tuples."""
-    header, rows = read_csv(path)
-    if header is None:
-        return []
-    if tuple(header) != FIELDS:
-        raise ValueError(f"{path}: unexpected header {header}; expected {list(FIELDS)}")
-    return [parse_row(r) for r in rows]
-
-
-def read_metrics(path):
-    """Metrics of a wide ``metrics.csv`` (``seed,epoch,<names>``).
-
-    Returns
-    -------
-    names : list of str
-    values : dict
-        ``(seed, epoch) -> {name: float}``; cells left empty are omitted.
-    """
-    header, rows = read_csv(path)
-    if header is None:
-        return [], {}
-    if header[:2] != ["seed", "epoch"]:
-        raise ValueError(f"{path}: header must start with seed,epoch; got {header}")
-    names = header[2:]
-    values = {}
-    for r in rows:
-        values[(int(r[0]), int(r[1]))] = {n: float(v) for n, v in zip(names, r[2:]) if v != ""}
-    return names, values
-
-
-def read_meta(path):
-    """The ``meta.json`` of a run directory as a dict."""
-    meta_path = os.path.join(path, META)
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{path!r} is not an infoplane run directory: it has no {META}")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not an infoplane run description (format={meta.get('format')!r})")
-    return meta
-
-
-def write_meta(path, meta):
-    """Atomically write ``meta.json`` into the run directory ``path``."""
-    atomic_write_bytes(os.path.join(path, META), (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
-
-
-def complete_epochs(rows, seeds, layers, estimators):
-    """Epochs whose table holds a row for every (seed, layer, estimator)."""
-    need = len(seeds) * len(layers) * len(estimators)
-    wanted = set(seeds), set(layers), set(estimators)
-    seen = {}
-    for r in rows:
-        if r.seed in wanted[0] and r.layer in wanted[1] and r.estimator in wanted[2]:
-            seen.setdefault(r.epoch, set()).add((r.seed, r.layer, r.estimator))
-    return {e for e, s in seen.items() if len(s) == need}
-
-
-def _json_ok(value):
-    try:
-        json.dumps(value, allow_nan=False)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _jsonable(x):
-    return json.loads(json.dumps(x))
-
-
-# ------------------------------------------------------------------------------------------------------ writer
 class RunWriter:
     """Owns one run directory while a tracker fills it (or keeps everything in memory when ``path`` is None).
 
@@ -234,46 +54,40 @@ class RunWriter:
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **_jsonable(meta),
                      "start_time": now(), "end_time": None, "complete": False}
         self.rows, self.metric_names, self.metrics = [], [], {}
+        self._lock = None
         if self.path is None:
             return
-        if resume and overwrite:
-            raise ValueError("pass resume=True or overwrite=True, not both")
-        if os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise ValueError(f"out={self.path!r} is a file; give a directory for the run")
-        existing = os.path.isdir(self.path) and os.listdir(self.path)
-        has_run = os.path.isfile(os.path.join(self.path, META))
-        if existing and not has_run:
-            # overwrite=True replaces runs only: never clear a directory that holds something else.
-            raise ValueError(f"out={self.path!r} exists, is not empty and holds no infoplane run; choose a new or "
-                             f"empty directory")
-        if existing and not (overwrite or resume):
-            raise ValueError(f"out={self.path!r} already holds an infoplane run; pass resume=True to continue it, "
-                             f"overwrite=True to replace it, or choose another directory")
-        os.makedirs(self.path, exist_ok=True)
-        if resume and has_run:
-            self._resume(identity)
+        self._identity = tuple(identity)
+        self._lock, resuming = rundir.open_run_dir(self.path, resume=resume, overwrite=overwrite,
+                                                   check=self._check_identity)
+        try:
+            if resuming:
+                self._resume(identity)
+                write_meta(self.path, self.meta)
+                return
+            # meta.json first: a directory holding it is recognised as a run (and resumable) even if the
+            # process dies before the empty tables exist; readers treat missing tables as empty.
             write_meta(self.path, self.meta)
-            return
-        for name in (META, TABLE, METRICS):
-            if os.path.exists(self._file(name)):
-                os.remove(self._file(name))
-        shutil.rmtree(self._file(ACTIVATIONS), ignore_errors=True)
-        # meta.json first: a directory holding it is recognised as a run (and resumable) even if the
-        # process dies before the empty tables exist; readers treat missing tables as empty.
-        write_meta(self.path, self.meta)
-        write_csv(self._file(TABLE), FIELDS, [])
-        write_csv(self._file(METRICS), ["seed", "epoch"], [])
+            write_csv(self._file(TABLE), FIELDS, [])
+            write_csv(self._file(METRICS), ["seed", "epoch"], [])
+        except BaseException:
+            self.release()
+            raise
 
     def _file(self, name):
         return os.path.join(self.path, name)
 
-    def _resume(self, identity):
-        old = read_meta(self.path)
-        diff = [k for k in identity if old.get(k) != self.meta.get(k)]
+    def _check_identity(self, path):
+        old = read_meta(path)
+        diff = [k for k in self._identity if old.get(k) != self.meta.get(k)]
         if diff:
             lines = "; ".join(f"{k}: stored {old.get(k)!r}, now {self.meta.get(k)!r}" for k in diff)
-            raise ValueError(f"cannot resume the run in {self.path!r}: its settings differ ({lines}). Use the "
-                             f"same settings, or overwrite=True / another out= to start a new run")
+            raise ResumeMismatchError(f"cannot resume the run in {self.path!r}: its settings differ ({lines}). "
+                                      f"Use the same settings, or overwrite=True / another out= to start a new run",
+                                      keys=diff)
+
+    def _resume(self, identity):
+        old = read_meta(self.path)
         # Keep the original start and the caller's extra keys; record the resumption.
         self.meta = {**old, **self.meta, "start_time": old.get("start_time"),
                      "resumed": old.get("resumed", []) + [now()]}
@@ -350,190 +164,22 @@ class RunWriter:
         np.save(buf, np.asarray(labels, dtype=np.int64))
         atomic_write_bytes(os.path.join(self.path, ACTIVATIONS, "labels.npy"), buf.getvalue())
 
-    def finish(self, complete=True):
-        """Stamp the end time (and ``complete``) into ``meta.json``."""
+    def finish(self, complete=True, release=True):
+        """Stamp the end time (and ``complete``) into ``meta.json``, then (with ``release``) give up the lock."""
         self.meta["end_time"] = now()
         self.meta["complete"] = bool(complete)
         if self.path is not None:
             write_meta(self.path, self.meta)
+        if release:
+            self.release()
+
+    def release(self):
+        """Give up the run directory's lock; the writer writes nothing more. Safe to call twice."""
+        if self._lock is not None:
+            self._lock.release()
 
     def run(self):
         """The current contents as an in-memory :class:`Run`."""
         return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path)
 
 
-# --------------------------------------------------------------------------------------------------------- Run
-def _ordered(first, extra):
-    out = list(dict.fromkeys(first))
-    out.extend(x for x in dict.fromkeys(extra) if x not in set(out))
-    return out
-
-
-class Run:
-    """A recorded information plane, as numpy arrays.
-
-    Parameters
-    ----------
-    meta : dict
-        The run description (contents of ``meta.json``).
-    rows : iterable of Row
-        Lines of ``infoplane.csv``.
-    metrics : dict, optional
-        ``(seed, epoch) -> {name: value}``.
-    metric_names : sequence of str, optional
-        Column order of the metrics (names found only in ``metrics`` follow).
-
-    Attributes
-    ----------
-    meta : dict
-    layers : list of str
-        Layer names in model order.
-    epochs : ndarray of int64
-        Sorted epochs that have at least one row.
-    seeds : list of int
-    estimators : list of str
-    fraction : float or None
-        Training fraction recorded with the run.
-    n : int
-        Probe size N.
-    log2_n : float
-        Ceiling of I(X;T) in bits.
-    h_y : float
-        H(Y) of the probe labels in bits, the ceiling of I(T;Y).
-    rows : list of Row
-    path : str or None
-        The run directory, None for a run held only in memory.
-    """
-
-    def __init__(self, meta, rows=(), metrics=None, metric_names=(), path=None):
-        self.meta = meta
-        self.path = None if path is None else os.fspath(path)
-        self.rows = list(rows)
-        self._metrics = dict(metrics or {})
-        self.layers = _ordered([l["name"] for l in meta.get("layers", [])], (r.layer for r in self.rows))
-        self.estimators = _ordered([e["name"] for e in meta.get("estimators", [])],
-                                   (r.estimator for r in self.rows))
-        self.seeds = [int(s) for s in _ordered(meta.get("seeds", []), (r.seed for r in self.rows))]
-        self.epochs = np.array(sorted({r.epoch for r in self.rows}), dtype=np.int64)
-        self.fraction = meta.get("fraction")
-        self.n = meta.get("n")
-        self.log2_n = meta.get("log2_n")
-        self.h_y = meta.get("h_y")
-        idx = [{v: i for i, v in enumerate(lst)} for lst in (self.seeds, self.epochs.tolist(), self.layers,
-                                                              self.estimators)]
-        shape = (len(VALUES), *(len(i) for i in idx))
-        self._values = np.full(shape, np.nan)
-        for r in self.rows:
-            at = (idx[0][r.seed], idx[1][r.epoch], idx[2][r.layer], idx[3][r.estimator])
-            self._values[(slice(None), *at)] = [getattr(r, v) for v in VALUES]
-        self._seed_index, self._epoch_index = idx[0], idx[1]
-        names = [n for vals in self._metrics.values() for n in vals]
-        self.metric_names = _ordered(metric_names, names)
-
-    def __repr__(self):
-        return (f"Run({len(self.seeds)} seed(s), {len(self.epochs)} epochs, {len(self.layers)} layers, "
-                f"estimators={self.estimators})")
-
-    def _seed(self, seed):
-        if seed not in self._seed_index:
-            raise ValueError(f"seed {seed!r} is not in this run; seeds: {self.seeds}")
-        return self._seed_index[seed]
-
-    def get(self, field="ixt", estimator=None, seed=None):
-        """Estimates as an array.
-
-        Parameters
-        ----------
-        field : {"ixt", "ity", "ixt_lower", "ity_lower"}
-            Quantity, in bits.
-        estimator : str or None
-            Estimator name; None = the first.
-        seed : int or None
-            One seed, or None for all.
-
-        Returns
-        -------
-        ndarray
-            ``[n_seeds, n_epochs, n_layers]``, or ``[n_epochs, n_layers]`` when ``seed`` is given; NaN where a
-            value is absent.
-        """
-        if field not in VALUES:
-            raise ValueError(f"field must be one of {list(VALUES)}; got {field!r}")
-        if not self.estimators:
-            raise ValueError("this run has no estimator")
-        estimator = self.estimators[0] if estimator is None else estimator
-        if estimator not in self.estimators:
-            raise ValueError(f"estimator {estimator!r} is not in this run; estimators: {self.estimators}")
-        out = self._values[VALUES.index(field), :, :, :, self.estimators.index(estimator)]
-        return out.copy() if seed is None else out[self._seed(seed)].copy()
-
-    def _default(self, field):
-        a = self.get(field)
-        return a[0] if len(self.seeds) == 1 else a
-
-    @property
-    def ixt(self):
-        """I(X;T) in bits of the first estimator: ``[n_epochs, n_layers]`` for one seed, else
-        ``[n_seeds, n_epochs, n_layers]``."""
-        return self._default("ixt")
-
-    @property
-    def ity(self):
-        """I(T;Y) in bits of the first estimator, shaped like :attr:`ixt`."""
-        return self._default("ity")
-
-    def metric(self, name, seed=None):
-        """A reported metric aligned with :attr:`epochs`.
-
-        Parameters
-        ----------
-        name : str
-            A key passed to ``Tracker.step``.
-        seed : int or None
-
-        Returns
-        -------
-        ndarray
-            ``[n_seeds, n_epochs]`` (``[n_epochs]`` when ``seed`` is given); NaN where not reported.
-        """
-        if name not in self.metric_names:
-            raise ValueError(f"no metric named {name!r}; metrics: {self.metric_names}")
-        out = np.full((len(self.seeds), len(self.epochs)), np.nan)
-        for (s, e), vals in self._metrics.items():
-            if name in vals and s in self._seed_index and e in self._epoch_index:
-                out[self._seed_index[s], self._epoch_index[e]] = vals[name]
-        return out if seed is None else out[self._seed(seed)]
-
-    def to_pandas(self):
-        """The table as a ``pandas.DataFrame`` (columns of ``infoplane.csv``), with the metrics joined on
-        ``(seed, epoch)`` as extra columns."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Run.to_pandas needs pandas: pip install pandas") from None
-        df = pd.DataFrame(self.rows, columns=list(FIELDS))
-        if self._metrics:
-            m = pd.DataFrame([{"seed": s, "epoch": e, **v} for (s, e), v in self._metrics.items()])
-            df = df.merge(m, on=["seed", "epoch"], how="left")
-        return df
-
-
-def load_run(path):
-    """Read a run directory written by :class:`infoplane.Tracker`.
-
-    A last CSV line cut short by a killed process is ignored.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The run directory (holding ``meta.json``).
-
-    Returns
-    -------
-    Run
-    """
-    path = os.fspath(path)
-    meta = read_meta(path)
-    rows = read_table(os.path.join(path, TABLE))
-    names, metrics = read_metrics(os.path.join(path, METRICS))
-    return Run(meta, rows, metrics, names, path=path)

@@ -90,6 +90,7 @@ def test_partial_last_line_is_ignored_and_trimmed_on_resume(tmp_path):
         f.write("1,0.5,1,b,kd")  # ... in the middle of a line
     run = load_run(path)
     assert len(run.rows) == len(rows_for(0)) + 3
+    w.release()  # the writer "dies": the OS would release its lock
     w2 = RunWriter(path, base_meta(), identity=("seeds",), resume=True)
     assert w2.done_epochs() == {0}
     assert same_rows(read_table(path / "infoplane.csv"), rows_for(0))  # incomplete epoch dropped

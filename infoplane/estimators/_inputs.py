@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..labels import as_class_indices
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -95,35 +97,14 @@ def check_finite(chunk: torch.Tensor, batch: Batch, start: int = 0) -> None:
 
 
 def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
-    """Dense int64 class indices of shape ``[B, N]`` or ``[1, N]`` (shared) and the number of classes C."""
-    y = _to_tensor(labels, "labels").to(batch.device)
-    n, bshape = batch.n, batch.batch_shape
-    expected = f"class indices of shape [N] = [{n}] (or {list(bshape) + [n]}), or one-hot [N, C]"
-    if y.ndim >= 1 and y.shape[-1] == n and (y.ndim == 1 or tuple(y.shape[:-1]) == bshape):
-        if not _integral(y):
-            raise ValueError("labels must be whole numbers (class indices); got non-integer values.")
-        idx = y
-    elif y.ndim >= 2 and y.shape[-2] == n and (y.ndim == 2 or tuple(y.shape[:-2]) == bshape):
-        if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(-1) == 1).all()):
-            raise ValueError(
-                f"labels of shape {tuple(y.shape)} look one-hot but not every row has exactly one 1 "
-                "and zeros elsewhere; pass class indices instead."
-            )
-        idx = y.argmax(-1)
-    else:
-        raise ValueError(
-            f"labels have shape {tuple(y.shape)}, which does not match activations with N = {n} samples "
-            f"and batch shape {bshape}; expected {expected}."
-        )
-    idx = idx.reshape(-1, n).long()
-    classes, dense = torch.unique(idx, return_inverse=True)
-    return dense.reshape(-1, n), int(classes.numel())
+    """Dense int64 class indices of shape ``[B, N]`` or ``[1, N]`` (shared) and the number of classes C.
 
-
-def _integral(y: torch.Tensor) -> bool:
-    if not y.is_floating_point():
-        return True
-    return bool(torch.isfinite(y).all()) and bool((y == torch.round(y)).all())
+    The rules (indices, one-hot, whole floats, class names) are those of :mod:`infoplane.labels`.
+    """
+    context = f"activations with N = {batch.n} samples and batch shape {batch.batch_shape}"
+    y = as_class_indices(labels, batch.n, batch_shape=batch.batch_shape, context=context).indices.to(batch.device)
+    classes, dense = torch.unique(y.reshape(-1, batch.n), return_inverse=True)
+    return dense.reshape(-1, batch.n), int(classes.numel())
 
 
 def positive_float(value, name: str) -> float:

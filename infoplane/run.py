@@ -1,0 +1,196 @@
+"""Reading a recorded run: :class:`Run` (the table as numpy arrays) and :func:`load_run`."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .runfiles import FIELDS, METRICS, TABLE, VALUES, read_meta, read_metrics, read_table
+
+__all__ = ["Run", "load_run"]
+
+
+def _ordered(first, extra):
+    out = list(dict.fromkeys(first))
+    out.extend(x for x in dict.fromkeys(extra) if x not in set(out))
+    return out
+
+
+class Run:
+    """A recorded information plane, as numpy arrays.
+
+    Parameters
+    ----------
+    meta : dict
+        The run description (contents of ``meta.json``).
+    rows : iterable of Row
+        Lines of ``infoplane.csv``.
+    metrics : dict, optional
+        ``(seed, epoch) -> {name: value}``.
+    metric_names : sequence of str, optional
+        Column order of the metrics (names found only in ``metrics`` follow).
+
+    Attributes
+    ----------
+    meta : dict
+    layers : list of str
+        Layer names in model order.
+    epochs : ndarray of int64
+        Sorted epochs that have at least one row.
+    seeds : list of int
+    estimators : list of str
+    fraction : float or None
+        Training fraction recorded with the run.
+    n : int
+        Probe size N.
+    log2_n : float
+        Ceiling of I(X;T) in bits.
+    h_y : float
+        H(Y) of the probe labels in bits, the ceiling of I(T;Y).
+    class_names : list or None
+        Class names when the labels were given as names (index order), else None.
+    complete : bool
+        Whether the run was closed normally.
+    rows : list of Row
+    path : str or None
+        The run directory, None for a run held only in memory.
+    """
+
+    def __init__(self, meta, rows=(), metrics=None, metric_names=(), path=None):
+        self.meta = meta
+        self.path = None if path is None else os.fspath(path)
+        self.rows = list(rows)
+        self._metrics = dict(metrics or {})
+        self.layers = _ordered([l["name"] for l in meta.get("layers", [])], (r.layer for r in self.rows))
+        self.estimators = _ordered([e["name"] for e in meta.get("estimators", [])],
+                                   (r.estimator for r in self.rows))
+        self.seeds = [int(s) for s in _ordered(meta.get("seeds", []), (r.seed for r in self.rows))]
+        self.epochs = np.array(sorted({r.epoch for r in self.rows}), dtype=np.int64)
+        self.fraction = meta.get("fraction")
+        self.n = meta.get("n")
+        self.log2_n = meta.get("log2_n")
+        self.h_y = meta.get("h_y")
+        self.class_names = meta.get("class_names")
+        idx = [{v: i for i, v in enumerate(lst)} for lst in (self.seeds, self.epochs.tolist(), self.layers,
+                                                              self.estimators)]
+        shape = (len(VALUES), *(len(i) for i in idx))
+        self._values = np.full(shape, np.nan)
+        for r in self.rows:
+            at = (idx[0][r.seed], idx[1][r.epoch], idx[2][r.layer], idx[3][r.estimator])
+            self._values[(slice(None), *at)] = [getattr(r, v) for v in VALUES]
+        self._seed_index, self._epoch_index = idx[0], idx[1]
+        names = [n for vals in self._metrics.values() for n in vals]
+        self.metric_names = _ordered(metric_names, names)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run was closed normally (False while it is being written, or after a crash)."""
+        return bool(self.meta.get("complete"))
+
+    def __repr__(self):
+        return (f"Run({len(self.seeds)} seed(s), {len(self.epochs)} epochs, {len(self.layers)} layers, "
+                f"estimators={self.estimators})")
+
+    def _seed(self, seed):
+        if seed not in self._seed_index:
+            raise ValueError(f"seed {seed!r} is not in this run; seeds: {self.seeds}")
+        return self._seed_index[seed]
+
+    def get(self, field="ixt", estimator=None, seed=None):
+        """Estimates as an array.
+
+        Parameters
+        ----------
+        field : {"ixt", "ity", "ixt_lower", "ity_lower", "ixt_se", "ity_se", "ity_null", "ity_null_sd"}
+            Quantity, in bits (standard errors and the permutation null only for estimators that give them).
+        estimator : str or None
+            Estimator name; None = the first.
+        seed : int or None
+            One seed, or None for all.
+
+        Returns
+        -------
+        ndarray
+            ``[n_seeds, n_epochs, n_layers]``, or ``[n_epochs, n_layers]`` when ``seed`` is given; NaN where a
+            value is absent.
+        """
+        if field not in VALUES:
+            raise ValueError(f"field must be one of {list(VALUES)}; got {field!r}")
+        if not self.estimators:
+            raise ValueError("this run has no estimator")
+        estimator = self.estimators[0] if estimator is None else estimator
+        if estimator not in self.estimators:
+            raise ValueError(f"estimator {estimator!r} is not in this run; estimators: {self.estimators}")
+        out = self._values[VALUES.index(field), :, :, :, self.estimators.index(estimator)]
+        return out.copy() if seed is None else out[self._seed(seed)].copy()
+
+    def _default(self, field):
+        a = self.get(field)
+        return a[0] if len(self.seeds) == 1 else a
+
+    @property
+    def ixt(self):
+        """I(X;T) in bits of the first estimator: ``[n_epochs, n_layers]`` for one seed, else
+        ``[n_seeds, n_epochs, n_layers]``."""
+        return self._default("ixt")
+
+    @property
+    def ity(self):
+        """I(T;Y) in bits of the first estimator, shaped like :attr:`ixt`."""
+        return self._default("ity")
+
+    def metric(self, name, seed=None):
+        """A reported metric aligned with :attr:`epochs`.
+
+        Parameters
+        ----------
+        name : str
+            A key passed to ``Tracker.step``.
+        seed : int or None
+
+        Returns
+        -------
+        ndarray
+            ``[n_seeds, n_epochs]`` (``[n_epochs]`` when ``seed`` is given); NaN where not reported.
+        """
+        if name not in self.metric_names:
+            raise ValueError(f"no metric named {name!r}; metrics: {self.metric_names}")
+        out = np.full((len(self.seeds), len(self.epochs)), np.nan)
+        for (s, e), vals in self._metrics.items():
+            if name in vals and s in self._seed_index and e in self._epoch_index:
+                out[self._seed_index[s], self._epoch_index[e]] = vals[name]
+        return out if seed is None else out[self._seed(seed)]
+
+    def to_pandas(self):
+        """The table as a ``pandas.DataFrame`` (columns of ``infoplane.csv``), with the metrics joined on
+        ``(seed, epoch)`` as extra columns."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Run.to_pandas needs pandas: pip install pandas") from None
+        df = pd.DataFrame(self.rows, columns=list(FIELDS))
+        if self._metrics:
+            m = pd.DataFrame([{"seed": s, "epoch": e, **v} for (s, e), v in self._metrics.items()])
+            df = df.merge(m, on=["seed", "epoch"], how="left")
+        return df
+
+
+def load_run(path):
+    """Read a run directory written by :class:`infoplane.Tracker`.
+
+    A last CSV line cut short by a killed process is ignored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The run directory (holding ``meta.json``).
+
+    Returns
+    -------
+    Run
+    """
+    path = os.fspath(path)
+    meta = read_meta(path)
+    rows = read_table(os.path.join(path, TABLE))
+    names, metrics = read_metrics(os.path.join(path, METRICS))
+    return Run(meta, rows, metrics, names, path=path)
