@@ -1,39 +1,49 @@
 """Track the information plane of a model from inside its training loop.
 
-:class:`Tracker` ties the steps together: at each scheduled epoch it runs the probe set through the model
-(``capture``), keeps the activations in a buffer, estimates all buffered epochs of a layer in one batched
-estimator call when the buffer is full (or at ``close``), and appends the results to the run directory
-(``store``). :func:`estimate` recomputes a run's plane from saved activations with other estimators.
+:class:`Tracker` composes the I/O-free :class:`~infoplane.recorder.Recorder` (probe passes, buffer, batched
+estimation) with a :class:`~infoplane.store.RunWriter` (the run directory), and decides when the buffer is
+estimated and written: when it is large, when its oldest epoch is ``flush_seconds`` old, at :meth:`close`, and
+when an unclosed tracker is collected or the interpreter exits.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import numbers
-import os
 import platform
 import sys
 import time
 import warnings
+import weakref
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .capture import as_probe_tensors, model_device, probe, resolve_layers
+from .capture import as_probe_tensors, resolve_layers
 from .estimators import Binning, from_settings
+from .labels import as_class_indices
+from .recorder import Recorder
+from .reestimate import estimate
+from .run import Run
 from .schedule import as_schedule
-from .store import ACTIVATIONS, METRICS, Row, RunWriter, read_meta, read_metrics
+from .store import RunWriter
 
-__all__ = ["Tracker", "estimate"]
+__all__ = ["Tracker", "estimate", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
              "keep_activations")
 
 
-def _as_estimators(estimators):
+class UnclosedTrackerWarning(UserWarning):
+    """A Tracker was garbage-collected or left open at exit: its buffer was written, the run marked incomplete."""
+
+
+def as_estimators(estimators) -> list:
+    """Estimator objects from objects or ``settings()`` dicts (default: the original 30-bin grid on [-1, 1])."""
     if estimators is None:
         estimators = [Binning(bins=30, range=(-1, 1))]
     elif isinstance(estimators, dict) or callable(estimators):
@@ -55,7 +65,8 @@ def _as_estimators(estimators):
     return out
 
 
-def _entropy_bits(labels):
+def entropy_bits(labels: np.ndarray) -> float:
+    """Plug-in entropy of class labels, in bits."""
     counts = np.unique(labels, return_counts=True)[1]
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
@@ -69,23 +80,47 @@ def _fingerprint(inputs, labels):
     return h.hexdigest()
 
 
-def _estimate_rows(acts, labels, estimators, fraction, keys, layer):
-    """Rows of one layer for a batch of (seed, epoch) items; ``acts`` is [len(keys), N, d]."""
-    labels = labels.to(acts.device)
-    cols = []
-    for est in estimators:
-        res = est(acts, labels)
-        vals = [res.ixt, res.ity] + ([res.ixt_lower, res.ity_lower] if est.has_lower else [])
-        vals = [v.detach().cpu().double().reshape(-1).tolist() for v in vals]
-        vals += [[math.nan] * len(keys)] * (4 - len(vals))
-        cols.append((est.name, vals))
-    return [Row(seed, fraction, e, layer, name, *(v[i] for v in vals))
-            for name, vals in cols for i, (seed, e) in enumerate(keys)]
+class _Session:
+    """What must outlive a forgotten Tracker: the recorder's buffer and the writer. The finaliser holds this,
+    never the Tracker, so that the Tracker can be collected."""
 
+    def __init__(self, recorder: Recorder, writer: RunWriter):
+        self.recorder, self.writer = recorder, writer
+        self.closed = False
+        self.buffer_since: Optional[float] = None
 
-def _sort_rows(rows, seeds, layers, estimators):
-    order = [{v: i for i, v in enumerate(x)} for x in (seeds, layers, [e.name for e in estimators])]
-    return sorted(rows, key=lambda r: (order[0][r.seed], r.epoch, order[1][r.layer], order[2][r.estimator]))
+    def flush(self) -> None:
+        if not self.recorder.buffer:
+            return
+        rows, metrics = self.recorder.estimate()
+        t0 = time.perf_counter()
+        # Metrics go first: if the process dies in between, the epochs are incomplete in the table, so a
+        # resumed run drops their metrics and records them again.
+        self.writer.add_metrics_many(metrics)
+        self.writer.add_rows(rows)
+        # Only now is the buffer safe to drop: a failure above keeps it for another flush.
+        self.recorder.drop()
+        self.buffer_since = None
+        self.recorder.timings["store"] += time.perf_counter() - t0
+
+    def end(self, complete: bool) -> None:
+        self.closed = True
+        self.writer.finish(complete=complete)
+
+    def abandon(self) -> None:
+        """The Tracker was collected, or the interpreter exits, without close(): keep what was measured."""
+        if self.closed:
+            return
+        where = f" ({self.writer.path})" if self.writer.path else ""
+        warnings.warn(f"unclosed infoplane Tracker{where}: close() was not called; its buffered epochs were "
+                      f"written and the run is marked incomplete. Use `with Tracker(...) as t:` or call "
+                      f"t.close().", UnclosedTrackerWarning, stacklevel=2)
+        try:
+            self.flush()
+        except Exception as err:
+            warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning)
+        finally:
+            self.end(complete=False)
 
 
 class Tracker:
@@ -97,8 +132,9 @@ class Tracker:
         The network, or one network per seed (an ensemble trained side by side); each is probed separately.
     inputs : tensor or array, shape [N, ...]
         Probe inputs (the samples X over which I(X;T) and I(T;Y) are measured).
-    labels : tensor or array of int, shape [N]
-        Class index of each probe sample.
+    labels : tensor, array or sequence, shape [N] (or one-hot [N, C])
+        Class of each probe sample: class indices, whole-number floats, one-hot rows, or class names (mapped
+        to indices in sorted order; the names go to ``meta.json`` and the figures). See :mod:`infoplane.labels`.
     layers : None, str, type or list of str / type, default None
         None: every hidden layer after its nonlinearity plus the output as class probabilities. Otherwise
         module names (``"3"``, ``"encoder.1"``), glob patterns (``"encoder.*"``) or module types
@@ -128,16 +164,26 @@ class Tracker:
     buffer_bytes : int, default 256 MiB
         Activations are buffered until they take this much memory, then estimated in one batched call per
         layer. A kill loses at most the buffered epochs.
-    flush_seconds : float or None, default 600
-        Also estimate and write the buffer when its oldest epoch is older than this (wall clock), so a long
-        run never holds much unwritten work. None: only ``buffer_bytes`` decides.
+    flush_seconds : float or None, default 10
+        Also estimate and write the buffer once its oldest epoch is this old (wall clock, checked at each
+        ``step``), so a kill loses at most the epochs recorded in about the last ``flush_seconds``. Fast epochs
+        are still estimated in batches (every epoch recorded within that time goes into one call per layer);
+        a larger value batches more and risks more. None: only ``buffer_bytes`` decides.
     keep_activations : bool, default False
         Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`estimate`.
     resume : bool, default False
         Continue the run in ``out``: epochs already in its table are skipped. Settings must match.
         Starts a new run when ``out`` holds none.
     overwrite : bool, default False
-        Replace the run in ``out``.
+        Replace the run in ``out``: only infoplane's own files are removed, and a directory holding anything
+        else is refused (see :mod:`infoplane.rundir`).
+
+    Notes
+    -----
+    Close the tracker (``with Tracker(...) as t:`` or :meth:`close`). One that is garbage-collected or still
+    open when the interpreter exits writes what it buffered, warns (:class:`UnclosedTrackerWarning`) and leaves
+    the run marked incomplete (resumable). While open, the tracker holds the run directory's lock: a second
+    writer gets an error naming this process.
 
     Attributes
     ----------
@@ -155,67 +201,51 @@ class Tracker:
 
     def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
                  seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
-                 device=None, buffer_bytes=256 * 2**20, flush_seconds=600.0, keep_activations=False,
+                 device=None, buffer_bytes=256 * 2**20, flush_seconds=10.0, keep_activations=False,
                  resume=False, overwrite=False):
-        self._closed = True  # until construction succeeds
+        self._session = None  # until construction succeeds
         models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise TypeError("model must be a torch.nn.Module or a non-empty list of them (one per seed)")
-        if seed is not None and seeds is not None:
-            raise ValueError("pass seed= or seeds=, not both")
-        seeds = [seed] if seed is not None else list(range(len(models))) if seeds is None else list(seeds)
-        if len(seeds) != len(models) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must give one distinct integer per model: {len(models)} model(s), "
-                             f"seeds={seeds}")
-        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
-            raise TypeError(f"seeds must be integers, got {seeds}")
+        seeds = _check_seeds(models, seeds, seed)
         if fraction is not None and not (isinstance(fraction, numbers.Real) and 0 < fraction <= 1):
             raise ValueError(f"fraction must be a number in (0, 1] or None, got {fraction!r}")
         if keep_activations and out is None:
             raise ValueError("keep_activations=True needs a run directory: pass out=")
         if int(probe_batch_size) < 1 or int(buffer_bytes) < 0:
             raise ValueError("probe_batch_size must be >= 1 and buffer_bytes >= 0")
+        if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
+            raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
 
-        self.inputs, self.labels = as_probe_tensors(inputs, labels)
+        class_names = as_class_indices(labels).names
+        inputs, labels = as_probe_tensors(inputs, labels)
         weight = next((p for p in models[0].parameters() if p.is_floating_point()), None)
-        if weight is not None and self.inputs.is_floating_point():
-            self.inputs = self.inputs.to(weight.dtype)  # numpy gives float64; a float32 model wants float32
-        if self.labels.shape[0] < 2:
+        if weight is not None and inputs.is_floating_point():
+            inputs = inputs.to(weight.dtype)  # numpy gives float64; a float32 model wants float32
+        if labels.shape[0] < 2:
             raise ValueError("the probe set needs at least 2 samples")
+        self.inputs, self.labels = inputs, labels
         self.models = models
-        self.seeds = [int(s) for s in seeds]
+        self.seeds = seeds
         self.fraction = None if fraction is None else float(fraction)
-        self._estimate_device = None if device is None else torch.device(device)
-        self.probe_batch_size = int(probe_batch_size)
         self.buffer_bytes = int(buffer_bytes)
         self.flush_seconds = flush_seconds
         self.keep_activations = bool(keep_activations)
         self.schedule = as_schedule(schedule)
-        self.estimators = _as_estimators(estimators)
-
-        example = self.inputs[: min(2, self.inputs.shape[0])]
-        self.layer_info = resolve_layers(models[0], example, layers, pre_activation)
-        for i, m in enumerate(models[1:], 1):
-            other = resolve_layers(m, example, layers, pre_activation)
-            if other != self.layer_info:
-                raise ValueError(f"model {i} (seed {self.seeds[i]}) has other layers than model 0: "
-                                 f"{[(l.name, l.width) for l in other]} vs "
-                                 f"{[(l.name, l.width) for l in self.layer_info]}; the models must share one "
-                                 f"architecture")
+        self.estimators = as_estimators(estimators)
+        self.layer_info = _resolve_all(models, inputs, layers, pre_activation, seeds)
         self.layers = [l.name for l in self.layer_info]
-        # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
-        self._probe_inputs = {}
 
-        labels_np = self.labels.numpy()
+        labels_np = labels.numpy()
         run_meta = {
             "model": {"class": type(models[0]).__name__, "summary": str(models[0])[:4000],
                       "n_parameters": sum(p.numel() for p in models[0].parameters())},
             "layers": [l.to_json() for l in self.layer_info],
             "n": int(labels_np.shape[0]),
             "log2_n": math.log2(labels_np.shape[0]),
-            "h_y": _entropy_bits(labels_np),
+            "h_y": entropy_bits(labels_np),
             "n_classes": int(np.unique(labels_np).size),
-            "probe": {"input_shape": list(self.inputs.shape), "sha1": _fingerprint(self.inputs, self.labels)},
+            "probe": {"input_shape": list(inputs.shape), "sha1": _fingerprint(inputs, labels)},
             "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                            for e in self.estimators],
             "schedule": self.schedule.to_json(),
@@ -227,40 +257,52 @@ class Tracker:
                          "python": platform.python_version()},
             "caller": list(sys.argv) if sys.argv and sys.argv[0] else "python",
         }
+        if class_names is not None:
+            run_meta["class_names"] = class_names
         extra = dict(meta or {})
         # The caller may describe itself (e.g. the CLI's command line); everything else is measured here.
-        reserved = (set(run_meta) - {"caller"}) | {"format", "format_version", "start_time", "end_time",
-                                                    "complete", "resumed"}
+        reserved = (set(run_meta) - {"caller", "class_names"}) | {
+            "format", "format_version", "start_time", "end_time", "complete", "resumed"}
         clash = sorted(set(extra) & reserved)
         if clash:
             raise ValueError(f"meta= may not set {clash}: the tracker writes those keys itself")
-        self._writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
-        self.path = self._writer.path
-        self._done = self._writer.done_epochs()
-        if self.keep_activations:
-            self._writer.save_labels(labels_np)
-
-        self._buffer = []  # (epoch, [per seed: {layer: tensor [N, d]}], [per seed: {metric: value}])
-        self._buffered_bytes = 0
-        self._buffer_since = None
+        recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
+                            int(probe_batch_size), None if device is None else torch.device(device))
+        writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
+        self.path = writer.path
+        self._recorder, self._writer = recorder, writer
+        self._done = writer.done_epochs()
         self._seen = set()
-        self.timings = {"capture": 0.0, "estimate": 0.0, "store": 0.0, "layer_epochs": 0}
-        self._closed = False
+        self.timings = recorder.timings
+        self._session = _Session(recorder, writer)
+        # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
+        self._finalizer = weakref.finalize(self, _Session.abandon, self._session)
+        try:
+            if self.keep_activations:
+                writer.save_labels(labels_np)
+        except BaseException:
+            self._finalizer.detach()
+            writer.finish(complete=False)
+            raise
 
     # ------------------------------------------------------------------------------------------------ public
     @property
-    def run(self):
-        """The estimates written so far as an in-memory :class:`~infoplane.store.Run` (complete after
+    def run(self) -> Run:
+        """The estimates written so far as an in-memory :class:`~infoplane.run.Run` (complete after
         :meth:`close`)."""
         return self._writer.run()
 
-    def step(self, epoch, **metrics):
+    @property
+    def closed(self) -> bool:
+        return self._session is None or self._session.closed
+
+    def step(self, epoch: int, **metrics) -> bool:
         """Record ``epoch`` if the schedule contains it; otherwise return at once.
 
         Parameters
         ----------
         epoch : int
-            The epoch just trained (0-based).
+            The network's age: epoch e is the network after e epochs of training, epoch 0 the initialisation.
         **metrics : float or sequence of float
             Values to store in ``metrics.csv`` (e.g. ``train_loss=0.3``); with several models, either one value
             for all or one per model.
@@ -269,12 +311,29 @@ class Tracker:
         -------
         bool
             True when the epoch was recorded; False when it is not scheduled or was already in the resumed run.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Bad epoch or metrics. Epochs recorded before the error are written first, so an error here never
+            loses them.
         """
-        if self._closed:
+        if self.closed:
             raise RuntimeError("this Tracker is closed; create a new one (resume=True continues its run)")
+        try:
+            return self._step(epoch, metrics)
+        except Exception:
+            # Whatever went wrong with this epoch, the epochs already recorded must not be lost with it.
+            try:
+                self._session.flush()
+            except Exception:
+                pass
+            raise
+
+    def _step(self, epoch, metrics):
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
             raise TypeError(f"epoch must be an integer, got {epoch!r}")
-        if self._buffer and self._stale():
+        if self._recorder.buffer and self._stale():
             self.flush()
         if epoch not in self.schedule:
             return False
@@ -284,99 +343,61 @@ class Tracker:
         if epoch in self._seen:
             raise ValueError(f"epoch {epoch} was already recorded by this tracker; pass each epoch once")
         values = self._metric_values(metrics)
-        t0 = time.perf_counter()
-        per_seed = []
-        for model, seed in zip(self.models, self.seeds):
-            here = model_device(model)  # looked up each time: the model may have moved since construction
-            device = self._estimate_device or here
-            if here not in self._probe_inputs:
-                self._probe_inputs[here] = self.inputs.to(here)
-            inputs = self._probe_inputs[here]
-            acts = probe(model, inputs, self.layer_info, self.probe_batch_size, epoch=epoch)
-            acts = {k: v.to(device) for k, v in acts.items()}
-            # One host sync per member (not per layer) on accelerators.
-            finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
-            for name, ok in zip(acts, finite):
-                if not ok:
-                    raise ValueError(f"layer {name!r} has non-finite activations (NaN or inf) at epoch {epoch} "
-                                     f"(seed {seed}); the training has probably diverged (check the loss, "
-                                     f"lower the learning rate)")
-            per_seed.append(acts)
-        t1 = time.perf_counter()
-        self.timings["capture"] += t1 - t0
+        per_seed = self._recorder.capture(epoch)
         if self.keep_activations:
+            t0 = time.perf_counter()
             for seed, acts in zip(self.seeds, per_seed):
                 self._writer.save_activations(seed, epoch, {k: v.cpu().numpy() for k, v in acts.items()})
-            self.timings["store"] += time.perf_counter() - t1
+            self.timings["store"] += time.perf_counter() - t0
         self._seen.add(epoch)
-        self._buffer.append((epoch, per_seed, values))
-        self._buffered_bytes += sum(a.numel() * a.element_size() for acts in per_seed for a in acts.values())
-        self._buffer_since = self._buffer_since or time.monotonic()
-        if self._buffered_bytes >= self.buffer_bytes or self._stale():
+        self._recorder.add(epoch, per_seed, values)
+        if self._session.buffer_since is None:
+            self._session.buffer_since = time.monotonic()
+        if self._recorder.buffered_bytes >= self.buffer_bytes or self._stale():
             self.flush()
         return True
 
-    def flush(self):
-        """Estimate every buffered epoch (one estimator call per seed, layer and estimator) and write the rows."""
-        if not self._buffer:
-            return
-        buffer = sorted(self._buffer, key=lambda b: b[0])
-        epochs = [b[0] for b in buffer]
-        t0 = time.perf_counter()
-        rows = []
-        # One estimator call per layer covers every buffered epoch of every seed that shares a device.
-        by_device = {}
-        for i in range(len(self.seeds)):
-            by_device.setdefault(buffer[0][1][i][self.layers[0]].device, []).append(i)
-        for members in by_device.values():
-            keys = [(self.seeds[i], e) for i in members for e in epochs]
-            for layer in self.layers:
-                acts = torch.stack([b[1][i][layer] for i in members for b in buffer])
-                rows += _estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer)
-        t1 = time.perf_counter()
-        # Metrics go first: if the process dies in between, the epochs are incomplete in the table, so a
-        # resumed run drops their metrics and records them again.
-        self._writer.add_metrics_many([((seed, epoch), vals) for epoch, _, values in buffer
-                                  for seed, vals in zip(self.seeds, values) if vals])
-        self._writer.add_rows(_sort_rows(rows, self.seeds, self.layers, self.estimators))
-        # Only now is the buffer safe to drop: an estimator failure above keeps it for another flush.
-        self._buffer, self._buffered_bytes, self._buffer_since = [], 0, None
-        self.timings["estimate"] += t1 - t0
-        self.timings["store"] += time.perf_counter() - t1
-        self.timings["layer_epochs"] += len(epochs) * len(self.layers) * len(self.seeds)
+    def flush(self) -> None:
+        """Estimate every buffered epoch (one estimator call per layer and estimator) and write the rows."""
+        if self._session is not None:
+            self._session.flush()
 
-    def close(self):
-        """Estimate what is buffered, write it, and mark the run complete. Safe to call twice."""
-        if self._closed:
+    def close(self) -> None:
+        """Estimate what is buffered, write it, and mark the run complete. Safe to call twice; after a failure it
+        may be called again (the run stays resumable meanwhile)."""
+        if self.closed:
             return
         try:
-            self.flush()
+            self._session.flush()
         except BaseException:
-            self._writer.finish(complete=False)  # the run stays resumable; close() may be called again
+            self._writer.finish(complete=False, release=False)
             raise
-        self._closed = True
-        self._writer.finish(complete=True)
+        self._finalizer.detach()
+        self._session.end(complete=True)
 
-    def __enter__(self):
+    def __enter__(self) -> "Tracker":
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
             return
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self._finalizer.detach()
         # Keep what was already measured, but never let a second error hide the first one.
         try:
-            self.flush()
+            self._session.flush()
         except Exception as err:
             warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning)
-        self._writer.finish(complete=False)
+        finally:
+            self._session.end(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
-    def _stale(self):
-        return self.flush_seconds is not None and time.monotonic() - self._buffer_since >= self.flush_seconds
+    def _stale(self) -> bool:
+        since = self._session.buffer_since
+        return self.flush_seconds is not None and since is not None and \
+            time.monotonic() - since >= self.flush_seconds
 
     def _metric_values(self, metrics):
         per_seed = [{} for _ in self.seeds]
@@ -399,68 +420,24 @@ class Tracker:
         return per_seed
 
 
-def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, device=None, overwrite=False):
-    """Recompute a run's information plane from its saved activations, without retraining.
+def _check_seeds(models, seeds, seed) -> list[int]:
+    if seed is not None and seeds is not None:
+        raise ValueError("pass seed= or seeds=, not both")
+    seeds = [seed] if seed is not None else list(range(len(models))) if seeds is None else list(seeds)
+    if len(seeds) != len(models) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must give one distinct integer per model: {len(models)} model(s), seeds={seeds}")
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
+        raise TypeError(f"seeds must be integers, got {seeds}")
+    return [int(s) for s in seeds]
 
-    The run must have been recorded with ``keep_activations=True``.
 
-    Parameters
-    ----------
-    run_dir : str or os.PathLike
-        The recorded run.
-    estimators : list, optional
-        Estimator objects or ``settings()`` dicts; default: the run's own.
-    out : str, os.PathLike or None
-        New run directory for the result (``meta.json``, ``infoplane.csv``, a copy of ``metrics.csv``); None
-        returns the result in memory only.
-    buffer_bytes : int, default 256 MiB
-        Most activation memory passed to one estimator call.
-    device : str or torch.device, optional
-        Where to estimate (default CPU).
-    overwrite : bool, default False
-        Replace a run already in ``out``.
-
-    Returns
-    -------
-    Run
-    """
-    run_dir = os.fspath(run_dir)
-    meta = read_meta(run_dir)
-    acts_dir = os.path.join(run_dir, ACTIVATIONS)
-    if not os.path.isfile(os.path.join(acts_dir, "labels.npy")):
-        raise ValueError(f"{run_dir!r} has no saved activations; record the run with keep_activations=True")
-    if out is not None and os.path.realpath(out) == os.path.realpath(run_dir):
-        raise ValueError("out must be a new directory, not the run being re-estimated")
-    estimators = _as_estimators([e["settings"] for e in meta["estimators"]] if estimators is None else estimators)
-    labels = torch.from_numpy(np.load(os.path.join(acts_dir, "labels.npy"), allow_pickle=False))
-    device = torch.device("cpu") if device is None else torch.device(device)
-    layers = [l["name"] for l in meta["layers"]]
-    widths = {l["name"]: l["width"] for l in meta["layers"]}
-    new_meta = {k: v for k, v in meta.items()
-                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
-    new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
-                                for e in estimators],
-                    keep_activations=False, derived_from=os.path.abspath(run_dir))
-    writer = RunWriter(out, new_meta, overwrite=overwrite)  # refuses a bad `out` before any work
-    rows = []
-    for seed in meta["seeds"]:
-        seed_dir = os.path.join(acts_dir, str(seed))
-        names = os.listdir(seed_dir) if os.path.isdir(seed_dir) else []
-        epochs = sorted(int(f[:-4]) for f in names if f.endswith(".npz") and f[:-4].isdigit())
-        for layer in layers:
-            per_epoch = max(1, labels.shape[0] * widths[layer] * 4)
-            chunk = max(1, buffer_bytes // per_epoch)
-            for start in range(0, len(epochs), chunk):
-                part = epochs[start:start + chunk]
-                arrays = []
-                for e in part:
-                    with np.load(os.path.join(seed_dir, f"{e}.npz"), allow_pickle=False) as z:
-                        arrays.append(z[layer])
-                acts = torch.from_numpy(np.stack(arrays)).to(device)
-                rows += _estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
-                                       layer)
-    rows = _sort_rows(rows, meta["seeds"], layers, estimators)
-    writer.add_metrics_many(sorted(read_metrics(os.path.join(run_dir, METRICS))[1].items()))
-    writer.add_rows(rows)
-    writer.finish(complete=True)
-    return writer.run()
+def _resolve_all(models, inputs, layers, pre_activation, seeds):
+    example = inputs[: min(2, inputs.shape[0])]
+    info = resolve_layers(models[0], example, layers, pre_activation)
+    for i, m in enumerate(models[1:], 1):
+        other = resolve_layers(m, example, layers, pre_activation)
+        if other != info:
+            raise ValueError(f"model {i} (seed {seeds[i]}) has other layers than model 0: "
+                             f"{[(l.name, l.width) for l in other]} vs {[(l.name, l.width) for l in info]}; the "
+                             f"models must share one architecture")
+    return info

@@ -1,0 +1,199 @@
+"""The I/O-free core of tracking: probe passes, the activation buffer, and batched estimation into table rows.
+
+:class:`Recorder` knows which layers to capture, runs the probe set through each model at an epoch, keeps the
+activations, and turns everything it holds into :class:`~infoplane.runfiles.Row` tuples with one estimator call
+per layer (all buffered epochs of all seeds on a device at once). It never touches the file system: the
+:class:`~infoplane.Tracker` decides when to estimate and where the rows go.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from .capture import model_device, probe
+from .runfiles import VALUES, Row
+
+__all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows"]
+
+# Result attributes stored besides ixt/ity: the lower bounds (estimators with has_lower), and whatever optional
+# fields (standard errors, permutation null) an estimator's result carries.
+_OPTIONAL = VALUES[2:]
+
+
+def _result_values(est, res, count: int) -> list[list[float]]:
+    vals = []
+    for name in VALUES:
+        if name in ("ixt_lower", "ity_lower") and not est.has_lower:
+            v = None
+        else:
+            v = getattr(res, name, None)
+        if v is None:
+            if name in ("ixt", "ity"):
+                raise TypeError(f"estimator {est.name!r} returned {type(res).__name__} without {name!r}; an "
+                                f"estimator's result needs .ixt and .ity")
+            vals.append([math.nan] * count)  # not produced by this estimator: an empty cell, never a NaN result
+            continue
+        flat = torch.as_tensor(v).detach().to("cpu", torch.float64).reshape(-1)
+        if flat.numel() != count:
+            raise ValueError(f"estimator {est.name!r} returned {flat.numel()} values of {name} for {count} inputs")
+        vals.append(flat.tolist())
+    return vals
+
+
+def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence, fraction: Optional[float],
+                  keys: Sequence[tuple[int, int]], layer: str) -> list[Row]:
+    """Rows of one layer for a batch of ``(seed, epoch)`` items.
+
+    Parameters
+    ----------
+    acts : tensor ``[len(keys), N, d]``
+    labels : int64 tensor ``[N]``
+    estimators : estimator objects
+    fraction : float or None
+    keys : ``(seed, epoch)`` of each item
+    layer : str
+
+    Returns
+    -------
+    list of Row
+
+    Raises
+    ------
+    ValueError
+        An estimator gave a non-finite value: the message names the estimator, layer, seed and epoch. Such a
+        value is never stored (an empty cell means "not produced by this estimator").
+    """
+    labels = labels.to(acts.device)
+    rows = []
+    for est in estimators:
+        vals = _result_values(est, est(acts, labels), len(keys))
+        for name, column in zip(VALUES, vals):
+            produced = name in ("ixt", "ity") or not all(math.isnan(v) for v in column)
+            bad = [i for i, v in enumerate(column) if not math.isfinite(v)] if produced else []
+            if bad:
+                seed, epoch = keys[bad[0]]
+                raise ValueError(f"estimator {est.name!r} gave a non-finite {name} ({column[bad[0]]}) for layer "
+                                 f"{layer!r} at epoch {epoch} (seed {seed}); nothing of that epoch was stored. "
+                                 f"Check the activations' scale, or use precision='float64' where available")
+        rows += [Row(seed, fraction, e, layer, est.name, *(v[i] for v in vals)) for i, (seed, e) in enumerate(keys)]
+    return rows
+
+
+def sort_rows(rows: list[Row], seeds: Sequence[int], layers: Sequence[str], estimators: Sequence) -> list[Row]:
+    """Rows in table order: seed, epoch, layer (model order), estimator."""
+    order = [{v: i for i, v in enumerate(x)} for x in (seeds, layers, [e.name for e in estimators])]
+    return sorted(rows, key=lambda r: (order[0][r.seed], r.epoch, order[1][r.layer], order[2][r.estimator]))
+
+
+@dataclass
+class Buffered:
+    """One recorded epoch waiting for estimation: activations per seed (layer -> ``[N, d]``) and metrics."""
+
+    epoch: int
+    acts: list
+    metrics: list
+
+
+@dataclass
+class Recorder:
+    """Capture and estimate, without I/O.
+
+    Parameters
+    ----------
+    models : list of nn.Module
+        One per seed.
+    seeds : list of int
+    inputs, labels : tensors
+        The validated probe set (labels as int64 class indices).
+    layers : list of Layer
+        Resolved layers (:func:`infoplane.capture.resolve_layers`).
+    estimators : list
+    fraction : float or None
+    probe_batch_size : int
+    device : torch.device or None
+        Where buffered activations are kept and estimated (default: each model's device).
+    """
+
+    models: list
+    seeds: list
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    layers: list
+    estimators: list
+    fraction: Optional[float] = None
+    probe_batch_size: int = 4096
+    device: Optional[torch.device] = None
+    buffer: list = field(default_factory=list)
+    buffered_bytes: int = 0
+    timings: dict = field(default_factory=lambda: {"capture": 0.0, "estimate": 0.0, "store": 0.0,
+                                                    "layer_epochs": 0})
+
+    def __post_init__(self):
+        # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
+        self._probe_inputs = {}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    def capture(self, epoch: int) -> list[dict]:
+        """Probe every model at ``epoch``: per seed, layer name -> activations ``[N, d]``."""
+        t0 = time.perf_counter()
+        per_seed = []
+        for model, seed in zip(self.models, self.seeds):
+            here = model_device(model)  # looked up each time: the model may have moved since construction
+            device = self.device or here
+            if here not in self._probe_inputs:
+                self._probe_inputs[here] = self.inputs.to(here)
+            acts = probe(model, self._probe_inputs[here], self.layers, self.probe_batch_size, epoch=epoch)
+            acts = {k: v.to(device) for k, v in acts.items()}
+            # One host sync per member (not per layer) on accelerators.
+            finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
+            for name, ok in zip(acts, finite):
+                if not ok:
+                    raise ValueError(f"layer {name!r} has non-finite activations (NaN or inf) at epoch {epoch} "
+                                     f"(seed {seed}); the training has probably diverged (check the loss, "
+                                     f"lower the learning rate)")
+            per_seed.append(acts)
+        self.timings["capture"] += time.perf_counter() - t0
+        return per_seed
+
+    def add(self, epoch: int, acts: list, metrics: list) -> None:
+        """Buffer one captured epoch."""
+        self.buffer.append(Buffered(int(epoch), acts, metrics))
+        self.buffered_bytes += sum(a.numel() * a.element_size() for per in acts for a in per.values())
+
+    def estimate(self) -> tuple[list[Row], list]:
+        """Rows and metrics of everything buffered; the buffer is kept until :meth:`drop` (so a failure to
+        estimate or to write loses nothing).
+
+        Returns
+        -------
+        rows : list of Row, in table order
+        metrics : list of ``((seed, epoch), {name: value})``
+        """
+        t0 = time.perf_counter()
+        buffer = sorted(self.buffer, key=lambda b: b.epoch)
+        epochs = [b.epoch for b in buffer]
+        names = self.layer_names
+        rows = []
+        # One estimator call per layer covers every buffered epoch of every seed that shares a device.
+        by_device = {}
+        for i in range(len(self.seeds)):
+            by_device.setdefault(buffer[0].acts[i][names[0]].device, []).append(i)
+        for members in by_device.values():
+            keys = [(self.seeds[i], e) for i in members for e in epochs]
+            for layer in names:
+                acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
+                rows += estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer)
+        metrics = [((seed, b.epoch), vals) for b in buffer for seed, vals in zip(self.seeds, b.metrics) if vals]
+        self.timings["estimate"] += time.perf_counter() - t0
+        return sort_rows(rows, self.seeds, names, self.estimators), metrics
+
+    def drop(self) -> None:
+        """Forget the buffer (after its rows were written)."""
+        self.timings["layer_epochs"] += len(self.buffer) * len(self.layers) * len(self.seeds)
+        self.buffer, self.buffered_bytes = [], 0

@@ -1,0 +1,85 @@
+"""Estimate a recorded run again, from its saved activations, without retraining: :func:`estimate`."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .recorder import estimate_rows, sort_rows
+from .run import Run
+from .runfiles import ACTIVATIONS, METRICS, read_meta, read_metrics
+from .store import RunWriter
+
+__all__ = ["estimate"]
+
+
+def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2**20, device=None,
+             overwrite: bool = False) -> Run:
+    """Recompute a run's information plane from its saved activations, without retraining.
+
+    The run must have been recorded with ``keep_activations=True``.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        The recorded run.
+    estimators : list, optional
+        Estimator objects or ``settings()`` dicts; default: the run's own.
+    out : str, os.PathLike or None
+        New run directory for the result (``meta.json``, ``infoplane.csv``, a copy of ``metrics.csv``); None
+        returns the result in memory only.
+    buffer_bytes : int, default 256 MiB
+        Most activation memory passed to one estimator call.
+    device : str or torch.device, optional
+        Where to estimate (default CPU).
+    overwrite : bool, default False
+        Replace a run already in ``out``.
+
+    Returns
+    -------
+    Run
+    """
+    run_dir = os.fspath(run_dir)
+    meta = read_meta(run_dir)
+    acts_dir = os.path.join(run_dir, ACTIVATIONS)
+    if not os.path.isfile(os.path.join(acts_dir, "labels.npy")):
+        raise ValueError(f"{run_dir!r} has no saved activations; record the run with keep_activations=True")
+    if out is not None and os.path.realpath(out) == os.path.realpath(run_dir):
+        raise ValueError("out must be a new directory, not the run being re-estimated")
+    from .tracker import as_estimators  # the tracker owns the defaults
+
+    estimators = as_estimators([e["settings"] for e in meta["estimators"]] if estimators is None else estimators)
+    labels = torch.from_numpy(np.load(os.path.join(acts_dir, "labels.npy"), allow_pickle=False))
+    device = torch.device("cpu") if device is None else torch.device(device)
+    layers = [l["name"] for l in meta["layers"]]
+    widths = {l["name"]: l["width"] for l in meta["layers"]}
+    new_meta = {k: v for k, v in meta.items()
+                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
+    new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
+                                for e in estimators],
+                    keep_activations=False, derived_from=os.path.abspath(run_dir))
+    writer = RunWriter(out, new_meta, overwrite=overwrite)  # refuses a bad `out` before any work
+    rows = []
+    for seed in meta["seeds"]:
+        seed_dir = os.path.join(acts_dir, str(seed))
+        names = os.listdir(seed_dir) if os.path.isdir(seed_dir) else []
+        epochs = sorted(int(f[:-4]) for f in names if f.endswith(".npz") and f[:-4].isdigit())
+        for layer in layers:
+            per_epoch = max(1, labels.shape[0] * widths[layer] * 4)
+            chunk = max(1, buffer_bytes // per_epoch)
+            for start in range(0, len(epochs), chunk):
+                part = epochs[start:start + chunk]
+                arrays = []
+                for e in part:
+                    with np.load(os.path.join(seed_dir, f"{e}.npz"), allow_pickle=False) as z:
+                        arrays.append(z[layer])
+                acts = torch.from_numpy(np.stack(arrays)).to(device)
+                rows += estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
+                                       layer)
+    rows = sort_rows(rows, meta["seeds"], layers, estimators)
+    writer.add_metrics_many(sorted(read_metrics(os.path.join(run_dir, METRICS))[1].items()))
+    writer.add_rows(rows)
+    writer.finish(complete=True)
+    return writer.run()
