@@ -45,17 +45,20 @@ from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from .store import Run, load_run  # noqa: E402
+from .run import Run  # noqa: E402
+from .stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402
+from .stats import as_run as _as_run  # noqa: E402
+from .stats import ceilings as _ceilings  # noqa: E402
+from .stats import log_spaced as _log_spaced  # noqa: E402
+from .stats import median as _median  # noqa: E402
+from .stats import quartiles as _quartiles  # noqa: E402
+from .stats import values as _values  # noqa: E402
 
 __all__ = ["information_plane", "compare", "curves", "write_figures", "saturated_layers", "epoch_norm",
            "SaturationWarning"]
 
 CMAP = "gnuplot"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
-#: A layer is saturated when I(X;T) >= (1 - SATURATION_TOL) * log2 N ...
-SATURATION_TOL = 0.05
-#: ... at more than this share of its recorded epochs.
-SATURATION_SHARE = 0.5
 FORMATS = (".png", ".pdf", ".svg")
 
 
@@ -65,54 +68,9 @@ class SaturationWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def _as_run(run):
-    """A :class:`Run` from a Run or a run directory, with a clear error for anything else."""
-    if isinstance(run, Run):
-        return run
-    if isinstance(run, (str, os.PathLike)):
-        path = os.fspath(run)
-        if not os.path.isdir(path):
-            raise ValueError(f"{path!r} does not exist or is not a directory; give an infoplane run directory "
-                             f"(written by Tracker(out=...) or `infoplane track`)")
-        try:
-            loaded = load_run(path)
-        except (FileNotFoundError, ValueError) as err:
-            raise ValueError(f"{path!r} is not an infoplane run directory ({err}); give a directory written by "
-                             f"Tracker(out=...) or `infoplane track`") from None
-        return loaded
-    raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")
-
-
 def _run_path(run):
     path = run.path
     return None if path is None else os.fspath(path)
-
-
-def _values(run, estimator):
-    """I(X;T) and I(T;Y) as ``[n_seeds, n_epochs, n_layers]`` arrays (bits), after checking there is data."""
-    if len(run.epochs) == 0 or not run.layers:
-        raise ValueError(f"{run!r} has no recorded epochs yet; nothing to plot")
-    return run.get("ixt", estimator=estimator), run.get("ity", estimator=estimator)
-
-
-def _median(a):
-    with warnings.catch_warnings():  # all-NaN slices (a layer absent at an epoch) stay NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(a, axis=0)
-
-
-def _quartiles(a):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanpercentile(a, 25, axis=0), np.nanpercentile(a, 75, axis=0)
-
-
-def _ceilings(run):
-    """(log2 N, H(Y)) in bits; None where the run does not say."""
-    log2_n = run.log2_n
-    if log2_n is None and run.n:
-        log2_n = math.log2(run.n)
-    return log2_n, run.h_y
 
 
 def _data_name(run):
@@ -145,23 +103,32 @@ def _title(run, estimator):
     parts = [_data_name(run) or "data n/a", _fraction_label(run), _estimator_label(run, estimator)]
     if len(run.seeds) > 1:
         parts.append(f"median of {len(run.seeds)} seeds")
+    if not run.complete:
+        parts.append("INCOMPLETE run")
     return " | ".join(parts)
 
 
+INCOMPLETE_NOTE = "incomplete run: still being written, or interrupted"
+
+
+def _mark_incomplete(ax, run):
+    """Say on the axes that the run was not closed normally, so a partial plane is never taken for a whole one."""
+    if run.complete:
+        return
+    ax.text(0.98, 0.02, INCOMPLETE_NOTE, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
+
+
+def _class_note(run):
+    """The class names for a legend, when the labels were given as names."""
+    names = run.class_names
+    if not names:
+        return None
+    shown = ", ".join(str(n) for n in names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
+    return f"Y: {shown}"
+
+
 # ------------------------------------------------------------------------------------------ colour scale
-def _log_spaced(epochs, schedule_kind=None):
-    """The rule of :func:`epoch_norm` for choosing a log colour scale."""
-    e1 = np.unique(np.asarray(epochs, dtype=float)) + 1.0
-    if e1.size < 2:
-        return False
-    if schedule_kind == "log":
-        return True
-    lo, hi = e1[0], e1[-1]
-    # Evenly spaced epochs put about 1/sqrt(hi/lo) of their points below the geometric midpoint (< 10% when they
-    # span two decades); log-spaced ones put about half there.
-    return hi / lo >= 100 and np.mean(e1 < math.sqrt(lo * hi)) >= 0.25
-
-
 def _schedule_kind(run):
     schedule = run.meta.get("schedule")
     return schedule.get("kind") if isinstance(schedule, dict) else None
@@ -209,38 +176,6 @@ def _colorbar(fig, norm, ax):
 
 
 # ----------------------------------------------------------------------------------------- saturation
-def saturated_layers(run, estimator=None):
-    """Layers whose I(X;T) sits at its ceiling log2 N for most recorded epochs.
-
-    A layer is saturated when its I(X;T) (the median over seeds) is within 5% of log2 N at more than half of the
-    epochs where it was recorded. Its plotted I(X;T) then reflects the estimator's resolution (number and range
-    of bins, or the KDE noise) rather than the network: every probe sample falls in its own cell.
-
-    Parameters
-    ----------
-    run : Run or path
-    estimator : str or None
-        Estimator name; None = the run's first.
-
-    Returns
-    -------
-    list of str
-        Saturated layer names in model order (empty when the run does not record N).
-    """
-    run = _as_run(run)
-    ixt, _ = _values(run, estimator)
-    log2_n, _ = _ceilings(run)
-    if not log2_n:
-        return []
-    med = _median(ixt)  # [n_epochs, n_layers]
-    out = []
-    for j, layer in enumerate(run.layers):
-        col = med[:, j][np.isfinite(med[:, j])]
-        if col.size and np.mean(col >= (1 - SATURATION_TOL) * log2_n) > SATURATION_SHARE:
-            out.append(layer)
-    return out
-
-
 def _is_kde(run, estimator):
     return (_estimator_entry(run, estimator).get("settings") or {}).get("kind") == "kde"
 
@@ -337,8 +272,12 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
         handles.append(Line2D([], [], linestyle="none", marker=marker, color="0.3", label=layer))
     _limits(ax, run, ixt, ity)
     if legend:
+        note = _class_note(run)
+        if note:
+            handles.append(Line2D([], [], linestyle="none", label=note))
         ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="best",
                   framealpha=0.8)
+    _mark_incomplete(ax, run)
     return _warn_saturation(ax, run, estimator)
 
 
@@ -571,20 +510,28 @@ def _save(fig, path, written):
     written.append(path)
 
 
+def _file_tag(run, estimator):
+    """The estimator's name as it appears in figure file names (so that two estimators never share a file)."""
+    name = run.estimators[0] if estimator is None else estimator
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def write_figures(runs, out=None, estimator=None):
     """Write the standard figures of one or more runs (what ``infoplane plot`` does).
 
-    For each run: ``plane.png`` (information plane) and ``curves.png`` (quantities and metrics against epoch) in
-    its run directory. With two or more runs, also ``compare.png`` (side by side, by training fraction) in the
-    parent directory of the first run given.
+    For each run: ``plane-<estimator>.png`` (information plane) and ``curves-<estimator>.png`` (quantities and
+    metrics against epoch) in its run directory. With two or more runs, also ``compare-<estimator>.png`` (side
+    by side, by training fraction) in the parent directory of the first run given. The estimator's name in each
+    file name keeps the figures of several estimators apart; an incomplete run says so on its figures.
 
     ``out`` redirects output:
 
     - a file name ending in ``.png``, ``.pdf`` or ``.svg``: the main figure (``compare`` for 2+ runs, ``plane``
       for one run) is written there, in that format, instead of its default place;
-    - any other name is a directory: ``compare.png`` goes there, and so do the per-run figures of runs that have
-      no directory (in-memory runs, e.g. ``Tracker(out=None).run``), as ``plane.png`` / ``curves.png`` (one run)
-      or ``plane-<i>.png`` / ``curves-<i>.png`` (``i`` = position in ``runs``).
+    - any other name is a directory: ``compare-<estimator>.png`` goes there, and so do the per-run figures of
+      runs that have no directory (in-memory runs, e.g. ``Tracker(out=None).run``), as ``plane-<estimator>.png``
+      / ``curves-<estimator>.png`` (one run) or ``plane-<estimator>-<i>.png`` / ``curves-<estimator>-<i>.png``
+      (``i`` = position in ``runs``).
 
     Parameters
     ----------
@@ -624,20 +571,22 @@ def write_figures(runs, out=None, estimator=None):
             run_dir, suffix = out_dir, ("" if len(runs) == 1 else f"-{i}")
         else:
             suffix = ""
-        plane = None if (kind == "file" and len(runs) == 1) else os.path.join(run_dir, f"plane{suffix}.png")
-        targets.append((run, plane, os.path.join(run_dir, f"curves{suffix}.png")))
+        tag = _file_tag(run, estimator)
+        plane = None if (kind == "file" and len(runs) == 1) else os.path.join(run_dir, f"plane-{tag}{suffix}.png")
+        targets.append((run, plane, os.path.join(run_dir, f"curves-{tag}{suffix}.png")))
 
     written = []
     for run, plane, curve_path in targets:
         _save(information_plane(run, estimator), plane or out, written)
         _save(curves(run, estimator), curve_path, written)
     if len(runs) > 1:
+        name = f"compare-{_file_tag(runs[0], estimator)}.png"
         if kind == "file":
             target = out
         elif kind == "dir":
-            target = os.path.join(out, "compare.png")
+            target = os.path.join(out, name)
         else:
             first = _run_path(runs[0])
-            target = os.path.join(os.path.dirname(os.path.abspath(first)), "compare.png")
+            target = os.path.join(os.path.dirname(os.path.abspath(first)), name)
         _save(compare(runs, estimator), target, written)
     return written

@@ -147,7 +147,7 @@ def test_plot_command(tmp_path, capsys):
     assert main(["track", TANH, "--fraction", "0.1", "--fraction", "0.5", "--epochs", "2", "--quiet",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "figure:" in printed and (out / "compare.png").exists() and (out / "fraction-0.1" / "plane.png").exists()
+    assert "figure:" in printed and (out / "compare-binning.png").exists() and (out / "fraction-0.1" / "plane-binning.png").exists()
     target = tmp_path / "both.pdf"
     assert main(["plot", str(out / "fraction-0.1"), str(out / "fraction-0.5"), "--out", str(target)]) == 0
     assert target.read_bytes().startswith(b"%PDF") and str(target) in capsys.readouterr().out

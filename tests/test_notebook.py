@@ -30,6 +30,6 @@ def test_quickstart_notebook_runs_and_draws(tmp_path):
     # Two planes and the curves of part 1, the comparison of part 2.
     assert len(images) >= 4
     # Part 2 left its runs and figures in the working directory it was given.
-    for name in ("plane.png", "curves.png"):
+    for name in ("plane-binning.png", "curves-binning.png"):
         assert (tmp_path / "runs" / "quickstart" / "fraction-0.05" / name).is_file()
-    assert os.path.isfile(tmp_path / "runs" / "quickstart" / "compare.png")
+    assert os.path.isfile(tmp_path / "runs" / "quickstart" / "compare-binning.png")

@@ -9,6 +9,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 import infoplane
 import infoplane.plot as ip
@@ -254,8 +255,8 @@ def test_write_figures_for_runs_on_disk(tmp_path):
     b = write_run(tmp_path / "runs" / "f05", fraction=0.05)
     before = plt.get_fignums()
     paths = ip.write_figures([a, b])
-    expected = [os.path.join(a, "plane.png"), os.path.join(a, "curves.png"), os.path.join(b, "plane.png"),
-                os.path.join(b, "curves.png"), str(tmp_path / "runs" / "compare.png")]
+    expected = [os.path.join(a, "plane-binning.png"), os.path.join(a, "curves-binning.png"), os.path.join(b, "plane-binning.png"),
+                os.path.join(b, "curves-binning.png"), str(tmp_path / "runs" / "compare-binning.png")]
     assert sorted(paths) == sorted(expected)
     assert all(_magic(p) == b"\x89PNG\r" for p in paths)
     assert plt.get_fignums() == before  # every figure it made is closed
@@ -268,11 +269,11 @@ def test_write_figures_main_figure_format_follows_the_extension(tmp_path, ext, m
     out = tmp_path / "figs" / f"compare{ext}"
     paths = ip.write_figures([a, b], out=out)
     assert str(out) in paths and _magic(out) == magic
-    assert not os.path.exists(tmp_path / "compare.png")
+    assert not os.path.exists(tmp_path / "compare-binning.png")
     # A single run: the plane goes to out, the curves stay in the run directory.
     single = tmp_path / f"plane{ext}"
     paths = ip.write_figures(a, out=single)
-    assert sorted(paths) == sorted([str(single), os.path.join(a, "curves.png")]) and _magic(single) == magic
+    assert sorted(paths) == sorted([str(single), os.path.join(a, "curves-binning.png")]) and _magic(single) == magic
 
 
 def test_write_figures_in_memory_runs_need_out(tmp_path):
@@ -280,7 +281,7 @@ def test_write_figures_in_memory_runs_need_out(tmp_path):
     with pytest.raises(ValueError, match="pass out="):
         ip.write_figures(run)
     paths = ip.write_figures(run, out=tmp_path / "figs")
-    assert sorted(paths) == sorted([str(tmp_path / "figs" / "plane.png"), str(tmp_path / "figs" / "curves.png")])
+    assert sorted(paths) == sorted([str(tmp_path / "figs" / "plane-binning.png"), str(tmp_path / "figs" / "curves-binning.png")])
     assert all(_magic(p) == b"\x89PNG\r" for p in paths)
 
 
@@ -301,7 +302,7 @@ def test_write_figures_refuses_mismatched_data_sets(tmp_path):
     b = write_run(tmp_path / "b", data="tishby12")
     with pytest.raises(ValueError, match="different data sets"):
         ip.write_figures([a, b])
-    assert not os.path.exists(os.path.join(a, "plane.png"))  # refused before writing anything
+    assert not os.path.exists(os.path.join(a, "plane-binning.png"))  # refused before writing anything
 
 
 # ------------------------------------------------------------------------------------------- saturation
@@ -386,3 +387,49 @@ def test_compare_axes_hold_every_panels_data():
     fig = ip.compare([big, small])
     ax = plane_axes(fig)[0]
     assert ax.get_xlim()[1] >= math.log2(N) * 1.5
+
+
+def test_figures_of_two_estimators_do_not_overwrite_each_other(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    x, y = torch.randn(40, 3), torch.arange(40) % 2
+    with infoplane.Tracker(model, x, y, out=tmp_path / "r",
+                    estimators=[infoplane.Binning(bins=30, range=(-1, 1)), infoplane.KDE(noise_var=0.1)]) as t:
+        t.step(0)
+        t.step(1)
+    first = ip.write_figures(tmp_path / "r")
+    second = ip.write_figures(tmp_path / "r", estimator="kde")
+    assert not set(first) & set(second)
+    assert sorted(os.path.basename(p) for p in first + second) == [
+        "curves-binning.png", "curves-kde.png", "plane-binning.png", "plane-kde.png"]
+
+
+def _texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts] + [ax.get_title() for ax in fig.axes]
+
+
+def test_an_incomplete_run_says_so_on_the_figure(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    t = infoplane.Tracker(model, torch.randn(40, 3), torch.arange(40) % 2, out=tmp_path / "r")
+    t.step(0)
+    t.flush()
+    fig = ip.information_plane(tmp_path / "r")  # still being written
+    assert any("incomplete run" in s for s in _texts(fig)) and any("INCOMPLETE" in s for s in _texts(fig))
+    plt.close(fig)
+    t.close()
+    fig = ip.information_plane(tmp_path / "r")
+    assert not any("incomplete" in s.lower() for s in _texts(fig))
+    plt.close(fig)
+
+
+def test_class_names_appear_in_the_legend(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    names = np.array(["cat", "dog"])[np.arange(40) % 2]
+    with infoplane.Tracker(model, torch.randn(40, 3), names, out=tmp_path / "r") as t:
+        t.step(0)
+    fig = ip.information_plane(tmp_path / "r")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "Y: cat, dog" in legend
+    plt.close(fig)

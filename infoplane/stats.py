@@ -1,0 +1,109 @@
+"""Statistics behind the figures, numpy only: seed medians and quartiles, ceilings, saturation, and whether a
+set of epochs is log-spaced. Drawing lives in :mod:`infoplane.plot`; anything that wants the same numbers
+without matplotlib (a report, a table) uses this module.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Optional, Union
+
+import numpy as np
+
+from .run import Run, load_run
+
+__all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced",
+           "SATURATION_TOL", "SATURATION_SHARE"]
+
+#: A layer is saturated when I(X;T) >= (1 - SATURATION_TOL) * log2 N ...
+SATURATION_TOL = 0.05
+#: ... at more than this share of its recorded epochs.
+SATURATION_SHARE = 0.5
+
+
+def as_run(run: Union[Run, str, os.PathLike]) -> Run:
+    """A :class:`Run` from a Run or a run directory, with a clear error for anything else."""
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        path = os.fspath(run)
+        if not os.path.isdir(path):
+            raise ValueError(f"{path!r} does not exist or is not a directory; give an infoplane run directory "
+                             f"(written by Tracker(out=...) or `infoplane track`)")
+        return load_run(path)  # its NotARunError (a ValueError) says what is missing
+    raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")
+
+
+def values(run: Run, estimator: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+    """I(X;T) and I(T;Y) as ``[n_seeds, n_epochs, n_layers]`` arrays (bits), after checking there is data."""
+    if len(run.epochs) == 0 or not run.layers:
+        raise ValueError(f"{run!r} has no recorded epochs yet; nothing to plot")
+    return run.get("ixt", estimator=estimator), run.get("ity", estimator=estimator)
+
+
+def median(a: np.ndarray) -> np.ndarray:
+    """Median over the first (seed) axis; all-NaN slices (a layer absent at an epoch) stay NaN, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a, axis=0)
+
+
+def quartiles(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """25th and 75th percentiles over the first (seed) axis."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(a, 25, axis=0), np.nanpercentile(a, 75, axis=0)
+
+
+def ceilings(run: Run) -> tuple[Optional[float], Optional[float]]:
+    """(log2 N, H(Y)) in bits; None where the run does not say."""
+    log2_n = run.log2_n
+    if log2_n is None and run.n:
+        log2_n = math.log2(run.n)
+    return log2_n, run.h_y
+
+
+def saturated_layers(run, estimator: Optional[str] = None) -> list[str]:
+    """Layers whose I(X;T) sits at its ceiling log2 N for most recorded epochs.
+
+    A layer is saturated when its I(X;T) (the median over seeds) is within 5% of log2 N at more than half of the
+    epochs where it was recorded. Its plotted I(X;T) then reflects the estimator's resolution (number and range
+    of bins, or the KDE noise) rather than the network: every probe sample falls in its own cell.
+
+    Parameters
+    ----------
+    run : Run or path
+    estimator : str or None
+        Estimator name; None = the run's first.
+
+    Returns
+    -------
+    list of str
+        Saturated layer names in model order (empty when the run does not record N).
+    """
+    run = as_run(run)
+    ixt, _ = values(run, estimator)
+    log2_n, _ = ceilings(run)
+    if not log2_n:
+        return []
+    med = median(ixt)  # [n_epochs, n_layers]
+    out = []
+    for j, layer in enumerate(run.layers):
+        col = med[:, j][np.isfinite(med[:, j])]
+        if col.size and np.mean(col >= (1 - SATURATION_TOL) * log2_n) > SATURATION_SHARE:
+            out.append(layer)
+    return out
+
+
+def log_spaced(epochs, schedule_kind: Optional[str] = None) -> bool:
+    """Whether epochs call for a log colour/time scale (the rule of :func:`infoplane.plot.epoch_norm`)."""
+    e1 = np.unique(np.asarray(epochs, dtype=float)) + 1.0
+    if e1.size < 2:
+        return False
+    if schedule_kind == "log":
+        return True
+    lo, hi = e1[0], e1[-1]
+    # Evenly spaced epochs put about 1/sqrt(hi/lo) of their points below the geometric midpoint (< 10% when they
+    # span two decades); log-spaced ones put about half there.
+    return hi / lo >= 100 and np.mean(e1 < math.sqrt(lo * hi)) >= 0.25
