@@ -156,7 +156,10 @@ def _load_data(spec: Any, model_file: ModelFile, log: Callable[[str], Any]) -> t
         try:
             inputs, labels = data_mod.load(spec)
         except (ValueError, OSError) as err:
-            raise ConfigError(f"--data {spec}: {err}") from err
+            # data.load's messages usually start with the path already: do not say it twice.
+            said = str(err)
+            where = "--data" if Path(str(spec)).name in said else f"--data {spec}"
+            raise ConfigError(f"{where}: {said}") from err
         name = str(spec)
     inputs, labels = torch.as_tensor(inputs), torch.as_tensor(labels)
     if inputs.ndim < 1 or labels.ndim != 1 or len(inputs) != len(labels):
@@ -270,17 +273,17 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     """
     mf = model_file if isinstance(model_file, ModelFile) else load_model_file(model_file)
     if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}; got {split!r}")
+        raise ConfigError(f"--split must be one of {SPLITS}; got {split!r}")
     if probe not in PROBES:
-        raise ConfigError(f"probe must be one of {PROBES}; got {probe!r}")
+        raise ConfigError(f"--probe must be one of {PROBES}; got {probe!r}")
     fractions = [float(f) for f in fractions]
     for f in fractions:
         if not (0 < f <= 1):
-            raise ConfigError(f"training fraction must satisfy 0 < F <= 1; got {f}")
+            raise ConfigError(f"--fraction must satisfy 0 < F <= 1; got {f}")
     if len(set(fractions)) != len(fractions):
-        raise ConfigError(f"training fractions repeat: {fractions}")
+        raise ConfigError(f"--fraction repeats a value: {fractions}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds must be a positive integer; got {seeds!r}")
+        raise ConfigError(f"--seeds must be a positive integer; got {seeds!r}")
     if mf.max_seeds is not None and seeds > mf.max_seeds:
         raise ConfigError(f"{mf.path} defines a single `model` object, so it trains one seed; define "
                          f"build_model() to train {seeds} seeds")
@@ -288,10 +291,13 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         raise ConfigError(f"--probe {probe} with several seeds needs one split for all of them (--fixed-split): "
                          "otherwise each seed would be measured on different samples")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0; got {seed!r}")
+        raise ConfigError(f"--seed must be an integer >= 0; got {seed!r}")
     if mf.max_seeds is not None and seed != 0:
         raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop --seed (or define "
                           f"build_model() to train other seeds)")
+    if lr is not None and optimizer is None and mf.optimizer is not None:
+        raise ConfigError(f"--lr sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
+                          f"set the rate there, or pass --optimizer adam or sgd to use a built-in one")
     out = Path(out) if out is not None else Path("runs") / mf.stem
     _check_fraction_dirs(out, fractions)
     check_outputs(out, fractions, resume, overwrite)
