@@ -350,43 +350,49 @@ def _loss_name(loss: Callable | None, mf: ModelFile) -> str:
 
 
 def _check_model(mf: ModelFile, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> list[dict] | None:
-    """Check, on two samples, that the model file's ``layers`` and loss fit its network; return the layers' JSON.
+    """Check, on a few samples, that the model file's ``layers`` and loss fit its network; return the layers' JSON.
 
     A network that cannot take the inputs at all is left to training, which reports it with the full context.
     """
     model = mf.build(seed)
-    x, y = inputs[:2], labels[:2]
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    x = inputs[:5]
     if weight is not None and x.is_floating_point():
         x = x.to(weight.dtype)  # as the tracker's probe pass does
-    if not y.is_floating_point():
-        y = y.long()  # as fit passes them to the loss
+    y = labels[:5] if labels.is_floating_point() else labels[:5].long()  # as fit passes them to the loss
     # fork_rng: a forward with randomness (dropout) must not move the caller's global RNG.
     with torch.random.fork_rng(), torch.no_grad():
         model.eval()
         try:
-            output = model(x)
+            outputs = [(model(x[:n]), y[:n]) for n in sorted({min(3, len(x)), len(x)})]
         except Exception:  # noqa: BLE001 - reported by training, where the message names the probe inputs
             return None
         try:
-            info = resolve_layers(model, x, mf.layers)
+            info = resolve_layers(model, x[:2], mf.layers)
         except (TypeError, ValueError) as err:
             if mf.layers is None:
                 raise
             raise ConfigError(f"layers = {mf.layers!r} in {mf.path.name}: {err}") from err
         if mf.train_step is None:  # a custom train_step need not call the loss
             loss = mf.loss if mf.loss is not None else nn.CrossEntropyLoss()
-            try:
-                value = loss(output, y)
-                if not (torch.is_tensor(value) and value.numel() == 1):
-                    raise ValueError(f"it returned {type(value).__name__} "
-                                     f"{tuple(value.shape) if torch.is_tensor(value) else ''}, not a scalar")
-            except Exception as err:  # noqa: BLE001 - any failure here means the loss does not fit
-                raise ConfigError(
-                    f"{_loss_name(mf.loss, mf)} does not fit the model's output (shape "
-                    f"{tuple(output.shape) if torch.is_tensor(output) else type(output).__name__}) and the labels "
-                    f"(shape {tuple(y.shape)}, {y.dtype}): {type(err).__name__}: {err}") from err
+            # Two batch sizes: a loss that broadcasts [n, C] against [n] works by accident when n == C.
+            for output, target in outputs:
+                _check_loss(loss, output, target, mf)
     return [layer.to_json() for layer in info]
+
+
+def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's broadcasting warning: the error below says it all
+            value = loss(output, target)
+        if not (torch.is_tensor(value) and value.numel() == 1):
+            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"it returned {shape}, not a scalar")
+    except Exception as err:  # noqa: BLE001 - any failure here means the loss does not fit
+        shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise ConfigError(f"{_loss_name(mf.loss, mf)} does not fit the model's output (shape {shape}) and the "
+                          f"labels (shape {tuple(target.shape)}, {target.dtype}): {type(err).__name__}: {err}") from err
 
 
 # Settings that change the numbers of a run: a resumed run must keep them.
