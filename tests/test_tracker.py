@@ -62,7 +62,10 @@ def test_tracks_the_schedule_and_matches_direct_estimates(tmp_path):
     schedule = infoplane.log_schedule(30, 12)
     tracker = infoplane.Tracker(net, x, y, estimators=[BIN], schedule=schedule, out=tmp_path / "r")
     assert tracker.layers == ["1", "3", "5", "7", "9", "10"]  # 5 hidden after tanh + softmax output
-    for epoch in range(30):
+    # Epoch e is the network after e epochs of training: epoch 0 before training, then one step per epoch.
+    with torch.no_grad():
+        tracker.step(0, loss=nn.functional.cross_entropy(net(x), y).item())
+    for epoch in range(1, 31):
         loss = train_epoch(net, opt, x, y)
         tracker.step(epoch, loss=loss)
         assert hook_count(net) == 0  # nothing attached while training
