@@ -48,7 +48,11 @@ def train(x, y, epochs, batch_size, tracker_kwargs=None):
     tracker = infoplane.Tracker(net, x, y, **tracker_kwargs) if tracker_kwargs is not None else None
     in_tracker = 0.0
     t0 = time.perf_counter()
-    for epoch in range(epochs):
+    if tracker is not None:  # epoch e is the network after e epochs: 0 before training, `epochs` the trained one
+        t1 = time.perf_counter()
+        tracker.step(0)
+        in_tracker += time.perf_counter() - t1
+    for epoch in range(1, epochs + 1):
         for idx in torch.randperm(len(x), generator=g).to(x.device).split(batch_size):
             loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()

@@ -1,13 +1,18 @@
 """The ``infoplane`` command: argument parsing and messages over infoplane's public API.
 
-Exit status: 0 on success, 2 on a usage error (bad arguments, a model file that does not follow the contract,
-an existing run without --resume/--overwrite), 1 on a failure while running. Errors print one line first.
+Exit status: 0 on success; 2 on a usage or settings problem (bad arguments, a model file that does not follow the
+contract or whose ``layers`` or loss do not fit its network, an existing run without --resume/--overwrite, resuming
+with other settings), found before anything trains; 1 on a failure while running; 130 when interrupted (Ctrl-C),
+after what was measured has been written. Errors print one line first; --verbose adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import textwrap
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 MODEL_FILE_HELP = """\
 model file contract:
@@ -33,7 +38,7 @@ class UsageError(Exception):
     """A problem with what the user asked for (exit status 2)."""
 
 
-def _checked(convert, ok, what):
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     """An argparse type: ``convert`` the text and require ``ok(value)``, else say what was expected."""
     def parse(text):
         try:
@@ -51,7 +56,7 @@ _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive nu
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a number with 0 < F <= 1 (a training fraction)")
 
 
-def _schedule(text, epochs):
+def _schedule(text: str, epochs: int) -> Any:
     import infoplane
 
     kind, _, arg = text.partition(":")
@@ -67,7 +72,7 @@ def _schedule(text, epochs):
     raise UsageError(f"--schedule must be log:N, saxe or every:K; got {text!r}")
 
 
-def _estimators(args):
+def _estimators(args: argparse.Namespace) -> list:
     from infoplane import KDE, Binning
 
     names = args.estimator or ["binning"]
@@ -87,22 +92,30 @@ def _estimators(args):
 class _Parser(argparse.ArgumentParser):
     """Prints the one-line error before the usage text, and exits with status 2."""
 
-    def error(self, message):
+    def error(self, message: str) -> None:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         self.print_usage(sys.stderr)
         sys.exit(2)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``infoplane`` command (subcommands ``track`` and ``plot``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     parser = _Parser(
         prog="infoplane", description="Information planes of neural networks while they train.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="on an error, also print the traceback")
 
     track = sub.add_parser(
         "track", help="train a model file and record its information plane",
         description="Train the model defined in MODEL_FILE at each training fraction and seed, record the "
                     "information plane of its layers, and write run directories, figures and a summary.",
-        epilog=MODEL_FILE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=MODEL_FILE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     track.add_argument("model_file", metavar="MODEL_FILE", help="Python file defining build_model() or model")
     g = track.add_argument_group("data")
     g.add_argument("--data", help="tishby12, digits, or a .npz file with arrays inputs and labels "
@@ -117,7 +130,9 @@ def build_parser():
     g = track.add_argument_group("training")
     g.add_argument("--seeds", type=_positive_int, default=1, help="independent initialisations (default 1)")
     g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    g.add_argument("--epochs", type=_positive_int, default=8000, help="default 8000")
+    g.add_argument("--epochs", type=_positive_int, default=8000,
+                   help="default 8000; epoch e is the network after e epochs, 0 the initialisation, and every "
+                        "schedule ends with the trained network (epoch --epochs)")
     g.add_argument("--lr", type=_positive_float, help="learning rate (default 4e-4)")
     g.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam (or the file's optimizer())")
@@ -142,14 +157,17 @@ def build_parser():
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     plot = sub.add_parser("plot", help="draw the figures of run directories",
-                          description="Draw information-plane figures of one or more run directories.")
+                          description="Draw information-plane figures of one or more run directories. A directory "
+                                      "that holds fraction-* runs (the --out of infoplane track) stands for them all.",
+                          parents=[common])
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="file for the main figure (.png, .pdf or .svg)")
     plot.add_argument("--estimator", help="estimator name to plot (default: the run's first)")
     return parser
 
 
-def cmd_track(args):
+def cmd_track(args: argparse.Namespace) -> int:
+    """Run ``infoplane track``; returns the exit status."""
     from infoplane.experiment import summary, track
 
     if args.resume and args.overwrite:
@@ -175,7 +193,7 @@ def cmd_track(args):
     return 0
 
 
-def _write_figures(runs, out, estimator):
+def _write_figures(runs: Sequence, out: str | None, estimator: str | None) -> list[str]:
     import warnings
 
     import infoplane.plot as plot
@@ -188,9 +206,36 @@ def _write_figures(runs, out, estimator):
     return paths
 
 
-def cmd_plot(args):
+def _run_dirs(paths: Sequence[str]) -> list[Path]:
+    """The run directories the arguments name: a run itself, or a parent holding ``fraction-*`` runs."""
+    found = []
+    for text in paths:
+        path = Path(text)
+        if not path.is_dir():
+            raise UsageError(f"{text}: no such directory")
+        if (path / "meta.json").is_file():
+            found.append(path)
+            continue
+        inner = [d for d in path.glob("fraction-*") if (d / "meta.json").is_file()]
+        if not inner:
+            raise UsageError(f"{text} is not an infoplane run directory: it has no meta.json and no fraction-* runs "
+                             f"inside; give a directory written by Tracker(out=...) or `infoplane track`")
+        found += sorted(inner, key=_fraction_key)
+    return found
+
+
+def _fraction_key(path: Path) -> tuple:
     try:
-        paths = _write_figures(args.runs, args.out, args.estimator)
+        return (0, float(path.name.partition("-")[2]), path.name)
+    except ValueError:
+        return (1, 0.0, path.name)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Run ``infoplane plot``; returns the exit status."""
+    runs = _run_dirs(args.runs)
+    try:
+        paths = _write_figures(runs, args.out, args.estimator)
     except ValueError as err:  # not a run, runs of different data, an unknown estimator or file type
         raise UsageError(str(err)) from err
     for p in paths:
@@ -198,7 +243,19 @@ def cmd_plot(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``infoplane`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 success, 1 failure while running, 2 usage or settings problem, 130 interrupted.
+    """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -212,22 +269,31 @@ def main(argv=None):
     try:
         return {"track": cmd_track, "plot": cmd_plot}[args.command](args)
     except (UsageError, ModelFileError, ConfigError, FileNotFoundError) as err:
-        _fail(err)
+        _fail(err, args.verbose)
         return 2
     except KeyboardInterrupt:
-        print("infoplane: interrupted; continue with the same command and --resume", file=sys.stderr)
-        return 1
+        if args.verbose:
+            traceback.print_exc()
+        again = "; continue with the same command and --resume" if args.command == "track" else ""
+        print(f"infoplane: interrupted (what was measured is saved){again}", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - the command line reports every failure in one line first
-        _fail(err)
+        _fail(err, args.verbose, hint=True)
         return 1
 
 
-def _fail(err):
+def _fail(err: BaseException, verbose: bool, hint: bool = False) -> None:
+    """Print the error: its first line after ``infoplane: error:``, the rest indented, then the traceback
+    with ``--verbose`` (or, for an unexpected failure, a pointer to ``--verbose``)."""
     text = str(err).strip() or type(err).__name__
     first, _, rest = text.partition("\n")
     print(f"infoplane: error: {first}", file=sys.stderr)
     if rest:
         print(textwrap.indent(rest, "  "), file=sys.stderr)
+    if verbose:
+        traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    elif hint:
+        print("  (--verbose shows the traceback)", file=sys.stderr)
 
 
 if __name__ == "__main__":

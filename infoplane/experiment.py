@@ -7,24 +7,30 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import data as data_mod
+from .capture import resolve_layers
 from .estimators import Binning
 from .modelfile import ModelFile, load_model_file
-from .schedule import log_schedule
-from .store import META, load_run, read_meta
+from .schedule import Schedule, ending_at, log_schedule
+from . import rundir
+from .labels import as_class_indices
+from .runfiles import STATE
+from .store import META, Run, load_run, read_meta
 from .tracker import Tracker
 from .train import fit, load_state, save_state
 
-STATE_FILE = "train_state.pt"
+STATE_FILE = STATE  # the run directory module knows it as one of infoplane's own files
 SPLITS = ("stratified", "original")
 PROBES = ("all", "train", "test")
 
@@ -37,12 +43,107 @@ class RunExistsError(ConfigError):
     """The output directory already holds a run and neither resume nor overwrite was asked for."""
 
 
-def fraction_dir(out, fraction) -> Path:
-    """Run directory of one training fraction under ``out`` (e.g. ``out/fraction-0.05``)."""
+@dataclass(frozen=True)
+class TrackJob:
+    """The settings shared by every training fraction of one :func:`track` call (checked before any training).
+
+    Attributes
+    ----------
+    model_file : ModelFile
+    inputs, labels : torch.Tensor
+        All samples, shape [N, ...], and their class indices, shape [N].
+    seeds : list of int
+        The seeds trained side by side.
+    epochs : int
+        Training epochs; the schedule always includes this last epoch (the trained network).
+    lr, batch_size, optimizer, device, vectorize
+        Training settings, as for :func:`infoplane.train.fit`.
+    estimators : list
+        Estimator objects.
+    schedule : Schedule
+        Recorded epochs, ending at ``epochs``.
+    resume, overwrite, keep_activations, progress : bool
+    log : callable
+        Receives one line of text per message.
+    """
+
+    model_file: ModelFile
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    seeds: list[int]
+    epochs: int
+    lr: float | None
+    batch_size: int
+    optimizer: str | Callable | None
+    estimators: list
+    schedule: Schedule
+    device: str | torch.device
+    resume: bool
+    overwrite: bool
+    keep_activations: bool
+    vectorize: bool | str
+    progress: bool
+    log: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class FractionPlan:
+    """One training fraction of a :func:`track` call: where it goes and what it trains and probes on.
+
+    Attributes
+    ----------
+    fraction : float
+    run_dir : pathlib.Path
+    splits : list of (ndarray, ndarray)
+        Per seed, the training and held-out row indices.
+    probe_x, probe_y : torch.Tensor
+        The samples on which the plane is measured.
+    meta : dict
+        Entries for ``meta.json`` (data, model file, caller, training and split settings).
+    """
+
+    fraction: float
+    run_dir: Path
+    splits: list
+    probe_x: torch.Tensor
+    probe_y: torch.Tensor
+    meta: dict
+
+
+def fraction_dir(out: str | os.PathLike, fraction: float) -> Path:
+    """Run directory of one training fraction under ``out`` (e.g. ``out/fraction-0.05``).
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        Parent directory of the run directories.
+    fraction : float
+        Training fraction; its name keeps 6 significant digits (``%g``).
+
+    Returns
+    -------
+    pathlib.Path
+    """
     return Path(out) / f"fraction-{fraction:g}"
 
 
-def _load_data(spec, model_file):
+def _check_fraction_dirs(out: Path, fractions: list[float]) -> None:
+    """Two fractions must not share a run directory (one would silently replace the other)."""
+    seen: dict[Path, float] = {}
+    for f in fractions:
+        d = fraction_dir(out, f)
+        if d in seen:
+            raise ConfigError(f"--fraction {seen[d]!r} and --fraction {f!r} would both be written to {d}; give "
+                              f"fractions that differ within 6 significant digits")
+        seen[d] = f
+
+
+def _load_data(spec: Any, model_file: ModelFile,
+               log: Callable[[str], Any]) -> tuple[torch.Tensor, torch.Tensor, str, list | None]:
+    npz_names = None  # class names stored in an .npz (its labels arrive here as indices)
+    if spec is not None and model_file.data is not None:
+        given = f"--data {spec}" if isinstance(spec, (str, os.PathLike)) else "the data given"
+        log(f"note: {given} replaces the data() defined in {model_file.path.name}")
     if spec is None:
         if model_file.data is not None:
             try:
@@ -57,20 +158,29 @@ def _load_data(spec, model_file):
         (inputs, labels), name = spec, "arrays"
     else:
         try:
-            inputs, labels = data_mod.load(spec)
+            if str(spec).lower().endswith(".npz"):
+                inputs, labels, npz_names = data_mod.load_npz(spec, return_names=True)
+            else:
+                inputs, labels = data_mod.load(spec)
         except (ValueError, OSError) as err:
-            raise ConfigError(f"--data {spec}: {err}") from err
+            # data.load's messages usually start with the path already: do not say it twice.
+            said = str(err)
+            where = "--data" if Path(str(spec)).name in said else f"--data {spec}"
+            raise ConfigError(f"{where}: {said}") from err
         name = str(spec)
-    inputs, labels = torch.as_tensor(inputs), torch.as_tensor(labels)
+    try:  # one label validator everywhere: whole floats become indices, 0.7 is refused, names are mapped
+        checked = as_class_indices(labels, what=f"labels of data {name!r}")
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+    inputs, labels = torch.as_tensor(inputs), checked.indices
     if inputs.ndim < 1 or labels.ndim != 1 or len(inputs) != len(labels):
         raise ConfigError(f"data {name!r}: inputs have shape {tuple(inputs.shape)} and labels "
                          f"{tuple(labels.shape)}; need N inputs and N class indices")
-    if labels.is_floating_point():
-        labels = labels.long()
-    return inputs, labels, name
+    return inputs, labels, name, checked.names or npz_names
 
 
-def _splits(labels, fraction, split, seeds, fixed_split, base_seed):
+def _splits(labels: torch.Tensor, fraction: float, split: str, seeds: list[int], fixed_split: bool,
+            base_seed: int) -> tuple[list, list]:
     """Per-seed (train, test) index arrays and the seed each split was drawn with."""
     if split == "original":
         train, test = data_mod.original_split(len(labels), fraction)
@@ -79,7 +189,7 @@ def _splits(labels, fraction, split, seeds, fixed_split, base_seed):
     return [data_mod.stratified_split(labels.numpy(), fraction, seed=s) for s in split_seeds], split_seeds
 
 
-def _probe_set(inputs, labels, probe, splits):
+def _probe_set(inputs: torch.Tensor, labels: torch.Tensor, probe: str, splits: list) -> tuple[torch.Tensor, torch.Tensor]:
     if probe == "all":
         return inputs, labels
     index = splits[0][0] if probe == "train" else splits[0][1]
@@ -88,20 +198,45 @@ def _probe_set(inputs, labels, probe, splits):
     return inputs[index], labels[index]
 
 
-def check_outputs(out, fractions, resume, overwrite):
-    """Refuse to touch an existing run unless asked, before any training starts."""
+def check_outputs(out: str | os.PathLike, fractions: Sequence[float], resume: bool, overwrite: bool) -> None:
+    """Refuse to touch an existing run unless asked, before any training starts.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        Parent directory of the run directories.
+    fractions : sequence of float
+    resume, overwrite : bool
+        What the command asked for.
+
+    Raises
+    ------
+    RunExistsError
+        A fraction's directory holds files and neither ``resume`` nor ``overwrite`` was given.
+    """
     for f in fractions:
         d = fraction_dir(out, f)
+        if d.exists() and any(d.iterdir()) and not rundir.is_run(d):
+            raise ConfigError(f"{d} is not empty and holds no infoplane run; infoplane writes only into new or "
+                              f"empty directories or its own runs: choose another --out")
+        if overwrite and rundir.is_run(d) and rundir.foreign_entries(d):
+            found = ", ".join(rundir.foreign_entries(d)[:10])
+            raise ConfigError(f"{d} holds files that infoplane did not write ({found}); --overwrite replaces only "
+                              f"infoplane's own files: move them out of the run directory or choose another --out")
         if d.exists() and any(d.iterdir()) and not (resume or overwrite):
             state = "a complete" if (d / "meta.json").exists() and read_meta(d).get("complete") else "an unfinished"
             raise RunExistsError(f"{d} already holds {state} run; pass --resume to continue it or --overwrite "
                                  f"to replace it")
 
 
-def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_split=False, probe="all",
-          seeds=1, seed=0, epochs=8000, lr=None, batch_size=256, optimizer=None, estimators=None, schedule=None,
-          device="cpu", out=None, resume=False, overwrite=False, keep_activations=False, vectorize="auto",
-          progress=True, caller=None, log=print):
+def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fractions: Sequence[float] = (0.8,),
+          split: str = "stratified", fixed_split: bool = False, probe: str = "all", seeds: int = 1, seed: int = 0,
+          epochs: int = 8000, lr: float | None = None, batch_size: int = 256, optimizer: str | Callable | None = None,
+          estimators: Sequence | None = None, schedule: Schedule | Sequence[int] | None = None,
+          device: str | torch.device = "cpu", out: str | os.PathLike | None = None, resume: bool = False,
+          overwrite: bool = False, keep_activations: bool = False, vectorize: bool | str = "auto",
+          progress: bool = True, caller: list[str] | str | None = None,
+          log: Callable[[str], Any] = print) -> list[Run]:
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -125,8 +260,10 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     estimators : list, optional
         Estimator objects; default ``[Binning(bins=30, range=(-1, 1))]``.
     schedule : Schedule or list, optional
-        Recorded epochs (epoch e = after e epochs of training, 0 = the initialisation); default
-        ``log_schedule(epochs, 400)``, as in the original work.
+        Recorded epochs (epoch e = the network after e epochs of training, 0 = the initialisation); default
+        ``log_schedule(epochs, 400)``, the original work's epochs plus the final one. Epochs past ``epochs`` are
+        dropped and ``epochs`` itself is always added (:func:`infoplane.schedule.ending_at`), so the trained
+        network is always recorded.
     out : str or os.PathLike, optional
         Parent directory of the run directories; default ``runs/<model file stem>``.
     resume, overwrite, keep_activations
@@ -140,21 +277,29 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
         One per fraction, in the order given. Interrupted training can be resumed with ``resume=True``: a
         checkpoint (estimates written, training state saved) is taken once a second and after the last epoch,
         so an interruption loses at most about a second of work; resuming with settings that change the
-        numbers (data, training, split) is refused.
+        numbers (data, training, split) or what is recorded (estimators, schedule, seeds, layers, saved
+        activations) is refused with a :class:`ConfigError`, before any training.
+
+    Raises
+    ------
+    ConfigError
+        (a ``ValueError``) for every setting that cannot work, before anything trains: fractions that share a run
+        directory, a ``layers`` entry of the model file that names no layer, a loss that does not fit the
+        model's output, resuming with other settings, an existing run without ``resume``/``overwrite``.
     """
     mf = model_file if isinstance(model_file, ModelFile) else load_model_file(model_file)
     if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}; got {split!r}")
+        raise ConfigError(f"--split must be one of {SPLITS}; got {split!r}")
     if probe not in PROBES:
-        raise ConfigError(f"probe must be one of {PROBES}; got {probe!r}")
+        raise ConfigError(f"--probe must be one of {PROBES}; got {probe!r}")
     fractions = [float(f) for f in fractions]
     for f in fractions:
         if not (0 < f <= 1):
-            raise ConfigError(f"training fraction must satisfy 0 < F <= 1; got {f}")
+            raise ConfigError(f"--fraction must satisfy 0 < F <= 1; got {f}")
     if len(set(fractions)) != len(fractions):
-        raise ConfigError(f"training fractions repeat: {fractions}")
+        raise ConfigError(f"--fraction repeats a value: {fractions}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds must be a positive integer; got {seeds!r}")
+        raise ConfigError(f"--seeds must be a positive integer; got {seeds!r}")
     if mf.max_seeds is not None and seeds > mf.max_seeds:
         raise ConfigError(f"{mf.path} defines a single `model` object, so it trains one seed; define "
                          f"build_model() to train {seeds} seeds")
@@ -162,21 +307,32 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
         raise ConfigError(f"--probe {probe} with several seeds needs one split for all of them (--fixed-split): "
                          "otherwise each seed would be measured on different samples")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0; got {seed!r}")
+        raise ConfigError(f"--seed must be an integer >= 0; got {seed!r}")
     if mf.max_seeds is not None and seed != 0:
         raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop --seed (or define "
                           f"build_model() to train other seeds)")
+    if lr is not None and optimizer is None and mf.optimizer is not None:
+        raise ConfigError(f"--lr sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
+                          f"set the rate there, or pass --optimizer adam or sgd to use a built-in one")
     out = Path(out) if out is not None else Path("runs") / mf.stem
+    _check_fraction_dirs(out, fractions)
     check_outputs(out, fractions, resume, overwrite)
-    inputs, labels, data_name = _load_data(data, mf)
+    inputs, labels, data_name, class_names = _load_data(data, mf, log)
     seed_list = [seed + i for i in range(seeds)]
     estimators = list(estimators) if estimators else [Binning(bins=30, range=(-1, 1))]
-    if schedule is None:
-        schedule = log_schedule(epochs, 400)
-    job = dict(mf=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr, batch_size=batch_size,
-               optimizer=optimizer, estimators=estimators, schedule=schedule, device=device, resume=resume,
-               overwrite=overwrite, keep_activations=keep_activations, vectorize=vectorize, progress=progress,
-               log=log)
+    try:
+        schedule = ending_at(log_schedule(epochs, 400) if schedule is None else schedule, epochs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--schedule: {err}") from err
+    layers = _check_model(mf, inputs, labels, seed_list[0])
+    job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
+                   batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
+                   device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
+                   vectorize=vectorize, progress=progress, log=log)
+    recorded = {"estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
+                               for e in estimators],
+                "schedule": schedule.to_json(), "seeds": seed_list, "keep_activations": bool(keep_activations),
+                "layers": layers}
     # Every fraction is checked before anything is trained or replaced.
     plans = []
     for fraction in fractions:
@@ -187,6 +343,7 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
             raise ConfigError(f"training fraction {fraction:g}: {err}") from err
         meta = {
             "data": data_name,
+            **({"class_names": class_names} if class_names else {}),
             "model_file": str(mf.path),
             "caller": caller if caller is not None else (list(sys.argv) if sys.argv and sys.argv[0] else "python"),
             "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
@@ -197,40 +354,103 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
         }
         run_dir = fraction_dir(out, fraction)
         if resume and (run_dir / META).exists():
-            _check_same_settings(run_dir, meta)
-        plans.append((fraction, run_dir, splits, probe_x, probe_y, meta))
-    return [_track_fraction(job, *plan) for plan in plans]
+            _check_same_settings(run_dir, meta, recorded)
+        plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
+    return [_track_fraction(job, plan) for plan in plans]
+
+
+def _loss_name(loss: Callable | None, mf: ModelFile) -> str:
+    if loss is None:
+        return "the default loss nn.CrossEntropyLoss()"
+    name = repr(loss) if isinstance(loss, nn.Module) else getattr(loss, "__name__", type(loss).__name__)
+    return f"the loss {name} of {mf.path.name}"
+
+
+def _check_model(mf: ModelFile, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> list[dict] | None:
+    """Check, on a few samples, that the model file's ``layers`` and loss fit its network; return the layers' JSON.
+
+    A network that cannot take the inputs at all is left to training, which reports it with the full context.
+    """
+    model = mf.build(seed)
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    x = inputs[:5]
+    if weight is not None and x.is_floating_point():
+        x = x.to(weight.dtype)  # as the tracker's probe pass does
+    y = labels[:5] if labels.is_floating_point() else labels[:5].long()  # as fit passes them to the loss
+    # fork_rng: a forward with randomness (dropout) must not move the caller's global RNG.
+    with torch.random.fork_rng(), torch.no_grad():
+        model.eval()
+        try:
+            outputs = [(model(x[:n]), y[:n]) for n in sorted({min(3, len(x)), len(x)})]
+        except Exception:  # noqa: BLE001 - reported by training, where the message names the probe inputs
+            return None
+        try:
+            info = resolve_layers(model, x[:2], mf.layers)
+        except (TypeError, ValueError) as err:
+            if mf.layers is None:
+                raise
+            raise ConfigError(f"layers = {mf.layers!r} in {mf.path.name}: {err}") from err
+        if mf.train_step is None:  # a custom train_step need not call the loss
+            loss = mf.loss if mf.loss is not None else nn.CrossEntropyLoss()
+            # Two batch sizes: a loss that broadcasts [n, C] against [n] works by accident when n == C.
+            for output, target in outputs:
+                _check_loss(loss, output, target, mf)
+    return [layer.to_json() for layer in info]
+
+
+def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's broadcasting warning: the error below says it all
+            value = loss(output, target)
+        if not (torch.is_tensor(value) and value.numel() == 1):
+            shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise ValueError(f"it returned {shape}, not a scalar")
+    except Exception as err:  # noqa: BLE001 - any failure here means the loss does not fit
+        shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise ConfigError(f"{_loss_name(mf.loss, mf)} does not fit the model's output (shape {shape}) and the "
+                          f"labels (shape {tuple(target.shape)}, {target.dtype}): {type(err).__name__}: {err}") from err
 
 
 # Settings that change the numbers of a run: a resumed run must keep them.
 _RESUME_KEYS = ("data", "training", "split")
+# What the tracker records: a resumed run must record the same; each with the options that set it.
+_RECORDED_KEYS = {"estimators": "--estimator, --bins, --range, --bin-width or --noise-var",
+                  "schedule": "--schedule or --epochs", "seeds": "--seeds or --seed",
+                  "keep_activations": "--keep-activations", "layers": "`layers` in the model file"}
 
 
-def _check_same_settings(run_dir, meta):
+def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
     stored = read_meta(run_dir)
     for key in _RESUME_KEYS:
         if json.loads(json.dumps(meta[key])) != stored.get(key):
             raise ConfigError(f"{run_dir} was recorded with other {key} settings than this command's; resume it "
                               f"with the same options, or pass --overwrite to start it again")
+    for key, options in _RECORDED_KEYS.items():
+        if recorded[key] is not None and json.loads(json.dumps(recorded[key])) != stored.get(key):
+            raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than this command's; resume "
+                              f"it with the same options, or pass --overwrite to start it again")
 
 
-def _track_fraction(job, fraction, run_dir, splits, probe_x, probe_y, meta):
-    log, seeds, epochs = job["log"], job["seeds"], job["epochs"]
-    if job["resume"] and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
+def _track_fraction(job: TrackJob, plan: FractionPlan) -> Run:
+    log, seeds, epochs, run_dir = job.log, job.seeds, job.epochs, plan.run_dir
+    if job.resume and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
         log(f"{run_dir}: complete, skipped")
         return load_run(run_dir)
-    if job["overwrite"] and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if job.overwrite and rundir.is_run(run_dir):
+        # Cleared through the one owner of deletion, under the run's lock: only infoplane's files go.
+        lock, _ = rundir.open_run_dir(run_dir, overwrite=True)
+        lock.release()
     state_path = run_dir / STATE_FILE
-    state = load_state(state_path) if job["resume"] and state_path.exists() else None
-    bar = _progress(job["progress"], epochs, fraction, state)
+    state = load_state(state_path) if job.resume and state_path.exists() else None
+    bar = _progress(job.progress, epochs, plan.fraction, state)
     tracker = None
     last_save = time.monotonic()
 
     def make_tracker(members):
-        return Tracker(members, probe_x, probe_y, layers=job["mf"].layers, estimators=job["estimators"],
-                       schedule=job["schedule"], out=run_dir, seeds=seeds, fraction=fraction, meta=meta,
-                       keep_activations=job["keep_activations"], resume=job["resume"])
+        return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
+                       schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
+                       keep_activations=job.keep_activations, resume=job.resume)
 
     def callback(epoch, members, metrics):
         nonlocal tracker
@@ -255,16 +475,16 @@ def _track_fraction(job, fraction, run_dir, splits, probe_x, probe_y, meta):
         save_state(state_path, train_state)
         last_save = time.monotonic()
 
-    test_idx = [s[1] for s in splits]
+    test_idx = [s[1] for s in plan.splits]
     if any(len(t) == 0 for t in test_idx):
         test_idx = None  # fraction 1: no held-out samples
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(job["mf"], job["inputs"], job["labels"], [s[0] for s in splits], seeds=seeds, epochs=epochs,
-                         lr=job["lr"], batch_size=job["batch_size"], optimizer=job["optimizer"], device=job["device"],
-                         vectorize=job["vectorize"], callback=callback, test_idx=test_idx, state=state,
-                         checkpoint=checkpoint, checkpoint_every=should_save)
+            result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
+                         epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
+                         device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
+                         state=state, checkpoint=checkpoint, checkpoint_every=should_save)
         if tracker is None:  # resumed after the last epoch: nothing left to train
             tracker = make_tracker(result.members)
     except BaseException:
@@ -284,7 +504,7 @@ def _track_fraction(job, fraction, run_dir, splits, probe_x, probe_y, meta):
     return load_run(run_dir)
 
 
-def _progress(enabled, epochs, fraction, state):
+def _progress(enabled: bool, epochs: int, fraction: float, state: dict | None) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -294,7 +514,7 @@ def _progress(enabled, epochs, fraction, state):
                 dynamic_ncols=True, leave=True)
 
 
-def _postfix(metrics):
+def _postfix(metrics: dict) -> dict[str, str]:
     post = {}
     for key in ("train_loss", "train_acc", "test_acc"):
         if key in metrics:
@@ -302,8 +522,18 @@ def _postfix(metrics):
     return post
 
 
-def summary(runs) -> str:
-    """A short text table: per run, final train/test accuracy and per layer the final I(X;T), I(T;Y) (bits)."""
+def summary(runs: Sequence[Run]) -> str:
+    """A short text table: per run, final train/test accuracy and per layer the final I(X;T), I(T;Y) (bits).
+
+    Parameters
+    ----------
+    runs : sequence of Run
+
+    Returns
+    -------
+    str
+        One header line per run (its final epoch is the trained network), then one line per layer.
+    """
     lines = []
     for run in runs:
         est = run.estimators[0]

@@ -3,7 +3,8 @@
 This module is the one place that decides what infoplane may delete. A directory is an infoplane run when its
 ``meta.json`` carries the format marker (:data:`infoplane.runfiles.FORMAT`). Infoplane's own files are exactly
 those it writes: ``meta.json``, ``infoplane.csv``, ``metrics.csv``, the CLI's ``train_state.pt``, the lock file,
-``activations/labels.npy`` and ``activations/<seed>/<epoch>.npz``, and the temporary files of its atomic writes.
+``activations/labels.npy`` and ``activations/<seed>/<epoch>.npz``, the figures ``plane-<estimator>.png`` and
+``curves-<estimator>.png`` that ``infoplane plot`` writes there, and the temporary files of its atomic writes.
 Overwriting a run removes those and nothing else; if the directory holds anything else (another file, a
 symlink, a folder of the user's), it refuses and lists what it found. Symlinks are never followed.
 
@@ -28,6 +29,8 @@ __all__ = ["is_run", "foreign_entries", "clear", "open_run_dir", "RunLock", "Run
 
 _OWN_TOP = (META, TABLE, METRICS, STATE, LOCK)
 _TMP = re.compile(r"\.tmp\d+$")          # atomic writes: <name>.tmp<pid>
+# The per-run figures that `infoplane plot` / `write_figures` put into a run directory.
+_FIGURE = re.compile(r"(plane|curves)(-[A-Za-z0-9_.-]+)?\.png$")
 _INT = re.compile(r"-?\d+$")
 
 
@@ -50,7 +53,7 @@ def is_run(path) -> bool:
 
 def _own_top(name: str) -> bool:
     base = _TMP.sub("", name)
-    return base in _OWN_TOP
+    return base in _OWN_TOP or bool(_FIGURE.match(base))
 
 
 def _foreign_in_activations(path: str) -> list[str]:

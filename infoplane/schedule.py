@@ -2,6 +2,10 @@
 
 A :class:`Schedule` answers ``epoch in schedule`` in constant time, lists its epochs when it is finite, and
 round-trips through JSON (``to_json`` / :func:`from_json`) so that ``meta.json`` says exactly what was recorded.
+
+Epoch convention, everywhere in infoplane: epoch ``e`` is the network after ``e`` epochs of training, epoch 0 is
+the initialisation, and every schedule built for an ``n``-epoch run (``n_epochs=n``) includes ``n``, the trained
+network.
 """
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ import json
 
 import numpy as np
 
-__all__ = ["Schedule", "log_schedule", "every", "saxe_schedule", "as_schedule", "from_json"]
+from typing import Any, Callable, Iterable
+
+__all__ = ["Schedule", "log_schedule", "every", "saxe_schedule", "as_schedule", "ending_at", "from_json"]
 
 
 class Schedule:
-    """A set of epochs (0-based) at which the information plane is recorded.
+    """A set of epochs at which the information plane is recorded (epoch e: after e epochs of training).
 
     Build one with :func:`log_schedule`, :func:`every`, :func:`saxe_schedule` or :func:`as_schedule`.
 
@@ -29,7 +35,8 @@ class Schedule:
         Membership test for open-ended (and rule-based) schedules.
     """
 
-    def __init__(self, kind, params, epochs=None, rule=None):
+    def __init__(self, kind: str, params: dict, epochs: Iterable[int] | None = None,
+                 rule: Callable[[int], bool] | None = None) -> None:
         self.kind = kind
         self.params = dict(params)
         self._rule = rule
@@ -42,14 +49,14 @@ class Schedule:
         self._epochs = epochs
 
     @property
-    def epochs(self):
+    def epochs(self) -> np.ndarray:
         """Sorted distinct epochs (int64 array). Raises ValueError for an open-ended schedule."""
         if self._epochs is None:
             raise ValueError(f"the schedule {self!r} has no last epoch; give n_epochs to list its epochs")
         return self._epochs
 
     @property
-    def finite(self):
+    def finite(self) -> bool:
         """True when the schedule lists a fixed set of epochs."""
         return self._epochs is not None
 
@@ -83,29 +90,31 @@ class Schedule:
             args = f"{len(self._epochs)} epochs"
         return f"Schedule({self.kind}: {args})"
 
-    def to_json(self):
+    def to_json(self) -> dict:
         """JSON-able dict; :func:`from_json` rebuilds the schedule from it."""
         return {"kind": self.kind, **self.params}
 
 
-def _check_count(value, name, minimum=1):
+def _check_count(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def log_schedule(n_epochs, n_points):
-    """Roughly log-spaced epochs, exactly as Shwartz-Ziv & Tishby's code picks them.
+def log_schedule(n_epochs: int, n_points: int) -> Schedule:
+    """Roughly log-spaced epochs as Shwartz-Ziv & Tishby's code picks them, plus the final epoch.
 
-    The epochs are ``unique(int(logspace(log2 1, log2 n_epochs, n_points, base=2))) - 1``: dense early in
-    training, sparse later. Rounding merges the early points, so there are fewer than ``n_points`` epochs
-    (274 for ``log_schedule(8000, 400)``). Truncation can also turn the last point into ``n_epochs - 2``
-    (e.g. for 100 or 10000 epochs), exactly as in the original code.
+    The epochs are ``unique(int(logspace(log2 1, log2 n_epochs, n_points, base=2))) - 1`` (dense early in
+    training, sparse later), exactly as in the original code, and then ``n_epochs`` itself, so that the trained
+    network is recorded. Rounding merges the early points, so there are fewer than ``n_points`` of the original
+    epochs (274 for ``log_schedule(8000, 400)``, ending at 7999; with the final epoch 8000, 275). Truncation can
+    make the last original point ``n_epochs - 2`` (e.g. for 100 or 10000 epochs), as in the original code.
+    The original epochs are ``log_schedule(n, p).epochs[:-1]``: the final epoch is always new.
 
     Parameters
     ----------
     n_epochs : int
-        Number of training epochs; the last recorded epoch is ``n_epochs - 1``.
+        Number of training epochs; the last recorded epoch is ``n_epochs`` (the trained network).
     n_points : int
         Number of log-spaced points before rounding.
 
@@ -117,18 +126,19 @@ def log_schedule(n_epochs, n_points):
     n_points = _check_count(n_points, "n_points")
     points = np.logspace(np.log2(1), np.log2(n_epochs), n_points, base=2)
     epochs = np.unique(points.astype(np.int64)) - 1
-    return Schedule("log", {"n_epochs": n_epochs, "n_points": n_points}, epochs=epochs)
+    return Schedule("log", {"n_epochs": n_epochs, "n_points": n_points}, epochs=np.append(epochs, n_epochs))
 
 
-def every(k, n_epochs=None):
-    """Every ``k``-th epoch: 0, k, 2k, ...
+def every(k: int, n_epochs: int | None = None) -> Schedule:
+    """Every ``k``-th epoch: 0, k, 2k, ..., and ``n_epochs`` when it is given.
 
     Parameters
     ----------
     k : int
         Step between recorded epochs (1 = every epoch).
     n_epochs : int or None
-        Number of training epochs; None leaves the schedule open-ended.
+        Number of training epochs: the schedule lists 0, k, 2k, ... up to ``n_epochs`` and always ends with
+        ``n_epochs`` (the trained network), e.g. ``every(3, 10)`` is 0, 3, 6, 9, 10. None leaves it open-ended.
 
     Returns
     -------
@@ -138,10 +148,10 @@ def every(k, n_epochs=None):
     if n_epochs is None:
         return Schedule("every", {"k": k, "n_epochs": None}, rule=lambda e: e % k == 0)
     n_epochs = _check_count(n_epochs, "n_epochs")
-    return Schedule("every", {"k": k, "n_epochs": n_epochs}, epochs=np.arange(0, n_epochs, k))
+    return Schedule("every", {"k": k, "n_epochs": n_epochs}, epochs=np.append(np.arange(0, n_epochs + 1, k), n_epochs))
 
 
-def _saxe_rule(epoch):
+def _saxe_rule(epoch: int) -> bool:
     # Saxe et al.'s reporting rule: dense early, then coarser in three steps.
     if epoch < 20:
         return True
@@ -152,14 +162,15 @@ def _saxe_rule(epoch):
     return epoch % 100 == 0
 
 
-def saxe_schedule(n_epochs=None):
+def saxe_schedule(n_epochs: int | None = None) -> Schedule:
     """The epochs Saxe et al. (2018) record: every epoch below 20, every 5th below 100, every 20th below 2000,
     then every 100th.
 
     Parameters
     ----------
     n_epochs : int or None
-        Number of training epochs; None leaves the schedule open-ended.
+        Number of training epochs: the schedule covers 0 .. ``n_epochs`` and always ends with ``n_epochs`` (the
+        trained network). None leaves it open-ended.
 
     Returns
     -------
@@ -168,11 +179,11 @@ def saxe_schedule(n_epochs=None):
     if n_epochs is None:
         return Schedule("saxe", {"n_epochs": None}, rule=_saxe_rule)
     n_epochs = _check_count(n_epochs, "n_epochs")
-    epochs = [e for e in range(n_epochs) if _saxe_rule(e)]
+    epochs = [e for e in range(n_epochs + 1) if _saxe_rule(e)] + [n_epochs]
     return Schedule("saxe", {"n_epochs": n_epochs}, epochs=epochs)
 
 
-def as_schedule(schedule):
+def as_schedule(schedule: Schedule | Iterable[int] | None) -> Schedule:
     """Turn a schedule-like value into a :class:`Schedule`.
 
     Parameters
@@ -205,7 +216,7 @@ def as_schedule(schedule):
     return Schedule("list", {"epochs": epochs.tolist()}, epochs=epochs)
 
 
-def from_json(d):
+def from_json(d: dict) -> Schedule:
     """Rebuild a :class:`Schedule` from :meth:`Schedule.to_json` output.
 
     Parameters
@@ -225,3 +236,32 @@ def from_json(d):
     if kind == "list":
         return as_schedule(d["epochs"])
     return builders[kind](**d)
+
+
+def ending_at(schedule: Schedule | Iterable[int] | None, n_epochs: int) -> Schedule:
+    """The schedule for an ``n_epochs``-epoch run: its epochs up to ``n_epochs``, always including ``n_epochs``.
+
+    A schedule that already lists exactly that (e.g. ``log_schedule(n_epochs, p)``) comes back unchanged, so
+    ``meta.json`` keeps its kind; otherwise the result is a list schedule. This is how a trainer makes sure the
+    trained network (epoch ``n_epochs``) is recorded whatever schedule it was given.
+
+    Parameters
+    ----------
+    schedule : Schedule, sequence of int or None
+        As for :func:`as_schedule` (None: every epoch).
+    n_epochs : int
+        Number of training epochs (>= 0).
+
+    Returns
+    -------
+    Schedule
+    """
+    schedule = as_schedule(schedule)
+    n_epochs = _check_count(n_epochs, "n_epochs", minimum=0)
+    if schedule.finite and n_epochs in schedule and schedule.epochs[-1] == n_epochs:
+        return schedule
+    if schedule.finite:
+        epochs = [e for e in schedule.epochs.tolist() if e <= n_epochs]
+    else:
+        epochs = [e for e in range(n_epochs + 1) if e in schedule]
+    return as_schedule(epochs + [n_epochs])

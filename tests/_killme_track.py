@@ -1,12 +1,15 @@
 """Helper for the kill-and-resume test in test_tracker.py (not a test module itself).
 
 Trains a tiny tanh net deterministically and tracks every epoch into the run directory given as the first
-argument, printing one line per recorded epoch. ``--sleep`` slows each epoch so that the test can kill the
-process half way; ``--resume`` continues an interrupted run. The last line is a JSON summary.
+argument, printing one line per recorded epoch. Epoch e is the network after e epochs of training: epoch 0 is
+recorded before training, the last one is the trained network. ``--pause-after K`` makes it, once epoch K is
+recorded, write one line to the pipe whose file descriptor is in ``INFOPLANE_TEST_SIGNAL_FD`` and then block reading
+the pipe in ``INFOPLANE_TEST_WAIT_FD``, which the test never writes to: the test kills it exactly there, with no
+clock involved. ``--resume`` continues an interrupted run. The last line is a JSON summary.
 """
 import argparse
 import json
-import time
+import os
 
 import torch
 from torch import nn
@@ -23,7 +26,7 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--pause-after", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
 
@@ -38,15 +41,20 @@ def main(argv=None):
     with infoplane.Tracker(net, x, y, estimators=[Binning(bins=30, range=(-1, 1))], out=args.out,
                            schedule=infoplane.every(1, args.epochs), buffer_bytes=2 * EPOCH_BYTES,
                            resume=args.resume) as tracker:
-        for epoch in range(args.epochs):
+        with torch.no_grad():
             loss = nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        for epoch in range(args.epochs + 1):
+            if epoch > 0:  # epoch 0 is the initialisation
+                loss = nn.functional.cross_entropy(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
             if tracker.step(epoch, loss=loss.item()):
                 recorded.append(epoch)
                 print("recorded", epoch, flush=True)
-            time.sleep(args.sleep)
+            if epoch == args.pause_after:
+                os.write(int(os.environ["INFOPLANE_TEST_SIGNAL_FD"]), b"paused\n")
+                os.read(int(os.environ["INFOPLANE_TEST_WAIT_FD"]), 1)  # blocks until the test kills us
     print(json.dumps({"recorded": recorded}), flush=True)
 
 

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,28 +56,72 @@ def test_original_split_and_reproducible_seeds(tmp_path):
     assert not np.array_equal(ixt_a[0, -1], ixt_a[1, -1])   # different seeds: different networks
 
 
+PAUSING = str(REPO / "tests" / "_pausing_model.py")
+# 2 seeds x 2048 training rows (fraction 0.5 of the 4096 samples) in batches of 256: 16 steps per epoch.
+STEPS_PER_EPOCH = 2 * 2048 // 256
+
+
+def start_paused(cmd, after_epochs):
+    """Start `cmd` and return it once it is paused at the first step after `after_epochs` epochs.
+
+    The model file writes to a pipe when it gets there and then blocks on another pipe that is never written to,
+    so the test decides exactly where the process is interrupted; no clock is involved.
+    """
+    signal_r, signal_w = os.pipe()
+    wait_r, wait_w = os.pipe()
+    env = dict(os.environ, INFOPLANE_TEST_SIGNAL_FD=str(signal_w), INFOPLANE_TEST_WAIT_FD=str(wait_r),
+               INFOPLANE_TEST_PAUSE_STEP=str(after_epochs * STEPS_PER_EPOCH + 1))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, pass_fds=(signal_w, wait_r), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(signal_w)
+    os.close(wait_r)
+    with os.fdopen(signal_r) as signals:
+        line = signals.readline()  # "" (end of file) if the process ended without pausing: no hang
+    if line != "paused\n":
+        proc.kill()
+        raise AssertionError(f"the run ended before its pause point: {proc.communicate(timeout=600)[1]}")
+    return proc, wait_w
+
+
+def finish(proc, wait_w):
+    err = proc.communicate(timeout=600)[1]  # hang guard only
+    os.close(wait_w)
+    return err
+
+
+def pausing_cmd(out):
+    return [sys.executable, "-m", "infoplane.cli.main", "track", PAUSING, "--fraction", "0.5", "--epochs", "6",
+            "--seeds", "2", "--quiet", "--no-plot", "--schedule", "every:1", "--out", str(out)]
+
+
 def test_resume_after_kill_completes_identically(tmp_path):
-    cmd = [sys.executable, "-m", "infoplane.cli.main", "track", TANH, "--fraction", "0.5", "--epochs", "60",
-           "--seeds", "2", "--quiet", "--no-plot", "--schedule", "every:3"]
-    assert subprocess.run(cmd + ["--out", str(tmp_path / "whole")], cwd=REPO, capture_output=True).returncode == 0
-    part = tmp_path / "part"
-    proc = subprocess.Popen(cmd + ["--out", str(part)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    table = part / "fraction-0.5" / "infoplane.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not table.exists() or len(table.read_text().splitlines()) < 40):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert subprocess.run(pausing_cmd(whole), cwd=REPO, capture_output=True).returncode == 0
+    proc, wait_w = start_paused(pausing_cmd(part), after_epochs=3)
+    proc.send_signal(signal.SIGKILL)  # killed in the middle of the run, at the 4th epoch's first step
+    finish(proc, wait_w)
+    assert proc.returncode == -signal.SIGKILL
     partial = infoplane.load_run(part / "fraction-0.5")
     assert not partial.meta.get("complete")
     # an unfinished run is never mistaken for a complete one
-    assert main(cmd[3:] + ["--out", str(part)]) == 2
-    assert main(cmd[3:] + ["--out", str(part), "--resume"]) == 0
-    whole, resumed = (read_rows(d / "fraction-0.5") for d in (tmp_path / "whole", part))
+    assert main(pausing_cmd(part)[3:]) == 2
+    assert main(pausing_cmd(part)[3:] + ["--resume"]) == 0
+    a, b = (read_rows(d / "fraction-0.5") for d in (whole, part))
     key = lambda r: (r["seed"], int(r["epoch"]), r["layer"], r["estimator"])  # noqa: E731
-    assert sorted(map(key, resumed)) == sorted(map(key, whole))  # nothing missing, nothing duplicated
-    assert sorted(resumed, key=key) == sorted(whole, key=key)     # identical numbers
+    assert sorted(map(key, b)) == sorted(map(key, a))  # nothing missing, nothing duplicated
+    assert sorted(b, key=key) == sorted(a, key=key)     # identical numbers
+    assert {int(r["epoch"]) for r in a} == set(range(7))  # epochs 0 (initialisation) .. 6 (trained network)
+
+
+def test_ctrl_c_saves_what_was_measured_and_exits_130(tmp_path):
+    proc, wait_w = start_paused(pausing_cmd(tmp_path), after_epochs=2)
+    proc.send_signal(signal.SIGINT)
+    err = finish(proc, wait_w)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    run = infoplane.load_run(tmp_path / "fraction-0.5")
+    assert not run.meta["complete"]
+    assert run.epochs.tolist() == [0, 1, 2]  # every epoch recorded before the interrupt was written
 
 
 def write(tmp_path, name, text):

@@ -318,7 +318,7 @@ def test_saturated_run_warns_and_says_so_on_the_figure():
 
 
 def test_saturation_counts_the_share_of_epochs_per_layer():
-    run = make_run()
+    run = make_run(schedule=every(3, 27))  # 10 epochs, 0, 3, ..., 27: an even count
     log2_n = math.log2(N)
     n_epochs = len(run.epochs)
     # h1 at the ceiling for just over half the epochs, h2 for just under half, h3 at 96% of it throughout.

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,10 @@ def test_tracks_the_schedule_and_matches_direct_estimates(tmp_path):
     schedule = infoplane.log_schedule(30, 12)
     tracker = infoplane.Tracker(net, x, y, estimators=[BIN], schedule=schedule, out=tmp_path / "r")
     assert tracker.layers == ["1", "3", "5", "7", "9", "10"]  # 5 hidden after tanh + softmax output
-    for epoch in range(30):
+    # Epoch e is the network after e epochs of training: epoch 0 before training, then one step per epoch.
+    with torch.no_grad():
+        tracker.step(0, loss=nn.functional.cross_entropy(net(x), y).item())
+    for epoch in range(1, 31):
         loss = train_epoch(net, opt, x, y)
         tracker.step(epoch, loss=loss)
         assert hook_count(net) == 0  # nothing attached while training
@@ -261,31 +263,37 @@ def test_existing_run_and_resume_with_other_settings(tmp_path):
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     script = [sys.executable, str(HERE / "_killme_track.py")]
-    killed, resumed, clean = tmp_path / "killed", tmp_path / "resumed", tmp_path / "clean"
-    proc = subprocess.Popen(script + [str(killed), "--sleep", "0.1"], stdout=subprocess.PIPE, text=True)
-    table = killed / "infoplane.csv"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if table.exists() and table.read_text().count("\n") > 1 + 3 * 4:  # header + 4 epochs x 3 layers
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the tracking process ended before it could be killed"
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    # The helper pauses after recording epoch 5 (it signals through one pipe, then blocks reading another that
+    # is never written): the kill lands exactly there, whatever the machine's load.
+    signal_r, signal_w = os.pipe()
+    wait_r, wait_w = os.pipe()
+    env = dict(os.environ, INFOPLANE_TEST_SIGNAL_FD=str(signal_w), INFOPLANE_TEST_WAIT_FD=str(wait_r))
+    proc = subprocess.Popen(script + [str(killed), "--pause-after", "5"], stdout=subprocess.PIPE, text=True,
+                            env=env, pass_fds=(signal_w, wait_r))
+    os.close(signal_w)
+    os.close(wait_r)
+    with os.fdopen(signal_r) as signals:
+        paused = signals.readline() == "paused\n"  # "" if the process ended first: no hang
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    printed = [int(l.split()[1]) for l in proc.stdout.read().splitlines() if l.startswith("recorded")]
-    proc.stdout.close()
+    out = proc.communicate(timeout=600)[0]  # hang guard only
+    os.close(wait_w)
+    assert paused, "the tracking process ended before its pause point"
+    printed = [int(l.split()[1]) for l in out.splitlines() if l.startswith("recorded")]
+    assert printed == [0, 1, 2, 3, 4, 5]
+    table = killed / "infoplane.csv"
     assert not json.loads((killed / "meta.json").read_text())["complete"]
     done = {r.epoch for r in read_table(table)}
-    assert len(done) >= 4 and done <= set(printed) | {max(printed) + 1}
+    assert done <= set(printed) and len(done) >= len(printed) - 2  # the buffer holds two epochs at most
 
     out = subprocess.run(script + [str(killed), "--resume"], capture_output=True, text=True, check=True).stdout
     recomputed = json.loads(out.splitlines()[-1])["recorded"]
-    assert sorted(set(recomputed) | done) == list(range(40)) and not set(recomputed) & done
+    assert sorted(set(recomputed) | done) == list(range(41)) and not set(recomputed) & done
     assert len(set(recomputed) & set(printed)) <= 2  # the buffer holds two epochs: nothing more is lost
     subprocess.run(script + [str(clean)], capture_output=True, check=True)
 
     a, b = infoplane.load_run(killed), infoplane.load_run(clean)
-    assert len({key(r) for r in a.rows}) == len(a.rows) == 40 * 3  # nothing duplicated
+    assert len({key(r) for r in a.rows}) == len(a.rows) == 41 * 3  # nothing duplicated; epochs 0 .. 40
     assert sorted(as_tuples(a.rows)) == sorted(as_tuples(b.rows))
     np.testing.assert_array_equal(a.metric("loss"), b.metric("loss"))
     assert json.loads((killed / "meta.json").read_text())["complete"]

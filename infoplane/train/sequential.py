@@ -1,0 +1,51 @@
+"""The one-by-one engine: trains the seeds one after another, each with its own optimiser."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .spec import _Spec
+from .state import _cuda_devices, _get_rng, _set_rng
+
+
+
+class _Sequential:
+    """Trains the members one after another, each with its own optimiser."""
+
+    vectorized = False
+
+    def __init__(self, spec: _Spec, members: list[nn.Module], reason: str) -> None:
+        self.spec, self.members, self.reason = spec, members, reason
+        self.optimizers = [spec.make_optimizer(m.parameters()) for m in members]
+
+    def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                    rngs: list[dict]) -> list[dict]:
+        device = inputs.device
+        new_rngs = []
+        # Each member draws its in-forward randomness (dropout) from its own saved RNG state, so
+        # results do not depend on the order of members and resume exactly.
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            for model, opt, order, rng in zip(self.members, self.optimizers, orders, rngs):
+                _set_rng(rng, device)
+                model.train()
+                for start in range(0, len(order), batch_size):
+                    idx = order[start:start + batch_size]
+                    batch = (inputs[idx], labels[idx])
+                    if self.spec.train_step is not None:
+                        self.spec.train_step(model, batch, opt)
+                    else:
+                        opt.zero_grad(set_to_none=True)
+                        self.spec.loss(model(batch[0]), batch[1]).backward()
+                        opt.step()
+                new_rngs.append(_get_rng(device))
+        return new_rngs
+
+    def optimizer_states(self) -> list[dict]:
+        return [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
+
+    def load_optimizer_states(self, states: list[dict]) -> None:
+        for opt, saved in zip(self.optimizers, states):
+            opt.load_state_dict(saved)
+

@@ -1,0 +1,122 @@
+"""`infoplane track` / `infoplane plot`: the epoch convention, exit statuses and messages of settings problems
+(found before anything trains), --verbose, the --data note, and plotting a directory of fraction-* runs."""
+from pathlib import Path
+
+import numpy as np
+
+import infoplane
+from infoplane.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+TANH = str(REPO / "examples" / "tishby_tanh.py")
+
+
+def track(tmp_path, *args, out="o"):
+    return main(["track", *args, "--quiet", "--no-plot", "--out", str(tmp_path / out)])
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_schedule_records_the_trained_network(tmp_path, capsys):
+    # Epoch e is the network after e epochs: 0 is the initialisation, and the last is the trained network.
+    assert track(tmp_path, TANH, "--epochs", "3", "--schedule", "every:1", out="a") == 0
+    assert infoplane.load_run(tmp_path / "a" / "fraction-0.8").epochs.tolist() == [0, 1, 2, 3]
+    assert "final epoch 3" in capsys.readouterr().out
+    assert track(tmp_path, TANH, "--epochs", "5", "--schedule", "every:2", out="b") == 0
+    run = infoplane.load_run(tmp_path / "b" / "fraction-0.8")
+    assert run.epochs.tolist() == [0, 2, 4, 5]
+    assert np.isfinite(run.metric("train_acc")[:, -1]).all()  # the summary's accuracy is the trained network's
+    assert "final epoch 5" in capsys.readouterr().out
+
+
+def test_fractions_sharing_a_directory_are_refused_before_training(tmp_path, capsys):
+    assert track(tmp_path, TANH, "--epochs", "1", "--fraction", "0.1", "--fraction", "0.1000001") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "fraction-0.1" in first and "0.1000001" in first
+    assert not (tmp_path / "o").exists()  # nothing was trained or written
+
+
+def test_bad_layers_name_in_the_model_file_is_a_usage_error(tmp_path, capsys):
+    path = write(tmp_path, "net.py", "from torch import nn\nlayers = ['7', 'nope']\n"
+                                     "def build_model():\n    return nn.Sequential(nn.Linear(12, 4), nn.Tanh(), "
+                                     "nn.Linear(4, 2))\n")
+    assert track(tmp_path, path, "--epochs", "1") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("infoplane: error: layers = ") and "net.py" in first and "'nope'" in first
+    assert not (tmp_path / "o").exists()
+
+
+def test_loss_that_does_not_fit_the_output_is_a_usage_error_naming_the_loss(tmp_path, capsys):
+    path = write(tmp_path, "net.py", "from torch import nn\nloss = nn.MSELoss()\n"
+                                     "def build_model():\n    return nn.Sequential(nn.Linear(12, 4), nn.Tanh(), "
+                                     "nn.Linear(4, 2))\n")
+    assert track(tmp_path, path, "--epochs", "1") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "MSELoss" in first and "does not fit the model's output" in first
+    assert not (tmp_path / "o").exists()
+
+
+def test_lr_with_the_model_files_optimizer_is_a_usage_error(tmp_path, capsys):
+    path = write(tmp_path, "net.py", "import torch\nfrom torch import nn\n"
+                                     "def optimizer(p):\n    return torch.optim.SGD(p, lr=0.1)\n"
+                                     "def build_model():\n    return nn.Sequential(nn.Linear(12, 2))\n")
+    assert track(tmp_path, path, "--epochs", "1", "--lr", "0.01") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "--lr" in first and "optimizer()" in first and "lr=" not in first
+
+
+def test_resuming_with_other_recorded_settings_is_a_usage_error(tmp_path, capsys):
+    assert track(tmp_path, TANH, "--epochs", "2") == 0
+    capsys.readouterr()
+    assert track(tmp_path, TANH, "--epochs", "2", "--resume", "--estimator", "kde") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "--estimator" in first and "--overwrite" in first and "=True" not in first
+    assert track(tmp_path, TANH, "--epochs", "2", "--resume", "--schedule", "every:1") == 2
+    assert "--schedule" in capsys.readouterr().err.splitlines()[0]
+    assert infoplane.load_run(tmp_path / "o" / "fraction-0.8").meta["complete"]  # left alone
+
+
+def test_verbose_shows_the_traceback(tmp_path, capsys):
+    # The network cannot take the 12-bit inputs: a failure while running (status 1).
+    path = write(tmp_path, "net.py", "from torch import nn\ndef build_model():\n    return nn.Linear(10, 2)\n")
+    assert track(tmp_path, path, "--epochs", "1", out="a") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--verbose" in err
+    assert track(tmp_path, path, "--epochs", "1", "--verbose", out="b") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("infoplane: error: ") and "Traceback (most recent call last)" in err
+
+
+def test_data_option_replacing_the_files_data_prints_one_note(tmp_path, capsys):
+    path = write(tmp_path, "net.py", "import torch\nfrom torch import nn\n"
+                                     "def data():\n    raise RuntimeError('not used')\n"
+                                     "def build_model():\n    return nn.Sequential(nn.Linear(12, 3), nn.Tanh(), "
+                                     "nn.Linear(3, 2))\n")
+    rc = main(["track", path, "--data", "tishby12", "--epochs", "1", "--no-plot", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "data()" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: --data tishby12") and "net.py" in notes[0]
+
+
+def test_data_errors_name_the_file_once(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((10, 12), np.float32), labels=-np.ones(10, np.int64))
+    assert track(tmp_path, TANH, "--data", str(tmp_path / "d.npz"), "--epochs", "1") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.count("d.npz") == 1 and first.startswith("infoplane: error: --data")
+
+
+def test_plot_finds_the_fraction_runs_inside_a_directory(tmp_path, capsys):
+    assert track(tmp_path, TANH, "--epochs", "1", "--fraction", "0.5", "--fraction", "0.1") == 0
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "o" / "compare.png").exists() and "compare.png" in printed
+    for f in ("0.1", "0.5"):
+        assert (tmp_path / "o" / f"fraction-{f}" / "plane.png").exists()
+    assert main(["plot", str(tmp_path)]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.count("not an infoplane run directory") == 1 and "fraction-*" in first
