@@ -114,9 +114,9 @@ def test_plot_finds_the_fraction_runs_inside_a_directory(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
-    assert (tmp_path / "o" / "compare.png").exists() and "compare.png" in printed
+    assert (tmp_path / "o" / "compare-binning.png").exists() and "compare-binning.png" in printed
     for f in ("0.1", "0.5"):
-        assert (tmp_path / "o" / f"fraction-{f}" / "plane.png").exists()
+        assert (tmp_path / "o" / f"fraction-{f}" / "plane-binning.png").exists()
     assert main(["plot", str(tmp_path)]) == 2
     first = capsys.readouterr().err.splitlines()[0]
     assert first.count("not an infoplane run directory") == 1 and "fraction-*" in first
