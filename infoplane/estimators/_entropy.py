@@ -165,4 +165,4 @@ def _sum_cells(item, counts, n_items, n, table):
 
 def miller_madow(k: torch.Tensor, n) -> torch.Tensor:
     """Miller–Madow bias correction (K - 1) / (2 N ln 2) in bits, K occupied cells out of N samples."""
-    return (k - 1) / (2 * n * math.log(2))
+    return (k - 1).to(torch.float64 if k.device.type != "mps" else torch.float32) / (2 * n * math.log(2))
