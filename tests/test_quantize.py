@@ -99,7 +99,7 @@ def test_straight_through_gradients_train_and_vmap_works():
         opt.zero_grad()
         loss = nn.functional.cross_entropy(q(x), y)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(loss.item())
         opt.step()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in q.parameters())
     assert min(losses[-5:]) < 0.8 * losses[0]
