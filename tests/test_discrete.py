@@ -165,3 +165,27 @@ def test_estimates_stay_inside_their_range(seed):
                 assert 0.0 <= ixt <= math.log2(n) and 0.0 <= ity <= h_y
                 assert ity <= float(discrete_mi(labels[:, None].astype(float), labels).ity)  # I(T;Y) <= I(Y;Y)
                 assert abs(ixt - ixt_o) < 1e-9 and abs(ity - ity_o) < 1e-9
+
+
+@pytest.mark.parametrize("key_space", [40, 10**6])
+def test_torch_counting_route_equals_numpy_route(key_space):
+    # The torch route runs on GPUs; here both routes run on CPU on the same keys (bincount and sort paths).
+    from infoplane.estimators._entropy import plugin_counts, xlogy_table
+
+    rng = np.random.default_rng(key_space)
+    n, items, label_bits = 100, 5, 2
+    keys = torch.from_numpy(rng.integers(0, key_space, size=(items, n)))
+    labels = torch.from_numpy(rng.integers(0, 3, size=(items, n)))
+    item_bits = (key_space - 1).bit_length() + label_bits
+    joint = ((torch.arange(items)[:, None] << item_bits) + (keys << label_bits) + labels).reshape(-1)
+    table = xlogy_table(n, torch.float64, "cpu")
+    a = plugin_counts(joint, items, n, label_bits, item_bits, table, use_numpy=True)
+    b = plugin_counts(joint, items, n, label_bits, item_bits, table, use_numpy=False)
+    for x, y in zip(a, b):
+        assert torch.allclose(x.double(), y.double(), rtol=0, atol=1e-12)
+    for i in range(items):  # and both equal counts done here
+        k, lab = keys[i].numpy(), labels[i].numpy()
+        pair = k * 4 + lab
+        assert float(a[0][i]) == pytest.approx(h_counts(np.unique(k, return_counts=True)[1]), abs=1e-12)
+        assert float(a[1][i]) == pytest.approx(h_counts(np.unique(pair, return_counts=True)[1]), abs=1e-12)
+        assert int(a[2][i]) == len(np.unique(k)) and int(a[3][i]) == len(np.unique(pair))

@@ -62,7 +62,7 @@ def xlogy_table(n: int, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def plugin_counts(joint: torch.Tensor, n_items: int, n: int, label_bits: int, item_bits: int,
-                  table: torch.Tensor):
+                  table: torch.Tensor, use_numpy: bool | None = None):
     """Plug-in H(T) and H(T, Y) in bits, and the numbers of occupied cells K_T and K_TY, per item.
 
     Parameters
@@ -70,6 +70,8 @@ def plugin_counts(joint: torch.Tensor, n_items: int, n: int, label_bits: int, it
     joint : int64 [n_items * N], unsorted: ``(item << item_bits) | (key << label_bits) | label``, where equal
         keys mean equal rows and ``item_bits >= key bits + label_bits``.
     table : :func:`xlogy_table` (n).
+    use_numpy : bool, optional
+        Count with numpy (default on CPU) or with torch (default elsewhere; both give the same numbers).
 
     Returns
     -------
@@ -78,7 +80,7 @@ def plugin_counts(joint: torch.Tensor, n_items: int, n: int, label_bits: int, it
     Per item, H = log2 N - (1/N) sum_cells c log2 c is summed cell by cell in key order, so an item's result is
     bit-identical whatever else is in its batch and whichever of the two counting routes is taken.
     """
-    if joint.device.type == "cpu":
+    if use_numpy if use_numpy is not None else joint.device.type == "cpu":
         return _plugin_counts_numpy(joint.numpy(), n_items, n, label_bits, item_bits, table)
     span = 1 << item_bits
     if span <= 2 * n:
