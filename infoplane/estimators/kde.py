@@ -60,12 +60,13 @@ def _block_rows(n: int, itemsize: int, budget: int) -> int:
     return max(1, min(n, _CACHE_ROWS, budget // per_row))
 
 
-def _log_kernel_sums(h, bounds, dtype, scale_lower, budget):
+def _log_kernel_sums(h, labels, bounds, dtype, scale_lower, budget):
     """For every sample i: log of sum_j K(i, j) over all j and over the j of i's class, for both kernels.
 
     Parameters
     ----------
     h : [N, d] float64 activations with the samples sorted by class; class c holds rows bounds[c]:bounds[c + 1].
+    labels : [N] int64, the (sorted) class of each row.
     dtype : float32 or float64, the arithmetic of the kernel values and their sums.
     scale_lower : 1 / (8 s^2).
 
@@ -123,8 +124,6 @@ def _log_kernel_sums(h, bounds, dtype, scale_lower, budget):
                 r0, r1 = max(c0, i0), min(c1, i1)
                 if r1 > r0 and i1 < n:
                     sums[b, c, i1:] += k[r0 - i0:r1 - i0, i1 - i0:].sum(dim=0)
-    labels = torch.repeat_interleave(torch.arange(n_classes, device=h.device),
-                                     torch.tensor(bounds[1:]) - torch.tensor(bounds[:-1]))
     out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
     return out.log_()
 
@@ -136,7 +135,7 @@ def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype):
     yb, order = torch.sort(yb, stable=True)
     counts = torch.bincount(yb, minlength=n_classes)
     bounds = [0] + torch.cumsum(counts, 0).tolist()
-    logs = _log_kernel_sums(h[order].to(torch.float64), bounds, dtype, 1.0 / (8.0 * s2), budget).to(res_dtype)
+    logs = _log_kernel_sums(h[order].to(torch.float64), yb, bounds, dtype, 1.0 / (8.0 * s2), budget).to(res_dtype)
     log_ny = torch.log(counts.to(res_dtype).clamp(min=1))[yb]
     # I(X;T) = -(1/N) sum_i log(S_i / N);  sum_y p(y) I_y = -(1/N) sum_i log(S_i,own / N_{y_i})
     ixt = math.log(n) - logs[:, 0].mean(dim=1)
