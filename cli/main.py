@@ -73,7 +73,7 @@ def _schedule(text: str, epochs: int) -> Any:
 
 
 def _estimators(args: argparse.Namespace) -> list:
-    from infoplane import KDE, Binning
+    from infoplane import KDE, Binning, Discrete
 
     names = args.estimator or ["binning"]
     made = []
@@ -84,6 +84,8 @@ def _estimators(args: argparse.Namespace) -> list:
             made.append(Binning(width=args.bin_width))
         elif name == "adaptive":
             made.append(Binning(bins=args.bins, adaptive=True))
+        elif name == "discrete":
+            made.append(Discrete())
         else:
             made.append(KDE(noise_var=args.noise_var))
     return made
@@ -139,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--no-vectorize", action="store_true", help="train seeds one at a time")
     g = track.add_argument_group("estimation")
-    g.add_argument("--estimator", action="append", choices=["binning", "binning-width", "adaptive", "kde"],
+    g.add_argument("--estimator", action="append",
+                   choices=["binning", "binning-width", "adaptive", "kde", "discrete"],
                    help="repeatable (default binning)")
     g.add_argument("--bins", type=_positive_int, default=30, help="edge points for binning/adaptive (default 30)")
     g.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),

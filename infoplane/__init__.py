@@ -2,10 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .estimators import KDE, Binning  # noqa: E402
+from .estimators import KDE, Binning, Discrete  # noqa: E402
+from .quantize import quantize  # noqa: E402
 from .schedule import every, log_schedule, saxe_schedule  # noqa: E402
 from .run import Run, load_run  # noqa: E402
 from .tracker import Tracker, UnclosedTrackerWarning, estimate  # noqa: E402
 
-__all__ = ["Binning", "KDE", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate",
-           "UnclosedTrackerWarning"]
+__all__ = ["Binning", "KDE", "Discrete", "quantize", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run",
+           "Run", "estimate", "UnclosedTrackerWarning"]

@@ -10,6 +10,8 @@
 """
 from .binning import BinnedResult, binned_mi
 from .kde import KDEResult, kde_mi
-from .config import KDE, Binning, Estimator, from_settings
+from .discrete import discrete_mi
+from .config import KDE, Binning, Discrete, Estimator, from_settings
 
-__all__ = ["binned_mi", "kde_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Estimator", "from_settings"]
+__all__ = ["binned_mi", "kde_mi", "discrete_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Discrete",
+           "Estimator", "from_settings"]

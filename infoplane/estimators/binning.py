@@ -20,15 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._entropy import dense_rank, entropy_of_runs, ranks_from_runs, run_starts, sorted_runs
+from ._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs, xlogy_table
+from ._entropy import miller_madow as _miller_madow
 from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
 # Keys stay below 2**62 so that key * C + label cannot overflow int64.
 _KEY_BITS = 62
-# Integers up to 2**53 are exact in float64, so a group's key can be formed by one float64 product.
-_EXACT_FLOAT_BITS = 53
-# Elements per chunk of batch items (about 2 MiB of float64): measured fastest on a 2-core CPU.
+# Activation elements per chunk of batch items digitised at once (about 1 MiB of float32), so that the several
+# elementwise passes over them stay in the CPU cache.
 _CHUNK_ELEMENTS = 2**18
+# Rows (samples x items) sorted or counted at once: large enough to share each operation's fixed cost.
+_GROUP_ROWS = 2**19
 
 
 @dataclass
@@ -76,26 +78,30 @@ class _RangeGrid:
 
     def _workspace(self, a):
         if self._buffers is None or self._buffers[0].numel() < a.numel() or self._buffers[0].device != a.device:
-            # float32 suffices for u: its rounding error is far below the bias (see __init__).
+            # u in float32 suffices: its rounding error is far below the bias (see __init__).
             self._buffers = (torch.empty(a.numel(), dtype=torch.float32, device=a.device),
-                             torch.empty(a.numel(), dtype=torch.int32, device=a.device),
-                             torch.empty(a.numel(), dtype=a.dtype, device=a.device),
-                             torch.empty(a.numel(), dtype=torch.bool, device=a.device))
+                             torch.empty(a.numel(), dtype=torch.int64, device=a.device),
+                             torch.empty(a.numel(), dtype=a.dtype, device=a.device))
         return [buf[: a.numel()].view(a.shape) for buf in self._buffers]
 
     def digits(self, a):
-        u, idx, edge, above = self._workspace(a)
+        # Everything stays in one float dtype and avoids boolean temporaries and integer division: those passes
+        # are several times slower than plain float arithmetic on CPU.
+        u, idx, edge = self._workspace(a)
         table = self.next_edge.to(device=a.device, dtype=a.dtype)
         # u = (index of the cell below the true one, or the true one) + 1, in [0, bins]
         torch.mul(a, self.scale, out=u)
         u.add_(self.offset).floor_().clamp_(0, self.bins)
         idx.copy_(u)
         torch.index_select(table, 0, idx.view(-1), out=edge.view(-1))
-        torch.ge(a, edge, out=above)
-        u.add_(above.view(torch.uint8))
+        # step = 1 where a >= edge, else 0 (the sign of a difference of two floats is exact).
+        torch.sub(a, edge, out=edge).sign_().add_(1.0).clamp_(max=1.0)
+        u.add_(edge)
         # u is now the cell + 1: 0 means below the range, bins means at or above its end. The original indexes
-        # edge -1 (the last one) below the range, so those two share one cell: merge them.
-        return u.remainder_(self.bins), [self.bins] * a.shape[-1]
+        # edge -1 (the last one) below the range, so those two share one cell: map bins to 0.
+        torch.sub(u, self.bins - 1, out=edge).clamp_(0.0, 1.0)
+        u.sub_(edge, alpha=self.bins)
+        return idx.copy_(u), [self.bins] * a.shape[-1]
 
 
 class _WidthGrid:
@@ -112,7 +118,7 @@ class _WidthGrid:
                 f"activations / width reach {float(q.abs().max()):.3g}: too many cells to index exactly. "
                 "Use a larger width, or the fixed-range grid (bins=, range=)."
             )
-        return _shift_to_zero(q.double())
+        return _shift_to_zero(q.long())
 
 
 class _AdaptiveGrid:
@@ -131,25 +137,38 @@ class _AdaptiveGrid:
         ranks, m = dense_rank(a.reshape(b, n * d))
         m = m[:, None]
         cells = torch.clamp(((ranks + 1) * self.bins + m - 1) // m - 1, max=self.bins - 1)
-        return _shift_to_zero(cells.reshape(b, n, d).double())
+        return _shift_to_zero(cells.reshape(b, n, d))
+
+
+class _ExactValues:
+    """Each distinct exact value of a unit is its own symbol: its dense rank among the item's values of that unit."""
+
+    def digits(self, a):
+        b, n, d = a.shape
+        ranks, _ = dense_rank(a.transpose(1, 2).reshape(b * d, n))
+        digits = ranks.reshape(b, d, n).transpose(1, 2)
+        return digits, (digits.amax(dim=(0, 1)) + 1).tolist()
 
 
 def _shift_to_zero(cells):
     """Digits >= 0 per (item, unit), and the radix of each unit (the largest digit + 1 over the chunk)."""
     digits = cells - cells.amin(dim=1, keepdim=True)
-    return digits, (digits.amax(dim=(0, 1)) + 1).long().tolist()
+    return digits, (digits.amax(dim=(0, 1)) + 1).tolist()
 
 
-def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch.Tensor, bool]:
-    """One int64 key per row of ``digits`` ([B, N, d], exact non-negative integers stored as floats) such that
-    keys are equal iff rows are equal. ``radix[j]`` bounds unit j's digits; keys stay below 2**62 / reserve.
-    Also returns True when it found every row of every item distinct (False: not known).
+def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch.Tensor, int, bool]:
+    """One int64 key per row of ``digits`` ([B, N, d], non-negative integers) such that keys are equal iff rows
+    are equal. ``radix[j]`` bounds unit j's digits; keys stay below 2**62 / reserve.
 
-    Units are packed in two levels: groups whose mixed-radix value is exact in the digits' float type (one
-    matrix product forms every group's value), and segments of groups whose value fits the int64 budget.
-    A segment after the first is appended to the dense rank (< N) of the key so far.
+    Returns ``(keys, key_bound, all_distinct)``: every key is < key_bound, and all_distinct is True when every
+    row of every item was found distinct (False: not known).
+
+    Only integer arithmetic is used (no floating-point product, which reduced-precision matmul settings such as
+    TF32 or bf16 could round). Units are packed in segments whose mixed-radix value fits the int64 budget; a
+    segment after the first is appended to the dense rank (< N) of the key so far.
     """
     b, n, d = digits.shape
+    radix = list(radix)
     sparse = [j for j, r in enumerate(radix) if r > n]
     if sparse:
         # A unit with more possible cells than samples (wide unbounded grids): its dense rank (< n) has the
@@ -161,69 +180,113 @@ def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch
     limit = 2**_KEY_BITS // reserve
     if n * n >= limit:
         raise ValueError(f"N = {n} samples is too many to key rows exactly in 62 bits; use fewer probe samples")
-    exact = 2**24 if digits.dtype == torch.float32 else 2**53
-    groups, segments = [], [[]]  # groups: (first unit, last unit + 1, value range); segments: group indices
-    start, g_prod, s_prod, factor = 0, 1, 1, 1
+    segments = []  # (first unit, last unit + 1, product of the radices)
+    start, prod, factor = 0, 1, 1
     for j, r in enumerate(radix):
-        new_segment = s_prod * r * factor >= limit
-        if j > start and (new_segment or g_prod * r >= exact):
-            segments[-1].append(len(groups))
-            groups.append((start, j, g_prod))
-            start, g_prod = j, 1
-            if new_segment:
-                segments.append([])
-                s_prod, factor = 1, n
-        g_prod *= r
-        s_prod *= r
-    segments[-1].append(len(groups))
-    groups.append((start, d, g_prod))
+        if j > start and prod * r * factor >= limit:
+            segments.append((start, j, prod))
+            start, prod, factor = j, 1, n
+        prod *= r
+    segments.append((start, d, prod))
 
-    flat = digits.reshape(b * n, d)
-    keys = None
-    for seg in segments:
-        # The groups of one segment: one product of its units with their place values, computed only when
-        # reached (wide layers usually stop after a segment or two, once every row differs).
-        u0, u1 = groups[seg[0]][0], groups[seg[-1]][1]
-        weights = torch.zeros(u1 - u0, len(seg), dtype=digits.dtype)
-        for k, g in enumerate(seg):
-            g0, g1, _ = groups[g]
-            weights[g0 - u0:g1 - u0, k] = torch.from_numpy(np.cumprod([1] + radix[g0:g1 - 1], dtype=np.float64))
-        values = torch.matmul(flat[:, u0:u1], weights.to(digits.device)).long().reshape(b, n, -1)
-        part, mult = values[:, :, 0], 1
-        for k in range(1, len(seg)):
-            mult *= groups[seg[k - 1]][2]
-            part = part + values[:, :, k] * mult
+    keys, bound = None, 1
+    for u0, u1, prod in segments:
+        # Computed only when reached: wide layers usually stop after a segment or two, once every row differs.
+        place = np.cumprod([1] + radix[u0:u1 - 1], dtype=np.int64).tolist()
+        part = _mixed_radix(digits[:, :, u0:u1], place)
         if keys is None:
-            keys = part
+            keys, bound = part, prod
             continue
         order, new = sorted_runs(keys)
         if bool(new.all()):
             # Every row already differs from every other: further units cannot merge any two rows.
-            return keys, True
-        keys = ranks_from_runs(order, new) * (mult * groups[seg[-1]][2]) + part  # dense rank (< n) first
-    return keys, False
+            return keys, bound, True
+        keys = ranks_from_runs(order, new) * prod + part  # dense rank (< n) first
+        bound = n * prod
+    return keys, bound, False
+
+
+def _mixed_radix(digits, place):
+    """sum_j digits[..., j] * place[j] in int64 (exact: the caller keeps the sum below 2**62)."""
+    if digits.shape[-1] <= 16:
+        # Column by column: a reduction over a short innermost axis is slower than a few strided passes.
+        out = digits[:, :, 0].to(torch.int64, copy=True)
+        for j in builtins.range(1, digits.shape[-1]):
+            out.add_(digits[:, :, j], alpha=place[j])
+        return out
+    return (digits.to(torch.int64) * torch.tensor(place, device=digits.device)).sum(-1)
 
 
 def label_entropy(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """Plug-in H(Y) in bits per row of dense labels [B, N]."""
+    return _label_stats(y, n_classes, dtype)[0]
+
+
+def _label_stats(y, n_classes, dtype):
+    """Plug-in H(Y) (bits) and the number of classes present, per row of dense labels [B, N]."""
     n = y.shape[1]
     counts = torch.zeros(y.shape[0], n_classes, dtype=dtype, device=y.device)
     counts.scatter_add_(1, y, torch.ones(1, 1, dtype=dtype, device=y.device).expand_as(y))
-    return math.log2(n) - torch.special.xlogy(counts, counts).sum(1) / (n * math.log(2))
+    # -sum p log2 p over the classes: more accurate than log2 N - sum c log2 c / N (this is the ceiling of I(T;Y)).
+    p = counts / n
+    h = -torch.where(counts > 0, p * torch.log2(p), 0.0).sum(1)
+    return h, (counts > 0).sum(1)
 
 
-def _discrete_mi(keys: torch.Tensor, y: torch.Tensor, n_classes: int, h_y: torch.Tensor, dtype):
-    b, n = keys.shape
-    # Item i's joint keys are offset by i * span, so one flat sort orders every item at once (faster than a
-    # sort per row) and item i lands in positions [i n, (i + 1) n). Sorting by key * C + y also sorts by key,
-    # so the one sort serves both entropies.
-    span = 2**_KEY_BITS // b
-    offsets = torch.arange(b, device=keys.device)[:, None] * span
-    joint = (keys * n_classes + y + offsets).reshape(-1)
-    sorted_joint = torch.sort(joint)[0].reshape(b, n) - offsets
-    h_ty = entropy_of_runs(run_starts(sorted_joint), dtype)
-    h_t = entropy_of_runs(run_starts(torch.div(sorted_joint, n_classes, rounding_mode="floor")), dtype)
-    return h_t, h_t + h_y - h_ty
+def _plugin_mi(batch, y, n_classes, grid, miller_madow):
+    """(I(X;T), I(T;Y)) in bits per batch item, rows made discrete by ``grid.digits``, clamped to their range.
+
+    Items are processed in groups: digits and row keys a cache-sized chunk at a time, then one sort (or one
+    count) for the whole group, so the fixed cost of each tensor operation is shared by many items.
+    """
+    a = batch.acts
+    n_items, n, d = a.shape
+    dtype = result_dtype(batch.device)
+    h_y, classes_present = _label_stats(y, n_classes, dtype)
+    log2n = math.log2(n)
+    ixt = torch.empty(n_items, dtype=dtype, device=batch.device)
+    ity = torch.empty_like(ixt)
+    per_item = y.shape[0] > 1
+    label_bits = max(1, (n_classes - 1).bit_length())
+    table = xlogy_table(n, dtype, batch.device)
+    group = max(1, min(n_items, _GROUP_ROWS // n))
+    chunk = max(1, _CHUNK_ELEMENTS // (n * d))
+    for g0 in builtins.range(0, n_items, group):
+        g1 = min(n_items, g0 + group)
+        c = g1 - g0
+        keys = torch.empty(c, n, dtype=torch.int64, device=batch.device)
+        bound, distinct = 1, []
+        for s in builtins.range(g0, g1, chunk):
+            part = a[s:min(g1, s + chunk)]
+            check_finite(part, batch, s)
+            digits, radix = grid.digits(part)
+            k, b, all_distinct = row_keys(digits, radix, reserve=(2 << label_bits) * c)
+            keys[s - g0:s - g0 + len(part)] = k
+            bound = max(bound, b)
+            distinct += [all_distinct] * len(part)
+        yc = y[g0:g1] if per_item else y
+        hy = h_y[g0:g1] if per_item else h_y.expand(c)
+        cy = classes_present[g0:g1] if per_item else classes_present.expand(c)
+        item_bits = (bound - 1).bit_length() + label_bits
+        item = torch.arange(c, device=batch.device)[:, None]
+        joint = ((item << item_bits) + (keys << label_bits) + yc).reshape(-1)
+        h_t, h_ty, k_t, k_ty = plugin_counts(joint, c, n, label_bits, item_bits, table)
+        h_t_given_y = h_ty - hy
+        if miller_madow:
+            # H(T|Y) = sum_y p(y) H(T|Y=y); each class's term (K_y - 1) / (2 N_y ln 2) weighted by N_y / N sums
+            # to (K_TY - classes present) / (2 N ln 2).
+            h_t = h_t + _miller_madow(k_t, n).to(dtype)
+            h_t_given_y = h_t_given_y + (k_ty - cy).to(dtype) / (2 * n * math.log(2))
+        # Rounding (and the bias terms) can step a hair outside the range: clamp (see docs/estimators.md).
+        ixt[g0:g1] = h_t.clamp(0.0, log2n)
+        ity[g0:g1] = torch.minimum((h_t - h_t_given_y).clamp(min=0.0), hy)
+        if any(distinct):
+            # Every count 1: H(T) = log2 N and H(T|Y) = log2 N - H(Y) exactly, so I(T;Y) = H(Y) (the Miller-Madow
+            # terms would push both past their ceilings, to which they are clamped).
+            mask = torch.tensor(distinct, device=batch.device)
+            ixt[g0:g1][mask] = log2n
+            ity[g0:g1][mask] = hy[mask]
+    return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
 
 
 def _grid(bins, range, width, adaptive):
@@ -254,7 +317,8 @@ def _grid(bins, range, width, adaptive):
     return "range", int(bins), (lo, hi), None
 
 
-def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptive=False) -> BinnedResult:
+def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptive=False,
+              miller_madow=False) -> BinnedResult:
     """Binned information-plane coordinates for a batch of layers or epochs.
 
     Parameters
@@ -277,12 +341,16 @@ def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptiv
         Per-item equal-count grid: ``bins`` cells, each holding (as nearly as possible) the same number of the
         item's distinct activation values (pooled over units). Interior edges are ``u[floor(k * M / bins)]``,
         k = 1..bins-1, over the M sorted distinct values ``u``.
+    miller_madow : bool, default False
+        Add the Miller–Madow bias correction (K - 1) / (2 N ln 2) bits to each plug-in entropy (K occupied cells;
+        for H(T|Y) per class, with that class's cells and samples), then clamp.
 
     Returns
     -------
     BinnedResult
         ``ixt`` = I(X;T) = H(binned T) and ``ity`` = I(T;Y), in bits, float64 tensors of shape
-        ``activations.shape[:-2]`` on the activations' device (float32 on MPS).
+        ``activations.shape[:-2]`` on the activations' device (float32 on MPS). ``ixt`` is clamped to
+        [0, log2 N] and ``ity`` to [0, H(Y)], H(Y) the plug-in entropy of that item's labels.
 
     Raises
     ------
@@ -300,31 +368,16 @@ def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptiv
     torch.Size([274])
     """
     kind, bins, rng, width = _grid(bins, range, width, adaptive)
+    miller_madow = _flag(miller_madow, "miller_madow")
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
     grid = {"range": lambda: _RangeGrid(bins, *rng), "width": lambda: _WidthGrid(width),
             "adaptive": lambda: _AdaptiveGrid(bins)}[kind]()
-    a = batch.acts
-    n_items, n, d = a.shape
-    dtype = result_dtype(batch.device)
-    h_y = label_entropy(y, n_classes, dtype)
-    ixt = torch.empty(n_items, dtype=dtype, device=batch.device)
-    ity = torch.empty_like(ixt)
-    step = max(1, _CHUNK_ELEMENTS // (n * d))
-    for s in builtins.range(0, n_items, step):
-        chunk = a[s:s + step]
-        check_finite(chunk, batch, s)
-        digits, radix = grid.digits(chunk)
-        keys, all_distinct = row_keys(digits, radix, reserve=n_classes * len(chunk))
-        per_item = y.shape[0] > 1
-        yc = y[s:s + step] if per_item else y
-        hy = h_y[s:s + step] if per_item else h_y
-        if all_distinct:
-            # Every count is 1: H(T) = H(T, Y) = log2 N exactly, so I(T;Y) = H(Y).
-            ixt[s:s + step], ity[s:s + step] = math.log2(n), hy
-        else:
-            ixt[s:s + step], ity[s:s + step] = _discrete_mi(keys, yc, n_classes, hy, dtype)
-    return BinnedResult(ixt=ixt.reshape(batch.batch_shape), ity=ity.reshape(batch.batch_shape))
+    ixt, ity = _plugin_mi(batch, y, n_classes, grid, miller_madow)
+    return BinnedResult(ixt=ixt, ity=ity)
 
 
-
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return bool(value)

@@ -6,7 +6,8 @@ JSON (``settings()``) and rebuilt from it (``from_settings``), and computes by b
 """
 from __future__ import annotations
 
-from .binning import _grid, binned_mi
+from .binning import _flag, _grid, binned_mi
+from .discrete import discrete_mi
 from .kde import _PRECISIONS, kde_mi
 from ._inputs import positive_float
 
@@ -48,24 +49,32 @@ class Binning(Estimator):
     --------
     >>> Binning(bins=30, range=(-1, 1)).name, Binning(width=0.07).name, Binning(adaptive=True).name
     ('binning', 'binning-width', 'adaptive')
+    >>> Binning(miller_madow=True).name
+    'binning-mm'
     """
 
     kind = "binning"
 
-    def __init__(self, bins=None, range=None, width=None, adaptive=False, name=None):
+    def __init__(self, bins=None, range=None, width=None, adaptive=False, miller_madow=False, name=None):
         super().__init__(name)
         self.grid, self.bins, self.range, self.width = _grid(bins, range, width, adaptive)
+        self.miller_madow = _flag(miller_madow, "miller_madow")
 
     @property
     def default_name(self):
-        return {"range": "binning", "width": "binning-width", "adaptive": "adaptive"}[self.grid]
+        base = {"range": "binning", "width": "binning-width", "adaptive": "adaptive"}[self.grid]
+        return base + ("-mm" if self.miller_madow else "")
 
     def _kwargs(self):
         if self.grid == "width":
-            return {"width": self.width}
-        if self.grid == "adaptive":
-            return {"bins": self.bins, "adaptive": True}
-        return {"bins": self.bins, "range": list(self.range)}
+            kw = {"width": self.width}
+        elif self.grid == "adaptive":
+            kw = {"bins": self.bins, "adaptive": True}
+        else:
+            kw = {"bins": self.bins, "range": list(self.range)}
+        if self.miller_madow:  # only when set, so that settings written before the option read back unchanged
+            kw["miller_madow"] = True
+        return kw
 
     def __call__(self, activations, labels):
         kw = self._kwargs()
@@ -102,7 +111,34 @@ class KDE(Estimator):
         return kde_mi(activations, labels, **self._kwargs())
 
 
-_KINDS = {"binning": Binning, "kde": KDE}
+class Discrete(Estimator):
+    """Exact discrete estimator: each distinct row of exact values is one symbol (see
+    :func:`infoplane.estimators.discrete_mi`), for quantised networks.
+
+    Examples
+    --------
+    >>> Discrete().name, Discrete(miller_madow=True).settings()
+    ('discrete', {'kind': 'discrete', 'name': 'discrete-mm', 'miller_madow': True})
+    """
+
+    kind = "discrete"
+
+    def __init__(self, miller_madow=False, name=None):
+        super().__init__(name)
+        self.miller_madow = _flag(miller_madow, "miller_madow")
+
+    @property
+    def default_name(self):
+        return "discrete-mm" if self.miller_madow else "discrete"
+
+    def _kwargs(self):
+        return {"miller_madow": True} if self.miller_madow else {}
+
+    def __call__(self, activations, labels):
+        return discrete_mi(activations, labels, **self._kwargs())
+
+
+_KINDS = {"binning": Binning, "kde": KDE, "discrete": Discrete}
 
 
 def from_settings(settings: dict) -> Estimator:

@@ -11,16 +11,19 @@ I(T;Y) = I(X;T) - sum_y p(y) I_y, where I_y is the same estimate over the sample
 constants cancel). Results are in bits.
 
 The N x N kernel is never held whole: rows are processed in blocks sized from a memory budget, one distance
-block serves both bounds and every class (class sums are a product with the one-hot label matrix).
+block serves both bounds and every class (samples are sorted by class, so class sums are sums over contiguous
+columns). Squared distances are formed in float64, so no reduced-precision matmul setting can round them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from .binning import label_entropy
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes allowed for the pairwise temporaries of one block of rows
 # Rows per block when the budget allows more: small enough that a block's temporaries stay in cache across the
@@ -53,37 +56,45 @@ class KDEResult:
 
 
 def _block_rows(n: int, itemsize: int, budget: int) -> int:
-    per_row = 2 * n * itemsize  # two [rows, n] buffers (strips are at most n wide)
+    per_row = n * (2 * itemsize + 8)  # two [rows, n] buffers in the compute dtype and one float64 exponent strip
     return max(1, min(n, _CACHE_ROWS, budget // per_row))
 
 
-def _log_kernel_sums(h, onehot, labels, scale_lower, budget):
+def _log_kernel_sums(h, labels, bounds, dtype, scale_lower, budget):
     """For every sample i: log of sum_j K(i, j) over all j and over the j of i's class, for both kernels.
 
     Parameters
     ----------
-    h : [N, d] activations in the compute dtype; onehot : [N, C] in the same dtype; labels : [N] int64.
+    h : [N, d] float64 activations with the samples sorted by class; class c holds rows bounds[c]:bounds[c + 1].
+    labels : [N] int64, the (sorted) class of each row.
+    dtype : float32 or float64, the arithmetic of the kernel values and their sums.
     scale_lower : 1 / (8 s^2).
 
     Returns
     -------
-    Tensor [2, 2, N]: (lower, upper) x (all samples, own class).
+    Tensor [2, 2, N] in ``dtype``: (lower, upper) x (all samples, own class).
+
+    The squared distances come from one float64 matrix product per strip of rows. Reduced-precision settings
+    (TF32, bf16: ``torch.set_float32_matmul_precision``, ``allow_tf32``, ``fp32_precision``) apply to float32
+    products only, so they cannot round the distances, and the class sums are plain reductions over the
+    class's contiguous columns rather than products with a one-hot matrix, for the same reason.
     """
-    n, dtype = h.shape[0], h.dtype
+    n = h.shape[0]
     floor = _EXP_FLOOR[dtype]
-    # Centring keeps |a|^2 + |b|^2 - 2 a.b from cancelling badly in float32.
+    # Centring keeps |a|^2 + |b|^2 - 2 a.b from cancelling badly.
     h = h - h.mean(dim=0, keepdim=True)
     sq = (h * h).sum(dim=1, keepdim=True)
     ones = torch.ones_like(sq)
     # One GEMM gives the scaled exponent -D_ij / (8 s^2) directly: [2c h_i, -c|h_i|^2, -c] . [h_j, 1, |h_j|^2].
     left = torch.cat([2 * scale_lower * h, -scale_lower * sq, -scale_lower * ones], dim=1)
     right = torch.cat([h, ones, sq], dim=1)
-    rows = _block_rows(n, h.element_size(), budget)
+    rows = _block_rows(n, torch.finfo(dtype).bits // 8, budget)
     buf = torch.empty(rows * n, dtype=dtype, device=h.device)
     buf2 = torch.empty(rows * n, dtype=dtype, device=h.device)
-    onehot_t = onehot.T.contiguous()
+    buf64 = buf if dtype == torch.float64 else torch.empty(rows * n, dtype=torch.float64, device=h.device)
+    n_classes = len(bounds) - 1
     # sums[b, c, i] = sum of kernel b over the samples j of class c
-    sums = torch.zeros(2, onehot.shape[1], n, dtype=dtype, device=h.device)
+    sums = torch.zeros(2, n_classes, n, dtype=dtype, device=h.device)
     # exp(-D/2s^2) = exp(-D/8s^2)^4; flooring the base keeps the power out of subnormals (terms < e^floor vanish).
     base_floor = math.exp(floor / 4)
     for i0 in range(0, n, rows):
@@ -91,21 +102,45 @@ def _log_kernel_sums(h, onehot, labels, scale_lower, budget):
         # The kernel is symmetric: a strip of rows i0..i1 against columns i0.. (the diagonal block and everything
         # to its right) serves its own rows and, transposed, the later rows, so half the matrix is computed.
         width = n - i0
+        e64 = buf64[: (i1 - i0) * width].view(i1 - i0, width)
+        torch.mm(left[i0:i1], right[i0:].T, out=e64)
         k_lo = buf[: (i1 - i0) * width].view(i1 - i0, width)
+        if k_lo.data_ptr() != e64.data_ptr():
+            k_lo.copy_(e64)
         k_up = buf2[: (i1 - i0) * width].view(i1 - i0, width)
-        torch.mm(left[i0:i1], right[i0:].T, out=k_lo)
         k_lo.clamp_(min=floor, max=0.0)
         # D_ii = 0 exactly; setting it removes the largest rounding error of the product form.
         k_lo.diagonal().zero_()
         k_lo.exp_()
         torch.clamp(k_lo, min=base_floor, out=k_up).square_().square_()
         for b, k in enumerate((k_lo, k_up)):
-            # Class sums as one-hot^T @ k^T ([C, rows]): BLAS is far faster this way round than k @ one-hot.
-            sums[b, :, i0:i1] += torch.mm(onehot_t[:, i0:], k.T)
-            if i1 < n:
-                sums[b, :, i1:] += torch.mm(onehot_t[:, i0:i1], k[:, i1 - i0:])
+            for c in range(n_classes):
+                c0, c1 = bounds[c], bounds[c + 1]
+                # columns of class c (in the strip, columns start at i0): sums for the strip's own rows
+                j0, j1 = max(c0, i0) - i0, c1 - i0
+                if j1 > j0:
+                    sums[b, c, i0:i1] += k[:, j0:j1].sum(dim=1)
+                # rows of class c in the strip, transposed: sums for the later samples
+                r0, r1 = max(c0, i0), min(c1, i1)
+                if r1 > r0 and i1 < n:
+                    sums[b, c, i1:] += k[r0 - i0:r1 - i0, i1 - i0:].sum(dim=0)
     out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
     return out.log_()
+
+
+def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype):
+    """(ixt upper, ity upper, ixt lower, ity lower) in nats for one [N, d] item, unclamped."""
+    n = h.shape[0]
+    # Sorting the samples by class makes each class a contiguous block (the estimates do not depend on order).
+    yb, order = torch.sort(yb, stable=True)
+    counts = torch.bincount(yb, minlength=n_classes)
+    bounds = [0] + torch.cumsum(counts, 0).tolist()
+    logs = _log_kernel_sums(h[order].to(torch.float64), yb, bounds, dtype, 1.0 / (8.0 * s2), budget).to(res_dtype)
+    log_ny = torch.log(counts.to(res_dtype).clamp(min=1))[yb]
+    # I(X;T) = -(1/N) sum_i log(S_i / N);  sum_y p(y) I_y = -(1/N) sum_i log(S_i,own / N_{y_i})
+    ixt = math.log(n) - logs[:, 0].mean(dim=1)
+    ity = ixt - (log_ny[None, :] - logs[:, 1]).mean(dim=1)
+    return torch.stack([ixt[1], ity[1], ixt[0], ity[0]])
 
 
 def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_budget=None) -> KDEResult:
@@ -121,8 +156,10 @@ def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_b
         Variance s^2 of the Gaussian noise added to each unit (1e-3 for the 12-bit data, 0.1 for MNIST in
         Saxe et al.). Same units as the activations squared.
     precision : {"float32", "float64"}, default "float32"
-        Arithmetic of the pairwise kernel. float32 agrees with float64 to about 1e-4 bits and is several times
-        faster; float64 agrees with an exact float64 evaluation to about 1e-9 bits.
+        Arithmetic of the kernel values and their sums (squared distances are always formed in float64, which
+        no reduced-precision matmul setting affects). float32 agrees with float64 to about 1e-5 bits and is
+        faster; float64 agrees with an exact float64 evaluation to about 1e-9 bits. A batch item whose float32
+        result is not finite is recomputed in float64.
     memory_budget : int, optional
         Bytes allowed for the pairwise temporaries of one block of rows (default 512 MiB). Peak memory is this
         plus O(N d); N = 20,000 runs in well under a gigabyte.
@@ -131,8 +168,18 @@ def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_b
     -------
     KDEResult
         ``ixt``, ``ity`` (upper, pairwise KL) and ``ixt_lower``, ``ity_lower`` (Bhattacharyya), in bits,
-        float64 tensors of shape ``activations.shape[:-2]`` on the activations' device. Both I(X;T) estimates
-        lie in [0, log2 N].
+        float64 tensors of shape ``activations.shape[:-2]`` on the activations' device. I(X;T) estimates are
+        clamped to [0, log2 N] and I(T;Y) estimates to [0, H(Y)], H(Y) the plug-in entropy of the item's labels.
+
+    Raises
+    ------
+    ValueError
+        Non-finite activations, or an item whose estimate is not finite even in float64 (activations so large
+        that their squared distances overflow); the message names the batch index.
+
+    Notes
+    -----
+    Global torch settings are never read or changed, so calls are safe from several threads at once.
     """
     s2 = positive_float(noise_var, "noise_var")
     if precision not in _PRECISIONS:
@@ -145,25 +192,31 @@ def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_b
     acts = batch.acts
     check_finite(acts, batch)
     if acts.device.type == "mps":
-        dtype = torch.float32
-    res = torch.empty(4, acts.shape[0], dtype=result_dtype(batch.device), device=batch.device)
-    # TF32 or bf16 matrix products (opt-ins on GPUs) would round the distances far beyond the stated accuracy.
-    precision_before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        for b in range(acts.shape[0]):
-            yb = y[b if y.shape[0] > 1 else 0]
-            onehot = torch.nn.functional.one_hot(yb, n_classes).to(dtype)
-            logs = _log_kernel_sums(acts[b].to(dtype), onehot, yb, 1.0 / (8.0 * s2), budget).to(res.dtype)
-            log_ny = torch.log(torch.bincount(yb, minlength=n_classes).to(res.dtype))[yb]
-            # I(X;T) = -(1/N) sum_i log(S_i / N);  sum_y p(y) I_y = -(1/N) sum_i log(S_i,own / N_{y_i})
-            ixt = math.log(n) - logs[:, 0].mean(dim=1)
-            ity = ixt - (log_ny[None, :] - logs[:, 1]).mean(dim=1)
-            res[0, b], res[1, b] = ixt[1], ity[1]
-            res[2, b], res[3, b] = ixt[0], ity[0]
-    finally:
-        torch.set_float32_matmul_precision(precision_before)
+        # The distances need float64, which MPS lacks: compute on the CPU, return on MPS.
+        acts, y = acts.cpu(), y.cpu()
+    res_dtype = result_dtype(acts.device)
+    res = torch.empty(4, acts.shape[0], dtype=res_dtype, device=acts.device)
+    for b in range(acts.shape[0]):
+        yb = y[b if y.shape[0] > 1 else 0]
+        r = _one_item(acts[b], yb, n_classes, dtype, s2, budget, res_dtype)
+        if not bool(torch.isfinite(r).all()) and dtype != torch.float64:
+            r = _one_item(acts[b], yb, n_classes, torch.float64, s2, budget, res_dtype)
+        if not bool(torch.isfinite(r).all()):
+            shape = batch.batch_shape
+            where = (f"at batch index {tuple(int(i) for i in np.unravel_index(b, shape))}" if shape
+                     else "for the single [N, d] input")
+            raise ValueError(
+                f"the KDE estimate is not finite {where} even in float64: the activations (largest magnitude "
+                f"{float(acts[b].abs().max()):.3g}) are too large for their squared distances to be formed. "
+                "Rescale the layer or leave that item out."
+            )
+        res[:, b] = r
     res = res / math.log(2)
+    h_y = label_entropy(y, n_classes, res_dtype).expand(acts.shape[0])
+    # Rounding can step a hair outside the range: clamp (see docs/estimators.md).
+    res[0::2].clamp_(0.0, math.log2(n))
+    res[1::2] = torch.minimum(res[1::2].clamp(min=0.0), h_y)
+    res = res.to(device=batch.device, dtype=result_dtype(batch.device))
     shape = batch.batch_shape
     return KDEResult(ixt=res[0].reshape(shape), ity=res[1].reshape(shape),
                      ixt_lower=res[2].reshape(shape), ity_lower=res[3].reshape(shape))
