@@ -69,7 +69,15 @@ def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence
     labels = labels.to(acts.device)
     rows = []
     for est in estimators:
-        vals = _result_values(est, est(acts, labels), len(keys))
+        try:
+            result = est(acts, labels)
+        except ValueError as err:
+            # Estimators speak of batch items; the user needs the layer and the epochs.
+            epochs = sorted({e for _, e in keys})
+            seeds = sorted({s for s, _ in keys})
+            raise ValueError(f"estimator {est.name!r} failed on layer {layer!r} at epochs {epochs} (seeds {seeds}; "
+                             f"batch items in seed-then-epoch order): {err}") from err
+        vals = _result_values(est, result, len(keys))
         for name, column in zip(VALUES, vals):
             produced = name in ("ixt", "ity") or not all(math.isnan(v) for v in column)
             bad = [i for i, v in enumerate(column) if not math.isfinite(v)] if produced else []
