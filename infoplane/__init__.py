@@ -6,5 +6,7 @@ from .estimators import KDE, Binning  # noqa: E402
 from .schedule import every, log_schedule, saxe_schedule  # noqa: E402
 from .store import Run, load_run  # noqa: E402
 from .tracker import Tracker, estimate  # noqa: E402
+from .html_report import report  # noqa: E402  (Plotly is imported when report() is called)
 
-__all__ = ["Binning", "KDE", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate"]
+__all__ = ["Binning", "KDE", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate",
+           "report"]
