@@ -11,7 +11,6 @@ circular.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np

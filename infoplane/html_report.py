@@ -293,11 +293,12 @@ def _figure(runs, labels, frames, trail, go, A, P):
     shapes, base_ann = [], []
     for c, (run, label) in enumerate(zip(runs, labels)):
         n = c + 1
-        layout[_layout_key("x", n)] = {"domain": col_domain(c), "anchor": _axis("y", n), "title": {"text": "I(X;T) [bits]"},
-                                       "range": [-0.03 * xmax, 1.03 * xmax], "zeroline": False,}
+        layout[_layout_key("x", n)] = {"domain": col_domain(c), "anchor": _axis("y", n),
+                                       "title": {"text": "I(X;T) [bits]"},
+                                       "range": [-0.03 * xmax, 1.03 * xmax], "zeroline": False}
         layout[_layout_key("y", n)] = {"domain": [plane_bottom, plane_top], "anchor": _axis("x", n),
                                        "range": [-0.03 * ymax, 1.03 * ymax], "zeroline": False,
-                                       "title": {"text": "I(T;Y) [bits]" if n == 1 else ""},}
+                                       "title": {"text": "I(T;Y) [bits]" if n == 1 else ""}}
         log2_n, h_y = P._ceilings(run)
         text = label + (f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else "")
         if not run.meta.get("complete", False):

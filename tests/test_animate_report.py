@@ -4,7 +4,6 @@ import html
 import math
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import warnings
@@ -228,8 +227,8 @@ def test_report_is_self_contained_and_describes_the_runs(runs, tmp_path):
     assert "<script src" not in page and "Plotly.newPlot" in page  # plotly.js inlined
     run = infoplane.load_run(a)
     for text in (f"infoplane {infoplane.__version__}", html.escape(shlex.join(run.meta["caller"])),
-                 html.escape('"bins": 30'), html.escape('"noise_var": 0.1'), "tishby12-quarter", "25% training data", "estimator: kde",
-                 "seed quartiles", "Incomplete run"):
+                 html.escape('"bins": 30'), html.escape('"noise_var": 0.1'), "tishby12-quarter", "25% training data",
+                 "estimator: kde", "seed quartiles", "Incomplete run"):
         assert text in page, text
 
 
