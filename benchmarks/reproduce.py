@@ -167,7 +167,7 @@ def run_plan(args):
         warnings.filterwarnings("ignore", category=plot.SaturationWarning)
         if item["key"] == "tishby":
             written.append(_save(plot.compare(runs_by_label["tanh"]), figures / "tishby-compare.png"))
-            write_animation(runs_by_label["tanh"], figures / "tishby-animation.gif", frames=4 if args.quick else 60)
+            write_animation(runs_by_label["tanh"], figures / "tishby-animation.gif", frames=4 if args.quick else 48)
         else:
             labels = list(runs_by_label)
             first = runs_by_label[labels[0]][0]
@@ -180,7 +180,7 @@ def run_plan(args):
     return all_runs
 
 
-def write_animation(runs, path, frames=60):
+def write_animation(runs, path, frames=48):
     """The animated plane of the 5% vs 85% runs (docs/plotting.md shows it): ``frames`` frames evenly spaced in
     log(epoch + 1), at a size that keeps the GIF under 1 MB."""
     import infoplane.plot as plot
