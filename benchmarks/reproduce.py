@@ -167,6 +167,7 @@ def run_plan(args):
         warnings.filterwarnings("ignore", category=plot.SaturationWarning)
         if item["key"] == "tishby":
             written.append(_save(plot.compare(runs_by_label["tanh"]), figures / "tishby-compare.png"))
+            write_animation(runs_by_label["tanh"], figures / "tishby-animation.gif", frames=4 if args.quick else 48)
         else:
             labels = list(runs_by_label)
             first = runs_by_label[labels[0]][0]
@@ -177,6 +178,14 @@ def run_plan(args):
         sections.append("\n".join(lines))
     _write_doc(Path(args.doc), "\n".join(sections))
     return all_runs
+
+
+def write_animation(runs, path, frames=48):
+    """The animated plane of the 5% vs 85% runs (docs/plotting.md shows it): ``frames`` frames evenly spaced in
+    log(epoch + 1), at a size that keeps the GIF under 1 MB."""
+    import infoplane.plot as plot
+
+    return plot.animate(runs, out=path, frames=frames, fps=8, size=(760, 380))
 
 
 def _save(fig, path):

@@ -166,7 +166,63 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="file for the main figure (.png, .pdf or .svg)")
     plot.add_argument("--estimator", help="estimator name to plot (default: the run's first)")
+    _add_animate_report(sub)  # issue 14
     return parser
+
+
+# ---- issue 14: `infoplane animate` and `infoplane report` (start) ----
+def _add_animate_report(sub):
+    anim = sub.add_parser("animate", help="write an animated information plane (.gif, or .mp4 with [video])",
+                          description="Animate the information plane of one or more run directories: one frame "
+                                      "per recorded epoch (or --frames), runs side by side in sync.")
+    anim.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    anim.add_argument("--out", default="plane.gif", help="plane.gif (default) or a .mp4 file")
+    anim.add_argument("--estimator", help="estimator name (default: the run's first)")
+    anim.add_argument("--frames", type=_positive_int, help="frame count, interpolated (default: one per epoch)")
+    anim.add_argument("--fps", type=_positive_float, help="frames per second (default: about 12 s in all)")
+    rep = sub.add_parser("report", help="write a self-contained interactive HTML report (needs [report])",
+                         description="Write one HTML file (Plotly, inlined, works offline) with the information "
+                                     "planes, an epoch slider, curves, metrics and the runs' settings.")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", default="report.html", help="default report.html")
+    rep.add_argument("--frames", type=_positive_int, help="slider positions (default: one per epoch)")
+
+
+def _with_saturation_warnings(fn):
+    import warnings
+
+    import infoplane.plot as plot
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", plot.SaturationWarning)
+        result = fn()
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, plot.SaturationWarning)):
+        print(f"warning: {message}", file=sys.stderr)
+    return result
+
+
+def cmd_animate(args):
+    import infoplane.plot as plot
+
+    try:
+        path = _with_saturation_warnings(lambda: plot.animate(args.runs, out=args.out, estimator=args.estimator,
+                                                               frames=args.frames, fps=args.fps))
+    except ValueError as err:  # not a run, an empty run, runs of different data, an unknown estimator or type
+        raise UsageError(str(err)) from err
+    print(path)
+    return 0
+
+
+def cmd_report(args):
+    import infoplane
+
+    try:
+        path = infoplane.report(args.runs, out=args.out, frames=args.frames)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    print(path)
+    return 0
+# ---- issue 14 (end) ----
 
 
 def cmd_track(args: argparse.Namespace) -> int:
@@ -270,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from infoplane.modelfile import ModelFileError
 
     try:
-        return {"track": cmd_track, "plot": cmd_plot}[args.command](args)
+        return {"track": cmd_track, "plot": cmd_plot,
+                "animate": cmd_animate, "report": cmd_report}[args.command](args)  # issue 14: animate, report
     except (UsageError, ModelFileError, ConfigError, FileNotFoundError) as err:
         _fail(err, args.verbose)
         return 2

@@ -7,6 +7,7 @@ from .quantize import quantize  # noqa: E402
 from .schedule import every, log_schedule, saxe_schedule  # noqa: E402
 from .run import Run, load_run  # noqa: E402
 from .tracker import Tracker, UnclosedTrackerWarning, estimate  # noqa: E402
+from .html_report import report  # noqa: E402  (Plotly is imported when report() is called)
 
 __all__ = ["Binning", "KDE", "Discrete", "quantize", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run",
-           "Run", "estimate", "UnclosedTrackerWarning"]
+           "Run", "estimate", "UnclosedTrackerWarning", "report"]

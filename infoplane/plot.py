@@ -590,3 +590,6 @@ def write_figures(runs, out=None, estimator=None):
             target = os.path.join(os.path.dirname(os.path.abspath(first)), name)
         _save(compare(runs, estimator), target, written)
     return written
+
+
+from .animation import animate  # noqa: E402,F401  (re-export; the code lives in infoplane/animation.py)

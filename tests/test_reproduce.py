@@ -42,6 +42,7 @@ def test_reduced_reproductions(tmp_path):
                     tol = 1e-6 if est == "kde" else 1e-9
                     assert ixt.min() >= -tol and ixt.max() <= math.log2(run.n) + tol
                     assert ity.min() >= -tol and ity.max() <= run.h_y + tol
+    assert (tmp_path / "figures" / "tishby-animation.gif").read_bytes()[:6] == b"GIF89a"  # docs/plotting.md
     text = doc.read_text()
     assert "hand-written text stays" in text and "more text" in text and "\nold\n" not in text
     for name in ("tishby-compare", "saxe-binning", "saxe-binning-width", "saxe-kde", "digits-kde",

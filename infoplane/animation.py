@@ -1,0 +1,311 @@
+"""Animated information planes: GIF (core dependencies) or MP4 (the ``[video]`` extra).
+
+:func:`animate` is re-exported as ``infoplane.plot.animate``. The frames follow the static plane's conventions
+(see ``docs/plotting.md``): colour = epoch on the ``gnuplot`` colormap, one marker shape per layer, the layers of
+the current epoch joined by a grey line, seeds as the median with the interquartile range as a faint rectangle,
+axes fixed from 0 to the ceilings log2 N and H(Y).
+
+matplotlib is imported inside the functions, after ``infoplane.plot`` has chosen a headless backend when none is
+configured; ``infoplane.plot`` imports this module at its end, so a module-level import of it here would be
+circular.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["animate", "frame_epochs", "frame_size"]
+
+#: Frame size in pixels: PANEL_WIDTH per run plus COLORBAR_WIDTH, by HEIGHT.
+PANEL_WIDTH, COLORBAR_WIDTH, HEIGHT = 420, 100, 460
+DPI = 100
+FORMATS = (".gif", ".mp4")
+
+
+def frame_size(n_runs):
+    """Default frame size ``(width, height)`` in pixels of an animation of ``n_runs`` runs side by side.
+
+    Parameters
+    ----------
+    n_runs : int
+
+    Returns
+    -------
+    tuple of int
+        ``(PANEL_WIDTH * n_runs + COLORBAR_WIDTH, HEIGHT)`` = ``(420 n + 100, 460)``.
+    """
+    return PANEL_WIDTH * int(n_runs) + COLORBAR_WIDTH, HEIGHT
+
+
+def _runs_list(runs):
+    from . import plot as P
+
+    if isinstance(runs, (P.Run, str, os.PathLike)):
+        runs = [runs]
+    runs = [P._as_run(r) for r in runs]
+    if not runs:
+        raise ValueError("animate needs at least one run")
+    return runs
+
+
+def _log_axis(runs, epochs):
+    from . import plot as P
+
+    kinds = {P._schedule_kind(r) for r in runs}
+    return P._log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None)
+
+
+def frame_epochs(runs, frames=None):
+    """The epoch shown in each frame, shared by all runs (they move in sync).
+
+    Parameters
+    ----------
+    runs : Run, path, or list of them
+    frames : int or None
+        None: one frame per recorded epoch (the union of the runs' epochs). An int: that many frames, evenly
+        spaced from the first to the last recorded epoch on a ``log(epoch + 1)`` axis when the epochs are
+        log-spaced (the rule of :func:`infoplane.plot.epoch_norm`), on a linear axis otherwise; such epochs are
+        fractional and the values shown are interpolated on the same axis.
+
+    Returns
+    -------
+    ndarray of float
+        Epochs, increasing.
+    """
+    runs = _runs_list(runs)
+    epochs = np.unique(np.concatenate([r.epochs for r in runs])).astype(float)
+    if epochs.size == 0:
+        raise ValueError("no recorded epochs yet; nothing to animate")
+    if frames is None:
+        return epochs
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
+        raise ValueError(f"frames must be a positive integer or None (one frame per recorded epoch); got "
+                         f"{frames!r}")
+    lo, hi = epochs[0], epochs[-1]
+    if frames == 1:
+        return np.array([hi])
+    if _log_axis(runs, epochs):
+        return np.expm1(np.linspace(np.log1p(lo), np.log1p(hi), int(frames)))
+    return np.linspace(lo, hi, int(frames))
+
+
+def _interp(u_known, values, u):
+    """``values`` ([n_epochs, n_layers], NaN where absent) at positions ``u`` per layer: linear between recorded
+    epochs, NaN before a layer's first, its last value after its last (a run still being written holds still)."""
+    out = np.full((len(u), values.shape[1]), np.nan)
+    for j in range(values.shape[1]):
+        ok = np.isfinite(values[:, j])
+        if ok.any():
+            out[:, j] = np.interp(u, u_known[ok], values[ok, j], left=np.nan)
+    return out
+
+
+def _tracks(run, estimator, times, log):
+    """Per-frame medians and quartiles of one run: dict of ``[n_frames, n_layers]`` arrays (bits)."""
+    from . import plot as P
+
+    ixt, ity = P._values(run, estimator)
+    axis = np.log1p if log else (lambda e: np.asarray(e, dtype=float))
+    known, u = axis(run.epochs.astype(float)), axis(times)
+    out = {"x": _interp(known, P._median(ixt), u), "y": _interp(known, P._median(ity), u)}
+    if len(run.seeds) > 1:
+        (x25, x75), (y25, y75) = P._quartiles(ixt), P._quartiles(ity)
+        for key, q in (("x25", x25), ("x75", x75), ("y25", y25), ("y75", y75)):
+            out[key] = _interp(known, q, u)
+    return out
+
+
+def _writer(ext, fps):
+    from matplotlib import animation
+
+    if ext == ".gif":
+        return animation.PillowWriter(fps=fps), {}
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ImportError("writing MP4 needs the ffmpeg binary of imageio-ffmpeg: pip install 'infoplane[video]' "
+                          "(or write a .gif, which needs nothing extra)") from None
+    # FFMpegWriter pipes raw frames to the ffmpeg executable that the wheel ships; yuv420p plays everywhere.
+    return (animation.FFMpegWriter(fps=fps, codec="h264", extra_args=["-pix_fmt", "yuv420p"]),
+            {"animation.ffmpeg_path": imageio_ffmpeg.get_ffmpeg_exe()})
+
+
+def _check_out(out):
+    out = os.fspath(out)
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"out={out!r}: animations are written as .gif or .mp4; give one of those extensions")
+    if os.path.isdir(out):
+        raise ValueError(f"out={out!r} is a directory; give a .gif or .mp4 file name")
+    return out, ext
+
+
+def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, trail=8, size=None, titles=None):
+    """Write an animated information plane: the points move through the recorded epochs.
+
+    Each frame shows every layer's point at one epoch (the median over seeds, with the seeds' interquartile range
+    as a faint rectangle), the layers of that epoch joined by a grey line, and a trail through the layer's
+    previous ``trail`` frames that fades with age. Colour is the epoch (``gnuplot``, the colour scale of the
+    static figures, with the current epoch marked on the colourbar), and the epoch is written above the panels.
+    The axes stay fixed from 0 to the ceilings log2 N and H(Y) (further if an estimate exceeds them), with the
+    ceilings dashed. Several runs (e.g. 5% and 85% of the data) animate side by side, in sync, ordered by
+    training fraction (as given with ``titles``). A run still being written is drawn as far as it goes, holds its
+    last recorded point afterwards, and is marked *incomplete* in its panel title. Saturated layers carry the
+    note of the static plane (and a ``SaturationWarning``).
+
+    Parameters
+    ----------
+    runs : Run, path, or list of them
+        Runs on the same data and probe set.
+    out : str or os.PathLike, default "plane.gif"
+        ``.gif`` (Pillow, which comes with matplotlib) or ``.mp4`` (H.264 through the ffmpeg binary of the
+        ``[video]`` extra, ``pip install 'infoplane[video]'``).
+    estimator : str or None
+        Estimator name (any of ``run.estimators``); None = each run's first.
+    frames : int or None
+        None: one frame per recorded epoch. An int: that many frames, evenly spaced in ``log(epoch + 1)`` for
+        log-spaced epochs (linearly otherwise), with values interpolated on that axis (see :func:`frame_epochs`).
+    fps : float or None
+        Frames per second; None aims at about 12 seconds, between 4 and 25 frames per second.
+    trail : int, default 8
+        Number of previous frames each layer's fading trail spans (0: no trail).
+    size : (int, int) or None
+        Frame size ``(width, height)`` in pixels; None = :func:`frame_size` = ``(420 * len(runs) + 100, 460)``.
+        Rounded up to even numbers (H.264 needs them).
+    titles : list of str, optional
+        One panel title per run; the panels then keep the order of ``runs``.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        For a directory that is not a run, a run without recorded epochs, an unknown estimator, runs of different
+        data, or an extension other than ``.gif`` / ``.mp4``.
+    ImportError
+        For ``.mp4`` without the ``[video]`` extra.
+    """
+    from . import plot as P
+
+    out, ext = _check_out(out)
+    runs = _runs_list(runs)
+    for r in runs:
+        P._values(r, estimator)  # an empty run or unknown estimator fails before any drawing
+    P._check_same_data(runs)
+    if titles is None:
+        runs = P._by_fraction(runs)
+    elif len(titles) != len(runs):
+        raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
+    if isinstance(trail, bool) or not isinstance(trail, (int, np.integer)) or trail < 0:
+        raise ValueError(f"trail must be a non-negative integer (frames); got {trail!r}")
+    times = frame_epochs(runs, frames)
+    width, height = frame_size(len(runs)) if size is None else (int(size[0]), int(size[1]))
+    if width < 64 or height < 64:
+        raise ValueError(f"size={size!r}: give at least 64 x 64 pixels")
+    width, height = width + width % 2, height + height % 2
+    if fps is None:
+        fps = min(25, max(4, round(len(times) / 12)))
+    writer, rc = _writer(ext, fps)
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.lines import Line2D
+
+    log = _log_axis(runs, times)
+    tracks = [_tracks(r, estimator, times, log) for r in runs]
+    norm = P.epoch_norm(runs)
+    cmap = plt.get_cmap(P.CMAP)
+    colours = cmap(norm(np.clip(times, norm.vmin, norm.vmax)))
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(width / DPI, height / DPI), dpi=DPI, sharex=True,
+                             sharey=True, layout="constrained", squeeze=False)
+    axes = list(axes[0])
+    same_layers = all(r.layers == runs[0].layers for r in runs)
+    tops, panels = [], []
+    for i, (ax, run, tr) in enumerate(zip(axes, runs, tracks)):
+        ixt, ity = P._values(run, estimator)
+        P._limits(ax, run, ixt, ity)
+        tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
+        P._warn_saturation(ax, run, estimator)
+        label = P._fraction_label(run) if titles is None else f"{titles[i]} | {P._fraction_label(run)}"
+        if len(run.seeds) > 1:
+            label += f" | median of {len(run.seeds)} seeds"
+        if not run.meta.get("complete", False):
+            label += f"\nincomplete: recorded up to epoch {int(run.epochs[-1])}"
+        ax.set_title(label, fontsize=9, color="darkred" if "incomplete" in label else "black")
+        if i:
+            ax.set_ylabel("")
+        boxes = PolyCollection([], facecolors="none", edgecolors="none", alpha=0.2, zorder=1.5)
+        ax.add_collection(boxes)
+        trails = LineCollection([], linewidths=1.6, zorder=2, capstyle="round")
+        ax.add_collection(trails)
+        (join,) = ax.plot([], [], color="0.5", linewidth=0.8, alpha=0.8, zorder=2.5)
+        points = [ax.scatter([], [], s=40, marker=P.MARKERS[j % len(P.MARKERS)], edgecolors="0.15",
+                             linewidths=0.4, zorder=3, label=layer) for j, layer in enumerate(run.layers)]
+        if i == 0 or not same_layers:
+            handles = [Line2D([], [], linestyle="none", marker=P.MARKERS[j % len(P.MARKERS)],
+                              color="0.3", label=layer) for j, layer in enumerate(run.layers)]
+            # A fixed place ("best" would move between frames): low I(X;T) with middling I(T;Y) stays empty,
+            # since I(T;Y) <= I(X;T); the saturation note takes the top left.
+            ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="center left",
+                      framealpha=0.8)
+        panels.append((tr, boxes, trails, join, points))
+    xmax, ymax = max(t[0] for t in tops), max(t[1] for t in tops)
+    axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
+    axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
+    cb = P._colorbar(fig, norm, axes)
+    marker = cb.ax.axhline(times[0], color="cyan", linewidth=2.5)
+    head = " | ".join([P._data_name(runs[0]) or "data n/a", P._estimator_label(runs[0], estimator)])
+    approx = frames is not None
+    title = fig.suptitle(" ", fontsize=10)
+
+    def draw(k):
+        epoch = times[k]
+        shown = f"epoch {epoch:.0f}" if not approx or float(epoch).is_integer() else f"epoch {epoch:.1f}"
+        title.set_text(f"{head}\n{shown}")
+        marker.set_ydata([epoch, epoch])
+        first = max(0, k - trail)
+        for tr, boxes, trails, join, points in panels:
+            x, y = tr["x"][k], tr["y"][k]
+            ok = np.isfinite(x) & np.isfinite(y)
+            for j, sc in enumerate(points):
+                sc.set_offsets(np.array([[x[j], y[j]]]) if ok[j] else np.empty((0, 2)))
+                sc.set_facecolor(colours[k])
+            join.set_data(x[ok], y[ok])
+            segments, seg_colours = [], []
+            for f in range(first, k):
+                age = (k - f) / (trail + 1)  # 0 for the newest segment, towards 1 for the oldest
+                for j in range(len(x)):
+                    a = (tr["x"][f, j], tr["y"][f, j])
+                    b = (tr["x"][f + 1, j], tr["y"][f + 1, j])
+                    if np.all(np.isfinite(a + b)):
+                        segments.append([a, b])
+                        seg_colours.append((*colours[f + 1][:3], 0.85 * (1 - age)))
+            trails.set_segments(segments)
+            trails.set_color(seg_colours if seg_colours else "none")
+            if "x25" in tr:
+                x0, x1, y0, y1 = (tr[q][k] for q in ("x25", "x75", "y25", "y75"))
+                has = np.isfinite(x0) & np.isfinite(x1) & np.isfinite(y0) & np.isfinite(y1)
+                boxes.set_verts([[(x0[j], y0[j]), (x1[j], y0[j]), (x1[j], y1[j]), (x0[j], y1[j])]
+                                 for j in np.nonzero(has)[0]])
+                boxes.set_facecolor(colours[k])
+        return []
+
+    draw(0)
+    # Lay the figure out once, then freeze it, so that changing texts do not shift the axes between frames.
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    anim = animation.FuncAnimation(fig, draw, frames=len(times), interval=1000 / fps, blit=False, repeat=False)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    try:
+        with matplotlib.rc_context(rc):
+            anim.save(out, writer=writer, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return out
