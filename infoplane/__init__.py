@@ -6,5 +6,9 @@ from .estimators import KDE, Binning  # noqa: E402
 from .schedule import every, log_schedule, saxe_schedule  # noqa: E402
 from .store import Run, load_run  # noqa: E402
 from .tracker import Tracker, estimate  # noqa: E402
+# issue 10: noisy networks, layer reductions, permutation null
+from .estimators import Noisy, WithNull  # noqa: E402
+from .noise import add_noise  # noqa: E402
 
-__all__ = ["Binning", "KDE", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate"]
+__all__ = ["Binning", "KDE", "Tracker", "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate",
+           "Noisy", "WithNull", "add_noise"]

@@ -101,7 +101,7 @@ def check_outputs(out, fractions, resume, overwrite):
 def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_split=False, probe="all",
           seeds=1, seed=0, epochs=8000, lr=None, batch_size=256, optimizer=None, estimators=None, schedule=None,
           device="cpu", out=None, resume=False, overwrite=False, keep_activations=False, vectorize="auto",
-          progress=True, caller=None, log=print):
+          progress=True, caller=None, log=print, reduce=None):
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -133,6 +133,8 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
         As for :class:`~infoplane.Tracker`; with ``resume`` a fraction continues from its last checkpoint.
     progress : bool
         Show a tqdm progress bar per fraction.
+    reduce : None, str or dict
+        Layer reduction before estimating (see :class:`~infoplane.Tracker`).
 
     Returns
     -------
@@ -176,7 +178,7 @@ def track(model_file, *, data=None, fractions=(0.8,), split="stratified", fixed_
     job = dict(mf=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr, batch_size=batch_size,
                optimizer=optimizer, estimators=estimators, schedule=schedule, device=device, resume=resume,
                overwrite=overwrite, keep_activations=keep_activations, vectorize=vectorize, progress=progress,
-               log=log)
+               log=log, reduce=reduce)
     # Every fraction is checked before anything is trained or replaced.
     plans = []
     for fraction in fractions:
@@ -230,7 +232,7 @@ def _track_fraction(job, fraction, run_dir, splits, probe_x, probe_y, meta):
     def make_tracker(members):
         return Tracker(members, probe_x, probe_y, layers=job["mf"].layers, estimators=job["estimators"],
                        schedule=job["schedule"], out=run_dir, seeds=seeds, fraction=fraction, meta=meta,
-                       keep_activations=job["keep_activations"], resume=job["resume"])
+                       keep_activations=job["keep_activations"], resume=job["resume"], reduce=job["reduce"])
 
     def callback(epoch, members, metrics):
         nonlocal tracker

@@ -26,9 +26,14 @@ FORMAT_VERSION = 1
 
 FIELDS = ("seed", "fraction", "epoch", "layer", "estimator", "ixt", "ity", "ixt_lower", "ity_lower")
 VALUES = ("ixt", "ity", "ixt_lower", "ity_lower")
+# --- issue 10: optional columns (standard errors, permutation null), empty when an estimator does not give them
+OPTIONAL = ("ixt_se", "ity_se", "ity_null", "ity_null_sd")
+_FIELDS_V1 = FIELDS  # tables written before the optional columns existed are still read
+FIELDS = FIELDS + OPTIONAL
+VALUES = VALUES + OPTIONAL
 
 #: One line of ``infoplane.csv``; absent values are NaN, an absent fraction is None.
-Row = namedtuple("Row", FIELDS)
+Row = namedtuple("Row", FIELDS, defaults=(math.nan,) * len(OPTIONAL))
 
 
 def now():
@@ -141,6 +146,8 @@ def read_table(path):
     header, rows = read_csv(path)
     if header is None:
         return []
+    if tuple(header) == _FIELDS_V1:  # issue 10: an older table without the optional columns
+        return [parse_row(r + [""] * len(OPTIONAL)) for r in rows]
     if tuple(header) != FIELDS:
         raise ValueError(f"{path}: unexpected header {header}; expected {list(FIELDS)}")
     return [parse_row(r) for r in rows]
@@ -444,8 +451,8 @@ class Run:
 
         Parameters
         ----------
-        field : {"ixt", "ity", "ixt_lower", "ity_lower"}
-            Quantity, in bits.
+        field : {"ixt", "ity", "ixt_lower", "ity_lower", "ixt_se", "ity_se", "ity_null", "ity_null_sd"}
+            Quantity, in bits (standard errors and the permutation null are NaN where not produced).
         estimator : str or None
             Estimator name; None = the first.
         seed : int or None

@@ -24,13 +24,14 @@ from . import __version__
 from .capture import as_probe_tensors, model_device, probe, resolve_layers
 from .estimators import Binning, from_settings
 from .schedule import as_schedule
-from .store import ACTIVATIONS, METRICS, Row, RunWriter, read_meta, read_metrics
+from .store import ACTIVATIONS, METRICS, OPTIONAL, Row, RunWriter, read_meta, read_metrics
+from . import reduce as _reduce  # issue 10: layer reductions
 
 __all__ = ["Tracker", "estimate"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
-             "keep_activations")
+             "keep_activations", "reduce")
 
 
 def _as_estimators(estimators):
@@ -78,6 +79,10 @@ def _estimate_rows(acts, labels, estimators, fraction, keys, layer):
         vals = [res.ixt, res.ity] + ([res.ixt_lower, res.ity_lower] if est.has_lower else [])
         vals = [v.detach().cpu().double().reshape(-1).tolist() for v in vals]
         vals += [[math.nan] * len(keys)] * (4 - len(vals))
+        # issue 10: optional columns (standard errors, permutation null) when the result carries them
+        for field in OPTIONAL:
+            v = getattr(res, field, None)
+            vals.append([math.nan] * len(keys) if v is None else v.detach().cpu().double().reshape(-1).tolist())
         cols.append((est.name, vals))
     return [Row(seed, fraction, e, layer, name, *(v[i] for v in vals))
             for name, vals in cols for i, (seed, e) in enumerate(keys)]
@@ -133,6 +138,11 @@ class Tracker:
         run never holds much unwritten work. None: only ``buffer_bytes`` decides.
     keep_activations : bool, default False
         Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`estimate`.
+    reduce : None, str or dict, default None
+        Layer reduction applied to each layer's activations before estimating (see :mod:`infoplane.reduce`):
+        ``"flatten"`` (what None does), ``"channel-mean"``, ``"pca:k"``, ``"random:k"``, or a dict mapping
+        layer names / glob patterns to specs. Stored in ``meta.json`` as ``"reduce"`` with the reduced widths;
+        saved activations stay unreduced.
     resume : bool, default False
         Continue the run in ``out``: epochs already in its table are skipped. Settings must match.
         Starts a new run when ``out`` holds none.
@@ -156,7 +166,7 @@ class Tracker:
     def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
                  seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
                  device=None, buffer_bytes=256 * 2**20, flush_seconds=600.0, keep_activations=False,
-                 resume=False, overwrite=False):
+                 resume=False, overwrite=False, reduce=None):
         self._closed = True  # until construction succeeds
         models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -203,6 +213,9 @@ class Tracker:
                                  f"{[(l.name, l.width) for l in self.layer_info]}; the models must share one "
                                  f"architecture")
         self.layers = [l.name for l in self.layer_info]
+        # issue 10: layer reductions, checked against the layers once
+        self._reduce = _reduce.resolve(reduce, [(l.name, l.shape) for l in self.layer_info])
+        self.reduced_widths = {l.name: self._reduce[l.name].width(l.shape or (l.width,)) for l in self.layer_info}
         # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
         self._probe_inputs = {}
 
@@ -223,6 +236,10 @@ class Tracker:
             "fraction": self.fraction,
             "pre_activation": bool(pre_activation),
             "keep_activations": self.keep_activations,
+            # issue 10: layer reductions (None = flatten, as before) and per-sample shapes for estimate()
+            "reduce": None if reduce is None else {"spec": _reduce.spec_to_json(reduce),
+                                                   "widths": self.reduced_widths},
+            "layer_shapes": {l.name: None if l.shape is None else list(l.shape) for l in self.layer_info},
             "versions": {"infoplane": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
             "caller": list(sys.argv) if sys.argv and sys.argv[0] else "python",
@@ -308,6 +325,7 @@ class Tracker:
             for seed, acts in zip(self.seeds, per_seed):
                 self._writer.save_activations(seed, epoch, {k: v.cpu().numpy() for k, v in acts.items()})
             self.timings["store"] += time.perf_counter() - t1
+        per_seed = [self._reduce_layers(acts) for acts in per_seed]  # issue 10
         self._seen.add(epoch)
         self._buffer.append((epoch, per_seed, values))
         self._buffered_bytes += sum(a.numel() * a.element_size() for acts in per_seed for a in acts.values())
@@ -375,6 +393,15 @@ class Tracker:
         self._writer.finish(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _reduce_layers(self, acts):
+        """issue 10: apply the layer reductions to one member's {layer: [N, width]} activations."""
+        out = {}
+        for layer in self.layer_info:
+            a, r = acts[layer.name], self._reduce[layer.name]
+            out[layer.name] = a if r.kind == "flatten" else _reduce.reduce_activations(
+                a, r, shape=layer.shape or (layer.width,), layer=layer.name).to(a.dtype)
+        return out
+
     def _stale(self):
         return self.flush_seconds is not None and time.monotonic() - self._buffer_since >= self.flush_seconds
 
@@ -399,7 +426,8 @@ class Tracker:
         return per_seed
 
 
-def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, device=None, overwrite=False):
+def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, device=None, overwrite=False,
+             reduce=None):
     """Recompute a run's information plane from its saved activations, without retraining.
 
     The run must have been recorded with ``keep_activations=True``.
@@ -419,6 +447,8 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, de
         Where to estimate (default CPU).
     overwrite : bool, default False
         Replace a run already in ``out``.
+    reduce : None, str or dict
+        Layer reduction (see :class:`Tracker`); default: the run's own (``"flatten"`` undoes it).
 
     Returns
     -------
@@ -436,11 +466,18 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, de
     device = torch.device("cpu") if device is None else torch.device(device)
     layers = [l["name"] for l in meta["layers"]]
     widths = {l["name"]: l["width"] for l in meta["layers"]}
+    # issue 10: layer reductions; the saved activations are unreduced
+    if reduce is None:
+        reduce = (meta.get("reduce") or {}).get("spec")
+    shapes = {k: None if v is None else tuple(v) for k, v in meta.get("layer_shapes", {}).items()}
+    plan = _reduce.resolve(reduce, [(l, shapes.get(l)) for l in layers])
+    reduced = {l: plan[l].width(shapes.get(l) or (widths[l],)) for l in layers}
     new_meta = {k: v for k, v in meta.items()
                 if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
     new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                 for e in estimators],
-                    keep_activations=False, derived_from=os.path.abspath(run_dir))
+                    keep_activations=False, derived_from=os.path.abspath(run_dir),
+                    reduce=None if reduce is None else {"spec": _reduce.spec_to_json(reduce), "widths": reduced})
     writer = RunWriter(out, new_meta, overwrite=overwrite)  # refuses a bad `out` before any work
     rows = []
     for seed in meta["seeds"]:
@@ -457,6 +494,9 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes=256 * 2**20, de
                     with np.load(os.path.join(seed_dir, f"{e}.npz"), allow_pickle=False) as z:
                         arrays.append(z[layer])
                 acts = torch.from_numpy(np.stack(arrays)).to(device)
+                if plan[layer].kind != "flatten":  # issue 10
+                    acts = _reduce.reduce_activations(acts, plan[layer], shape=shapes.get(layer) or (widths[layer],),
+                                                      layer=layer).to(acts.dtype)
                 rows += _estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
                                        layer)
     rows = _sort_rows(rows, meta["seeds"], layers, estimators)

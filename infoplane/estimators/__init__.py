@@ -11,5 +11,10 @@
 from .binning import BinnedResult, binned_mi
 from .kde import KDEResult, kde_mi
 from .config import KDE, Binning, Estimator, from_settings
+# --- issue 10: noisy networks and the permutation null
+from .noisy import NoisyResult, noisy_mi
+from .null import NullResult, permutation_null
+from .config import Noisy, WithNull
 
-__all__ = ["binned_mi", "kde_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Estimator", "from_settings"]
+__all__ = ["binned_mi", "kde_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Estimator", "from_settings",
+           "noisy_mi", "NoisyResult", "Noisy", "permutation_null", "NullResult", "WithNull"]
