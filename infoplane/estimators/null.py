@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from ._inputs import as_batch, as_labels
@@ -47,8 +48,11 @@ def _result_fields(res) -> dict:
     elif hasattr(res, "__dict__"):
         items = dict(vars(res))
     else:
-        items = {"ixt": res.ixt, "ity": res.ity}
-    return {k: v for k, v in items.items() if isinstance(v, torch.Tensor)}
+        items = {}
+    for k in ("ixt", "ity"):  # results whose fields live elsewhere (slots, properties)
+        if k not in items and hasattr(res, k):
+            items[k] = getattr(res, k)
+    return {k: torch.as_tensor(v) for k, v in items.items() if isinstance(v, (torch.Tensor, np.ndarray))}
 
 
 def permutations_of(n: int, permutations: int, seed: int) -> torch.Tensor:
@@ -109,7 +113,7 @@ def permutation_null(estimator, activations, labels, *, permutations=DEFAULT_PER
     for k0 in range(0, permutations + 1, per_call):
         k1 = min(permutations + 1, k0 + per_call)
         res = estimator(acts.expand(k1 - k0, *acts.shape), stacked[k0:k1])
-        ity = res.ity.reshape(k1 - k0, b)
+        ity = torch.as_tensor(res.ity).reshape(k1 - k0, b)
         if k0 == 0:
             real = {k: v.reshape(k1 - k0, b)[0] for k, v in _result_fields(res).items()}
             ity = ity[1:]
