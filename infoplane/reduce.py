@@ -21,9 +21,9 @@ D = prod(shape)) into ``[..., N, k]``. Specs:
     variance means the same before and after), drawn from a local generator seeded by ``seed`` (default 0) and
     the layer's name: the same matrix for every epoch of a layer, different matrices for different layers.
 
-A dict maps layer names or glob patterns to specs (``{"conv*": "channel-mean", "fc1": "pca:8"}``); layers
-that
-match no key are flattened. :func:`reduce_activations` is the pure function; :func:`resolve` checks a spec
+One spec string applies to every layer (``pca:k`` and ``random:k`` then leave layers of at most k units as
+they are). A dict maps layer names or glob patterns to specs (``{"conv*": "channel-mean", "fc1": "pca:8"}``);
+layers that match no key are flattened. :func:`reduce_activations` is the pure function; :func:`resolve` checks a spec
 against a model's layers once.
 """
 from __future__ import annotations
@@ -106,8 +106,10 @@ def resolve(spec, layers) -> dict:
     Parameters
     ----------
     spec : None, str or dict
-        None or ``"flatten"``: every layer flattened. A dict maps exact names or glob patterns to specs; the
-        first matching key (in the dict's order) wins; a key that matches no layer is an error.
+        None or ``"flatten"``: every layer flattened. One string: that reduction for every layer, except that
+        ``pca:k`` / ``random:k`` leave layers of at most k units as they are. A dict maps exact names or glob
+        patterns to specs; the first matching key (in the dict's order) wins; a key that matches no layer, or
+        a k larger than the layer it names, is an error.
     layers : list of (name, shape)
         Recorded layers and their per-sample output shapes.
 
@@ -137,6 +139,10 @@ def resolve(spec, layers) -> dict:
         plan = {name: r for name in names}
     for name, shape in layers:
         r = plan[name]
+        if not isinstance(spec, dict) and r.kind in ("pca", "random") and shape is not None \
+                and math.prod(shape) <= r.k:
+            # One spec for all layers: layers already this narrow are kept as they are.
+            plan[name] = r = Reduction("flatten")
         if shape is None:
             if r.kind == "channel-mean":
                 raise ValueError(f"layer {name!r}: channel-mean needs the layer's per-sample shape, which this "

@@ -80,7 +80,9 @@ def test_resolve_checks_layers():
     with pytest.raises(ValueError, match="matches no recorded layer"):
         resolve({"nope": "pca:2"}, layers)
     with pytest.raises(ValueError, match="fewer than"):
-        resolve("pca:11", layers)
+        resolve({"fc": "pca:11"}, layers)
+    # One spec for every layer leaves the layers already that narrow alone.
+    assert resolve("pca:11", layers)["fc"].kind == "flatten" and resolve("pca:11", layers)["conv"].k == 11
     with pytest.raises(ValueError, match="per-sample shape"):
         resolve("channel-mean", [("conv", None)])
 
@@ -118,3 +120,14 @@ def test_tracker_stores_reduce_in_meta_and_uses_reduced_width(tmp_path):
     plain = Tracker(model, x, y, estimators=[est], schedule=[0])
     assert plain._writer.meta["reduce"] is None
     plain.close()
+
+
+def test_cli_reduce_option(capsys):
+    from cli.main import build_parser
+
+    args = build_parser().parse_args(["track", "model.py", "--reduce", "PCA:3"])
+    assert args.reduce == "pca:3"
+    assert build_parser().parse_args(["track", "model.py"]).reduce is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["track", "model.py", "--reduce", "pca:zero"])
+    assert "K (and SEED) must be integers" in capsys.readouterr().err
