@@ -125,7 +125,9 @@ def _per_draw_terms(c, y, idx, z, s2, rows, control):
         lse_own[k0:k1] = torch.maximum(per_class.gather(1, y_all[k0:k1, None])[:, 0].log() + top[:, 0], own)
     tx = own_all + math.log(n) - lse_all
     ty = lse_own - lse_all + log_class
-    if not control:
+    if not control or float(torch.maximum(tx.std(), ty.std())) < 1e-12:
+        # Without spread (e.g. centres far apart: every draw gives log N) there is nothing to reduce, and the
+        # d x d factors below would be wasted work.
         return tx, ty, [], []
     p = counts[counts > 0] / n
     cvy = [(log_class + (p * torch.log(p)).sum())[:, None]]
