@@ -125,12 +125,14 @@ def _per_draw_terms(c, y, idx, z, s2, rows, control):
         lse_own[k0:k1] = torch.maximum(per_class.gather(1, y_all[k0:k1, None])[:, 0].log() + top[:, 0], own)
     tx = own_all + math.log(n) - lse_all
     ty = lse_own - lse_all + log_class
-    if not control or float(torch.maximum(tx.std(), ty.std())) < 1e-12:
-        # Without spread (e.g. centres far apart: every draw gives log N) there is nothing to reduce, and the
-        # d x d factors below would be wasted work.
+    if not control:
         return tx, ty, [], []
     p = counts[counts > 0] / n
     cvy = [(log_class + (p * torch.log(p)).sum())[:, None]]
+    if float(tx.std()) < 1e-12:
+        # Centres far apart relative to the noise: every draw gives log N, the mixture is nowhere near a
+        # Gaussian, and the d x d factors below would be wasted work.
+        return tx, ty, [], cvy
     # log p(t|i) - log q(t) and log q_y(t) - log q(t) minus their exact means (q, q_y: the moment-matched
     # Gaussians): E[-|z|^2/2] = -d/2 and E[|L^-1 t|^2 / 2] = d/2, and likewise class by class.
     linv, means, linvs = _inverse_factors(c, onehot, s2)
