@@ -21,6 +21,10 @@ D = prod(shape)) into ``[..., N, k]``. Specs:
     variance means the same before and after), drawn from a local generator seeded by ``seed`` (default 0) and
     the layer's name: the same matrix for every epoch of a layer, different matrices for different layers.
 
+With a noisy network (:func:`infoplane.add_noise`, noise std per unit) the noise follows the reduction:
+``pca:k`` is an orthonormal projection and keeps noise variance std^2; ``channel-mean`` over H x W positions
+leaves std^2 / (H W); ``random:k`` makes it anisotropic (std^2 R^T R).
+
 One spec string applies to every layer (``pca:k`` and ``random:k`` then leave layers of at most k units as
 they are). A dict maps layer names or glob patterns to specs (``{"conv*": "channel-mean", "fc1": "pca:8"}``);
 layers that match no key are flattened. :func:`reduce_activations` is the pure function; :func:`resolve` checks a spec
