@@ -155,6 +155,8 @@ class Tracker:
         Recorded layer names in model order.
     layer_info : list of infoplane.capture.Layer
         Name, width, kind and transform of each layer.
+    reduced_widths : dict
+        Columns each layer has after ``reduce`` (its width when not reduced).
     schedule : Schedule
     estimators : list
     seeds : list of int
