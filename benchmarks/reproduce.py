@@ -240,7 +240,7 @@ def finite_noisy(args):
     from infoplane.store import Row, Run
 
     quick = args.quick
-    n_seeds, epochs, samples = (2, 3, 128) if quick else (3, 60, 1024)
+    n_seeds, epochs, samples = (2, 2, 64) if quick else (3, 60, 1024)
     schedule = log_schedule(epochs, 4 if quick else 16)
     digits = load_digits()
     x = torch.tensor(digits.images[:, None] / 16.0, dtype=torch.float32)
