@@ -72,6 +72,15 @@ def _schedule(text: str, epochs: int) -> Any:
     raise UsageError(f"--schedule must be log:N, saxe or every:K; got {text!r}")
 
 
+def _reduce_spec(text):  # issue 10
+    from infoplane.reduce import parse
+
+    try:
+        return parse(text).spec
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _estimators(args: argparse.Namespace) -> list:
     from infoplane import KDE, Binning, Discrete
 
@@ -150,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bin-width", type=_positive_float, default=0.07, help="binning-width cell (default 0.07)")
     g.add_argument("--noise-var", type=_positive_float, default=1e-3, help="KDE noise variance (default 1e-3)")
     g.add_argument("--schedule", default="log:400", help="log:N (default log:400), saxe, or every:K")
+    g.add_argument("--reduce", metavar="SPEC", type=_reduce_spec,  # issue 10
+                   help="layer reduction before estimating: flatten (default), channel-mean, pca:K, random:K")
     g = track.add_argument_group("output")
     g.add_argument("--out", help="parent of the run directories (default runs/<model file stem>)")
     g.add_argument("--resume", action="store_true", help="continue unfinished runs in --out")
@@ -242,7 +253,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
                  estimators=estimators, schedule=schedule, device=args.device, out=args.out,
                  resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
-                 vectorize=False if args.no_vectorize else "auto", progress=not args.quiet,
+                 vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
                  caller=["infoplane", *args.argv], log=log)
     print(summary(runs))
     if not args.no_plot:

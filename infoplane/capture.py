@@ -6,7 +6,7 @@ tracked model carries no hooks while it trains and none survive an exception.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -60,6 +60,8 @@ class Layer:
     kind: str
     transform: str | None
     module_type: str
+    #: Per-sample output shape, e.g. (C, H, W) (issue 10: layer reductions); not part of equality or to_json.
+    shape: tuple = field(default=None, compare=False)
 
     def to_json(self):
         return {"name": self.name, "width": self.width, "kind": self.kind, "transform": self.transform,
@@ -107,15 +109,18 @@ def as_probe_tensors(inputs, labels):
 def _trace(model, example, device):
     """Run one forward pass on a few samples, recording the order in which modules finish and their outputs'
     shapes. Returns ``(calls, names)``: a list of module names in completion order (a name repeats when the
-    module runs several times) and a dict name -> flattened width or None for non-tensor output."""
+    module runs several times), a dict name -> flattened width or None for non-tensor output, and a dict
+    name -> per-sample output shape (tensor outputs only)."""
     names = {m: n for n, m in model.named_modules() if n}
     calls, widths = [], {}
+    shapes = {}  # issue 10: per-sample output shapes, for layer reductions
 
     def hook(module, args, output):
         name = names[module]
         calls.append(name)
         if isinstance(output, torch.Tensor) and output.ndim >= 1 and output.shape[0] == example.shape[0]:
             widths[name] = int(output[0].numel())
+            shapes[name] = tuple(output.shape[1:])
         else:
             widths[name] = None
 
@@ -138,7 +143,7 @@ def _trace(model, example, device):
             h.remove()
         for m, flag in flags:
             m.training = flag
-    return calls, widths
+    return calls, widths, shapes
 
 
 def _default_layers(model, calls, pre_activation):
@@ -227,7 +232,7 @@ def resolve_layers(model, example, layers=None, pre_activation=False, device=Non
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = model_device(model) if device is None else torch.device(device)
-    calls, widths = _trace(model, example, device)
+    calls, widths, shapes = _trace(model, example, device)
     if layers is None:
         chosen = _default_layers(model, calls, pre_activation)
         if not chosen:
@@ -254,7 +259,8 @@ def resolve_layers(model, example, layers=None, pre_activation=False, device=Non
                              f"choose another module")
         if transform == "auto":
             transform = "sigmoid" if width == 1 else "softmax"
-        out.append(Layer(name, width, kind, transform, type(modules[name]).__name__))
+        shape = (width,) if transform is not None else shapes.get(name)  # issue 10
+        out.append(Layer(name, width, kind, transform, type(modules[name]).__name__, shape))
     return out
 
 

@@ -65,6 +65,8 @@ class TrackJob:
     resume, overwrite, keep_activations, progress : bool
     log : callable
         Receives one line of text per message.
+    reduce : None, str or dict
+        Layer reduction before estimating (see :class:`~infoplane.Tracker`).
     """
 
     model_file: ModelFile
@@ -84,6 +86,7 @@ class TrackJob:
     vectorize: bool | str
     progress: bool
     log: Callable[[str], Any]
+    reduce: str | dict | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
           device: str | torch.device = "cpu", out: str | os.PathLike | None = None, resume: bool = False,
           overwrite: bool = False, keep_activations: bool = False, vectorize: bool | str = "auto",
           progress: bool = True, caller: list[str] | str | None = None,
-          log: Callable[[str], Any] = print) -> list[Run]:
+          log: Callable[[str], Any] = print, reduce: str | dict | None = None) -> list[Run]:
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -270,6 +273,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         As for :class:`~infoplane.Tracker`; with ``resume`` a fraction continues from its last checkpoint.
     progress : bool
         Show a tqdm progress bar per fraction.
+    reduce : None, str or dict
+        Layer reduction before estimating (see :class:`~infoplane.Tracker`).
 
     Returns
     -------
@@ -328,7 +333,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
-                   vectorize=vectorize, progress=progress, log=log)
+                   vectorize=vectorize, progress=progress, log=log, reduce=reduce)
     recorded = {"estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                for e in estimators],
                 "schedule": schedule.to_json(), "seeds": seed_list, "keep_activations": bool(keep_activations),
@@ -450,7 +455,7 @@ def _track_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     def make_tracker(members):
         return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
                        schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
-                       keep_activations=job.keep_activations, resume=job.resume)
+                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce)
 
     def callback(epoch, members, metrics):
         nonlocal tracker

@@ -177,11 +177,12 @@ def _colorbar(fig, norm, ax):
 
 # ----------------------------------------------------------------------------------------- saturation
 def _is_kde(run, estimator):
-    return (_estimator_entry(run, estimator).get("settings") or {}).get("kind") == "kde"
+    # Both noise-based estimators saturate for the same reason: a noise variance small against the spacing.
+    return (_estimator_entry(run, estimator).get("settings") or {}).get("kind") in ("kde", "noisy")
 
 
 def _saturation_message(run, estimator, layers):
-    cause = "the KDE noise variance" if _is_kde(run, estimator) else "the bin choice"
+    cause = "the noise variance" if _is_kde(run, estimator) else "the bin choice"
     names = ", ".join(layers)
     return (f"I(X;T) of layer{'s' if len(layers) > 1 else ''} {names} is saturated at log2 N: {cause}, not the "
             f"network, drives it")

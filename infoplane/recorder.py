@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 from .capture import model_device, probe
+from .reduce import reduce_activations
 from .runfiles import VALUES, Row
 
 __all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows"]
@@ -123,6 +124,8 @@ class Recorder:
     probe_batch_size : int
     device : torch.device or None
         Where buffered activations are kept and estimated (default: each model's device).
+    reductions : dict or None
+        Layer name -> :class:`~infoplane.reduce.Reduction` applied before buffering (see :meth:`reduce`).
     """
 
     models: list
@@ -134,6 +137,7 @@ class Recorder:
     fraction: Optional[float] = None
     probe_batch_size: int = 4096
     device: Optional[torch.device] = None
+    reductions: Optional[dict] = None
     buffer: list = field(default_factory=list)
     buffered_bytes: int = 0
     timings: dict = field(default_factory=lambda: {"capture": 0.0, "estimate": 0.0, "store": 0.0,
@@ -168,6 +172,20 @@ class Recorder:
             per_seed.append(acts)
         self.timings["capture"] += time.perf_counter() - t0
         return per_seed
+
+    def reduce(self, per_seed: list[dict]) -> list[dict]:
+        """Apply the layer reductions (``flatten`` layers pass through) to captured activations."""
+        if not self.reductions:
+            return per_seed
+        out = []
+        for acts in per_seed:
+            reduced = {}
+            for layer in self.layers:
+                a, r = acts[layer.name], self.reductions[layer.name]
+                reduced[layer.name] = a if r.kind == "flatten" else reduce_activations(
+                    a, r, shape=layer.shape or (layer.width,), layer=layer.name).to(a.dtype)
+            out.append(reduced)
+        return out
 
     def add(self, epoch: int, acts: list, metrics: list) -> None:
         """Buffer one captured epoch."""

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import reduce as reduce_mod
 from .recorder import estimate_rows, sort_rows
 from .run import Run
 from .runfiles import ACTIVATIONS, METRICS, read_meta, read_metrics
@@ -16,7 +17,7 @@ __all__ = ["estimate"]
 
 
 def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2**20, device=None,
-             overwrite: bool = False) -> Run:
+             overwrite: bool = False, reduce=None) -> Run:
     """Recompute a run's information plane from its saved activations, without retraining.
 
     The run must have been recorded with ``keep_activations=True``.
@@ -36,6 +37,8 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2*
         Where to estimate (default CPU).
     overwrite : bool, default False
         Replace a run already in ``out``.
+    reduce : None, str or dict
+        Layer reduction (see :class:`~infoplane.Tracker`); default: the run's own (``"flatten"`` undoes it).
 
     Returns
     -------
@@ -55,11 +58,18 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2*
     device = torch.device("cpu") if device is None else torch.device(device)
     layers = [l["name"] for l in meta["layers"]]
     widths = {l["name"]: l["width"] for l in meta["layers"]}
+    # The saved activations are unreduced: the run's reduction (or the one asked for) is applied here.
+    if reduce is None:
+        reduce = (meta.get("reduce") or {}).get("spec")
+    shapes = {k: None if v is None else tuple(v) for k, v in (meta.get("layer_shapes") or {}).items()}
+    plan = reduce_mod.resolve(reduce, [(l, shapes.get(l)) for l in layers])
+    reduced = {l: plan[l].width(shapes.get(l) or (widths[l],)) for l in layers}
     new_meta = {k: v for k, v in meta.items()
                 if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
     new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                 for e in estimators],
-                    keep_activations=False, derived_from=os.path.abspath(run_dir))
+                    keep_activations=False, derived_from=os.path.abspath(run_dir),
+                    reduce=None if reduce is None else {"spec": reduce_mod.spec_to_json(reduce), "widths": reduced})
     writer = RunWriter(out, new_meta, overwrite=overwrite)  # refuses a bad `out` before any work
     rows = []
     for seed in meta["seeds"]:
@@ -76,6 +86,9 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2*
                     with np.load(os.path.join(seed_dir, f"{e}.npz"), allow_pickle=False) as z:
                         arrays.append(z[layer])
                 acts = torch.from_numpy(np.stack(arrays)).to(device)
+                if plan[layer].kind != "flatten":
+                    acts = reduce_mod.reduce_activations(acts, plan[layer], shape=shapes.get(layer) or (widths[layer],),
+                                                         layer=layer).to(acts.dtype)
                 rows += estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
                                        layer)
     rows = sort_rows(rows, meta["seeds"], layers, estimators)

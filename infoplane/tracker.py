@@ -23,6 +23,7 @@ from torch import nn
 
 from . import __version__
 from .capture import as_probe_tensors, resolve_layers
+from . import reduce as reduce_mod
 from .estimators import Binning, from_settings
 from .labels import as_class_indices
 from .recorder import Recorder
@@ -35,7 +36,7 @@ __all__ = ["Tracker", "estimate", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
-             "keep_activations")
+             "keep_activations", "reduce")
 
 
 class UnclosedTrackerWarning(UserWarning):
@@ -171,6 +172,11 @@ class Tracker:
         a larger value batches more and risks more. None: only ``buffer_bytes`` decides.
     keep_activations : bool, default False
         Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`estimate`.
+    reduce : None, str or dict, default None
+        Layer reduction applied to each layer's activations before estimating (see :mod:`infoplane.reduce`):
+        ``"flatten"`` (what None does), ``"channel-mean"``, ``"pca:k"``, ``"random:k"``, or a dict mapping
+        layer names / glob patterns to specs. Stored in ``meta.json`` as ``"reduce"`` with the reduced widths;
+        saved activations stay unreduced.
     resume : bool, default False
         Continue the run in ``out``: epochs already in its table are skipped. Settings must match.
         Starts a new run when ``out`` holds none.
@@ -191,6 +197,8 @@ class Tracker:
         Recorded layer names in model order.
     layer_info : list of infoplane.capture.Layer
         Name, width, kind and transform of each layer.
+    reduced_widths : dict
+        Columns each layer has after ``reduce`` (its width when not reduced).
     schedule : Schedule
     estimators : list
     seeds : list of int
@@ -202,7 +210,7 @@ class Tracker:
     def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
                  seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
                  device=None, buffer_bytes=256 * 2**20, flush_seconds=10.0, keep_activations=False,
-                 resume=False, overwrite=False):
+                 resume=False, overwrite=False, reduce=None):
         self._session = None  # until construction succeeds
         models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -235,6 +243,8 @@ class Tracker:
         self.estimators = as_estimators(estimators)
         self.layer_info = _resolve_all(models, inputs, layers, pre_activation, seeds)
         self.layers = [l.name for l in self.layer_info]
+        reductions = reduce_mod.resolve(reduce, [(l.name, l.shape) for l in self.layer_info])
+        self.reduced_widths = {l.name: reductions[l.name].width(l.shape or (l.width,)) for l in self.layer_info}
 
         labels_np = labels.numpy()
         run_meta = {
@@ -253,6 +263,10 @@ class Tracker:
             "fraction": self.fraction,
             "pre_activation": bool(pre_activation),
             "keep_activations": self.keep_activations,
+            # Layer reductions (None = flatten) and per-sample shapes, which estimate() needs to reduce again.
+            "reduce": None if reduce is None else {"spec": reduce_mod.spec_to_json(reduce),
+                                                   "widths": self.reduced_widths},
+            "layer_shapes": {l.name: None if l.shape is None else list(l.shape) for l in self.layer_info},
             "versions": {"infoplane": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
             "caller": list(sys.argv) if sys.argv and sys.argv[0] else "python",
@@ -267,7 +281,7 @@ class Tracker:
         if clash:
             raise ValueError(f"meta= may not set {clash}: the tracker writes those keys itself")
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
-                            int(probe_batch_size), None if device is None else torch.device(device))
+                            int(probe_batch_size), None if device is None else torch.device(device), reductions)
         writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
         self.path = writer.path
         self._recorder, self._writer = recorder, writer
@@ -350,7 +364,7 @@ class Tracker:
                 self._writer.save_activations(seed, epoch, {k: v.cpu().numpy() for k, v in acts.items()})
             self.timings["store"] += time.perf_counter() - t0
         self._seen.add(epoch)
-        self._recorder.add(epoch, per_seed, values)
+        self._recorder.add(epoch, self._recorder.reduce(per_seed), values)
         if self._session.buffer_since is None:
             self._session.buffer_since = time.monotonic()
         if self._recorder.buffered_bytes >= self.buffer_bytes or self._stale():

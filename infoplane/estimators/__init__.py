@@ -11,7 +11,10 @@
 from .binning import BinnedResult, binned_mi
 from .kde import KDEResult, kde_mi
 from .discrete import discrete_mi
-from .config import KDE, Binning, Discrete, Estimator, from_settings
+from .noisy import NoisyResult, noisy_mi
+from .null import NullResult, permutation_null
+from .config import KDE, Binning, Discrete, Estimator, Noisy, WithNull, from_settings
 
-__all__ = ["binned_mi", "kde_mi", "discrete_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Discrete",
-           "Estimator", "from_settings"]
+__all__ = ["binned_mi", "kde_mi", "discrete_mi", "noisy_mi", "permutation_null", "BinnedResult", "KDEResult",
+           "NoisyResult", "NullResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "Estimator",
+           "from_settings"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from .binning import _flag, _grid, binned_mi
 from .discrete import discrete_mi
 from .kde import _PRECISIONS, kde_mi
+from .noisy import DEFAULT_SAMPLES, noisy_mi
+from .null import DEFAULT_PERMUTATIONS, permutation_null
 from ._inputs import positive_float
 
 
@@ -138,7 +140,92 @@ class Discrete(Estimator):
         return discrete_mi(activations, labels, **self._kwargs())
 
 
-_KINDS = {"binning": Binning, "kde": KDE, "discrete": Discrete}
+
+# --- noisy-network estimator and permutation null (issue 10) ---------------------------------------------
+class Noisy(Estimator):
+    """Monte-Carlo mixture-entropy estimator of a noisy layer (see :func:`infoplane.estimators.noisy_mi`).
+
+    Results carry ``ixt``, ``ity`` and their Monte-Carlo standard errors ``ixt_se``, ``ity_se`` (bits).
+    """
+
+    kind = "noisy"
+    has_lower = False
+    default_name = "noisy"
+    fields = ("ixt", "ity", "ixt_se", "ity_se")
+
+    def __init__(self, noise_var, samples=DEFAULT_SAMPLES, seed=0, precision="float64", memory_budget=None,
+                 name=None):
+        super().__init__(name)
+        self.noise_var = positive_float(noise_var, "noise_var")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+            raise ValueError(f"samples must be an integer >= 2; got {samples!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer; got {seed!r}")
+        if precision not in ("float32", "float64"):
+            raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
+        self.samples, self.seed, self.precision = samples, seed, precision
+        self.memory_budget = None if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+
+    def _kwargs(self):
+        kw = {"noise_var": self.noise_var, "samples": self.samples, "seed": self.seed, "precision": self.precision}
+        if self.memory_budget is not None:
+            kw["memory_budget"] = self.memory_budget
+        return kw
+
+    def __call__(self, activations, labels):
+        return noisy_mi(activations, labels, **self._kwargs())
+
+
+class WithNull(Estimator):
+    """Any estimator plus its permutation null of I(T;Y) (see
+    :func:`infoplane.estimators.permutation_null`).
+
+    Parameters
+    ----------
+    estimator : estimator object or its ``settings()`` dict
+        Built-in or custom (anything with ``name``, ``settings()``, ``has_lower`` and ``__call__`` that accepts
+        per-item labels ``[..., N]``).
+    permutations : int, default 20
+    seed : int, default 0
+    name : str, optional
+        Default: the wrapped estimator's name (its rows gain the ``ity_null``, ``ity_null_sd`` columns).
+    """
+
+    kind = "with-null"
+
+    def __init__(self, estimator, permutations=DEFAULT_PERMUTATIONS, seed=0, name=None):
+        super().__init__(name)
+        if isinstance(estimator, dict):
+            estimator = from_settings(estimator)
+        if not (callable(estimator) and all(hasattr(estimator, a) for a in ("name", "settings", "has_lower"))):
+            raise TypeError(f"WithNull needs an estimator object such as infoplane.KDE(...) or its settings() "
+                            f"dict; got {estimator!r}")
+        if isinstance(estimator, WithNull):
+            raise ValueError("WithNull(WithNull(...)) is not meaningful: wrap the estimator once")
+        if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 2:
+            raise ValueError(f"permutations must be an integer >= 2; got {permutations!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer; got {seed!r}")
+        self.estimator, self.permutations, self.seed = estimator, permutations, seed
+        self.has_lower = bool(estimator.has_lower)
+        inner = getattr(estimator, "fields", None)
+        if inner is None:
+            inner = ("ixt", "ity") + (("ixt_lower", "ity_lower") if self.has_lower else ())
+        self.fields = tuple(inner) + ("ity_null", "ity_null_sd")
+
+    @property
+    def default_name(self):
+        return self.estimator.name
+
+    def _kwargs(self):
+        return {"estimator": self.estimator.settings(), "permutations": self.permutations, "seed": self.seed}
+
+    def __call__(self, activations, labels):
+        return permutation_null(self.estimator, activations, labels, permutations=self.permutations,
+                                seed=self.seed)
+
+
+_KINDS = {"binning": Binning, "kde": KDE, "discrete": Discrete, "noisy": Noisy, "with-null": WithNull}
 
 
 def from_settings(settings: dict) -> Estimator:
