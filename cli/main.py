@@ -177,15 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="file for the main figure (.png, .pdf or .svg)")
     plot.add_argument("--estimator", help="estimator name to plot (default: the run's first)")
-    _add_animate_report(sub)  # issue 14
+    _add_animate_report(sub, common)  # issue 14
     return parser
 
 
 # ---- issue 14: `infoplane animate` and `infoplane report` (start) ----
-def _add_animate_report(sub):
+def _add_animate_report(sub, common):
     anim = sub.add_parser("animate", help="write an animated information plane (.gif, or .mp4 with [video])",
                           description="Animate the information plane of one or more run directories: one frame "
-                                      "per recorded epoch (or --frames), runs side by side in sync.")
+                                      "per recorded epoch (or --frames), runs side by side in sync.",
+                          parents=[common])
     anim.add_argument("runs", nargs="+", metavar="RUN_DIR")
     anim.add_argument("--out", default="plane.gif", help="plane.gif (default) or a .mp4 file")
     anim.add_argument("--estimator", help="estimator name (default: the run's first)")
@@ -193,7 +194,8 @@ def _add_animate_report(sub):
     anim.add_argument("--fps", type=_positive_float, help="frames per second (default: about 12 s in all)")
     rep = sub.add_parser("report", help="write a self-contained interactive HTML report (needs [report])",
                          description="Write one HTML file (Plotly, inlined, works offline) with the information "
-                                     "planes, an epoch slider, curves, metrics and the runs' settings.")
+                                     "planes, an epoch slider, curves, metrics and the runs' settings.",
+                         parents=[common])
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default="report.html", help="default report.html")
     rep.add_argument("--frames", type=_positive_int, help="slider positions (default: one per epoch)")

@@ -39,7 +39,8 @@ def record(out, fraction, seeds=(0, 1), epochs=EPOCHS, close=True):
     tracker = infoplane.Tracker(models, x, y, seeds=list(seeds), schedule=SCHEDULE, fraction=fraction,
                                 estimators=[infoplane.Binning(bins=30, range=(-1, 1)), infoplane.KDE(noise_var=0.1)],
                                 meta={"data": "tishby12-quarter"}, out=out, overwrite=True)
-    for epoch in range(epochs):
+    tracker.step(0)  # epoch 0: the initialisation; epoch e: the network after e epochs of training
+    for epoch in range(1, epochs + 1):
         losses = []
         for model, opt in zip(models, opts):
             opt.zero_grad()
