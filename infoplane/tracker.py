@@ -22,6 +22,7 @@ from torch import nn
 
 from . import __version__
 from .capture import as_probe_tensors, model_device, probe, resolve_layers
+from . import probeset  # [issue 12] probe inputs of any structure
 from .estimators import Binning, from_settings
 from .schedule import as_schedule
 from .store import ACTIVATIONS, METRICS, Row, RunWriter, read_meta, read_metrics
@@ -63,7 +64,7 @@ def _entropy_bits(labels):
 
 def _fingerprint(inputs, labels):
     h = hashlib.sha1()
-    for t in (inputs, labels):
+    for t in (*probeset.leaves(inputs), labels):  # [issue 12] a plain tensor hashes as before
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -95,14 +96,18 @@ class Tracker:
     ----------
     model : nn.Module or list of nn.Module
         The network, or one network per seed (an ensemble trained side by side); each is probed separately.
-    inputs : tensor or array, shape [N, ...]
-        Probe inputs (the samples X over which I(X;T) and I(T;Y) are measured).
-    labels : tensor or array of int, shape [N]
+    inputs : tensor or array [N, ...], tuple/list of tensors, dict of tensors, or a loader
+        Probe inputs (the samples X over which I(X;T) and I(T;Y) are measured): one tensor (``model(x)``),
+        several (``model(*inputs)``), keyword tensors (``model(**inputs)``), all with the same leading N, or a
+        non-shuffling DataLoader / iterable of ``(inputs, labels)`` batches, collected once (labels=None).
+    labels : tensor or array of int, shape [N], or None with a loader
         Class index of each probe sample.
-    layers : None, str, type or list of str / type, default None
-        None: every hidden layer after its nonlinearity plus the output as class probabilities. Otherwise
-        module names (``"3"``, ``"encoder.1"``), glob patterns (``"encoder.*"``) or module types
-        (``nn.ReLU``); their raw outputs are recorded, flattened per sample.
+    layers : None, str, type, list of str / type, or dict, default None
+        None: every hidden layer after its nonlinearity plus the output as class probabilities (a warning
+        names the modules passed over). Otherwise module names (``"3"``, ``"encoder.1"``), glob patterns
+        (``"encoder.*"``) or module types (``nn.ReLU``); their raw outputs are recorded, flattened per sample.
+        A dict maps names to a selector: a callable on the module's output (``lambda out: out[0]``) or a
+        pooling ``"cls"``, ``"mean"``, ``"flatten"`` (see :func:`infoplane.capture.resolve_layers`).
     estimators : list, default ``[Binning(bins=30, range=(-1, 1))]``
         Estimator objects (``infoplane.Binning``, ``infoplane.KDE``) or their ``settings()`` dicts.
     schedule : Schedule, list of int or None, default None
@@ -138,6 +143,10 @@ class Tracker:
         Starts a new run when ``out`` holds none.
     overwrite : bool, default False
         Replace the run in ``out``.
+    loggers : object or list, optional
+        Where recorded rows are also logged as they are written, and the plane figure at ``close``: a
+        TensorBoard ``SummaryWriter`` or log directory, a W&B run, a Lightning TensorBoard / W&B logger, or any
+        sink with ``log_rows(rows, run)`` and ``close(run)`` (see :mod:`infoplane.integrations.sinks`).
 
     Attributes
     ----------
@@ -156,7 +165,7 @@ class Tracker:
     def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
                  seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
                  device=None, buffer_bytes=256 * 2**20, flush_seconds=600.0, keep_activations=False,
-                 resume=False, overwrite=False):
+                 resume=False, overwrite=False, loggers=None):
         self._closed = True  # until construction succeeds
         models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -178,8 +187,8 @@ class Tracker:
 
         self.inputs, self.labels = as_probe_tensors(inputs, labels)
         weight = next((p for p in models[0].parameters() if p.is_floating_point()), None)
-        if weight is not None and self.inputs.is_floating_point():
-            self.inputs = self.inputs.to(weight.dtype)  # numpy gives float64; a float32 model wants float32
+        if weight is not None:  # [issue 12] cast_floating: float inputs only (token ids and masks stay)
+            self.inputs = probeset.cast_floating(self.inputs, weight.dtype)  # numpy gives float64
         if self.labels.shape[0] < 2:
             raise ValueError("the probe set needs at least 2 samples")
         self.models = models
@@ -193,7 +202,7 @@ class Tracker:
         self.schedule = as_schedule(schedule)
         self.estimators = _as_estimators(estimators)
 
-        example = self.inputs[: min(2, self.inputs.shape[0])]
+        example = probeset.take(self.inputs, 0, 2)  # [issue 12]
         self.layer_info = resolve_layers(models[0], example, layers, pre_activation)
         for i, m in enumerate(models[1:], 1):
             other = resolve_layers(m, example, layers, pre_activation)
@@ -215,7 +224,7 @@ class Tracker:
             "log2_n": math.log2(labels_np.shape[0]),
             "h_y": _entropy_bits(labels_np),
             "n_classes": int(np.unique(labels_np).size),
-            "probe": {"input_shape": list(self.inputs.shape), "sha1": _fingerprint(self.inputs, self.labels)},
+            "probe": {"input_shape": probeset.describe(self.inputs), "sha1": _fingerprint(self.inputs, self.labels)},
             "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                            for e in self.estimators],
             "schedule": self.schedule.to_json(),
@@ -245,6 +254,10 @@ class Tracker:
         self._buffer_since = None
         self._seen = set()
         self.timings = {"capture": 0.0, "estimate": 0.0, "store": 0.0, "layer_epochs": 0}
+        # [issue 12: sinks] TensorBoard / W&B / custom sinks, fed in flush() and closed in close().
+        from .integrations.sinks import as_sinks
+        self._sinks = as_sinks(loggers)
+        # [/issue 12]
         self._closed = False
 
     # ------------------------------------------------------------------------------------------------ public
@@ -290,7 +303,7 @@ class Tracker:
             here = model_device(model)  # looked up each time: the model may have moved since construction
             device = self._estimate_device or here
             if here not in self._probe_inputs:
-                self._probe_inputs[here] = self.inputs.to(here)
+                self._probe_inputs[here] = probeset.to_device(self.inputs, here)  # [issue 12]
             inputs = self._probe_inputs[here]
             acts = probe(model, inputs, self.layer_info, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
@@ -341,6 +354,12 @@ class Tracker:
         self._writer.add_rows(_sort_rows(rows, self.seeds, self.layers, self.estimators))
         # Only now is the buffer safe to drop: an estimator failure above keeps it for another flush.
         self._buffer, self._buffered_bytes, self._buffer_since = [], 0, None
+        # [issue 12: sinks] after the buffer is dropped, so that a failing sink never writes rows twice
+        if self._sinks:
+            written = _sort_rows(rows, self.seeds, self.layers, self.estimators)
+            for sink in self._sinks:
+                sink.log_rows(written, self.run)
+        # [/issue 12]
         self.timings["estimate"] += t1 - t0
         self.timings["store"] += time.perf_counter() - t1
         self.timings["layer_epochs"] += len(epochs) * len(self.layers) * len(self.seeds)
@@ -356,6 +375,8 @@ class Tracker:
             raise
         self._closed = True
         self._writer.finish(complete=True)
+        for sink in self._sinks:  # [issue 12: sinks] the final figure; sinks opened from a path are closed
+            sink.close(self.run)
 
     def __enter__(self):
         return self
@@ -373,6 +394,11 @@ class Tracker:
         except Exception as err:
             warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning)
         self._writer.finish(complete=False)
+        for sink in self._sinks:  # [issue 12: sinks] release them, never hiding the first error
+            try:
+                sink.close(self.run)
+            except Exception as err:
+                warnings.warn(f"infoplane: a logger could not be closed: {err!r}", RuntimeWarning)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _stale(self):
