@@ -178,8 +178,11 @@ def _split_batch(batch, i):
         if isinstance(inputs, list):
             inputs = tuple(inputs)
         return inputs, labels
-    raise ValueError(f"probe batch {i} is a {type(batch).__name__}; each batch must be an (inputs, labels) pair "
-                     f"(or a dict with 'labels')")
+    if isinstance(batch, (tuple, list)) and len(batch) > 2:
+        # TensorDataset(input_1, ..., input_k, labels): several model inputs, labels last.
+        return tuple(batch[:-1]), batch[-1]
+    raise ValueError(f"probe batch {i} is a {type(batch).__name__}; each batch must be an (inputs, labels) pair, "
+                     f"(input_1, ..., input_k, labels), or a dict with 'labels'")
 
 
 def collect_loader(loader):
@@ -188,8 +191,9 @@ def collect_loader(loader):
     Parameters
     ----------
     loader : DataLoader or iterable
-        Batches of ``(inputs, labels)`` (inputs: a tensor, a tuple of tensors or a dict of tensors), or dicts
-        holding ``labels`` next to the model's keyword inputs.
+        Batches of ``(inputs, labels)`` (inputs: a tensor, a tuple of tensors or a dict of tensors),
+        ``(input_1, ..., input_k, labels)`` (a ``TensorDataset`` of several inputs), or dicts holding ``labels``
+        next to the model's keyword inputs.
 
     Returns
     -------

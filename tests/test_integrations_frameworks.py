@@ -115,9 +115,8 @@ def test_lightning_callback_equals_own_loop_and_logs_to_tensorboard(tmp_path):
     run = infoplane.load_run(cb.path)
     assert run.meta["complete"] and run.epochs.tolist() == [0, 1, 2, 3]
     assert as_tuples(run.rows) == as_tuples(own_loop_rows(3))
-    assert run.metric("train_loss")[0, 1:].tolist() == pytest.approx(
-        [v for v in run.metric("train_loss")[0, 1:]])  # logged for the trained epochs
-    assert math.isnan(run.metric("train_loss")[0, 0])
+    loss = run.metric("train_loss")[0]  # the logged epoch loss lands in metrics.csv for trained epochs
+    assert math.isnan(loss[0]) and all(0 < v < 1 for v in loss[1:])
     assert hook_count(model) == 0
     # TensorBoard, read back with its own reader: every epoch and layer, plus the figure.
     scalars, images = event_scalars(tr.log_dir)
