@@ -35,12 +35,14 @@ def _is_multi(x):
                                                                for t in x)
 
 
-def _is_loader(x):
-    """An iterable of batches that is none of the structures above (DataLoader, generator, list of pairs)."""
+def _is_loader(x, labels):
+    """An iterable of batches that is none of the structures above (DataLoader, generator, list of pairs).
+
+    A list or tuple counts as batches only without labels: with labels it is an array (nested lists)."""
     if isinstance(x, (torch.Tensor, np.ndarray, dict, str, bytes)) or _is_multi(x):
         return False
     if isinstance(x, (tuple, list)):
-        return len(x) > 0 and all(isinstance(b, (tuple, list, dict)) for b in x)
+        return labels is None and len(x) > 0 and all(isinstance(b, (tuple, list, dict)) for b in x)
     return hasattr(x, "__iter__")
 
 
@@ -232,7 +234,7 @@ def as_probe_set(inputs, labels):
     labels : tensor or array as given (or collected from the loader)
     n : int
     """
-    if _is_loader(inputs):
+    if _is_loader(inputs, labels):
         if labels is not None:
             raise ValueError("the probe loader yields its own labels: pass labels=None with a DataLoader")
         inputs, labels = collect_loader(inputs)

@@ -191,6 +191,21 @@ def test_tracker_loggers_tensorboard_dir_and_cli_export(tmp_path):
     assert main(["export", str(tmp_path / "tb"), "--tensorboard", str(tmp_path / "x")]) == 2  # not a run
 
 
+def test_cli_track_writes_tensorboard_logs(tmp_path, capsys):
+    from infoplane.cli.main import main
+
+    tanh = os.path.join(os.path.dirname(__file__), "..", "examples", "tishby_tanh.py")
+    rc = main(["track", tanh, "--fraction", "0.5", "--epochs", "2", "--schedule", "every:1", "--quiet",
+               "--no-plot", "--out", str(tmp_path / "runs"), "--tensorboard", str(tmp_path / "tb")])
+    assert rc == 0
+    run = infoplane.load_run(tmp_path / "runs" / "fraction-0.5")
+    scalars, images = event_scalars(tmp_path / "tb")
+    assert {f"infoplane/binning/ixt/{layer}" for layer in run.layers} <= set(scalars)
+    assert sorted(scalars[f"infoplane/binning/ity/{run.layers[-1]}"]) == run.epochs.tolist()
+    assert "infoplane/binning/plane" in images
+    assert "tensorboard:" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------------------------------- W&B
 def wandb_records(path):
     """Records of a W&B run file (a LevelDB-style log of protobuf records), read with W&B's own protobufs."""

@@ -189,6 +189,7 @@ def test_dataloader_probe_set_collected_once_in_order():
     # The same as the tensors themselves, row for row.
     direct = record(net, x, y, epochs=1)
     assert run.rows == direct.rows
+    assert record(net, x.tolist(), y.tolist(), epochs=1).rows == direct.rows  # nested lists are one array
     # A plain iterable of (inputs, labels) batches, and dict batches carrying "labels", work too.
     pairs = [(x[i:i + 30], y[i:i + 30]) for i in range(0, 90, 30)]
     assert record(net, pairs, None, epochs=1).rows == direct.rows
