@@ -224,7 +224,8 @@ class Tracker:
             "log2_n": math.log2(labels_np.shape[0]),
             "h_y": _entropy_bits(labels_np),
             "n_classes": int(np.unique(labels_np).size),
-            "probe": {"input_shape": probeset.describe(self.inputs), "sha1": _fingerprint(self.inputs, self.labels)},
+            "probe": {"input_shape": probeset.describe(self.inputs),  # [issue 12]
+                      "sha1": _fingerprint(self.inputs, self.labels)},
             "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                            for e in self.estimators],
             "schedule": self.schedule.to_json(),
@@ -243,6 +244,11 @@ class Tracker:
         clash = sorted(set(extra) & reserved)
         if clash:
             raise ValueError(f"meta= may not set {clash}: the tracker writes those keys itself")
+        # [issue 12: sinks] TensorBoard / W&B / custom sinks, fed in flush() and closed in close(); made before
+        # the run directory so that a bad logger fails without leaving a run behind.
+        from .integrations.sinks import as_sinks
+        self._sinks = as_sinks(loggers)
+        # [/issue 12]
         self._writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
         self.path = self._writer.path
         self._done = self._writer.done_epochs()
@@ -254,10 +260,6 @@ class Tracker:
         self._buffer_since = None
         self._seen = set()
         self.timings = {"capture": 0.0, "estimate": 0.0, "store": 0.0, "layer_epochs": 0}
-        # [issue 12: sinks] TensorBoard / W&B / custom sinks, fed in flush() and closed in close().
-        from .integrations.sinks import as_sinks
-        self._sinks = as_sinks(loggers)
-        # [/issue 12]
         self._closed = False
 
     # ------------------------------------------------------------------------------------------------ public
