@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save raw activations, to re-estimate later without retraining")
     g.add_argument("--no-plot", action="store_true", help="do not write figures")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    # [issue 12] TensorBoard: each finished run is exported under DIR/<run directory name>
+    g.add_argument("--tensorboard", metavar="DIR",
+                   help="also write each run's scalars and plane figure as TensorBoard logs under DIR")
 
     plot = sub.add_parser("plot", help="draw the figures of run directories",
                           description="Draw information-plane figures of one or more run directories. A directory "
@@ -177,8 +180,38 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="file for the main figure (.png, .pdf or .svg)")
     plot.add_argument("--estimator", help="estimator name to plot (default: the run's first)")
+    # [issue 12] infoplane export RUN --tensorboard DIR
+    export = sub.add_parser("export", help="write finished runs to TensorBoard",
+                            description="Write the scalars and the plane figure of run directories as "
+                                        "TensorBoard logs (one subdirectory per run when several are given).",
+                            parents=[common])
+    export.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    export.add_argument("--tensorboard", metavar="DIR", required=True, help="TensorBoard log directory")
     _add_animate_report(sub, common)  # issue 14
     return parser
+
+
+def _export_tensorboard(run_dirs, logdir):
+    """[issue 12] Export runs into ``logdir`` (a subdirectory per run when there are several)."""
+    import os
+
+    from infoplane.integrations.tensorboard import export_tensorboard
+
+    paths = []
+    for run_dir in run_dirs:
+        run_dir = os.fspath(run_dir)
+        if not os.path.isfile(os.path.join(run_dir, "meta.json")):
+            raise UsageError(f"{run_dir!r} is not an infoplane run directory (no meta.json)")
+        target = logdir if len(run_dirs) == 1 else os.path.join(logdir, os.path.basename(os.path.normpath(run_dir)))
+        paths.append(export_tensorboard(run_dir, target))
+    return paths
+
+
+def cmd_export(args):
+    for path in _export_tensorboard(args.runs, args.tensorboard):
+        print(f"tensorboard: {path}")
+    return 0
+
 
 
 # ---- issue 14: `infoplane animate` and `infoplane report` (start) ----
@@ -258,6 +291,9 @@ def cmd_track(args: argparse.Namespace) -> int:
                  vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
                  caller=["infoplane", *args.argv], log=log)
     print(summary(runs))
+    if args.tensorboard:  # [issue 12]
+        for path in _export_tensorboard([getattr(r, "path", r) for r in runs], args.tensorboard):
+            print(f"tensorboard: {path}")
     if not args.no_plot:
         paths = _write_figures(runs, None, None)
         for p in paths:
@@ -339,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from infoplane.modelfile import ModelFileError
 
     try:
-        return {"track": cmd_track, "plot": cmd_plot,
-                "animate": cmd_animate, "report": cmd_report}[args.command](args)  # issue 14: animate, report
+        return {"track": cmd_track, "plot": cmd_plot, "export": cmd_export,
+                "animate": cmd_animate, "report": cmd_report}[args.command](args)
     except (UsageError, ModelFileError, ConfigError, FileNotFoundError) as err:
         _fail(err, args.verbose)
         return 2

@@ -2,18 +2,25 @@
 
 Hooks live only for the duration of one forward pass over the probe set (a ``try/finally`` removes them), so a
 tracked model carries no hooks while it trains and none survive an exception.
+
+Probe inputs may be one tensor, several positional tensors or keyword tensors (see :mod:`infoplane.probeset`);
+a layer may be read through a selector (a callable on the module's output, or a named pooling of a token
+sequence), which is how tuple outputs (LSTMs, attention blocks) and ``[N, L, d]`` sequences are recorded.
 """
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from . import probeset
 from .labels import as_class_indices
 
-__all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "resolve_layers", "probe", "model_device", "as_probe_tensors"]
+__all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "POOLINGS", "resolve_layers", "probe", "model_device",
+           "as_probe_tensors"]
 
 #: Module types counted as a layer's nonlinearity when choosing layers by default.
 ACTIVATIONS = (
@@ -27,6 +34,23 @@ PARAMETRIC = (
     nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+
+#: Parameter-free or normalising module types that sit between layers; the default choice passes over them
+#: without mentioning them.
+_PASSIVE = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+    nn.Flatten, nn.Unflatten, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm, nn.MaxPool1d, nn.MaxPool2d,
+    nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+
+#: Named poolings a layer selector may give: the first token, the mean over tokens (respecting the probe
+#: inputs' ``attention_mask``), or every value flattened.
+POOLINGS = ("cls", "mean", "flatten")
+
+# Skip warnings already given in this process (the default choice "warns once" per distinct message).
+_WARNED = set()
 
 _TRANSFORMS = {
     None: lambda t: t,
@@ -53,6 +77,10 @@ class Layer:
         Applied to the flattened output: ``"softmax"``, ``"sigmoid"``, ``"exp"`` (after a LogSoftmax) or None.
     module_type : str
         Class name of the hooked module.
+    pool : str or None
+        Named pooling of the output (``"cls"``, ``"mean"``, ``"flatten"``), or None.
+    select : callable or None
+        Applied to the module's raw output before pooling (e.g. ``lambda out: out[0]`` for an LSTM).
     """
 
     name: str
@@ -60,12 +88,20 @@ class Layer:
     kind: str
     transform: str | None
     module_type: str
-    #: Per-sample output shape, e.g. (C, H, W) (issue 10: layer reductions); not part of equality or to_json.
+    pool: str | None = None
+    select: object = field(default=None, compare=False, repr=False)
+    #: Per-sample shape of the recorded tensor, e.g. (C, H, W), for layer reductions; not in equality or to_json.
     shape: tuple = field(default=None, compare=False)
 
     def to_json(self):
-        return {"name": self.name, "width": self.width, "kind": self.kind, "transform": self.transform,
-                "module": self.module_type}
+        out = {"name": self.name, "width": self.width, "kind": self.kind, "transform": self.transform,
+               "module": self.module_type}
+        # Only selected layers carry these keys, so that the meta.json of plain runs stays as it was.
+        if self.pool is not None:
+            out["pool"] = self.pool
+        if self.select is not None:
+            out["select"] = getattr(self.select, "__qualname__", type(self.select).__name__)
+        return out
 
 
 def model_device(model):
@@ -82,47 +118,70 @@ def as_probe_tensors(inputs, labels):
 
     Parameters
     ----------
-    inputs : tensor or array, shape [N, ...]
-    labels : tensor, array or sequence, shape [N] (or one-hot [N, C])
+    inputs : tensor or array [N, ...], tuple/list of tensors (``model(*inputs)``), dict of tensors
+        (``model(**inputs)``), or a DataLoader / iterable of ``(inputs, labels)`` batches in a fixed order
+        (then ``labels`` is None)
+    labels : tensor, array or sequence, shape [N] (or one-hot [N, C]), or None with a loader
         Class per sample, under the rules of :mod:`infoplane.labels`.
 
     Returns
     -------
-    inputs : tensor
+    inputs : tensor, tuple of tensors or dict of tensors (leading dimension N)
     labels : int64 CPU tensor
     """
-    if not isinstance(inputs, torch.Tensor):
-        try:
-            inputs = torch.as_tensor(inputs)
-        except Exception as e:
-            raise TypeError(f"inputs must be a tensor or an array, got {type(inputs).__name__}: {e}") from None
-    if inputs.ndim == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must have a leading sample dimension with at least one sample, "
-                         f"got shape {tuple(inputs.shape)}")
+    inputs, labels, n = probeset.as_probe_set(inputs, labels)
     labels = as_class_indices(labels).indices.cpu()
-    if labels.shape[0] != inputs.shape[0]:
-        raise ValueError(f"labels do not match inputs: {labels.shape[0]} labels for {inputs.shape[0]} input "
+    if labels.shape[0] != n:
+        raise ValueError(f"labels do not match inputs: {labels.shape[0]} labels for {n} input "
                          f"samples; pass one label per probe sample")
     return inputs, labels
 
 
+def _first_tensor(output):
+    """The tensor a named pooling reads: the output itself, or the first element of a tuple / list / Hugging
+    Face ``ModelOutput`` (the convention of PyTorch's RNNs and of transformer blocks)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "to_tuple"):
+        output = output.to_tuple()
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def _apply_selector(output, layer_name, pool, select, mask):
+    """The flattened ``[n, width]`` view of a module's output, read through the layer's selector."""
+    out = select(output) if select is not None else (_first_tensor(output) if pool else output)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"layer {layer_name!r} gives a {type(out).__name__}, not a tensor; read it through a "
+                         f"selector, e.g. layers={{{layer_name!r}: lambda out: out[0]}} or a pooling "
+                         f"{list(POOLINGS)}")
+    if pool in ("cls", "mean"):
+        if out.ndim < 3:
+            raise ValueError(f"layer {layer_name!r}: pooling {pool!r} needs a token sequence [N, L, d], got shape "
+                             f"{tuple(out.shape)}; use 'flatten' or no pooling")
+        if pool == "cls":
+            out = out[:, 0]
+        elif mask is not None and tuple(mask.shape) == tuple(out.shape[:2]):
+            # Padding tokens carry no input information: average over the real tokens only.
+            w = mask.to(out.dtype).reshape(*mask.shape, *([1] * (out.ndim - 2)))
+            out = (out * w).sum(1) / w.sum(1).clamp_min(1)
+        else:
+            out = out.mean(1)
+    return out
+
+
 def _trace(model, example, device):
-    """Run one forward pass on a few samples, recording the order in which modules finish and their outputs'
-    shapes. Returns ``(calls, names)``: a list of module names in completion order (a name repeats when the
-    module runs several times), a dict name -> flattened width or None for non-tensor output, and a dict
-    name -> per-sample output shape (tensor outputs only)."""
+    """Run one forward pass on a few samples, recording the order in which modules finish and their outputs.
+    Returns ``(calls, outputs)``: a list of module names in completion order (a name repeats when the module
+    runs several times) and a dict name -> the module's first output (detached)."""
     names = {m: n for n, m in model.named_modules() if n}
-    calls, widths = [], {}
-    shapes = {}  # issue 10: per-sample output shapes, for layer reductions
+    calls, outputs = [], {}
 
     def hook(module, args, output):
         name = names[module]
         calls.append(name)
-        if isinstance(output, torch.Tensor) and output.ndim >= 1 and output.shape[0] == example.shape[0]:
-            widths[name] = int(output[0].numel())
-            shapes[name] = tuple(output.shape[1:])
-        else:
-            widths[name] = None
+        outputs.setdefault(name, output)
 
     handles = []
     flags = [(m, m.training) for m in model.modules()]
@@ -132,27 +191,33 @@ def _trace(model, example, device):
         model.eval()
         with torch.no_grad():
             try:
-                model(example.to(device))
+                probeset.call_model(model, probeset.to_device(example, device))
             except Exception as e:
                 raise ValueError(
-                    f"the model cannot take the probe inputs (shape {tuple(example.shape[1:])} per sample, "
-                    f"dtype {example.dtype}): {type(e).__name__}: {e}"
+                    f"the model cannot take the probe inputs ({probeset.describe_sample(example)} per sample): "
+                    f"{type(e).__name__}: {e}"
                 ) from e
     finally:
         for h in handles:
             h.remove()
         for m, flag in flags:
             m.training = flag
-    return calls, widths, shapes
+    return calls, outputs
 
 
-def _default_layers(model, calls, pre_activation):
+def _is_sample_tensor(output, n):
+    return isinstance(output, torch.Tensor) and output.ndim >= 1 and output.shape[0] == n
+
+
+def _default_layers(model, calls, pre_activation, outputs=None, n=None):
     """Default choice over leaf modules in execution order: each parametric layer's output after the
     nonlinearity that follows it (or its own output when the nonlinearity is functional), and the last
-    parametric layer as output probabilities."""
+    parametric layer as output probabilities. Returns ``(chosen, skipped)``, skipped being
+    ``[(name, reason)]`` for the modules the choice passes over that a user may have wanted."""
     modules = dict(model.named_modules())
-    leaves = [n for n in calls if not any(True for _ in modules[n].children())]
+    leaves = [n_ for n_ in calls if not any(True for _ in modules[n_].children())]
     chosen = []  # (name, kind, transform)
+    skipped = {}
     pending = None  # last parametric layer still waiting for its nonlinearity
     for name in leaves:
         m = modules[name]
@@ -165,27 +230,51 @@ def _default_layers(model, calls, pre_activation):
         elif isinstance(m, ACTIVATIONS) and pending is not None and not pre_activation:
             chosen.append((name, "hidden", None))
             pending = None
+        elif outputs is not None and name not in skipped:
+            if not _is_sample_tensor(outputs.get(name), n):
+                skipped[name] = (f"{type(m).__name__} returns a {type(outputs.get(name)).__name__}, not one tensor "
+                                 f"[N, ...]; record it with layers={{{name!r}: lambda out: out[0]}}")
+            elif isinstance(m, ACTIVATIONS):
+                if not pre_activation:
+                    skipped[name] = f"{type(m).__name__} follows no Linear/Conv layer"
+            elif not isinstance(m, _PASSIVE):
+                skipped[name] = f"{type(m).__name__} is not a Linear/Conv layer or a nonlinearity"
     if pre_activation or not chosen and pending is None:
-        return chosen
+        return chosen, list(skipped.items())
     # The network's output: the last parametric layer, read as class probabilities.
     if pending is not None:
-        return chosen + [(pending, "output", "auto")]
+        return chosen + [(pending, "output", "auto")], list(skipped.items())
     last_name = chosen[-1][0]
     last = modules[last_name]
     if isinstance(last, nn.LogSoftmax):
         chosen[-1] = (last_name, "output", "exp")
     else:
         chosen[-1] = (last_name, "output", None)
-    return chosen
+    return chosen, list(skipped.items())
+
+
+def _check_selector(name, selector):
+    if selector is None or callable(selector):
+        return selector
+    if isinstance(selector, str) and selector in POOLINGS:
+        return selector
+    raise ValueError(f"layers[{name!r}] must be a callable applied to the module's output (e.g. "
+                     f"lambda out: out[0]) or a pooling in {list(POOLINGS)}; got {selector!r}")
 
 
 def _explicit_layers(model, calls, layers):
+    """Explicit choice: names, globs or module types, or a dict from those to selectors. Returns
+    ``[(name, kind, transform, pool, select)]`` in execution order."""
     modules = dict(model.named_modules())
     valid = [n for n in dict.fromkeys(calls)]
-    if isinstance(layers, (str, type)):
-        layers = [layers]
-    picked = []
-    for sel in layers:
+    if isinstance(layers, dict):
+        items = [(sel, _check_selector(sel, how)) for sel, how in layers.items()]
+    else:
+        if isinstance(layers, (str, type)):
+            layers = [layers]
+        items = [(sel, None) for sel in layers]
+    picked = {}
+    for sel, how in items:
         if isinstance(sel, type) or (isinstance(sel, tuple) and all(isinstance(t, type) for t in sel)):
             hits = [n for n in valid if isinstance(modules[n], sel)]
             what = f"module type {sel.__name__ if isinstance(sel, type) else sel}"
@@ -202,9 +291,27 @@ def _explicit_layers(model, calls, layers):
             raise TypeError(f"layers must be names, glob patterns or module types, got {sel!r}")
         if not hits:
             raise ValueError(f"{what} matches no layer; valid layer names: {valid}")
-        picked.extend(hits)
+        for n in hits:
+            picked.setdefault(n, how)
     order = {n: i for i, n in enumerate(valid)}
-    return [(n, "selected", None) for n in sorted(dict.fromkeys(picked), key=order.__getitem__)]
+    out = []
+    for n in sorted(picked, key=order.__getitem__):
+        how = picked[n]
+        pool = how if isinstance(how, str) else None
+        select = how if callable(how) else None
+        out.append((n, "selected", None, pool, select))
+    return out
+
+
+def _warn_skipped(model, skipped):
+    if not skipped:
+        return
+    lines = "; ".join(f"{name!r} ({why})" for name, why in skipped)
+    message = (f"infoplane: the default layer choice for {type(model).__name__} skips {len(skipped)} module(s): "
+               f"{lines}. Pass layers= to record them.")
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def resolve_layers(model, example, layers=None, pre_activation=False, device=None):
@@ -213,12 +320,17 @@ def resolve_layers(model, example, layers=None, pre_activation=False, device=Non
     Parameters
     ----------
     model : nn.Module
-    example : tensor, shape [n, ...]
+    example : tensor, tuple of tensors or dict of tensors, leading dimension n
         A few probe samples; one forward pass on them finds the execution order and the layer widths (and
         shows early whether the model can take the inputs).
-    layers : None, str, type, or list of str / type
-        None picks every hidden layer after its nonlinearity plus the output as probabilities; otherwise exact
-        module names, glob patterns (``"encoder.*"``) or module types, whose raw outputs are recorded.
+    layers : None, str, type, list of str / type, or dict
+        None picks every hidden layer after its nonlinearity plus the output as probabilities (and warns once,
+        naming the modules it passes over and why); otherwise exact module names, glob patterns
+        (``"encoder.*"``) or module types, whose raw outputs are recorded. A dict maps such names to a
+        selector: a callable applied to the module's output (``lambda out: out[0]`` for an LSTM), or a named
+        pooling of a token sequence ``[N, L, d]``: ``"cls"`` (first token), ``"mean"`` (over tokens, respecting
+        the inputs' ``attention_mask``) or ``"flatten"``; None keeps the raw output. A named pooling of a tuple
+        output reads its first element.
     pre_activation : bool
         With ``layers=None``, record every Linear/Conv output instead (the last one gives the logits).
     device : torch.device or None
@@ -232,35 +344,52 @@ def resolve_layers(model, example, layers=None, pre_activation=False, device=Non
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = model_device(model) if device is None else torch.device(device)
-    calls, widths, shapes = _trace(model, example, device)
+    n = probeset.n_samples(example)
+    calls, outputs = _trace(model, example, device)
     if layers is None:
-        chosen = _default_layers(model, calls, pre_activation)
+        chosen, skipped = _default_layers(model, calls, pre_activation, outputs, n)
         if not chosen:
             raise ValueError("no layer to record: the model has no Linear/Conv layer that runs in its forward "
                              "pass; pass layers= with module names, patterns or types")
+        _warn_skipped(model, skipped)
+        chosen = [(name, kind, transform, None, None) for name, kind, transform in chosen]
     else:
         if pre_activation:
             raise ValueError("pre_activation=True only applies to the default layer choice (layers=None); "
                              "with explicit layers, name the Linear/Conv modules themselves")
-        if isinstance(layers, (list, tuple)) and len(layers) == 0:
+        if isinstance(layers, (list, tuple, dict)) and len(layers) == 0:
             raise ValueError("layers is empty: pass None for the default choice, or at least one name, "
                              "pattern or type")
         chosen = _explicit_layers(model, calls, layers)
     modules = dict(model.named_modules())
+    mask = probeset.attention_mask(example)
     out = []
-    for name, kind, transform in chosen:
+    for name, kind, transform, pool, select in chosen:
         n_calls = calls.count(name)
         if n_calls != 1:
             raise ValueError(f"module {name!r} runs {n_calls} times per forward pass, so its output is not one "
                              f"layer; give each layer its own module or choose layers= explicitly")
-        width = widths[name]
-        if width is None:
-            raise ValueError(f"layer {name!r} does not return one tensor with a leading sample dimension; "
-                             f"choose another module")
+        output = outputs[name]
+        if pool is None and select is None and not _is_sample_tensor(output, n):
+            raise ValueError(f"layer {name!r} does not return one tensor with a leading sample dimension "
+                             f"(it returns a {type(output).__name__}); read it through a selector, e.g. "
+                             f"layers={{{name!r}: lambda out: out[0]}}, or a pooling {list(POOLINGS)}")
+        try:
+            t = _apply_selector(output, name, pool, select, None if mask is None else mask.to(device))
+        except (ValueError, TypeError):
+            raise
+        except Exception as e:
+            raise ValueError(f"the selector of layer {name!r} fails on the module's output: "
+                             f"{type(e).__name__}: {e}") from e
+        if not _is_sample_tensor(t, n):
+            raise ValueError(f"layer {name!r} read through its selector gives shape {tuple(t.shape)}, not a "
+                             f"tensor with the leading sample dimension {n}")
+        width = int(t[0].numel())
         if transform == "auto":
             transform = "sigmoid" if width == 1 else "softmax"
-        shape = (width,) if transform is not None else shapes.get(name)  # issue 10
-        out.append(Layer(name, width, kind, transform, type(modules[name]).__name__, shape))
+        # The recorded tensor's per-sample shape (after any selector), which reductions such as channel-mean need.
+        shape = (width,) if transform is not None else tuple(t.shape[1:])
+        out.append(Layer(name, width, kind, transform, type(modules[name]).__name__, pool, select, shape))
     return out
 
 
@@ -274,7 +403,7 @@ def probe(model, inputs, layers, batch_size=4096, device=None, epoch=None):
     Parameters
     ----------
     model : nn.Module
-    inputs : tensor, shape [N, ...]
+    inputs : tensor [N, ...], tuple of tensors or dict of tensors (see :mod:`infoplane.probeset`)
     layers : list of Layer
     batch_size : int
         Probe samples per forward pass.
@@ -292,23 +421,30 @@ def probe(model, inputs, layers, batch_size=4096, device=None, epoch=None):
     modules = dict(model.named_modules())
     store = {layer.name: [] for layer in layers}
     handles = []
+    current = {"mask": None}  # the attention mask of the batch being probed, for "mean" pooling
 
     def make_hook(layer):
         fn = _TRANSFORMS[layer.transform]
 
         def hook(module, args, output):
-            out = output.detach()
+            if layer.pool is None and layer.select is None:
+                out = output.detach()
+            else:
+                out = _apply_selector(output, layer.name, layer.pool, layer.select, current["mask"]).detach()
             store[layer.name].append(fn(out.reshape(out.shape[0], -1).float()))
         return hook
 
+    n = probeset.n_samples(inputs)
     flags = [(m, m.training) for m in model.modules()]
     try:
         for layer in layers:
             handles.append(modules[layer.name].register_forward_hook(make_hook(layer)))
         model.eval()
         with torch.no_grad():
-            for start in range(0, inputs.shape[0], batch_size):
-                model(inputs[start:start + batch_size].to(device))
+            for start in range(0, n, batch_size):
+                batch = probeset.to_device(probeset.take(inputs, start, start + batch_size), device)
+                current["mask"] = probeset.attention_mask(batch)
+                probeset.call_model(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -321,9 +457,9 @@ def probe(model, inputs, layers, batch_size=4096, device=None, epoch=None):
             raise ValueError(f"layer {layer.name!r} did not run during the probe pass{where}; a forward that skips "
                              f"layers depending on the input cannot be tracked there: choose other layers")
         t = torch.cat(store[layer.name]) if len(store[layer.name]) > 1 else store[layer.name][0]
-        if t.shape != (inputs.shape[0], layer.width):
+        if t.shape != (n, layer.width):
             where = "" if epoch is None else f" at epoch {epoch}"
             raise ValueError(f"layer {layer.name!r} gave activations of shape {tuple(t.shape)}{where}, expected "
-                             f"{(inputs.shape[0], layer.width)}")
+                             f"{(n, layer.width)}")
         acts[layer.name] = t
     return acts

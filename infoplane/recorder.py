@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+from . import probeset
 from .capture import model_device, probe
 from .reduce import reduce_activations
 from .runfiles import VALUES, Row
@@ -159,7 +160,7 @@ class Recorder:
             here = model_device(model)  # looked up each time: the model may have moved since construction
             device = self.device or here
             if here not in self._probe_inputs:
-                self._probe_inputs[here] = self.inputs.to(here)
+                self._probe_inputs[here] = probeset.to_device(self.inputs, here)
             acts = probe(model, self._probe_inputs[here], self.layers, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
             # One host sync per member (not per layer) on accelerators.

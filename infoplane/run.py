@@ -162,13 +162,22 @@ class Run:
         return out if seed is None else out[self._seed(seed)]
 
     def to_pandas(self):
-        """The table as a ``pandas.DataFrame`` (columns of ``infoplane.csv``), with the metrics joined on
-        ``(seed, epoch)`` as extra columns."""
+        """The table as a long-form ``pandas.DataFrame``: one row per seed, epoch, layer and estimator.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``seed, fraction, epoch, layer, estimator, ixt, ity`` (bits), then the optional columns
+            (``ixt_lower, ity_lower``, standard errors, permutation null) that an estimator of the run gives,
+            then the metrics joined on ``(seed, epoch)``. Needs ``pip install 'infoplane[pandas]'``.
+        """
         try:
             import pandas as pd
         except ImportError:
-            raise ImportError("Run.to_pandas needs pandas: pip install pandas") from None
+            raise ImportError("Run.to_pandas needs pandas: pip install 'infoplane[pandas]'") from None
         df = pd.DataFrame(self.rows, columns=list(FIELDS))
+        # Optional columns only when present: seaborn/plotnine users get no all-NaN columns.
+        df = df.drop(columns=[c for c in VALUES[2:] if df[c].isna().all()])
         if self._metrics:
             m = pd.DataFrame([{"seed": s, "epoch": e, **v} for (s, e), v in self._metrics.items()])
             df = df.merge(m, on=["seed", "epoch"], how="left")

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import __version__
 from .capture import as_probe_tensors, resolve_layers
+from . import probeset
 from . import reduce as reduce_mod
 from .estimators import Binning, from_settings
 from .labels import as_class_indices
@@ -75,7 +76,7 @@ def entropy_bits(labels: np.ndarray) -> float:
 
 def _fingerprint(inputs, labels):
     h = hashlib.sha1()
-    for t in (inputs, labels):
+    for t in (*probeset.leaves(inputs), labels):  # a plain tensor hashes as it always did
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -85,8 +86,8 @@ class _Session:
     """What must outlive a forgotten Tracker: the recorder's buffer and the writer. The finaliser holds this,
     never the Tracker, so that the Tracker can be collected."""
 
-    def __init__(self, recorder: Recorder, writer: RunWriter):
-        self.recorder, self.writer = recorder, writer
+    def __init__(self, recorder: Recorder, writer: RunWriter, sinks: list):
+        self.recorder, self.writer, self.sinks = recorder, writer, sinks
         self.closed = False
         self.buffer_since: Optional[float] = None
 
@@ -102,11 +103,22 @@ class _Session:
         # Only now is the buffer safe to drop: a failure above keeps it for another flush.
         self.recorder.drop()
         self.buffer_since = None
+        # Loggers (TensorBoard, W&B, ...) after the buffer is dropped, so that a failing one never writes twice.
+        for sink in self.sinks:
+            sink.log_rows(rows, self.writer.run())
         self.recorder.timings["store"] += time.perf_counter() - t0
 
     def end(self, complete: bool) -> None:
         self.closed = True
         self.writer.finish(complete=complete)
+        for sink in self.sinks:  # the final figure; sinks opened from a path are closed
+            if complete:
+                sink.close(self.writer.run())
+                continue
+            try:  # after a failure: release them, never hiding the first error
+                sink.close(self.writer.run())
+            except Exception as err:
+                warnings.warn(f"infoplane: a logger could not be closed: {err!r}", RuntimeWarning)
 
     def abandon(self) -> None:
         """The Tracker was collected, or the interpreter exits, without close(): keep what was measured."""
@@ -131,15 +143,19 @@ class Tracker:
     ----------
     model : nn.Module or list of nn.Module
         The network, or one network per seed (an ensemble trained side by side); each is probed separately.
-    inputs : tensor or array, shape [N, ...]
-        Probe inputs (the samples X over which I(X;T) and I(T;Y) are measured).
-    labels : tensor, array or sequence, shape [N] (or one-hot [N, C])
+    inputs : tensor or array [N, ...], tuple/list of tensors, dict of tensors, or a loader
+        Probe inputs (the samples X over which I(X;T) and I(T;Y) are measured): one tensor (``model(x)``),
+        several (``model(*inputs)``), keyword tensors (``model(**inputs)``), all with the same leading N, or a
+        non-shuffling DataLoader / iterable of ``(inputs, labels)`` batches, collected once (labels=None).
+    labels : tensor, array or sequence, shape [N] (or one-hot [N, C]), or None with a loader
         Class of each probe sample: class indices, whole-number floats, one-hot rows, or class names (mapped
         to indices in sorted order; the names go to ``meta.json`` and the figures). See :mod:`infoplane.labels`.
-    layers : None, str, type or list of str / type, default None
-        None: every hidden layer after its nonlinearity plus the output as class probabilities. Otherwise
-        module names (``"3"``, ``"encoder.1"``), glob patterns (``"encoder.*"``) or module types
-        (``nn.ReLU``); their raw outputs are recorded, flattened per sample.
+    layers : None, str, type, list of str / type, or dict, default None
+        None: every hidden layer after its nonlinearity plus the output as class probabilities (a warning
+        names the modules passed over). Otherwise module names (``"3"``, ``"encoder.1"``), glob patterns
+        (``"encoder.*"``) or module types (``nn.ReLU``); their raw outputs are recorded, flattened per sample.
+        A dict maps names to a selector: a callable on the module's output (``lambda out: out[0]``) or a
+        pooling ``"cls"``, ``"mean"``, ``"flatten"`` (see :func:`infoplane.capture.resolve_layers`).
     estimators : list, default ``[Binning(bins=30, range=(-1, 1))]``
         Estimator objects (``infoplane.Binning``, ``infoplane.KDE``) or their ``settings()`` dicts.
     schedule : Schedule, list of int or None, default None
@@ -183,6 +199,10 @@ class Tracker:
     overwrite : bool, default False
         Replace the run in ``out``: only infoplane's own files are removed, and a directory holding anything
         else is refused (see :mod:`infoplane.rundir`).
+    loggers : object or list, optional
+        Where recorded rows are also logged as they are written, and the plane figure at ``close``: a
+        TensorBoard ``SummaryWriter`` or log directory, a W&B run, a Lightning TensorBoard / W&B logger, or any
+        sink with ``log_rows(rows, run)`` and ``close(run)`` (see :mod:`infoplane.integrations.sinks`).
 
     Notes
     -----
@@ -210,7 +230,7 @@ class Tracker:
     def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
                  seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
                  device=None, buffer_bytes=256 * 2**20, flush_seconds=10.0, keep_activations=False,
-                 resume=False, overwrite=False, reduce=None):
+                 resume=False, overwrite=False, reduce=None, loggers=None):
         self._session = None  # until construction succeeds
         models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -225,11 +245,11 @@ class Tracker:
         if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
             raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
 
-        class_names = as_class_indices(labels).names
+        class_names = None if labels is None else as_class_indices(labels).names
         inputs, labels = as_probe_tensors(inputs, labels)
         weight = next((p for p in models[0].parameters() if p.is_floating_point()), None)
-        if weight is not None and inputs.is_floating_point():
-            inputs = inputs.to(weight.dtype)  # numpy gives float64; a float32 model wants float32
+        if weight is not None:  # float inputs take the model's dtype (numpy gives float64); token ids stay
+            inputs = probeset.cast_floating(inputs, weight.dtype)
         if labels.shape[0] < 2:
             raise ValueError("the probe set needs at least 2 samples")
         self.inputs, self.labels = inputs, labels
@@ -255,7 +275,7 @@ class Tracker:
             "log2_n": math.log2(labels_np.shape[0]),
             "h_y": entropy_bits(labels_np),
             "n_classes": int(np.unique(labels_np).size),
-            "probe": {"input_shape": list(inputs.shape), "sha1": _fingerprint(inputs, labels)},
+            "probe": {"input_shape": probeset.describe(inputs), "sha1": _fingerprint(inputs, labels)},
             "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                            for e in self.estimators],
             "schedule": self.schedule.to_json(),
@@ -280,6 +300,9 @@ class Tracker:
         clash = sorted(set(extra) & reserved)
         if clash:
             raise ValueError(f"meta= may not set {clash}: the tracker writes those keys itself")
+        # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
+        from .integrations.sinks import as_sinks
+        sinks = as_sinks(loggers)
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions)
         writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
@@ -288,7 +311,7 @@ class Tracker:
         self._done = writer.done_epochs()
         self._seen = set()
         self.timings = recorder.timings
-        self._session = _Session(recorder, writer)
+        self._session = _Session(recorder, writer, sinks)
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
         self._finalizer = weakref.finalize(self, _Session.abandon, self._session)
         try:
@@ -446,7 +469,7 @@ def _check_seeds(models, seeds, seed) -> list[int]:
 
 
 def _resolve_all(models, inputs, layers, pre_activation, seeds):
-    example = inputs[: min(2, inputs.shape[0])]
+    example = probeset.take(inputs, 0, 2)
     info = resolve_layers(models[0], example, layers, pre_activation)
     for i, m in enumerate(models[1:], 1):
         other = resolve_layers(m, example, layers, pre_activation)
