@@ -268,11 +268,13 @@ def finite_noisy(args):
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(seed)
         recorded = {l.name: [] for l in layers}
-        for epoch in range(epochs):
+        for epoch in range(epochs + 1):  # epoch e: the network after e epochs of training
             if epoch in schedule:
                 acts = probe(model, x, layers)
                 for l in layers:
                     recorded[l.name].append(acts[l.name])
+            if epoch == epochs:
+                break
             model.train()
             for batch in train_idx[torch.randperm(len(train_idx), generator=g)].split(64):
                 opt.zero_grad()
