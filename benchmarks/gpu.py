@@ -80,20 +80,39 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _precision_settings() -> list:
+    """``(object, attribute)`` of every process-wide float32 precision switch this torch has: the legacy flags
+    first, then the newer per-backend ``fp32_precision`` ones (restored last, so that they come back exactly)."""
+    b = torch.backends
+    pairs = [(b.cuda.matmul, "allow_tf32"), (b.cudnn, "allow_tf32")]
+    for obj in (b, b.cuda.matmul, b.cudnn, getattr(b.cudnn, "conv", None), getattr(b.cudnn, "rnn", None),
+                getattr(b, "mkldnn", None), getattr(getattr(b, "mkldnn", None), "matmul", None),
+                getattr(getattr(b, "mkldnn", None), "conv", None), getattr(getattr(b, "mkldnn", None), "rnn", None)):
+        if obj is not None and hasattr(obj, "fp32_precision"):
+            pairs.append((obj, "fp32_precision"))
+    return pairs
+
+
+def precision_state() -> tuple:
+    """The current values of every float32 precision switch (to check that they come back)."""
+    return (torch.get_float32_matmul_precision(), *(getattr(o, a) for o, a in _precision_settings()))
+
+
 class tf32_enabled:
-    """TF32 matrix products (and convolutions) on, for one block; the previous settings come back after it."""
+    """TF32 matrix products (and convolutions) on, for one block; every precision switch comes back after it."""
 
     def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                      torch.get_float32_matmul_precision())
+        self.saved = [(o, a, getattr(o, a)) for o, a in _precision_settings()]
+        self.matmul = torch.get_float32_matmul_precision()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
         return self
 
     def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, precision = self.saved
-        torch.set_float32_matmul_precision(precision)
+        torch.set_float32_matmul_precision(self.matmul)
+        for obj, attr, value in self.saved:
+            setattr(obj, attr, value)
 
 
 def discover_estimators() -> tuple[list, list]:
@@ -235,7 +254,8 @@ def markdown(header, rows, skipped, device, total_s, quick):
         "",
         "Estimator times are per layer-epoch in milliseconds (batched over epochs, as the tracker calls them);",
         "tracked-run times are wall seconds. `max |diff|` compares the device's estimates with the CPU's on the",
-        "same activations, with default precision and with TF32 matrix products enabled.",
+        "same activations, with default precision and with TF32 matrix products enabled. Regenerate this file",
+        "with `make bench-gpu`; `benchmarks/gpu.py` says what each row measures.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

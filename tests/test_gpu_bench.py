@@ -54,7 +54,7 @@ def test_estimators_are_discovered_from_the_registry(monkeypatch):
 
 
 def test_tf32_is_enabled_inside_the_block_only():
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    before = gpu.precision_state()
     with gpu.tf32_enabled():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
+    assert gpu.precision_state() == before
