@@ -101,7 +101,7 @@ def _scenario(rank, tmp):
     c.close()
 
     # Rank 1 skips step(): rank 0 times out with a clear error, then both meet on the default group.
-    d = infoplane.Tracker(net, x, y, schedule=[0], dist_timeout=2)
+    d = infoplane.Tracker(net, x, y, schedule=[0], dist_timeout=3)
     if rank == 0:
         try:
             d.step(0)
@@ -169,7 +169,7 @@ def test_two_gloo_ranks_write_the_single_process_rows(tmp_path):
     # Disagreeing epochs: a clear error on both ranks. A skipped step: a timeout naming the epoch and the fix.
     for r in (r0, r1):
         assert "different epochs" in r["mismatch"] and "rank 0: 0, rank 1: 1" in r["mismatch"]
-    assert "step(epoch=0)" in r0["timeout"] and "dist_timeout=2" in r0["timeout"]
+    assert "step(epoch=0)" in r0["timeout"] and "dist_timeout=3" in r0["timeout"]
     assert "every rank must call it" in r0["timeout"]
 
 
