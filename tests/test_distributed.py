@@ -100,6 +100,18 @@ def _scenario(rank, tmp):
         report["mismatch"] = str(err)
     c.close()
 
+    # A probe that fails on one rank's shard (NaN there only) fails on every rank, naming that rank.
+    bad = make_net()
+    if rank == 1:
+        with torch.no_grad():
+            bad[0].bias[0] = float("nan")
+    e = infoplane.Tracker(bad, x[:4], y[:4], schedule=[0])  # rank 1's shard has NaN activations, rank 0's not
+    try:
+        e.step(0)
+    except ValueError as err:
+        report["probe_failure"] = str(err)
+    e.close()
+
     # Rank 1 skips step(): rank 0 times out with a clear error, then both meet on the default group.
     d = infoplane.Tracker(net, x, y, schedule=[0], dist_timeout=3)
     if rank == 0:
@@ -169,6 +181,9 @@ def test_two_gloo_ranks_write_the_single_process_rows(tmp_path):
     # Disagreeing epochs: a clear error on both ranks. A skipped step: a timeout naming the epoch and the fix.
     for r in (r0, r1):
         assert "different epochs" in r["mismatch"] and "rank 0: 0, rank 1: 1" in r["mismatch"]
+    for r in (r0, r1):
+        assert r["probe_failure"].startswith("rank 1 failed to probe its shard at epoch 0") and "non-finite" in \
+            r["probe_failure"]
     assert "step(epoch=0)" in r0["timeout"] and "dist_timeout=3" in r0["timeout"]
     assert "every rank must call it" in r0["timeout"]
 
