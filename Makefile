@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: install test bench demo reproduce clean
+.PHONY: install test bench bench-gpu demo reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 # kernels: unset them for the benchmark alone so that the numpy baselines are not handicapped.
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# One GPU, under 5 minutes: estimators and a tracked run on CUDA checked against the CPU; writes docs/gpu.md.
+# BENCH_ARGS="--device cpu --quick" gives a smoke run without a GPU.
+bench-gpu: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/gpu.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m infoplane.cli.main track examples/tishby_tanh.py --fraction 0.05 --fraction 0.85 \

@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from . import __version__
-from .capture import as_probe_tensors, resolve_layers
+from .capture import as_probe_tensors, model_device, resolve_layers
 from . import probeset
 from . import reduce as reduce_mod
+from .distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
+from .distributed import active as distributed_active
 from .estimators import Binning, from_settings
 from .labels import as_class_indices
 from .recorder import Recorder
@@ -203,6 +205,13 @@ class Tracker:
         Where recorded rows are also logged as they are written, and the plane figure at ``close``: a
         TensorBoard ``SummaryWriter`` or log directory, a W&B run, a Lightning TensorBoard / W&B logger, or any
         sink with ``log_rows(rows, run)`` and ``close(run)`` (see :mod:`infoplane.integrations.sinks`).
+    dist_timeout : float, default 600
+        Under ``torch.distributed`` only: seconds a rank waits for the others in the tracker's collectives
+        (construction, :meth:`step`) before raising :class:`~infoplane.distributed.DistributedStepError`. It
+        must exceed rank 0's longest estimation of its buffer, which the other ranks wait for at the next step.
+    reduce_metrics : None or "mean", default None
+        Under ``torch.distributed`` only: None stores the metrics rank 0 passes to :meth:`step`; ``"mean"``
+        stores their mean over ranks (every rank must then pass the same metric names).
 
     Notes
     -----
@@ -210,6 +219,13 @@ class Tracker:
     open when the interpreter exits writes what it buffered, warns (:class:`UnclosedTrackerWarning`) and leaves
     the run marked incomplete (resumable). While open, the tracker holds the run directory's lock: a second
     writer gets an error naming this process.
+
+    Under ``torch.distributed`` (a process group is initialised), construct the tracker on every rank with the
+    same arguments and the whole probe set: each rank probes its contiguous shard, rank 0 gathers the
+    activations, estimates and writes ``out``; the other ranks write nothing (``path`` is None there and
+    ``run`` stays empty). Construction and :meth:`step` are collectives. ``DistributedDataParallel`` models
+    are probed through their inner module; layer names may carry the ``module.`` prefix or not, and are
+    recorded without it. See :mod:`infoplane.distributed` and docs/scale.md.
 
     Attributes
     ----------
@@ -222,6 +238,8 @@ class Tracker:
     schedule : Schedule
     estimators : list
     seeds : list of int
+    rank, world_size : int
+        This process's place in a ``torch.distributed`` job (0 and 1 outside one).
     timings : dict
         Seconds spent so far in ``"capture"`` (probe passes), ``"estimate"`` (estimator calls) and ``"store"``
         (writing files), and ``"layer_epochs"`` estimated.
@@ -230,12 +248,18 @@ class Tracker:
     def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
                  seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
                  device=None, buffer_bytes=256 * 2**20, flush_seconds=10.0, keep_activations=False,
-                 resume=False, overwrite=False, reduce=None, loggers=None):
+                 resume=False, overwrite=False, reduce=None, loggers=None, dist_timeout=DEFAULT_TIMEOUT,
+                 reduce_metrics=None):
         self._session = None  # until construction succeeds
         models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise TypeError("model must be a torch.nn.Module or a non-empty list of them (one per seed)")
         seeds = _check_seeds(models, seeds, seed)
+        # -- torch.distributed (infoplane.distributed): probe DDP's inner module; accept `module.` names --
+        check_options(dist_timeout, reduce_metrics)
+        layers = strip_prefix(layers, models[0])
+        models = [unwrap(m) for m in models]
+        # --
         if fraction is not None and not (isinstance(fraction, numbers.Real) and 0 < fraction <= 1):
             raise ValueError(f"fraction must be a number in (0, 1] or None, got {fraction!r}")
         if keep_activations and out is None:
@@ -305,17 +329,33 @@ class Tracker:
         sinks = as_sinks(loggers)
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions)
-        writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
+        # -- torch.distributed (infoplane.distributed): each rank probes its shard; rank 0 alone writes --
+        self._dist, self.rank, self.world_size = None, 0, 1
+        if distributed_active():
+            self._dist = Sharded(labels.shape[0], self.layer_info, len(models), dist_timeout, reduce_metrics)
+            self.rank, self.world_size = self._dist.rank, self._dist.world_size
+            self._dist.agree("the tracker's settings", {k: run_meta[k] for k in _IDENTITY})
+            a, b = self._dist.start, self._dist.stop
+            self._shard = Recorder(models, self.seeds, probeset.take(inputs, a, b), labels[a:b], self.layer_info,
+                                   self.estimators, self.fraction, int(probe_batch_size), recorder.device,
+                                   timings=recorder.timings)
+            writer = self._dist.open_writer(lambda mine: RunWriter(
+                out if mine else None, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite))
+        else:
+            writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
+        # --
         self.path = writer.path
         self._recorder, self._writer = recorder, writer
         self._done = writer.done_epochs()
+        if self._dist is not None:  # every rank skips the epochs that rank 0's resumed run holds
+            self._done = self._dist.broadcast("sharing the resumed run's epochs", self._done)
         self._seen = set()
         self.timings = recorder.timings
         self._session = _Session(recorder, writer, sinks)
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
         self._finalizer = weakref.finalize(self, _Session.abandon, self._session)
         try:
-            if self.keep_activations:
+            if self.keep_activations and writer.path is not None:  # (not on ranks > 0 under torch.distributed)
                 writer.save_labels(labels_np)
         except BaseException:
             self._finalizer.detach()
@@ -349,6 +389,14 @@ class Tracker:
         bool
             True when the epoch was recorded; False when it is not scheduled or was already in the resumed run.
 
+        Notes
+        -----
+        Under ``torch.distributed`` this is a collective for scheduled epochs: every rank must call it with the
+        same epochs in the same order (unscheduled epochs return at once without communicating). A rank that
+        skips it makes the others raise :class:`~infoplane.distributed.DistributedStepError` after
+        ``dist_timeout`` seconds. The metrics stored are rank 0's, or the mean over ranks with
+        ``reduce_metrics="mean"``.
+
         Raises
         ------
         ValueError, TypeError
@@ -380,7 +428,14 @@ class Tracker:
         if epoch in self._seen:
             raise ValueError(f"epoch {epoch} was already recorded by this tracker; pass each epoch once")
         values = self._metric_values(metrics)
-        per_seed = self._recorder.capture(epoch)
+        if self._dist is None:
+            per_seed = self._recorder.capture(epoch)
+        else:  # -- torch.distributed: a collective; rank 0 gets the whole probe set's activations --
+            devices = [self._recorder.device or model_device(m) for m in self.models]
+            per_seed, values = self._dist.record(epoch, self._shard.capture, values, devices)
+            if per_seed is None:  # ranks > 0 estimate and write nothing
+                self._seen.add(epoch)
+                return True
         if self.keep_activations:
             t0 = time.perf_counter()
             for seed, acts in zip(self.seeds, per_seed):
@@ -411,6 +466,8 @@ class Tracker:
             raise
         self._finalizer.detach()
         self._session.end(complete=True)
+        if self._dist is not None:  # torch.distributed: release the tracker's own gloo group
+            self._dist.close()
 
     def __enter__(self) -> "Tracker":
         return self
