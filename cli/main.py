@@ -68,7 +68,7 @@ def _schedule(text, epochs):
 
 
 def _estimators(args):
-    from infoplane import KDE, Binning
+    from infoplane import KDE, KNN, Binning, Renyi  # KNN, Renyi: issue 11
 
     names = args.estimator or ["binning"]
     made = []
@@ -79,6 +79,8 @@ def _estimators(args):
             made.append(Binning(width=args.bin_width))
         elif name == "adaptive":
             made.append(Binning(bins=args.bins, adaptive=True))
+        elif name in ("knn", "renyi"):  # issue 11: defaults; the tracker passes the probe inputs
+            made.append(KNN() if name == "knn" else Renyi())
         else:
             made.append(KDE(noise_var=args.noise_var))
     return made
@@ -124,7 +126,8 @@ def build_parser():
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--no-vectorize", action="store_true", help="train seeds one at a time")
     g = track.add_argument_group("estimation")
-    g.add_argument("--estimator", action="append", choices=["binning", "binning-width", "adaptive", "kde"],
+    g.add_argument("--estimator", action="append", choices=["binning", "binning-width", "adaptive", "kde",
+                                                               "knn", "renyi"],  # knn, renyi: issue 11
                    help="repeatable (default binning)")
     g.add_argument("--bins", type=_positive_int, default=30, help="edge points for binning/adaptive (default 30)")
     g.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),

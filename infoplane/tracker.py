@@ -69,12 +69,14 @@ def _fingerprint(inputs, labels):
     return h.hexdigest()
 
 
-def _estimate_rows(acts, labels, estimators, fraction, keys, layer):
+def _estimate_rows(acts, labels, estimators, fraction, keys, layer, inputs=None):
     """Rows of one layer for a batch of (seed, epoch) items; ``acts`` is [len(keys), N, d]."""
     labels = labels.to(acts.device)
     cols = []
     for est in estimators:
-        res = est(acts, labels)
+        # issue 11: estimators declaring needs_inputs (KNN, Renyi) get the probe inputs for I(X;T)
+        res = est(acts, labels, inputs=inputs) if inputs is not None and getattr(est, "needs_inputs", False) \
+            else est(acts, labels)
         vals = [res.ixt, res.ity] + ([res.ixt_lower, res.ity_lower] if est.has_lower else [])
         vals = [v.detach().cpu().double().reshape(-1).tolist() for v in vals]
         vals += [[math.nan] * len(keys)] * (4 - len(vals))
@@ -332,7 +334,8 @@ class Tracker:
             keys = [(self.seeds[i], e) for i in members for e in epochs]
             for layer in self.layers:
                 acts = torch.stack([b[1][i][layer] for i in members for b in buffer])
-                rows += _estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer)
+                rows += _estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer,
+                                       inputs=self.inputs)  # issue 11
         t1 = time.perf_counter()
         # Metrics go first: if the process dies in between, the epochs are incomplete in the table, so a
         # resumed run drops their metrics and records them again.

@@ -11,5 +11,9 @@
 from .binning import BinnedResult, binned_mi
 from .kde import KDEResult, kde_mi
 from .config import KDE, Binning, Estimator, from_settings
+from .knn import KNNResult, ksg_mi, ross_mi  # issue 11
+from .renyi import RenyiResult, renyi_entropy, renyi_mi  # issue 11
+from .knn_renyi_config import KNN, PlaneResult, Renyi  # issue 11
 
-__all__ = ["binned_mi", "kde_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Estimator", "from_settings"]
+__all__ = ["binned_mi", "kde_mi", "BinnedResult", "KDEResult", "Binning", "KDE", "Estimator", "from_settings",
+           "ksg_mi", "ross_mi", "renyi_entropy", "renyi_mi", "KNNResult", "RenyiResult", "PlaneResult", "KNN", "Renyi"]
