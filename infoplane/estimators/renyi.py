@@ -5,7 +5,8 @@ A = K / trace(K) = K / N is positive semi-definite with trace 1, and
 
     S_alpha(A) = log2( sum_i lambda_i(A)^alpha ) / (1 - alpha)          (bits; alpha = 1: -sum lambda log2 lambda)
 
-with eigenvalues clipped at 0 (rounding makes the smallest ones slightly negative). The joint entropy of two
+with eigenvalues clipped at 0 (rounding makes the smallest ones slightly negative; those below the
+decomposition's rounding level, N eps lambda_max, count as 0). The joint entropy of two
 variables uses the Hadamard product K_a * K_b over its trace; the mutual information is
 I = S(A) + S(B) - S(A, B). Class labels use the delta kernel [y_i = y_j].
 
@@ -102,7 +103,8 @@ def sigma_of(x: torch.Tensor, rule) -> float:
 
 
 def _sq_dists(z: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
-    d = torch.cdist(z[i0:i1], z).square_()
+    # differences, not the |a|^2 + |b|^2 - 2ab product form, which cancels badly for points far from the origin
+    d = torch.cdist(z[i0:i1], z, compute_mode="donot_use_mm_for_euclid_dist").square_()
     d.diagonal(offset=i0).zero_()  # exactly 0: the kernel's diagonal is exactly 1
     return d
 
@@ -128,7 +130,10 @@ def _frobenius_sq(z: torch.Tensor) -> torch.Tensor:
 
 def _power_sum_exact(z: torch.Tensor, scale: float, alpha: float) -> torch.Tensor:
     """sum lambda^alpha of A = scale * K(z), eigenvalues clipped at 0 (alpha = 1: -sum lambda ln lambda)."""
-    lam = torch.linalg.eigvalsh(_gram(z).mul_(scale)).clamp_(min=0)
+    lam = torch.linalg.eigvalsh(_gram(z).mul_(scale))
+    # Eigenvalues below the rounding level of the decomposition (N eps lambda_max) are zeros in disguise; for
+    # alpha < 1 their powers would add up to visible error, so they are set to 0 (the rest is only clipped at 0).
+    lam = torch.where(lam > lam.shape[0] * torch.finfo(lam.dtype).eps * lam.max(), lam, torch.zeros_like(lam))
     if alpha == 1.0:
         return -torch.special.xlogy(lam, lam).sum()
     return lam.pow(alpha).sum()
