@@ -145,7 +145,12 @@ class _GramOperator:
     def __init__(self, z, scale, budget):
         self.z, self.scale = z, scale
         n = z.shape[0]
-        self.k = _gram(z).to(torch.float32) if n * n * 12 <= budget else None  # float64 build + float32 copy
+        self.k = None
+        if n * n * 4 <= budget:  # a float32 Gram, built a block of rows at a time
+            self.k = torch.empty(n, n, dtype=torch.float32, device=z.device)
+            for i0 in range(0, n, _ROWS):
+                i1 = min(n, i0 + _ROWS)
+                self.k[i0:i1] = torch.exp(_sq_dists(z, i0, i1).mul_(-0.5))
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         v32 = v.to(torch.float32)
