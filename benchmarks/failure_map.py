@@ -134,7 +134,7 @@ def figure(rows, renyi, grid, k_pca, path):
     panels = [("KSG / truth", lambda r: r["ksg"] / r["mi"]),
               (f"KSG after PCA-{k_pca} / original truth", lambda r: r.get("pca", r["ksg"]) / r["mi"]),
               ("Ross / truth", lambda r: r["ross"] / r["ross_truth"])]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2), gridspec_kw={"wspace": 0.4})
     for ax, (title, f) in zip(axes[:3], panels):
         m = np.array([[f(sel[(d, mi)]) for mi in mis] for d in ds])
         im = ax.imshow(m, vmin=0, vmax=1.2, cmap="RdYlGn", aspect="auto", origin="lower")
