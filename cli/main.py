@@ -82,7 +82,7 @@ def _reduce_spec(text):  # issue 10
 
 
 def _estimators(args: argparse.Namespace) -> list:
-    from infoplane import KDE, Binning, Discrete
+    from infoplane import KDE, KNN, Binning, Discrete, Noisy, Renyi
 
     names = args.estimator or ["binning"]
     made = []
@@ -95,6 +95,10 @@ def _estimators(args: argparse.Namespace) -> list:
             made.append(Binning(bins=args.bins, adaptive=True))
         elif name == "discrete":
             made.append(Discrete())
+        elif name == "noisy":
+            made.append(Noisy(noise_var=args.noise_var))
+        elif name in ("knn", "renyi"):  # defaults; the tracker passes the probe inputs for I(X;T)
+            made.append(KNN() if name == "knn" else Renyi())
         else:
             made.append(KDE(noise_var=args.noise_var))
     return made
@@ -151,13 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-vectorize", action="store_true", help="train seeds one at a time")
     g = track.add_argument_group("estimation")
     g.add_argument("--estimator", action="append",
-                   choices=["binning", "binning-width", "adaptive", "kde", "discrete"],
+                   choices=["binning", "binning-width", "adaptive", "kde", "discrete", "noisy", "knn", "renyi"],
                    help="repeatable (default binning)")
     g.add_argument("--bins", type=_positive_int, default=30, help="edge points for binning/adaptive (default 30)")
     g.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
                    help="fixed binning range (default -1 1)")
     g.add_argument("--bin-width", type=_positive_float, default=0.07, help="binning-width cell (default 0.07)")
-    g.add_argument("--noise-var", type=_positive_float, default=1e-3, help="KDE noise variance (default 1e-3)")
+    g.add_argument("--noise-var", type=_positive_float, default=1e-3, help="noise variance of kde and noisy (default 1e-3)")
     g.add_argument("--schedule", default="log:400", help="log:N (default log:400), saxe, or every:K")
     g.add_argument("--reduce", metavar="SPEC", type=_reduce_spec,  # issue 10
                    help="layer reduction before estimating: flatten (default), channel-mean, pca:K, random:K")

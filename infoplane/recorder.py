@@ -46,7 +46,7 @@ def _result_values(est, res, count: int) -> list[list[float]]:
 
 
 def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence, fraction: Optional[float],
-                  keys: Sequence[tuple[int, int]], layer: str) -> list[Row]:
+                  keys: Sequence[tuple[int, int]], layer: str, inputs=None) -> list[Row]:
     """Rows of one layer for a batch of ``(seed, epoch)`` items.
 
     Parameters
@@ -57,6 +57,8 @@ def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence
     fraction : float or None
     keys : ``(seed, epoch)`` of each item
     layer : str
+    inputs : tensor, optional
+        The probe inputs, passed to estimators that declare ``needs_inputs`` (kNN, Rényi: I(X;T) against X).
 
     Returns
     -------
@@ -72,7 +74,10 @@ def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence
     rows = []
     for est in estimators:
         try:
-            result = est(acts, labels)
+            if inputs is not None and getattr(est, "needs_inputs", False):
+                result = est(acts, labels, inputs=inputs)
+            else:
+                result = est(acts, labels)
         except ValueError as err:
             # Estimators speak of batch items; the user needs the layer and the epochs.
             epochs = sorted({e for _, e in keys})
@@ -215,7 +220,8 @@ class Recorder:
             keys = [(self.seeds[i], e) for i in members for e in epochs]
             for layer in names:
                 acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
-                rows += estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer)
+                rows += estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer,
+                                      inputs=self.inputs)
         metrics = [((seed, b.epoch), vals) for b in buffer for seed, vals in zip(self.seeds, b.metrics) if vals]
         self.timings["estimate"] += time.perf_counter() - t0
         return sort_rows(rows, self.seeds, names, self.estimators), metrics

@@ -240,3 +240,10 @@ def from_settings(settings: dict) -> Estimator:
         return cls(**kw)
     except TypeError as err:
         raise ValueError(f"unknown estimator setting for {settings['kind']}: {err}") from None
+
+
+# --- kNN and Rényi estimators (issue 11): registered here, defined in knn_renyi_config.py ---
+from .knn_renyi_config import KNN, Renyi  # noqa: E402
+
+_KINDS.update(knn=KNN, renyi=Renyi)
+# --- end issue 11 ---
