@@ -236,7 +236,7 @@ class Sharded:
                          (int(epoch), names, error), group=self.group)
         epochs = [h[0] for h in header]
         if len(set(epochs)) > 1:
-            raise ValueError(f"infoplane Tracker: the ranks called step() with different epochs ("
+            raise ValueError("infoplane Tracker: the ranks called step() with different epochs ("
                              + ", ".join(f"rank {r}: {e}" for r, e in enumerate(epochs)) + "); every rank must "
                              "call step() with the same epochs in the same order")
         failed = [(r, h[2]) for r, h in enumerate(header) if h[2] is not None]

@@ -46,7 +46,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .run import Run  # noqa: E402
-from .stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402
+from .stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from .stats import as_run as _as_run  # noqa: E402
 from .stats import ceilings as _ceilings  # noqa: E402
 from .stats import log_spaced as _log_spaced  # noqa: E402

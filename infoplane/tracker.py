@@ -7,11 +7,7 @@ when an unclosed tracker is collected or the interpreter exits.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import numbers
-import platform
-import sys
 import time
 import warnings
 import weakref
@@ -21,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .capture import as_probe_tensors, model_device, resolve_layers
 from . import probeset
 from . import reduce as reduce_mod
@@ -30,6 +25,7 @@ from .distributed import active as distributed_active
 from .estimators import Binning, from_settings
 from .labels import as_class_indices
 from .recorder import Recorder
+from .runmeta import check_extra_meta, describe_run
 from .reestimate import estimate
 from .run import Run
 from .schedule import as_schedule
@@ -67,21 +63,6 @@ def as_estimators(estimators) -> list:
     if dupes:
         raise ValueError(f"estimator names must be unique, {dupes} repeats; pass name= to tell them apart")
     return out
-
-
-def entropy_bits(labels: np.ndarray) -> float:
-    """Plug-in entropy of class labels, in bits."""
-    counts = np.unique(labels, return_counts=True)[1]
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
-
-
-def _fingerprint(inputs, labels):
-    h = hashlib.sha1()
-    for t in (*probeset.leaves(inputs), labels):  # a plain tensor hashes as it always did
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class _Session:
@@ -260,14 +241,7 @@ class Tracker:
         layers = strip_prefix(layers, models[0])
         models = [unwrap(m) for m in models]
         # --
-        if fraction is not None and not (isinstance(fraction, numbers.Real) and 0 < fraction <= 1):
-            raise ValueError(f"fraction must be a number in (0, 1] or None, got {fraction!r}")
-        if keep_activations and out is None:
-            raise ValueError("keep_activations=True needs a run directory: pass out=")
-        if int(probe_batch_size) < 1 or int(buffer_bytes) < 0:
-            raise ValueError("probe_batch_size must be >= 1 and buffer_bytes >= 0")
-        if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
-            raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
+        _check_options(fraction, keep_activations, out, probe_batch_size, buffer_bytes, flush_seconds)
 
         class_names = None if labels is None else as_class_indices(labels).names
         inputs, labels = as_probe_tensors(inputs, labels)
@@ -291,39 +265,10 @@ class Tracker:
         self.reduced_widths = {l.name: reductions[l.name].width(l.shape or (l.width,)) for l in self.layer_info}
 
         labels_np = labels.numpy()
-        run_meta = {
-            "model": {"class": type(models[0]).__name__, "summary": str(models[0])[:4000],
-                      "n_parameters": sum(p.numel() for p in models[0].parameters())},
-            "layers": [l.to_json() for l in self.layer_info],
-            "n": int(labels_np.shape[0]),
-            "log2_n": math.log2(labels_np.shape[0]),
-            "h_y": entropy_bits(labels_np),
-            "n_classes": int(np.unique(labels_np).size),
-            "probe": {"input_shape": probeset.describe(inputs), "sha1": _fingerprint(inputs, labels)},
-            "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
-                           for e in self.estimators],
-            "schedule": self.schedule.to_json(),
-            "seeds": self.seeds,
-            "fraction": self.fraction,
-            "pre_activation": bool(pre_activation),
-            "keep_activations": self.keep_activations,
-            # Layer reductions (None = flatten) and per-sample shapes, which estimate() needs to reduce again.
-            "reduce": None if reduce is None else {"spec": reduce_mod.spec_to_json(reduce),
-                                                   "widths": self.reduced_widths},
-            "layer_shapes": {l.name: None if l.shape is None else list(l.shape) for l in self.layer_info},
-            "versions": {"infoplane": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
-            "caller": list(sys.argv) if sys.argv and sys.argv[0] else "python",
-        }
-        if class_names is not None:
-            run_meta["class_names"] = class_names
-        extra = dict(meta or {})
-        # The caller may describe itself (e.g. the CLI's command line); everything else is measured here.
-        reserved = (set(run_meta) - {"caller", "class_names"}) | {
-            "format", "format_version", "start_time", "end_time", "complete", "resumed"}
-        clash = sorted(set(extra) & reserved)
-        if clash:
-            raise ValueError(f"meta= may not set {clash}: the tracker writes those keys itself")
+        run_meta = describe_run(models[0], inputs, labels, self.layer_info, self.estimators, self.schedule, self.seeds,
+                                self.fraction, pre_activation=pre_activation, keep_activations=self.keep_activations,
+                                reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
+        extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from .integrations.sinks import as_sinks
         sinks = as_sinks(loggers)
@@ -512,6 +457,17 @@ class Tracker:
             for d, v in zip(per_seed, arr.tolist()):
                 d[name] = v
         return per_seed
+
+
+def _check_options(fraction, keep_activations, out, probe_batch_size, buffer_bytes, flush_seconds) -> None:
+    if fraction is not None and not (isinstance(fraction, numbers.Real) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be a number in (0, 1] or None, got {fraction!r}")
+    if keep_activations and out is None:
+        raise ValueError("keep_activations=True needs a run directory: pass out=")
+    if int(probe_batch_size) < 1 or int(buffer_bytes) < 0:
+        raise ValueError("probe_batch_size must be >= 1 and buffer_bytes >= 0")
+    if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
+        raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
 
 
 def _check_seeds(models, seeds, seed) -> list[int]:

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 
-import infoplane
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -169,7 +169,6 @@ def _ross_item(t, y, counts, k, rows):
     kept_f = kept.to(dt)
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
-        r = i1 - i0
         q = kept[i0:i1]
         if not bool(q.any()):
             continue

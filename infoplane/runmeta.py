@@ -1,0 +1,104 @@
+"""What ``meta.json`` says about a tracked run: everything needed to interpret its table, measured here (the
+caller may add keys of its own, but never overwrite these)."""
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, probeset
+from . import reduce as reduce_mod
+
+__all__ = ["describe_run", "check_extra_meta", "entropy_bits"]
+
+# Keys the run directory itself manages (format marker, times, completion).
+_RUN_DIR_KEYS = {"format", "format_version", "start_time", "end_time", "complete", "resumed"}
+
+
+def entropy_bits(labels: np.ndarray) -> float:
+    """Plug-in entropy of class labels, in bits (H(Y), the ceiling of I(T;Y))."""
+    counts = np.unique(labels, return_counts=True)[1]
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def _fingerprint(inputs, labels: torch.Tensor) -> str:
+    h = hashlib.sha1()
+    for t in (*probeset.leaves(inputs), labels):  # a plain tensor hashes as it always did
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def describe_run(model: nn.Module, inputs, labels: torch.Tensor, layers: Sequence, estimators: Sequence, schedule,
+                 seeds: Sequence[int], fraction: Optional[float], *, pre_activation: bool, keep_activations: bool,
+                 reduce=None, reduced_widths: Optional[dict] = None, class_names: Optional[list] = None) -> dict:
+    """The measured part of a run's ``meta.json``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The (first) model.
+    inputs, labels
+        The validated probe set (labels as int64 class indices).
+    layers : list of Layer
+    estimators : list
+    schedule : Schedule
+    seeds : list of int
+    fraction : float or None
+    pre_activation, keep_activations : bool
+    reduce : spec or None
+    reduced_widths : dict, optional
+    class_names : list, optional
+
+    Returns
+    -------
+    dict
+        JSON-able description; the keys are documented in docs/tracking.md ("The run directory").
+    """
+    labels_np = labels.numpy()
+    meta = {
+        "model": {"class": type(model).__name__, "summary": str(model)[:4000],
+                  "n_parameters": sum(p.numel() for p in model.parameters())},
+        "layers": [l.to_json() for l in layers],
+        "n": int(labels_np.shape[0]),
+        "log2_n": math.log2(labels_np.shape[0]),
+        "h_y": entropy_bits(labels_np),
+        "n_classes": int(np.unique(labels_np).size),
+        "probe": {"input_shape": probeset.describe(inputs), "sha1": _fingerprint(inputs, labels)},
+        "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)} for e in estimators],
+        "schedule": schedule.to_json(),
+        "seeds": list(seeds),
+        "fraction": fraction,
+        "pre_activation": bool(pre_activation),
+        "keep_activations": bool(keep_activations),
+        # Layer reductions (None = flatten) and per-sample shapes, which estimate() needs to reduce again.
+        "reduce": None if reduce is None else {"spec": reduce_mod.spec_to_json(reduce), "widths": reduced_widths},
+        "layer_shapes": {l.name: None if l.shape is None else list(l.shape) for l in layers},
+        "versions": {"infoplane": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "caller": list(sys.argv) if sys.argv and sys.argv[0] else "python",
+    }
+    if class_names is not None:
+        meta["class_names"] = class_names
+    return meta
+
+
+def check_extra_meta(extra: Optional[dict], measured: dict) -> dict:
+    """The caller's own ``meta=`` entries, refused where they would replace what is measured.
+
+    The caller may describe itself (``caller``, e.g. the CLI's command line) and name the classes
+    (``class_names``); everything else measured, and the run directory's own keys, are refused.
+    """
+    extra = dict(extra or {})
+    reserved = (set(measured) - {"caller", "class_names"}) | _RUN_DIR_KEYS
+    clash = sorted(set(extra) & reserved)
+    if clash:
+        raise ValueError(f"meta= may not set {clash}: the tracker writes those keys itself")
+    return extra
