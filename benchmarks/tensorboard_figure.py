@@ -39,7 +39,7 @@ def record(logdir, epochs):
     opt = torch.optim.Adam(model.parameters(), lr=4e-3)
     with infoplane.Tracker(model, x, y, schedule=infoplane.log_schedule(epochs, 60), loggers=logdir) as t:
         t.step(0)
-        for epoch in range(1, epochs):
+        for epoch in range(1, epochs + 1):  # epoch e: the network after e epochs of training
             for idx in train[torch.randperm(len(train), generator=g)].split(256):
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
                 opt.zero_grad()
