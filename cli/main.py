@@ -200,12 +200,15 @@ def _export_tensorboard(run_dirs, logdir):
     import os
 
     from infoplane.integrations.tensorboard import export_tensorboard
+    from infoplane.runfiles import NotARunError, read_meta
 
     paths = []
     for run_dir in run_dirs:
         run_dir = os.fspath(run_dir)
-        if not os.path.isfile(os.path.join(run_dir, "meta.json")):
-            raise UsageError(f"{run_dir!r} is not an infoplane run directory (no meta.json)")
+        try:  # the run-directory module decides what is a run, and says why not
+            read_meta(run_dir)
+        except NotARunError as err:
+            raise UsageError(str(err)) from None
         target = logdir if len(run_dirs) == 1 else os.path.join(logdir, os.path.basename(os.path.normpath(run_dir)))
         paths.append(export_tensorboard(run_dir, target))
     return paths

@@ -87,19 +87,22 @@ class _Session:
         self.recorder.drop()
         self.buffer_since = None
         # Loggers (TensorBoard, W&B, ...) after the buffer is dropped, so that a failing one never writes twice.
-        for sink in self.sinks:
-            sink.log_rows(rows, self.writer.run())
+        if self.sinks:
+            run = self.writer.run()  # one snapshot for every sink, only when there are sinks
+            for sink in self.sinks:
+                sink.log_rows(rows, run)
         self.recorder.timings["store"] += time.perf_counter() - t0
 
     def end(self, complete: bool) -> None:
         self.closed = True
         self.writer.finish(complete=complete)
+        run = self.writer.run() if self.sinks else None
         for sink in self.sinks:  # the final figure; sinks opened from a path are closed
             if complete:
-                sink.close(self.writer.run())
+                sink.close(run)
                 continue
             try:  # after a failure: release them, never hiding the first error
-                sink.close(self.writer.run())
+                sink.close(run)
             except Exception as err:
                 warnings.warn(f"infoplane: a logger could not be closed: {err!r}", RuntimeWarning)
 
