@@ -19,8 +19,10 @@ def load_script():
 def test_reduced_reproductions(tmp_path):
     reproduce = load_script()
     doc = tmp_path / "reproductions.md"
-    doc.write_text("# Reproductions\n\nhand-written text stays\n\n<!-- generated:start -->\nold\n"
-                   "<!-- generated:end -->\n\nmore text\n")
+    start, end = reproduce.markers("tishby")
+    other_start, other_end = reproduce.markers("finite-noisy")
+    doc.write_text(f"# Reproductions\n\nhand-written text stays\n\n{start}\nold\n{end}\n\nmore text\n\n"
+                   f"{other_start}\nanother section's block\n{other_end}\n")
     all_runs = reproduce.main(["--quick", "--quiet", "--out", str(tmp_path / "runs"),
                                "--figures", str(tmp_path / "figures"), "--doc", str(doc)])
     plan = {item["key"]: item for item in reproduce.plan(quick=True)}
@@ -44,6 +46,13 @@ def test_reduced_reproductions(tmp_path):
     assert (tmp_path / "figures" / "tishby-animation.gif").read_bytes()[:6] == b"GIF89a"  # docs/plotting.md
     text = doc.read_text()
     assert "hand-written text stays" in text and "more text" in text and "\nold\n" not in text
+    # Every section writes its own block, in place; blocks of sections that did not run are left alone.
+    assert "another section's block" in text
+    for key in reproduce.CLASSIC:
+        key_start, key_end = reproduce.markers(key)
+        assert text.count(key_start) == 1 and text.count(key_end) == 1
+        assert text.index(key_start) < text.index(key_end)
+    assert text.index(start) < text.index("more text")  # the tishby block stayed where it was
     for name in ("tishby-compare", "saxe-binning", "saxe-binning-width", "saxe-kde", "digits-kde",
                  "digits-adaptive"):
         figure = tmp_path / "figures" / f"{name}.png"
@@ -59,3 +68,18 @@ def test_documented_figures_exist():
     assert names, "docs/reproductions.md shows no figures"
     for name in names:
         assert (REPO / "docs" / "figures" / name).exists()
+
+
+def test_only_one_section_rewrites_only_its_block(tmp_path):
+    # A run of one section (--only saxe) must keep the other sections' generated text.
+    reproduce = load_script()
+    doc = tmp_path / "reproductions.md"
+    blocks = {key: f"{reproduce.markers(key)[0]}\n{key} text kept\n{reproduce.markers(key)[1]}"
+              for key in reproduce.CLASSIC}
+    doc.write_text("# Reproductions\n\n" + "\n\n".join(blocks.values()) + "\n")
+    reproduce.main(["--quick", "--quiet", "--only", "saxe", "--out", str(tmp_path / "runs"),
+                    "--figures", str(tmp_path / "figures"), "--doc", str(doc)])
+    text = doc.read_text()
+    assert "tishby text kept" in text and "digits text kept" in text and "saxe text kept" not in text
+    assert text.count("| layer | peak I(X;T) |") == 2 * 3  # the saxe tables only
+    assert text.index("tishby text kept") < text.index("Saxe et al.") < text.index("digits text kept")
