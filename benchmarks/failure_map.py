@@ -12,7 +12,8 @@
 - Rényi (alpha = 1.01) entropy: the randomized route against the exact eigenvalues.
 
 Writes docs/figures/failure_map.png and docs/failure_map.md (table, linked from docs/estimators.md).
-Run: ``python benchmarks/failure_map.py [--quick]``; the quick grid is what is committed.
+Run: ``python benchmarks/failure_map.py [--quick]``; the full grid is what is committed (about 50 minutes on a
+shared 2-core CPU).
 """
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ def table(rows, renyi, grid, k_pca, quick, seconds):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a smaller grid (the committed one)")
+    p.add_argument("--quick", action="store_true", help="a smaller grid, for a first look (the committed map is the full grid)")
     p.add_argument("--pca", type=int, default=4, help="dims kept by the PCA reduction (default 4)")
     p.add_argument("--out", default=ROOT, help="repository root to write docs/ into")
     args = p.parse_args(argv)
