@@ -380,14 +380,25 @@ def _collect(ray: Any, refs: dict, plans: list, job: Any, bar: Any, actor: Any, 
                 cause = cause if isinstance(cause, BaseException) else err
                 error = f"{type(cause).__name__}: {cause}".strip().splitlines()[0]
                 text = _task_traceback(ray, err)
-                job.log(f"fraction {plan.fraction:g} ({_seeds_text(job.seeds)}) failed on Ray: {error}")
+                _log_lines(job.log, [f"fraction {plan.fraction:g} ({_seeds_text(job.seeds)}) failed on Ray: {error}"],
+                           bar)
                 failures.append({"index": i, "fraction": plan.fraction, "seeds": list(job.seeds),
                                  "run_dir": plan.run_dir, "error": error, "traceback": text})
                 continue
-            for line in lines:
-                job.log(line)
+            _log_lines(job.log, lines, bar)
             runs[i] = load_run(plan.run_dir)
     return failures
+
+
+def _log_lines(log: Callable[[str], Any], lines: list[str], bar: Any) -> None:
+    """Log while the bar is cleared, so that the lines do not land inside it."""
+    if bar is None:
+        for line in lines:
+            log(line)
+        return
+    with bar.external_write_mode():
+        for line in lines:
+            log(line)
 
 
 def _task_traceback(ray: Any, err: BaseException) -> str:

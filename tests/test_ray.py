@@ -2,6 +2,7 @@
 fraction reported and resumed alone, the shared-filesystem check, and the settings refused before anything runs."""
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -49,10 +50,12 @@ VOLATILE = ("start_time", "end_time", "caller", "resumed")
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance with 2 CPUs for the whole module: no dashboard, no usage statistics."""
+    """One local Ray instance with 2 CPUs for the whole module: no dashboard, no usage statistics, and a token of
+    its own (else Ray writes one to ~/.ray/auth_token)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         try:
             yield ray
         finally:
