@@ -300,22 +300,22 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
             todo.append(i)
     if not todo:
         return [runs[i] for i in range(len(plans))]
-    ray = require_ray()
-    started = _connect(ray, address, log)
-    out = plans[todo[0]].run_dir.parent.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    check_file = out / f"{_CHECK_PREFIX}{token[:12]}"
-    check_file.write_text(token + "\n", encoding="utf-8")
     import infoplane
 
-    check = (str(check_file), token, str(job.model_file.path), infoplane.__version__)
+    ray = require_ray()
     model_bytes = pickle.dumps(job.model_file.build(0)) if job.model_file.model is not None else None
     if gpus is None:
         gpus = 1 if str(job.device).startswith("cuda") else 0
-    bar = actor = None
+    started = _connect(ray, address, log)
+    bar = actor = check_file = None
     refs: dict = {}
     try:
+        out = plans[todo[0]].run_dir.parent.resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(16)
+        check_file = out / f"{_CHECK_PREFIX}{token[:12]}"
+        check_file.write_text(token + "\n", encoding="utf-8")
+        check = (str(check_file), token, str(job.model_file.path), infoplane.__version__)
         if job.progress:
             from tqdm.auto import tqdm
 
@@ -338,10 +338,11 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
     finally:
         if bar is not None:
             bar.close()
-        try:
-            check_file.unlink()
-        except OSError:
-            pass
+        if check_file is not None:
+            try:
+                check_file.unlink()
+            except OSError:
+                pass
         if actor is not None:
             ray.kill(actor)
         if started:

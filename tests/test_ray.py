@@ -13,6 +13,7 @@ import ray  # the test extra installs it (infoplane[ray]): a missing Ray fails h
 import infoplane
 from infoplane.cli.main import main
 from infoplane.experiment import ConfigError, track
+from infoplane.modelfile import load_model_file
 from infoplane.raysweep import RaySetupError, RaySweepError, _check_worker
 
 # A small task (256 rows of the 12-bit task, a 12-6-2 tanh network) whose loss fails on 64 rows (fraction 0.25: 64
@@ -151,6 +152,20 @@ def test_failed_fraction_is_reported_and_resume_runs_only_it(ray_local, model_fi
     assert f"{large}: complete, skipped" in capsys.readouterr().err
     assert snapshot(large) == before
     same_run(local_runs / "fraction-0.25", small)
+
+
+def test_a_single_model_object_trains_with_the_drivers_weights(ray_local, tmp_path):
+    # Weights drawn at import from fresh entropy: a second import (in the task) would get others.
+    path = tmp_path / "single.py"
+    path.write_text("import os, torch\nfrom torch import nn\nfrom infoplane.data import tishby12\n"
+                    "torch.manual_seed(int.from_bytes(os.urandom(4), 'little'))\n"
+                    "model = nn.Sequential(nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 2))\n"
+                    "def data():\n    x, y = tishby12()\n    return x[::32], y[::32]\n")
+    mf = load_model_file(path)
+    kw = dict(fractions=[0.5], epochs=4, schedule=[0, 2, 4], progress=False, caller="test", log=lambda m: None)
+    track(mf, out=tmp_path / "local", **kw)
+    track(mf, out=tmp_path / "ray", ray=True, **kw)
+    same_run(tmp_path / "local" / "fraction-0.5", tmp_path / "ray" / "fraction-0.5")
 
 
 def test_a_task_that_cannot_see_out_says_so(ray_local, model_file, tmp_path):
