@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     # [issue 12] TensorBoard: each finished run is exported under DIR/<run directory name>
     g.add_argument("--tensorboard", metavar="DIR",
                    help="also write each run's scalars and plane figure as TensorBoard logs under DIR")
+    _add_ray_options(track)  # issue 13
 
     plot = sub.add_parser("plot", help="draw the figures of run directories",
                           description="Draw information-plane figures of one or more run directories. A directory "
@@ -241,6 +242,30 @@ def _add_animate_report(sub, common):
     rep.add_argument("--frames", type=_positive_int, help="slider positions (default: one per epoch)")
 
 
+# ---- issue 13: `infoplane track --ray` (start) ----
+def _add_ray_options(track):
+    g = track.add_argument_group("Ray (needs infoplane[ray]; see docs/scale.md)")
+    g.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                   help="run each fraction (all its seeds) as one Ray task: alone, on a new local Ray instance; "
+                        "with auto, HOST:PORT or ray://HOST:PORT, on that cluster (--out must be a directory "
+                        "every node sees)")
+    g.add_argument("--ray-cpus", type=_positive_float, metavar="N", help="CPUs each task reserves (default 1)")
+    g.add_argument("--ray-gpus", type=_checked(float, lambda v: 0 <= v < float("inf"), "a number >= 0"),
+                   metavar="G", help="GPUs each task reserves (default 1 with --device cuda, else 0)")
+
+
+def _ray_kwargs(args):
+    """track()'s Ray arguments; --ray-cpus/--ray-gpus only mean something with --ray."""
+    if args.ray is None:
+        given = [name for name, value in (("--ray-cpus", args.ray_cpus), ("--ray-gpus", args.ray_gpus))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} set the resources of Ray tasks: add --ray, or drop them")
+        return {}
+    return {"ray": args.ray, "ray_cpus": 1.0 if args.ray_cpus is None else args.ray_cpus, "ray_gpus": args.ray_gpus}
+# ---- issue 13 (end) ----
+
+
 def _with_saturation_warnings(fn):
     import warnings
 
@@ -281,6 +306,7 @@ def cmd_report(args):
 def cmd_track(args: argparse.Namespace) -> int:
     """Run ``infoplane track``; returns the exit status."""
     from infoplane.experiment import summary, track
+    from infoplane.raysweep import RaySweepError  # issue 13 (Ray itself is imported only with --ray)
 
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
@@ -289,14 +315,20 @@ def cmd_track(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. --range 1 -1
         raise UsageError(str(err)) from err
     schedule = _schedule(args.schedule, args.epochs)
+    ray_kwargs = _ray_kwargs(args)  # issue 13
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    runs = track(args.model_file, data=args.data, fractions=args.fraction or [0.8], split=args.split,
-                 fixed_split=args.fixed_split, probe=args.probe, seeds=args.seeds, seed=args.seed,
-                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-                 estimators=estimators, schedule=schedule, device=args.device, out=args.out,
-                 resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
-                 vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
-                 caller=["infoplane", *args.argv], log=log)
+    try:
+        runs = track(args.model_file, data=args.data, fractions=args.fraction or [0.8], split=args.split,
+                     fixed_split=args.fixed_split, probe=args.probe, seeds=args.seeds, seed=args.seed,
+                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+                     estimators=estimators, schedule=schedule, device=args.device, out=args.out,
+                     resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
+                     vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
+                     caller=["infoplane", *args.argv], log=log, **ray_kwargs)
+    except RaySweepError as err:  # issue 13: the fractions that finished on Ray are summarised before the error
+        if err.runs:
+            print(summary(err.runs))
+        raise
     print(summary(runs))
     if args.tensorboard:  # [issue 12]
         for path in _export_tensorboard([getattr(r, "path", r) for r in runs], args.tensorboard):

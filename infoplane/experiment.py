@@ -67,6 +67,8 @@ class TrackJob:
         Receives one line of text per message.
     reduce : None, str or dict
         Layer reduction before estimating (see :class:`~infoplane.Tracker`).
+    on_epoch : callable, optional
+        Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.raysweep`).
     """
 
     model_file: ModelFile
@@ -87,6 +89,7 @@ class TrackJob:
     progress: bool
     log: Callable[[str], Any]
     reduce: str | dict | None = None
+    on_epoch: Callable[[int], Any] | None = None  # [issue 13: Ray]
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
           device: str | torch.device = "cpu", out: str | os.PathLike | None = None, resume: bool = False,
           overwrite: bool = False, keep_activations: bool = False, vectorize: bool | str = "auto",
           progress: bool = True, caller: list[str] | str | None = None,
-          log: Callable[[str], Any] = print, reduce: str | dict | None = None) -> list[Run]:
+          log: Callable[[str], Any] = print, reduce: str | dict | None = None,
+          ray: bool | str | None = None, ray_cpus: float = 1.0, ray_gpus: float | None = None) -> list[Run]:
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -275,6 +279,14 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         Show a tqdm progress bar per fraction.
     reduce : None, str or dict
         Layer reduction before estimating (see :class:`~infoplane.Tracker`).
+    ray : None, True or str
+        Run each fraction (all its seeds) as one Ray task (see docs/scale.md; needs ``infoplane[ray]``): True for
+        a new local Ray instance (or the Ray instance this process already initialised, or the cluster in
+        ``RAY_ADDRESS``), or the address of an existing cluster (``"auto"``, ``"HOST:6379"``,
+        ``"ray://HOST:10001"``). ``out`` must be on a filesystem every Ray node sees; the numbers are those of
+        the local path. None or False: train here.
+    ray_cpus, ray_gpus : float
+        Resources each Ray task reserves; ``ray_gpus`` None means 1 with a CUDA ``device``, else 0.
 
     Returns
     -------
@@ -291,6 +303,9 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         (a ``ValueError``) for every setting that cannot work, before anything trains: fractions that share a run
         directory, a ``layers`` entry of the model file that names no layer, a loss that does not fit the
         model's output, resuming with other settings, an existing run without ``resume``/``overwrite``.
+    infoplane.raysweep.RaySweepError
+        (with ``ray``) some fractions failed on their tasks; it names each with its traceback, and holds the
+        finished runs (``.runs``) and the failures (``.failures``).
     """
     mf = model_file if isinstance(model_file, ModelFile) else load_model_file(model_file)
     if split not in SPLITS:
@@ -319,6 +334,10 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     if lr is not None and optimizer is None and mf.optimizer is not None:
         raise ConfigError(f"--lr sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
                           f"set the rate there, or pass --optimizer adam or sgd to use a built-in one")
+    if ray is not None and ray is not False:  # [issue 13: Ray] checked before any data is loaded
+        from .raysweep import check_ray_settings
+
+        ray_address = check_ray_settings(ray, ray_cpus, ray_gpus, device)
     out = Path(out) if out is not None else Path("runs") / mf.stem
     _check_fraction_dirs(out, fractions)
     check_outputs(out, fractions, resume, overwrite)
@@ -361,6 +380,10 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         if resume and (run_dir / META).exists():
             _check_same_settings(run_dir, meta, recorded)
         plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
+    if ray is not None and ray is not False:  # [issue 13: Ray] one task per fraction, the same code inside
+        from .raysweep import run_on_ray
+
+        return run_on_ray(job, plans, ray_address, cpus=ray_cpus, gpus=ray_gpus)
     return [_track_fraction(job, plan) for plan in plans]
 
 
@@ -468,6 +491,8 @@ def _track_fraction(job: TrackJob, plan: FractionPlan) -> Run:
                 bar.set_postfix(_postfix(values), refresh=False)
         if bar is not None:
             bar.update(1)
+        if job.on_epoch is not None:  # [issue 13: Ray]
+            job.on_epoch(1)
 
     def should_save(epoch):
         return time.monotonic() - last_save >= 1.0
