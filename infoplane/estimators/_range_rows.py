@@ -1,0 +1,122 @@
+"""The CPU route of the fixed-range binning grid: row keys as exact float64 integers, counted from sorted rows.
+
+For the grid of :class:`infoplane.estimators.binning._RangeGrid` every unit has ``bins`` symbols, so a row's
+mixed-radix key with the label in its lowest bits, ``key * 2**label_bits + label``, is below
+``bins**d * 2**label_bits``. When that bound leaves a margin below 2**53 every key, and every partial sum that
+builds it, is an integer that float64 holds exactly, whatever the order of the additions. That lets the key be
+built with few passes over the activations:
+
+- the cell of each value is found in float32 (a scaled floor, corrected by one comparison with the next float32
+  edge, as in ``_RangeGrid.digits``), the shared overflow cell folded in with two cheap passes, and the result
+  written as float64;
+- the key of every row is one float64 matrix-vector product of those digits with the place values, added to
+  the labels (``addmv``). Products of float64 values are never subject to the reduced-precision (TF32/bf16)
+  matmul settings, and sums of integers below 2**53 are exact in any order, so the key is exact;
+- each item's N keys are sorted on their own (numpy's vectorised sort), and H(T, Y) and H(T) come from the run
+  lengths of the sorted keys, summed run by run in key order exactly as :func:`._entropy.plugin_counts` does,
+  so the estimates are bit-identical to that route's.
+
+The work is done a chunk of items at a time into reused buffers sized to stay in the CPU cache: fresh
+temporaries of this size cost more in page faults than the arithmetic does.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# Activation elements digitised at once: the float32/int64/float64 buffers of a chunk then stay within L2.
+_CHUNK_ELEMENTS = 2**16
+# Items whose sorted keys are counted together: shares the fixed cost of each numpy call.
+_GROUP_ROWS = 2**18
+# Keys, and the sums that build them, stay below 2**52: exact integers in float64 with a margin of a factor 2.
+_FLOAT_KEY_BITS = 52
+
+
+def fits(bins: int, d: int, label_bits: int) -> bool:
+    """Whether rows of ``d`` units with ``bins`` symbols each, and the label, key exactly in float64."""
+    return d * math.log2(bins) + label_bits + 1 <= _FLOAT_KEY_BITS
+
+
+class RangeKeys:
+    """Float64 joint keys ``key * 2**label_bits + label`` of the fixed-range grid's rows (see the module doc).
+
+    ``grid`` is a ``_RangeGrid`` (its edge table, scale and offset are used as they are); digits are those of
+    ``_RangeGrid.digits``: the number of float32 edges <= the value, bins (at or past the end) taken as 0.
+    """
+
+    def __init__(self, grid, d: int, label_bits: int, dtype: torch.dtype):
+        self.bins, self.d = grid.bins, d
+        self.scale, self.offset = grid.scale, grid.offset
+        self.table = grid.next_edge.to(dtype)  # index u -> edge u, inf past the last, in the activations' dtype
+        self.offset_t = torch.tensor(self.offset, dtype=torch.float32)
+        place = [float(grid.bins**j * 2**label_bits) for j in range(d)]
+        self.place = torch.tensor(place, dtype=torch.float64)
+        self._buffers = None
+
+    def _workspace(self, numel, dtype):
+        if self._buffers is None or self._buffers[0].numel() < numel:
+            self._buffers = (torch.empty(numel, dtype=torch.float32), torch.empty(numel, dtype=dtype),
+                             torch.empty(numel, dtype=torch.int64), torch.empty(numel, dtype=torch.float64))
+        return [buf[:numel] for buf in self._buffers]
+
+    def keys_into(self, a: torch.Tensor, out: torch.Tensor) -> None:
+        """Add the place-value sum of each row of ``a`` ([c, N, d], CPU) to ``out`` ([c, N] float64, holding
+        the labels): ``out`` then holds the joint keys."""
+        shape = a.shape
+        u, edge, idx, digits = (buf.view(shape) for buf in self._workspace(a.numel(), a.dtype))
+        # u = (index of the cell below the true one, or the true one) + 1, in [0, bins] (see _RangeGrid).
+        torch.add(self.offset_t, a, alpha=self.scale, out=u)
+        u.clamp_(0, self.bins)
+        idx.copy_(u)  # truncation, a floor on u >= 0
+        u.floor_()
+        torch.index_select(self.table, 0, idx.view(-1), out=edge.view(-1))
+        torch.ge(a, edge, out=edge)  # 1 where the value is at or past the next edge (an exact comparison)
+        u.add_(edge)  # the number of edges <= the value, in [0, bins]: 0 below the range, bins at or past its end
+        # The original indexes edge -1 (the last one) below the range, so those two share one cell: bins -> 0.
+        torch.ge(u, float(self.bins), out=edge)
+        torch.add(u, edge, alpha=-self.bins, out=digits)
+        out.view(-1).addmv_(digits.view(-1, shape[-1]), self.place)
+
+
+def sorted_row_counts(keys: np.ndarray, label_bits: int, table: np.ndarray):
+    """Plug-in H(T) and H(T, Y) in bits and the numbers of occupied cells, per row of ``keys`` ([c, N] float64
+    joint keys, sorted in place here).
+
+    Returns ``(h_t, h_ty, k_t, k_ty)`` as numpy arrays [c]. Each entropy is log2 N - (1/N) sum_cells c log2 c with
+    the sum taken run by run in key order (``np.add.reduceat``), as in ``_entropy._plugin_counts_numpy``.
+    """
+    c, n = keys.shape
+    keys.sort(axis=1)
+    flat = keys.reshape(-1)
+    total = flat.size
+    new = np.empty(total, dtype=bool)
+    new[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=new[1:])
+    new[::n] = True  # every item starts a run
+    starts = np.flatnonzero(new)
+    first = np.searchsorted(starts, np.arange(c) * n)  # the first run of each item
+    h_ty, k_ty = _sum_runs(starts, first, total, n, table)
+    t = flat[starts]
+    t *= 2.0**-label_bits
+    np.floor(t, out=t)  # the row's key without its label (exact: a power-of-two scaling of an integer)
+    t_new = np.empty(len(t), dtype=bool)
+    t_new[0] = True
+    np.not_equal(t[1:], t[:-1], out=t_new[1:])
+    t_new[first] = True
+    starts_t = starts[t_new]
+    h_t, k_t = _sum_runs(starts_t, np.searchsorted(starts_t, np.arange(c) * n), total, n, table)
+    return h_t, h_ty, k_t, k_ty
+
+
+def _sum_runs(starts, first, total, n, table):
+    """Entropy (bits) and number of runs per item, from the run starts and each item's first run."""
+    lengths = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1] = total - starts[-1]
+    s = np.add.reduceat(table[lengths], first)
+    k = np.empty_like(first)
+    np.subtract(first[1:], first[:-1], out=k[:-1])
+    k[-1] = len(starts) - first[-1]
+    return math.log2(n) - s / n, k
