@@ -26,10 +26,10 @@ import math
 import numpy as np
 import torch
 
-# Activation elements digitised at once: the float32/int64/float64 buffers of a chunk then stay within L2.
-_CHUNK_ELEMENTS = 2**16
+# Activation elements digitised at once: the float32/int32/float64 buffers of a chunk then stay within L2.
+_CHUNK_ELEMENTS = 2**18
 # Items whose sorted keys are counted together: shares the fixed cost of each numpy call.
-_GROUP_ROWS = 2**18
+_GROUP_ROWS = 2**17
 # Keys, and the sums that build them, stay below 2**52: exact integers in float64 with a margin of a factor 2.
 _FLOAT_KEY_BITS = 52
 
@@ -58,7 +58,7 @@ class RangeKeys:
     def _workspace(self, numel, dtype):
         if self._buffers is None or self._buffers[0].numel() < numel:
             self._buffers = (torch.empty(numel, dtype=torch.float32), torch.empty(numel, dtype=dtype),
-                             torch.empty(numel, dtype=torch.int64), torch.empty(numel, dtype=torch.float64))
+                             torch.empty(numel, dtype=torch.int32), torch.empty(numel, dtype=torch.float64))
         return [buf[:numel] for buf in self._buffers]
 
     def keys_into(self, a: torch.Tensor, out: torch.Tensor) -> None:
@@ -66,10 +66,10 @@ class RangeKeys:
         the labels): ``out`` then holds the joint keys."""
         shape = a.shape
         u, edge, idx, digits = (buf.view(shape) for buf in self._workspace(a.numel(), a.dtype))
-        # u = (index of the cell below the true one, or the true one) + 1, in [0, bins] (see _RangeGrid).
+        # floor(u) = (index of the cell below the true one, or the true one) + 1, in [0, bins] (see _RangeGrid).
         torch.add(self.offset_t, a, alpha=self.scale, out=u)
         u.clamp_(0, self.bins)
-        idx.copy_(u)  # truncation, a floor on u >= 0
+        idx.copy_(u)  # int32 truncation: floor(u), as u >= 0
         u.floor_()
         torch.index_select(self.table, 0, idx.view(-1), out=edge.view(-1))
         torch.ge(a, edge, out=edge)  # 1 where the value is at or past the next edge (an exact comparison)
@@ -80,43 +80,63 @@ class RangeKeys:
         out.view(-1).addmv_(digits.view(-1, shape[-1]), self.place)
 
 
-def sorted_row_counts(keys: np.ndarray, label_bits: int, table: np.ndarray):
-    """Plug-in H(T) and H(T, Y) in bits and the numbers of occupied cells, per row of ``keys`` ([c, N] float64
-    joint keys, sorted in place here).
+class SortedRowCounts:
+    """Plug-in H(T), H(T, Y) and occupied cells of rows of float64 joint keys, with buffers reused across calls.
 
-    Returns ``(h_t, h_ty, k_t, k_ty)`` as numpy arrays [c]. Each entropy is log2 N - (1/N) sum_cells c log2 c with
-    the sum taken run by run in key order (``np.add.reduceat``), as in ``_entropy._plugin_counts_numpy``.
+    Fresh arrays of one element per sample would be fresh pages from the OS each time (more page faults than
+    arithmetic), so those live in buffers sized for ``rows`` items of ``n`` samples.
     """
-    c, n = keys.shape
-    keys.sort(axis=1)
-    flat = keys.reshape(-1)
-    total = flat.size
-    new = np.empty(total, dtype=bool)
-    new[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=new[1:])
-    new[::n] = True  # every item starts a run
-    starts = np.flatnonzero(new)
-    first = np.searchsorted(starts, np.arange(c) * n)  # the first run of each item
-    h_ty, k_ty = _sum_runs(starts, first, total, n, table)
-    t = flat[starts]
-    t *= 2.0**-label_bits
-    np.floor(t, out=t)  # the row's key without its label (exact: a power-of-two scaling of an integer)
-    t_new = np.empty(len(t), dtype=bool)
-    t_new[0] = True
-    np.not_equal(t[1:], t[:-1], out=t_new[1:])
-    t_new[first] = True
-    starts_t = starts[t_new]
-    h_t, k_t = _sum_runs(starts_t, np.searchsorted(starts_t, np.arange(c) * n), total, n, table)
-    return h_t, h_ty, k_t, k_ty
 
+    def __init__(self, rows: int, n: int, label_bits: int, table: np.ndarray):
+        total = rows * n
+        self.n, self.label_scale, self.table = n, 2.0**-label_bits, table
+        self.item_starts = np.arange(rows) * n
+        self.new, self.t_new = np.empty(total, dtype=bool), np.empty(total, dtype=bool)
+        self.lengths = np.empty(total, dtype=np.int64)
+        self.t, self.terms = np.empty(total), np.empty(total)
 
-def _sum_runs(starts, first, total, n, table):
-    """Entropy (bits) and number of runs per item, from the run starts and each item's first run."""
-    lengths = np.empty_like(starts)
-    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
-    lengths[-1] = total - starts[-1]
-    s = np.add.reduceat(table[lengths], first)
-    k = np.empty_like(first)
-    np.subtract(first[1:], first[:-1], out=k[:-1])
-    k[-1] = len(starts) - first[-1]
-    return math.log2(n) - s / n, k
+    def __call__(self, keys: np.ndarray):
+        """Per row of ``keys`` ([c, N] float64 joint keys ``key * 2**label_bits + label``, sorted in place here):
+        ``(h_t, h_ty, k_t, k_ty)``, numpy arrays [c] in bits and cells.
+
+        Each entropy is log2 N - (1/N) sum_cells c log2 c, summed run by run in key order (``np.add.reduceat``)
+        exactly as ``_entropy._plugin_counts_numpy`` sums it, so the results are bit-identical to that route's.
+        """
+        c, n = keys.shape
+        total = c * n
+        keys.sort(axis=1)
+        flat = keys.reshape(-1)
+        new = self.new[:total]
+        new[0] = True
+        np.not_equal(flat[1:], flat[:-1], out=new[1:])
+        new[::n] = True  # every item starts a run
+        starts = np.flatnonzero(new)
+        k = len(starts)
+        first = np.searchsorted(starts, self.item_starts[:c])  # the first run of each item
+        lengths = self.lengths[:k]
+        np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+        lengths[-1] = total - starts[-1]
+        h_ty, k_ty = self._entropy(lengths, first, k)
+        # Runs of T are unions of consecutive runs of (T, Y): sorting by (key, label) also sorts by key.
+        t = np.take(flat, starts, out=self.t[:k], mode="wrap")
+        t *= self.label_scale
+        np.floor(t, out=t)  # the row's key without its label (exact: a power-of-two scaling of an integer)
+        t_new = self.t_new[:k]
+        t_new[0] = True
+        np.not_equal(t[1:], t[:-1], out=t_new[1:])
+        t_new[first] = True
+        starts_t = starts[t_new]
+        k = len(starts_t)
+        lengths = self.lengths[:k]
+        np.subtract(starts_t[1:], starts_t[:-1], out=lengths[:-1])
+        lengths[-1] = total - starts_t[-1]
+        h_t, k_t = self._entropy(lengths, np.searchsorted(starts_t, self.item_starts[:c]), k)
+        return h_t, h_ty, k_t, k_ty
+
+    def _entropy(self, lengths, first, k):
+        """Entropy (bits) and number of runs per item, from the run lengths and each item's first run."""
+        s = np.add.reduceat(np.take(self.table, lengths, out=self.terms[:k], mode="wrap"), first)
+        runs = np.empty_like(first)
+        np.subtract(first[1:], first[:-1], out=runs[:-1])
+        runs[-1] = k - first[-1]
+        return math.log2(self.n) - s / self.n, runs

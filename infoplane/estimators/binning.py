@@ -261,6 +261,8 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
         group = max(1, min(n_items, _range_rows._GROUP_ROWS // n))
         chunk = max(1, _range_rows._CHUNK_ELEMENTS // (n * d))
         label_rows = y.to(torch.float64)
+        key_buffer = torch.empty(group, n, dtype=torch.float64)
+        counter = None if by_count else _range_rows.SortedRowCounts(group, n, label_bits, table.numpy())
     else:
         group = max(1, min(n_items, _GROUP_ROWS // n))
         chunk = max(1, _CHUNK_ELEMENTS // (n * d))
@@ -271,7 +273,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
         cy = classes_present[g0:g1] if per_item else classes_present.expand(c)
         distinct = []
         if float_keys:
-            keys = torch.empty(c, n, dtype=torch.float64)
+            keys = key_buffer[:c]
             keys.copy_(label_rows[g0:g1] if per_item else label_rows.expand(c, n))
             for s in builtins.range(g0, g1, chunk):
                 part = a[s:min(g1, s + chunk)]
@@ -282,8 +284,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
                 joint = ((item << span_bits) + keys.to(torch.int64)).reshape(-1)
                 h_t, h_ty, k_t, k_ty = plugin_counts(joint, c, n, label_bits, span_bits, table)
             else:
-                h_t, h_ty, k_t, k_ty = (torch.from_numpy(v) for v in _range_rows.sorted_row_counts(
-                    keys.numpy(), label_bits, table.numpy()))
+                h_t, h_ty, k_t, k_ty = (torch.from_numpy(v) for v in counter(keys.numpy()))
         else:
             keys = torch.empty(c, n, dtype=torch.int64, device=batch.device)
             bound = 1
