@@ -22,9 +22,12 @@ temporaries of this size cost more in page faults than the arithmetic does.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from ._entropy import plugin_counts
 
 # Activation elements digitised at once: the float32/int32/float64 buffers of a chunk then stay within L2.
 _CHUNK_ELEMENTS = 2**18
@@ -140,3 +143,57 @@ class SortedRowCounts:
         np.subtract(first[1:], first[:-1], out=runs[:-1])
         runs[-1] = k - first[-1]
         return math.log2(self.n) - s / self.n, runs
+
+
+def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: torch.Tensor, check):
+    """``(g0, g1, (h_t, h_ty, k_t, k_ty))`` for consecutive groups of items g0..g1 of ``a`` ([B, N, d] on CPU),
+    labels ``y`` ([B or 1, N] dense int64), as :func:`._entropy.plugin_counts` returns them (torch tensors).
+
+    ``check(part, start)`` is called on every chunk of activations before it is used (the finiteness check).
+    Small key spaces (at most 2 N cells) are counted by plugin_counts' bincount route on the same integer keys.
+    Otherwise each item's keys are sorted and counted by :class:`SortedRowCounts`; with more than one torch
+    thread, groups are counted in parallel threads (numpy releases the GIL while it sorts and counts), each with
+    its own buffers, between the passes that build the keys (which use torch's own threads).
+    """
+    n_items, n, d = a.shape
+    keys_of = RangeKeys(grid, d, label_bits, a.dtype)
+    span_bits = (grid.bins**d - 1).bit_length() + label_bits
+    by_count = (1 << span_bits) <= 2 * n
+    group = max(1, min(n_items, _GROUP_ROWS // n))
+    chunk = max(1, _CHUNK_ELEMENTS // (n * d))
+    labels = y.to(torch.float64)
+    starts = list(range(0, n_items, group))
+    workers = 1 if by_count else max(1, min(torch.get_num_threads(), len(starts)))
+    buffers = [torch.empty(group, n, dtype=torch.float64) for _ in range(workers)]
+    counters = [] if by_count else [SortedRowCounts(group, n, label_bits, table.numpy()) for _ in range(workers)]
+
+    def build(g0, keys):
+        g1 = min(n_items, g0 + group)
+        keys = keys[:g1 - g0]
+        keys.copy_(labels[g0:g1] if y.shape[0] > 1 else labels.expand(g1 - g0, n))
+        for s in range(g0, g1, chunk):
+            part = a[s:min(g1, s + chunk)]
+            check(part, s)
+            keys_of.keys_into(part, keys[s - g0:s - g0 + len(part)])
+        return g1, keys
+
+    def as_tensors(counts):
+        return tuple(torch.from_numpy(v) for v in counts)
+
+    if by_count:
+        for g0 in starts:
+            g1, keys = build(g0, buffers[0])
+            joint = ((torch.arange(g1 - g0)[:, None] << span_bits) + keys.to(torch.int64)).reshape(-1)
+            yield g0, g1, plugin_counts(joint, g1 - g0, n, label_bits, span_bits, table)
+        return
+    if workers == 1:
+        for g0 in starts:
+            g1, keys = build(g0, buffers[0])
+            yield g0, g1, as_tensors(counters[0](keys.numpy()))
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for r in range(0, len(starts), workers):
+            built = [build(g0, buf) for g0, buf in zip(starts[r:r + workers], buffers)]
+            jobs = [pool.submit(counter, keys.numpy()) for (_, keys), counter in zip(built, counters)]
+            for g0, (g1, _), job in zip(starts[r:r + workers], built, jobs):
+                yield g0, g1, as_tensors(job.result())

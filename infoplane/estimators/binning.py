@@ -250,57 +250,11 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
     per_item = y.shape[0] > 1
     label_bits = max(1, (n_classes - 1).bit_length())
     table = xlogy_table(n, dtype, batch.device)
-    float_keys = (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
-                  and _range_rows.fits(grid.bins, d, label_bits))
-    if float_keys:
-        # Exact float64 row keys and one sort per item (see _range_rows); small key spaces are still counted by
-        # plugin_counts' bincount route, on the same integer keys.
-        fast = _range_rows.RangeKeys(grid, d, label_bits, a.dtype)
-        span_bits = (grid.bins**d - 1).bit_length() + label_bits
-        by_count = (1 << span_bits) <= 2 * n
-        group = max(1, min(n_items, _range_rows._GROUP_ROWS // n))
-        chunk = max(1, _range_rows._CHUNK_ELEMENTS // (n * d))
-        label_rows = y.to(torch.float64)
-        key_buffer = torch.empty(group, n, dtype=torch.float64)
-        counter = None if by_count else _range_rows.SortedRowCounts(group, n, label_bits, table.numpy())
-    else:
-        group = max(1, min(n_items, _GROUP_ROWS // n))
-        chunk = max(1, _CHUNK_ELEMENTS // (n * d))
-    for g0 in builtins.range(0, n_items, group):
-        g1 = min(n_items, g0 + group)
+
+    def finish(g0, g1, h_t, h_ty, k_t, k_ty, distinct=()):
         c = g1 - g0
         hy = h_y[g0:g1] if per_item else h_y.expand(c)
         cy = classes_present[g0:g1] if per_item else classes_present.expand(c)
-        distinct = []
-        if float_keys:
-            keys = key_buffer[:c]
-            keys.copy_(label_rows[g0:g1] if per_item else label_rows.expand(c, n))
-            for s in builtins.range(g0, g1, chunk):
-                part = a[s:min(g1, s + chunk)]
-                check_finite(part, batch, s)
-                fast.keys_into(part, keys[s - g0:s - g0 + len(part)])
-            if by_count:
-                item = torch.arange(c)[:, None]
-                joint = ((item << span_bits) + keys.to(torch.int64)).reshape(-1)
-                h_t, h_ty, k_t, k_ty = plugin_counts(joint, c, n, label_bits, span_bits, table)
-            else:
-                h_t, h_ty, k_t, k_ty = (torch.from_numpy(v) for v in counter(keys.numpy()))
-        else:
-            keys = torch.empty(c, n, dtype=torch.int64, device=batch.device)
-            bound = 1
-            for s in builtins.range(g0, g1, chunk):
-                part = a[s:min(g1, s + chunk)]
-                check_finite(part, batch, s)
-                digits, radix = grid.digits(part)
-                k, b, all_distinct = row_keys(digits, radix, reserve=(2 << label_bits) * c)
-                keys[s - g0:s - g0 + len(part)] = k
-                bound = max(bound, b)
-                distinct += [all_distinct] * len(part)
-            yc = y[g0:g1] if per_item else y
-            item_bits = (bound - 1).bit_length() + label_bits
-            item = torch.arange(c, device=batch.device)[:, None]
-            joint = ((item << item_bits) + (keys << label_bits) + yc).reshape(-1)
-            h_t, h_ty, k_t, k_ty = plugin_counts(joint, c, n, label_bits, item_bits, table)
         h_t_given_y = h_ty - hy
         if miller_madow:
             # H(T|Y) = sum_y p(y) H(T|Y=y); each class's term (K_y - 1) / (2 N_y ln 2) weighted by N_y / N sums
@@ -316,6 +270,34 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
             mask = torch.tensor(distinct, device=batch.device)
             ixt[g0:g1][mask] = log2n
             ity[g0:g1][mask] = hy[mask]
+
+    if (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
+            and _range_rows.fits(grid.bins, d, label_bits)):
+        # Exact float64 row keys and one sort per item (see _range_rows).
+        for g0, g1, counts in _range_rows.group_counts(a, y, grid, label_bits, table,
+                                                       lambda part, s: check_finite(part, batch, s)):
+            finish(g0, g1, *counts)
+        return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
+    group = max(1, min(n_items, _GROUP_ROWS // n))
+    chunk = max(1, _CHUNK_ELEMENTS // (n * d))
+    for g0 in builtins.range(0, n_items, group):
+        g1 = min(n_items, g0 + group)
+        c = g1 - g0
+        keys = torch.empty(c, n, dtype=torch.int64, device=batch.device)
+        bound, distinct = 1, []
+        for s in builtins.range(g0, g1, chunk):
+            part = a[s:min(g1, s + chunk)]
+            check_finite(part, batch, s)
+            digits, radix = grid.digits(part)
+            k, b, all_distinct = row_keys(digits, radix, reserve=(2 << label_bits) * c)
+            keys[s - g0:s - g0 + len(part)] = k
+            bound = max(bound, b)
+            distinct += [all_distinct] * len(part)
+        yc = y[g0:g1] if per_item else y
+        item_bits = (bound - 1).bit_length() + label_bits
+        item = torch.arange(c, device=batch.device)[:, None]
+        joint = ((item << item_bits) + (keys << label_bits) + yc).reshape(-1)
+        finish(g0, g1, *plugin_counts(joint, c, n, label_bits, item_bits, table), distinct)
     return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
 
 
