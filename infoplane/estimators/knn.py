@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _ksg_cpu
 from ._inputs import Batch, as_batch, as_labels, check_finite, positive_float, result_dtype
 
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes for the [rows, N] buffers of one block
@@ -50,16 +51,8 @@ class KNNResult:
     mi: torch.Tensor
 
 
-# On CPU, bytes of one [rows, N] distance buffer: the few buffers of a block then stay in a core's L2 cache while
-# every coordinate passes over them (measured about 2x faster than blocks of 128 rows at N = 10,000).
-_CPU_BLOCK_BYTES = 2**20
-
-
-def _block_rows(n: int, itemsize: int, budget: int, buffers: int, device: torch.device = None) -> int:
-    rows = max(1, min(n, _MAX_ROWS, budget // max(1, buffers * n * itemsize)))
-    if device is not None and device.type == "cpu":
-        rows = max(1, min(rows, _CPU_BLOCK_BYTES // (n * itemsize)))
-    return rows
+def _block_rows(n: int, itemsize: int, budget: int, buffers: int) -> int:
+    return max(1, min(n, _MAX_ROWS, budget // max(1, buffers * n * itemsize)))
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
@@ -73,30 +66,6 @@ def _cheb_block(x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
     distances are exact differences of the inputs' values.
     """
     return torch.cdist(x[i0:i1], x, p=math.inf)
-
-
-class _ChebRows:
-    """Max-norm distance blocks of rows of one variable ([N, d]) to all its rows, on CPU, into a reused buffer.
-
-    The block is built a coordinate at a time, max over c of |x_ic - x_jc|, from the variable stored unit-major
-    ([d, N]) so that every pass reads and writes contiguous rows of the block, which stays in the cache. Each
-    term is the float difference of two inputs, rounded once, exactly as ``cdist(p=inf)`` (and the KD-tree
-    references) compute it, so the distances are identical.
-    """
-
-    def __init__(self, rows: int, n: int, dtype: torch.dtype):
-        self.out = torch.empty(rows, n, dtype=dtype)
-        self.term = torch.empty(rows, n, dtype=dtype)
-
-    def block(self, x: torch.Tensor, xt: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
-        """Distances [i1 - i0, N] of rows i0..i1 of ``x`` ([N, d]; ``xt`` its transpose, contiguous)."""
-        out, term = self.out[:i1 - i0], self.term[:i1 - i0]
-        rows = x[i0:i1]
-        torch.sub(rows[:, :1], xt[:1], out=out).abs_()
-        for c in range(1, x.shape[1]):
-            torch.sub(rows[:, c:c + 1], xt[c:c + 1], out=term).abs_()
-            torch.maximum(out, term, out=out)
-        return out
 
 
 def _broadcast(a: Batch, b: Batch, what: str) -> tuple:
@@ -122,12 +91,10 @@ def _check_k(k, n_max: int, what: str) -> int:
     return k
 
 
-def _ksg_block(bx, by, i0, k, joint=None):
-    """KSG terms of rows i0.. given their marginal distance blocks: (sum psi(k_i), sum psi(n_x+1) + psi(n_y+1)).
-
-    ``joint``: optional buffer of the blocks' shape for the joint distances."""
+def _ksg_block(bx, by, i0, k):
+    """KSG terms of rows i0.. given their marginal distance blocks: (sum psi(k_i), sum psi(n_x+1) + psi(n_y+1))."""
     r = bx.shape[0]
-    joint = torch.maximum(bx, by, out=joint) if joint is not None else torch.maximum(bx, by)
+    joint = torch.maximum(bx, by)
     joint.diagonal(offset=i0).fill_(math.inf)  # a sample is not its own neighbour
     eps = torch.topk(joint, k, dim=1, largest=False, sorted=True).values[:, -1:]
     # strict counts; the sample itself (distance 0 < eps) is counted and removed again
@@ -174,36 +141,25 @@ def ksg_mi(a, b, *, k: int = 3, memory_budget=None) -> KNNResult:
     xa = ba.acts.to(device=device, dtype=dt)
     xb = bb.acts.to(dtype=dt)
     n = ba.n
-    rows = _block_rows(n, torch.finfo(dt).bits // 8, budget, 4, device)
-    sums = torch.zeros(n_items, dtype=torch.float64, device=device)
+    psi = torch.special.digamma
     if device.type == "cpu":
-        # Cache-sized blocks built coordinate by coordinate into reused buffers (see _ChebRows).
-        ta, tb = xa.transpose(1, 2).contiguous(), xb.transpose(1, 2).contiguous()
-        da, db = _ChebRows(rows, n, dt), _ChebRows(rows, n, dt)
-        joint = torch.empty(rows, n, dtype=dt)
-
-        def dist_a(i, i0, i1):
-            return da.block(xa[i], ta[i], i0, i1)
-
-        def dist_b(i, i0, i1):
-            return db.block(xb[i], tb[i], i0, i1)
-    else:
-        joint = None
-
-        def dist_a(i, i0, i1):
-            return _cheb_block(xa[i], i0, i1)
-
-        def dist_b(i, i0, i1):
-            return _cheb_block(xb[i], i0, i1)
+        # numpy blocks shared by worker threads, as many as torch's intra-op threads (see _ksg_cpu)
+        kk, nx, ny = (torch.from_numpy(v) for v in _ksg_cpu.neighbour_counts(
+            xa.contiguous().numpy(), xb.contiguous().numpy(), k, _ksg_cpu.block_rows(n, budget),
+            torch.get_num_threads()))
+        sums = psi(kk).sum(1) - (psi(nx.to(torch.float64) + 1) + psi(ny.to(torch.float64) + 1)).sum(1)
+        out = psi(torch.tensor(float(n), dtype=torch.float64)) + sums / n
+        return KNNResult(mi=(out / _LN2).reshape(shape))
+    rows = _block_rows(n, torch.finfo(dt).bits // 8, budget, 4)
+    sums = torch.zeros(n_items, dtype=torch.float64, device=device)
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
         # a variable without batch dimensions (the probe inputs) has one distance block for every batch item
-        bx = dist_a(0, i0, i1) if xa.shape[0] == 1 else None
-        by = dist_b(0, i0, i1) if xb.shape[0] == 1 else None
+        bx = _cheb_block(xa[0], i0, i1) if xa.shape[0] == 1 else None
+        by = _cheb_block(xb[0], i0, i1) if xb.shape[0] == 1 else None
         for i in range(n_items):
-            s_k, s_n = _ksg_block(bx if bx is not None else dist_a(i, i0, i1),
-                                  by if by is not None else dist_b(i, i0, i1), i0, k,
-                                  None if joint is None else joint[:i1 - i0])
+            s_k, s_n = _ksg_block(bx if bx is not None else _cheb_block(xa[i], i0, i1),
+                                  by if by is not None else _cheb_block(xb[i], i0, i1), i0, k)
             sums[i] += s_k - s_n
     psi_n = torch.special.digamma(torch.tensor(float(n), dtype=torch.float64, device=device))
     out = psi_n + sums / n
