@@ -24,10 +24,11 @@ counts n_a, n_b (m_i) count the samples at distance exactly 0. Samples with a po
 data without such ties give exactly the plain algorithm. On purely discrete data the rule gives the plug-in
 mutual information up to O(1/n) digamma corrections.
 
-Neighbour search is brute force in torch, a block of rows at a time: max-norm distance blocks [rows, N] from
-``torch.cdist(p=inf)``, ``topk`` for the k-th neighbour, then comparisons for the counts. Memory is a few
-[rows, N] buffers whatever N, and the same code runs on any device. Distances are differences of the inputs'
-values in float64 (float32 on MPS), so comparisons are exact.
+Neighbour search is brute force, a block of rows at a time: max-norm distance blocks [rows, N], the k-th
+neighbour's distance from them, then comparisons for the counts. On GPUs the blocks come from
+``torch.cdist(p=inf)`` and ``topk``; KSG on CPU builds cache-sized blocks in numpy, coordinate by coordinate,
+in worker threads (see ``_ksg_cpu``). Memory is a few [rows, N] buffers whatever N. Distances are differences
+of the inputs' values in float64 (float32 on MPS), so comparisons are exact.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def ksg_mi(a, b, *, k: int = 3, memory_budget=None) -> KNNResult:
     k : int, default 3
         Neighbour order.
     memory_budget : int, optional
-        Bytes for the distance buffers of one block of rows (default 64 MiB).
+        Bytes for the distance buffers of one block of rows (default 64 MiB; on CPU, of each worker thread,
+        and at most a cache-sized block).
 
     Returns
     -------
