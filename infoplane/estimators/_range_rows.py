@@ -33,6 +33,8 @@ from ._entropy import plugin_counts
 _CHUNK_ELEMENTS = 2**18
 # Items whose sorted keys are counted together: shares the fixed cost of each numpy call.
 _GROUP_ROWS = 2**17
+# Elements per torch pass in worker threads: below torch's parallel grain (32768), so that a pass runs inline.
+_THREAD_CHUNK_ELEMENTS = 2**15 - 2**10
 # Keys, and the sums that build them, stay below 2**52: exact integers in float64 with a margin of a factor 2.
 _FLOAT_KEY_BITS = 52
 
@@ -149,51 +151,68 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table:
     """``(g0, g1, (h_t, h_ty, k_t, k_ty))`` for consecutive groups of items g0..g1 of ``a`` ([B, N, d] on CPU),
     labels ``y`` ([B or 1, N] dense int64), as :func:`._entropy.plugin_counts` returns them (torch tensors).
 
-    ``check(part, start)`` is called on every chunk of activations before it is used (the finiteness check).
-    Small key spaces (at most 2 N cells) are counted by plugin_counts' bincount route on the same integer keys.
-    Otherwise each item's keys are sorted and counted by :class:`SortedRowCounts`; with more than one torch
-    thread, groups are counted in parallel threads (numpy releases the GIL while it sorts and counts), each with
-    its own buffers, between the passes that build the keys (which use torch's own threads).
+    ``check(part, start)`` is called on activations of items start.. before they are used (finiteness).
+    Small key spaces (at most 2 N cells) are counted by plugin_counts' bincount route (numpy on CPU) on the same
+    integer keys. Otherwise each item's keys are sorted and counted by :class:`SortedRowCounts`.
+
+    Threads: with more than one torch thread, groups are shared by that many worker threads, each building and
+    counting its own groups from start to end with its own buffers. Their torch passes are kept below torch's
+    parallel grain (``_THREAD_CHUNK_ELEMENTS``), so they run inline in the worker, and numpy releases the GIL
+    while it sorts and counts: workers never wait for one another. (Torch's own intra-op threads would meet at a
+    barrier after every pass; on a machine whose cores are busy with other work those barriers stall for whole
+    scheduler slices.) Each group's numbers do not depend on the thread that computed them.
     """
     n_items, n, d = a.shape
-    keys_of = RangeKeys(grid, d, label_bits, a.dtype)
     span_bits = (grid.bins**d - 1).bit_length() + label_bits
     by_count = (1 << span_bits) <= 2 * n
     group = max(1, min(n_items, _GROUP_ROWS // n))
-    chunk = max(1, _CHUNK_ELEMENTS // (n * d))
     labels = y.to(torch.float64)
     starts = list(range(0, n_items, group))
-    workers = 1 if by_count else max(1, min(torch.get_num_threads(), len(starts)))
-    buffers = [torch.empty(group, n, dtype=torch.float64) for _ in range(workers)]
-    counters = [] if by_count else [SortedRowCounts(group, n, label_bits, table.numpy()) for _ in range(workers)]
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
 
-    def build(g0, keys):
+    def build(g0, keys_of, keys, rows_per_pass):
+        """Keys of items g0.. into ``keys`` ([group, N]), ``rows_per_pass`` rows of [B * N, d] at a time."""
         g1 = min(n_items, g0 + group)
         keys = keys[:g1 - g0]
         keys.copy_(labels[g0:g1] if y.shape[0] > 1 else labels.expand(g1 - g0, n))
-        for s in range(g0, g1, chunk):
-            part = a[s:min(g1, s + chunk)]
-            check(part, s)
-            keys_of.keys_into(part, keys[s - g0:s - g0 + len(part)])
+        flat_keys, flat = keys.view(-1), a[g0:g1].reshape(-1, d)
+        for r in range(0, len(flat), rows_per_pass):
+            keys_of.keys_into(flat[r:r + rows_per_pass], flat_keys[r:r + rows_per_pass])
         return g1, keys
 
-    def as_tensors(counts):
-        return tuple(torch.from_numpy(v) for v in counts)
+    def count(g0, g1, keys, counter):
+        if by_count:
+            # numpy arithmetic (plugin_counts counts with numpy on CPU): no torch pass above the parallel grain
+            joint = (np.arange(g1 - g0)[:, None] << span_bits) + keys.numpy().astype(np.int64)
+            return plugin_counts(torch.from_numpy(joint.reshape(-1)), g1 - g0, n, label_bits, span_bits, table)
+        return tuple(torch.from_numpy(v) for v in counter(keys.numpy()))
 
-    if by_count:
-        for g0 in starts:
-            g1, keys = build(g0, buffers[0])
-            joint = ((torch.arange(g1 - g0)[:, None] << span_bits) + keys.to(torch.int64)).reshape(-1)
-            yield g0, g1, plugin_counts(joint, g1 - g0, n, label_bits, span_bits, table)
-        return
     if workers == 1:
+        keys_of = RangeKeys(grid, d, label_bits, a.dtype)
+        keys = torch.empty(group, n, dtype=torch.float64)
+        counter = None if by_count else SortedRowCounts(group, n, label_bits, table.numpy())
+        chunk = max(1, _CHUNK_ELEMENTS // (n * d))  # items digitised at once
         for g0 in starts:
-            g1, keys = build(g0, buffers[0])
-            yield g0, g1, as_tensors(counters[0](keys.numpy()))
+            for s in range(g0, min(n_items, g0 + group), chunk):
+                check(a[s:min(n_items, s + chunk, g0 + group)], s)
+            g1, k = build(g0, keys_of, keys, chunk * n)
+            yield g0, g1, count(g0, g1, k, counter)
         return
+
+    check(a, 0)  # once, before the workers start (they would turn a non-finite value into a bad index)
+    rows_per_pass = max(1, _THREAD_CHUNK_ELEMENTS // d)
+
+    def run(mine):
+        keys_of = RangeKeys(grid, d, label_bits, a.dtype)
+        keys = torch.empty(group, n, dtype=torch.float64)
+        counter = None if by_count else SortedRowCounts(group, n, label_bits, table.numpy())
+        out = []
+        for g0 in mine:
+            g1, k = build(g0, keys_of, keys, rows_per_pass)
+            out.append((g0, g1, count(g0, g1, k, counter)))
+        return out
+
     with ThreadPoolExecutor(workers) as pool:
-        for r in range(0, len(starts), workers):
-            built = [build(g0, buf) for g0, buf in zip(starts[r:r + workers], buffers)]
-            jobs = [pool.submit(counter, keys.numpy()) for (_, keys), counter in zip(built, counters)]
-            for g0, (g1, _), job in zip(starts[r:r + workers], built, jobs):
-                yield g0, g1, as_tensors(job.result())
+        jobs = [pool.submit(run, starts[w::workers]) for w in range(workers)]
+        done = sorted((r for job in jobs for r in job.result()), key=lambda r: r[0])
+    yield from done
