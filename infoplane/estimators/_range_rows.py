@@ -33,8 +33,8 @@ from ._entropy import plugin_counts
 _CHUNK_ELEMENTS = 2**18
 # Items whose sorted keys are counted together: shares the fixed cost of each numpy call.
 _GROUP_ROWS = 2**17
-# Elements per torch pass in worker threads: below torch's parallel grain (32768), so that a pass runs inline.
-_THREAD_CHUNK_ELEMENTS = 2**15 - 2**10
+# Elements per pass in worker threads (numpy passes, see group_counts): buffers within a core's L2 cache.
+_THREAD_CHUNK_ELEMENTS = 2**16
 # Keys, and the sums that build them, stay below 2**52: exact integers in float64 with a margin of a factor 2.
 _FLOAT_KEY_BITS = 52
 
@@ -64,6 +64,7 @@ class RangeKeys:
         if self._buffers is None or self._buffers[0].numel() < numel:
             self._buffers = (torch.empty(numel, dtype=torch.float32), torch.empty(numel, dtype=dtype),
                              torch.empty(numel, dtype=torch.int32), torch.empty(numel, dtype=torch.float64))
+            self._numpy = [buf.numpy() for buf in self._buffers] + [self.table.numpy()]
         return [buf[:numel] for buf in self._buffers]
 
     def keys_into(self, a: torch.Tensor, out: torch.Tensor) -> None:
@@ -83,6 +84,27 @@ class RangeKeys:
         torch.ge(u, float(self.bins), out=edge)
         torch.add(u, edge, alpha=-self.bins, out=digits)
         out.view(-1).addmv_(digits.view(-1, shape[-1]), self.place)
+
+    def keys_into_numpy(self, a: torch.Tensor, out: torch.Tensor) -> None:
+        """:meth:`keys_into` with numpy passes (never multithreaded, and the GIL released inside each), for
+        worker threads. The float32 value u may round differently from torch's, but any u within the bias of
+        ``_RangeGrid`` gives the same cell after the exact comparison with the next edge."""
+        x = a.numpy()
+        shape = x.shape
+        self._workspace(x.size, a.dtype)
+        u, edge, idx, digits, table = [buf[:x.size].reshape(shape) for buf in self._numpy[:4]] + [self._numpy[4]]
+        np.multiply(x, self.scale, out=u)
+        np.add(u, self.offset, out=u)
+        np.clip(u, 0, self.bins, out=u)
+        np.copyto(idx, u, casting="unsafe")  # int32 truncation: floor(u), as u >= 0
+        np.floor(u, out=u)
+        np.take(table, idx, out=edge, mode="wrap")  # indices are in range: "wrap" only skips numpy's copy
+        np.greater_equal(x, edge, out=edge)
+        np.add(u, edge, out=u)
+        np.greater_equal(u, self.bins, out=edge)
+        np.multiply(edge, -self.bins, out=edge)
+        np.add(u, edge, out=digits)
+        out.view(-1).addmv_(torch.from_numpy(digits).view(-1, shape[-1]), self.place)
 
 
 class SortedRowCounts:
@@ -176,8 +198,9 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table:
         keys = keys[:g1 - g0]
         keys.copy_(labels[g0:g1] if y.shape[0] > 1 else labels.expand(g1 - g0, n))
         flat_keys, flat = keys.view(-1), a[g0:g1].reshape(-1, d)
+        into = keys_of.keys_into if workers == 1 else keys_of.keys_into_numpy
         for r in range(0, len(flat), rows_per_pass):
-            keys_of.keys_into(flat[r:r + rows_per_pass], flat_keys[r:r + rows_per_pass])
+            into(flat[r:r + rows_per_pass], flat_keys[r:r + rows_per_pass])
         return g1, keys
 
     def count(g0, g1, keys, counter):
