@@ -24,10 +24,11 @@ counts n_a, n_b (m_i) count the samples at distance exactly 0. Samples with a po
 data without such ties give exactly the plain algorithm. On purely discrete data the rule gives the plug-in
 mutual information up to O(1/n) digamma corrections.
 
-Neighbour search is brute force in torch, a block of rows at a time: max-norm distance blocks [rows, N] from
-``torch.cdist(p=inf)``, ``topk`` for the k-th neighbour, then comparisons for the counts. Memory is a few
-[rows, N] buffers whatever N, and the same code runs on any device. Distances are differences of the inputs'
-values in float64 (float32 on MPS), so comparisons are exact.
+Neighbour search is brute force, a block of rows at a time: max-norm distance blocks [rows, N], the k-th
+neighbour's distance from them, then comparisons for the counts. On GPUs the blocks come from
+``torch.cdist(p=inf)`` and ``topk``; KSG on CPU builds cache-sized blocks in numpy, coordinate by coordinate,
+in worker threads (see ``_ksg_cpu``). Memory is a few [rows, N] buffers whatever N. Distances are differences
+of the inputs' values in float64 (float32 on MPS), so comparisons are exact.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _ksg_cpu
 from ._inputs import Batch, as_batch, as_labels, check_finite, positive_float, result_dtype
 
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes for the [rows, N] buffers of one block
@@ -121,7 +123,8 @@ def ksg_mi(a, b, *, k: int = 3, memory_budget=None) -> KNNResult:
     k : int, default 3
         Neighbour order.
     memory_budget : int, optional
-        Bytes for the distance buffers of one block of rows (default 64 MiB).
+        Bytes for the distance buffers of one block of rows (default 64 MiB; on CPU, of each worker thread,
+        and at most a cache-sized block).
 
     Returns
     -------
@@ -140,6 +143,15 @@ def ksg_mi(a, b, *, k: int = 3, memory_budget=None) -> KNNResult:
     xa = ba.acts.to(device=device, dtype=dt)
     xb = bb.acts.to(dtype=dt)
     n = ba.n
+    psi = torch.special.digamma
+    if device.type == "cpu":
+        # numpy blocks shared by worker threads, as many as torch's intra-op threads (see _ksg_cpu)
+        kk, nx, ny = (torch.from_numpy(v) for v in _ksg_cpu.neighbour_counts(
+            xa.contiguous().numpy(), xb.contiguous().numpy(), k, _ksg_cpu.block_rows(n, budget),
+            torch.get_num_threads()))
+        sums = psi(kk).sum(1) - (psi(nx.to(torch.float64) + 1) + psi(ny.to(torch.float64) + 1)).sum(1)
+        out = psi(torch.tensor(float(n), dtype=torch.float64)) + sums / n
+        return KNNResult(mi=(out / _LN2).reshape(shape))
     rows = _block_rows(n, torch.finfo(dt).bits // 8, budget, 4)
     sums = torch.zeros(n_items, dtype=torch.float64, device=device)
     for i0 in range(0, n, rows):

@@ -1,0 +1,91 @@
+"""Binning and KSG give the same numbers whatever the number of worker threads (torch's thread count).
+
+On CPU both estimators share their blocks among as many worker threads as torch has intra-op threads; with one,
+binning runs its single-thread route (torch passes over larger chunks). Every route must give bit-identical
+results, and agree with plain oracles written here.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+from sklearn.metrics import mutual_info_score
+
+from infoplane.estimators import binned_mi, ksg_mi
+from infoplane.estimators import _range_rows
+
+
+def binned_oracle(a, labels, bins, lo, hi):
+    """np.digitize with the original's wrap-around indexing, np.unique row codes, sklearn's MI (bits)."""
+    edges = np.linspace(lo, hi, bins).astype(np.float32)
+    cells = edges[np.digitize(a, edges) - 1]
+    codes = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+    return mutual_info_score(codes, codes) / math.log(2), mutual_info_score(codes, labels) / math.log(2)
+
+
+def ksg_oracle(x, y, k=3):
+    """KSG algorithm 1 (max-norm) with scipy KD-trees, strict counts through a radius just below eps (bits)."""
+    n = len(x)
+    xy = np.hstack([x, y])
+    eps = cKDTree(xy).query(xy, k=k + 1, p=np.inf)[0][:, -1]
+    r = np.nextafter(eps, 0)
+    nx = cKDTree(x).query_ball_point(x, r, p=np.inf, return_length=True) - 1
+    ny = cKDTree(y).query_ball_point(y, r, p=np.inf, return_length=True) - 1
+    return (digamma(k) + digamma(n) - np.mean(digamma(nx + 1) + digamma(ny + 1))) / math.log(2)
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Set the thread count the estimators read, for this test only (torch's own setting is left alone)."""
+    def set_to(k):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: k)
+    return set_to
+
+
+@pytest.mark.parametrize("d,bins", [(2, 30), (3, 30), (6, 30), (9, 7)])
+def test_binning_is_the_same_with_any_number_of_workers(threads, monkeypatch, d, bins):
+    # small groups, so that several groups exist and each worker gets some (and one gets more than another)
+    monkeypatch.setattr(_range_rows, "_GROUP_ROWS", 2 * 300)
+    rng = np.random.default_rng(d)
+    a = np.tanh(rng.normal(scale=2.0, size=(7, 300, d))).astype(np.float32)
+    a[:, :40] = a[:, 40:80]  # duplicated rows
+    a[:, :10, 0] = 1.0  # values on the last edge, and beyond the range
+    a[:, 10:20, 0] = -1.5
+    labels = rng.integers(0, 3, size=(7, 300))
+    results = []
+    for k in (1, 2, 3):
+        threads(k)
+        for mm in (False, True):
+            results.append((k, mm, binned_mi(a, labels, bins=bins, range=(-1, 1), miller_madow=mm)))
+    for k, mm, r in results:
+        same = next(r0 for k0, mm0, r0 in results if k0 == 1 and mm0 == mm)
+        assert torch.equal(r.ixt, same.ixt) and torch.equal(r.ity, same.ity)
+    plain = results[0][2]
+    for b in range(7):
+        ixt, ity = binned_oracle(a[b], labels[b], bins, -1, 1)
+        assert abs(float(plain.ixt[b]) - ixt) < 1e-9 and abs(float(plain.ity[b]) - ity) < 1e-9
+
+
+def test_binning_names_the_first_bad_item_with_workers(threads, monkeypatch):
+    monkeypatch.setattr(_range_rows, "_GROUP_ROWS", 2 * 100)
+    threads(2)
+    a = np.tanh(np.random.default_rng(0).normal(size=(6, 100, 4))).astype(np.float32)
+    a[4, 3, 1] = np.nan
+    a[2, 5, 0] = np.inf
+    with pytest.raises(ValueError, match=r"inf at batch index \(2,\)"):
+        binned_mi(a, np.arange(100) % 2, bins=30, range=(-1, 1))
+
+
+def test_ksg_is_the_same_with_any_number_of_workers(threads):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 4))
+    t = np.stack([np.tanh(x[:, :3] * s + 0.3 * rng.normal(size=(500, 3))) for s in (0.5, 2.0)])
+    t[1, :50] = np.maximum(t[1, :50], 0.2)  # ties in one item
+    results = []
+    for k in (1, 2, 3):
+        threads(k)
+        results.append(ksg_mi(x, t, memory_budget=200_000).mi)  # several blocks of rows per worker
+    assert all(torch.equal(r, results[0]) for r in results)
+    assert float(results[0][0]) == pytest.approx(ksg_oracle(x, t[0]), abs=1e-9)
