@@ -215,6 +215,8 @@ class _Fused:
         self._quantised = torch.tensor(plan.quantised or [0], dtype=torch.int32)
         self._quant = torch.tensor(plan.quant or [0.0, 0.0, 1.0], dtype=torch.float32)
         self._set_hyper()
+        # Seeds are independent, so the kernel shares them out among torch's intra-op threads (read, never set).
+        self.threads = max(1, min(torch.get_num_threads(), S))
         n_quant = sum(plan.quantised)
         self.reason = (f"fused kernel over {S} seed(s)" + (f", {n_quant} quantised layer(s)" if n_quant else ""))
 
@@ -240,7 +242,8 @@ class _Fused:
             len(self.members), len(self.plan.dims) - 1, self._dims.data_ptr(), self._acts.data_ptr(),
             self._act_params.data_ptr(), self._quantised.data_ptr(), self._quant.data_ptr(), self.P.data_ptr(),
             self.G.data_ptr(), self.M.data_ptr(), self.V.data_ptr(), x.data_ptr(), y.data_ptr(), order.data_ptr(),
-            order.shape[1], batch_size, self.opt_code, self._hyper.data_ptr(), ctypes.byref(self.step), int(update))
+            order.shape[1], batch_size, self.opt_code, self._hyper.data_ptr(), ctypes.byref(self.step), int(update),
+            self.threads)
         if status == -1:
             raise ValueError(f"a label is outside 0 .. {self.plan.dims[-1] - 1}")
         if status != 0:

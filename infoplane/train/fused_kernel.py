@@ -21,7 +21,7 @@ from .fused_source import SOURCE
 
 # -ffp-contract=off: a*b+c stays two roundings, as in torch's separate elementwise ops (the quantiser's
 # output must be the exact grid value). -fno-math-errno lets sqrtf and nearbyintf vectorise.
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
 
 _LOADED: ctypes.CDLL | str | None = None
 
@@ -76,7 +76,7 @@ def _build() -> ctypes.CDLL | str:
     fn = lib.ip_fused_epoch
     p = ctypes.c_void_p
     fn.argtypes = [ctypes.c_int, ctypes.c_int, p, p, p, p, p, p, p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_int, p, p, ctypes.c_int]
+                   ctypes.c_int, p, p, ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib
 

@@ -12,6 +12,7 @@ SOURCE = r"""/* One epoch of minibatch training for an ensemble of S small MLPs 
  * kernel: [unit][sample] so that the loops over a minibatch are contiguous (and vectorise).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,32 +273,80 @@ static int64_t work_floats(int L, const int64_t *dims, int64_t B) {
     return (n + 2 * dmax) * B;
 }
 
+/* The kernel's activations on an array (for tests of their accuracy against torch). */
+void ip_activate(int code, const float *p, const float *z, float *out, int64_t n) { activate(code, p, z, out, n); }
+
+/* The kernel's quantiser on an array (for tests that it reproduces infoplane.quantize bit for bit). */
+void ip_quantize(const float *q, const float *a, float *out, int64_t n) { quantize(q, a, out, n); }
+
+struct job {
+    int S, L, first, stride, opt, update_params, status;
+    const int64_t *dims, *Y, *order;
+    const int32_t *act, *quantised;
+    const float *act_p, *quant, *X;
+    float *P, *G, *M, *V;
+    int64_t n, batch;
+    const double *hyper;
+    double step0;
+};
+
+/* Seeds first, first + stride, ... for the whole epoch: the seeds never interact, so threads share nothing. */
+static void *run_job(void *arg) {
+    struct job *j = (struct job *)arg;
+    int64_t T = params_per_seed(j->L, j->dims);
+    int64_t B = j->batch < j->n ? j->batch : j->n;
+    float *work = (float *)malloc((size_t)work_floats(j->L, j->dims, B > 0 ? B : 1) * sizeof(float));
+    if (!work) { j->status = -3; return NULL; }
+    double step = j->step0;
+    for (int64_t start = 0; start < j->n && j->status == 0; start += j->batch) {
+        int64_t Bc = j->n - start < j->batch ? j->n - start : j->batch;
+        step += 1.0;
+        for (int s = j->first; s < j->S && j->status == 0; s += j->stride) {
+            j->status = seed_gradient(j->L, j->dims, j->act, j->act_p, j->quantised, j->quant, j->P + s * T,
+                                      j->G + s * T, j->X, j->Y, j->order + s * j->n + start, Bc, work);
+            if (j->status == 0 && j->update_params)
+                update(j->opt, j->hyper, step, j->P + s * T, j->G + s * T, j->M + s * T, j->V + s * T, T);
+        }
+        if (!j->update_params) break;
+    }
+    free(work);
+    return NULL;
+}
+
 /* One epoch: for each minibatch of the orders [S, n] (the last one holds n % batch rows), every seed's
- * gradient, then its update. *step is the optimiser's step count, advanced once per minibatch.
+ * gradient, then its update. *step is the optimiser's step count, advanced once per minibatch. The seeds are
+ * shared out among `threads` threads (each takes every threads-th seed for the whole epoch).
  * update_params == 0 computes the first minibatch's gradients only (the trial check). Returns 0, -1 for a
  * label out of range, -2 for unsupported sizes, -3 when memory runs out. */
 int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const float *act_p,
                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
                    const float *X, const int64_t *Y, const int64_t *order, int64_t n, int64_t batch,
-                   int opt, const double *hyper, double *step, int update_params) {
+                   int opt, const double *hyper, double *step, int update_params, int threads) {
     if (L < 1 || L > 64 || batch < 1) return -2;
-    int64_t T = params_per_seed(L, dims);
-    int64_t B = batch < n ? batch : n;
-    float *work = (float *)malloc((size_t)work_floats(L, dims, B > 0 ? B : 1) * sizeof(float));
-    if (!work) return -3;
-    int status = 0;
-    for (int64_t start = 0; start < n && status == 0; start += batch) {
-        int64_t Bc = n - start < batch ? n - start : batch;
-        double next = *step + 1.0;
-        for (int s = 0; s < S && status == 0; s++) {
-            status = seed_gradient(L, dims, act, act_p, quantised, quant, P + s * T, G + s * T, X, Y,
-                                   order + s * n + start, Bc, work);
-            if (status == 0 && update_params) update(opt, hyper, next, P + s * T, G + s * T, M + s * T, V + s * T, T);
-        }
-        if (!update_params) break;
-        *step = next;
+    if (threads > S) threads = S;
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    struct job jobs[64];
+    pthread_t ids[64];
+    int started[64] = {0};
+    for (int t = 0; t < threads; t++) {
+        struct job j = {S, L, t, threads, opt, update_params, 0, dims, Y, order, act, quantised, act_p, quant, X,
+                        P, G, M, V, n, batch, hyper, *step};
+        jobs[t] = j;
     }
-    free(work);
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
+    /* this thread takes job 0, and the jobs of any thread that failed to start */
+    run_job(&jobs[0]);
+    int status = 0;
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(ids[t], NULL);
+        else run_job(&jobs[t]);
+    }
+    for (int t = 0; t < threads; t++) if (jobs[t].status != 0) status = jobs[t].status;
+    if (status == 0 && update_params) {
+        int64_t batches = n > 0 ? (n + batch - 1) / batch : 0;
+        *step += (double)batches;
+    }
     return status;
 }
 """
