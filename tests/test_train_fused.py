@@ -65,6 +65,9 @@ def test_fused_equals_torch_path(data, builder, seeds, n_train):
     initial = fit(builder, inputs, labels, train, fused=True, **{**kw, "epochs": 0})
     assert not torch.allclose(fast.members[0][0].weight, initial.members[0][0].weight, atol=1e-3)  # it trained
     close(fast, slow)
+    # The returned members own their parameters (no views into the kernel's buffers).
+    storages = {p.untyped_storage().data_ptr() for m in fast.members for p in m.parameters()}
+    assert len(storages) == seeds * len(list(fast.members[0].parameters()))
 
 
 @pytest.mark.parametrize("optimizer", [

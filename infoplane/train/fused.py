@@ -181,7 +181,11 @@ def _try_fused(spec, members: list[nn.Module], inputs: torch.Tensor, labels: tor
 class _Fused:
     """Trains the members with the compiled kernel; they hold views of its flat parameter buffer."""
 
-    vectorized = True
+    stacked = True  # the members share the engine's buffers (fit gives them their own storage at the end)
+
+    @property
+    def vectorized(self) -> bool:
+        return len(self.members) > 1
 
     def __init__(self, spec, members: list[nn.Module], lib: ctypes.CDLL, plan: _Plan, settings: tuple[int, dict],
                  param_groups: list[dict]) -> None:

@@ -208,7 +208,8 @@ def fit(
 
     final_state = current_state(epochs)
     return FitResult(
-        members=[_unshare(m) for m in engine.members] if engine.vectorized else engine.members,
+        members=[_unshare(m) for m in engine.members] if getattr(engine, "stacked", engine.vectorized)
+        else engine.members,
         seeds=list(seeds),
         epoch=final_state["epoch"],
         vectorized=engine.vectorized,
