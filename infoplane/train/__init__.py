@@ -8,13 +8,16 @@ minibatch, which is numerically the same as training them one by one.
 
 Modules: :mod:`~infoplane.train.loop` (``fit``, the epoch loop), :mod:`~infoplane.train.spec` (what to train),
 :mod:`~infoplane.train.engines` (which engine), :mod:`~infoplane.train.sequential` (one by one),
-:mod:`~infoplane.train.vectorized` (stacked parameters, one optimiser), :mod:`~infoplane.train.stacked_forward`
+:mod:`~infoplane.train.vectorized` (stacked parameters, one optimiser),
+:mod:`~infoplane.train.fused` (one compiled kernel call per epoch for plain MLPs, built by
+:mod:`~infoplane.train.fused_kernel` from :mod:`~infoplane.train.fused_source`), :mod:`~infoplane.train.stacked_forward`
 (batched matrix products or ``vmap``), :mod:`~infoplane.train.metrics` (per-epoch loss and accuracy),
 :mod:`~infoplane.train.state` (checkpoints and per-seed random streams), :mod:`~infoplane.train.arguments`
 (argument checks).
 """
+from .fused import FusedFallbackWarning
 from .loop import FitResult, fit
 from .spec import DEFAULT_LR
 from .state import STATE_FORMAT, load_state, save_state
 
-__all__ = ["fit", "FitResult", "save_state", "load_state", "STATE_FORMAT", "DEFAULT_LR"]
+__all__ = ["fit", "FitResult", "FusedFallbackWarning", "save_state", "load_state", "STATE_FORMAT", "DEFAULT_LR"]

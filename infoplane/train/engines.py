@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
+from .fused import _announce, _Fused, _try_fused
 from .sequential import _Sequential
 from .spec import _Spec
 from .stacked_forward import _stacked_sequential, _vmap_forward_loss
@@ -17,10 +18,20 @@ from .vectorized import _ELEMENTWISE, _Vectorized
 
 def _choose_engine(vectorize: bool | str, spec: _Spec, members: list[nn.Module], inputs: torch.Tensor,
                    labels: torch.Tensor, train_sets: Sequence[torch.Tensor],
-                   batch_size: int) -> _Sequential | _Vectorized:
-    """The engine for ``fit``'s ``vectorize`` choice; raises ValueError when ``vectorize=True`` cannot be met."""
+                   batch_size: int, fused: bool | str = "auto") -> _Sequential | _Vectorized | _Fused:
+    """The engine for ``fit``'s ``vectorize`` and ``fused`` choices; raises ValueError when ``vectorize=True`` or
+    ``fused=True`` cannot be met."""
     if vectorize is False:
+        if fused is True:
+            raise ValueError("fused=True needs vectorize='auto' or True (vectorize=False trains on the torch path)")
         return _Sequential(spec, members, "vectorize=False")
+    if fused is not False:
+        engine = _try_fused(spec, members, inputs, labels, train_sets, batch_size)
+        if not isinstance(engine, str):
+            return engine
+        if fused is True:
+            raise ValueError(f"fused=True, but the fused training kernel cannot train this model: {engine}")
+        _announce(engine)
     if len(members) == 1:
         return _Sequential(spec, members, "a single seed")
     engine = _try_vectorize(spec, members, inputs, labels, train_sets, batch_size)

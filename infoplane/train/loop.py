@@ -32,7 +32,8 @@ class FitResult:
     epoch : int
         Number of completed epochs.
     vectorized : bool
-        Whether the members were trained together with ``torch.func.vmap``.
+        Whether the members were trained together (stacked parameters: ``torch.func.vmap``, batched matrix
+        products or the fused kernel; see ``reason``).
     reason : str
         Why that path was taken (e.g. why training fell back to one seed at a time).
     state : dict
@@ -65,6 +66,7 @@ def fit(
     loss: Callable | None = None,
     device: str | torch.device = "cpu",
     vectorize: bool | str = "auto",
+    fused: bool | str = "auto",
     callback: Callable | None = None,
     test_idx: torch.Tensor | np.ndarray | Sequence | None = None,
     start_epoch: int | None = None,
@@ -107,6 +109,12 @@ def fit(
         ``"auto"`` trains the seeds together with ``torch.func.vmap`` when possible and otherwise
         one at a time with a warning saying why; ``True`` raises ``ValueError`` when it is not
         possible; ``False`` always trains one at a time.
+    fused : {"auto", True, False}, default="auto"
+        ``"auto"`` trains plain MLPs (an ``nn.Sequential`` of ``nn.Linear`` and elementwise activations, including
+        :func:`infoplane.quantize`'s) with the default cross-entropy and Adam or plain SGD on the CPU, one seed
+        or many, with a compiled kernel that runs a whole epoch per call (see docs/training.md); anything else
+        trains on the torch path, and the reason is printed once (``FusedFallbackWarning``). ``True`` raises
+        ``ValueError`` when the kernel cannot be used; ``False`` never uses it.
     callback : callable, optional
         ``callback(epoch, members, metrics)``, called with ``epoch = 0`` before training (unless
         resuming) and after each epoch with the number of completed epochs. ``members`` holds the
@@ -143,6 +151,8 @@ def fit(
         checkpoint_every = lambda epoch: epoch % interval == 0  # noqa: E731
     if vectorize not in ("auto", True, False):
         raise ValueError(f"vectorize must be 'auto', True or False, got {vectorize!r}")
+    if fused not in ("auto", True, False):
+        raise ValueError(f"fused must be 'auto', True or False, got {fused!r}")
     if state is not None:
         _check_state(state, seeds)
         if start_epoch is None:
@@ -166,7 +176,7 @@ def fit(
 
     # Training mode from the start: the trial step and the stacked forward must see what training sees.
     members = [spec.build(seed).to(device).train() for seed in seeds]
-    engine = _choose_engine(vectorize, spec, members, inputs, labels, train_sets, batch_size)
+    engine = _choose_engine(vectorize, spec, members, inputs, labels, train_sets, batch_size, fused)
     if not engine.vectorized and vectorize == "auto" and len(seeds) > 1:
         warnings.warn(f"infoplane.fit: training the {len(seeds)} seeds one at a time: {engine.reason}", stacklevel=2)
 
@@ -198,7 +208,8 @@ def fit(
 
     final_state = current_state(epochs)
     return FitResult(
-        members=[_unshare(m) for m in engine.members] if engine.vectorized else engine.members,
+        members=[_unshare(m) for m in engine.members] if getattr(engine, "stacked", engine.vectorized)
+        else engine.members,
         seeds=list(seeds),
         epoch=final_state["epoch"],
         vectorized=engine.vectorized,
