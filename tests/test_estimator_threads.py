@@ -9,12 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial import cKDTree
-from scipy.special import digamma
 from sklearn.metrics import mutual_info_score
 
 from infoplane.estimators import binned_mi, ksg_mi
 from infoplane.estimators import _range_rows
+from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 
 def binned_oracle(a, labels, bins, lo, hi):
@@ -23,17 +22,6 @@ def binned_oracle(a, labels, bins, lo, hi):
     cells = edges[np.digitize(a, edges) - 1]
     codes = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
     return mutual_info_score(codes, codes) / math.log(2), mutual_info_score(codes, labels) / math.log(2)
-
-
-def ksg_oracle(x, y, k=3):
-    """KSG algorithm 1 (max-norm) with scipy KD-trees, strict counts through a radius just below eps (bits)."""
-    n = len(x)
-    xy = np.hstack([x, y])
-    eps = cKDTree(xy).query(xy, k=k + 1, p=np.inf)[0][:, -1]
-    r = np.nextafter(eps, 0)
-    nx = cKDTree(x).query_ball_point(x, r, p=np.inf, return_length=True) - 1
-    ny = cKDTree(y).query_ball_point(y, r, p=np.inf, return_length=True) - 1
-    return (digamma(k) + digamma(n) - np.mean(digamma(nx + 1) + digamma(ny + 1))) / math.log(2)
 
 
 @pytest.fixture
@@ -88,4 +76,4 @@ def test_ksg_is_the_same_with_any_number_of_workers(threads):
         threads(k)
         results.append(ksg_mi(x, t, memory_budget=200_000).mi)  # several blocks of rows per worker
     assert all(torch.equal(r, results[0]) for r in results)
-    assert float(results[0][0]) == pytest.approx(ksg_oracle(x, t[0]), abs=1e-9)
+    assert float(results[0][0]) == pytest.approx(ksg_ckdtree(x, t[0]) / math.log(2), abs=1e-9)
