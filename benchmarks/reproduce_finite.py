@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -58,13 +57,12 @@ def quantized(args):
     common_kw = dict(fractions=[0.05, 0.85], seeds=seeds, epochs=epochs, schedule=schedule, resume=True,
                      progress=not args.quiet, caller=["benchmarks/reproduce.py", "--only", "finite-quantized"],
                      log=lambda m: print(m, file=sys.stderr))
-    t0 = time.time()
     q_runs = track(common.REPO / "examples" / "tishby_tanh_q8.py", out=out / "finite-quantized" / "tanh-q8",
                    estimators=[Discrete(), Binning(bins=30, range=(-1, 1))], **common_kw)
     # The same settings as the Shwartz-Ziv & Tishby section, in its directory: a finished section is reused.
     f_runs = track(common.REPO / "examples" / "tishby_tanh.py", out=out / "tishby" / "tanh",
                    estimators=[Binning(bins=30, range=(-1, 1))], **common_kw)
-    wall = time.time() - t0
+    wall = sum(common.wall_seconds(r) for r in q_runs + f_runs)  # of the runs, also when they were resumed
     hidden = [l for l in q_runs[0].layers if l not in ("input", q_runs[0].layers[-1])]
     lines = [_stamp("finite-quantized", quick, wall),
              f"`infoplane track examples/tishby_tanh_q8.py --fraction 0.05 --fraction 0.85 --seeds {seeds} "
@@ -217,7 +215,8 @@ def noisy_cnn(args):
         meta = {"data": "digits", "n": len(y), "log2_n": math.log2(len(y)), "h_y": h_y, "fraction": 0.8,
                 "seeds": list(range(n_seeds)), "schedule": schedule.to_json(),
                 "layers": [{"name": l.name} for l in layers],
-                "estimators": [{"name": name, "settings": {"kind": name}, "has_lower": False}],
+                # The estimator family as its kind, so that the figures explain a saturated layer in its terms.
+                "estimators": [{"name": name, "settings": {"kind": name.split("-")[0]}, "has_lower": False}],
                 "caller": ["benchmarks/reproduce.py", "--only", "finite-noisy"],
                 "complete": True}  # every seed and recorded epoch is in the rows
         runs[v] = Run(meta, rows[v])
@@ -258,13 +257,6 @@ def noisy_cnn(args):
             (list(variants)[3:], "finite-noisy-knn-renyi.png", "k-NN and Rényi planes of the same activations")):
         fig = plot.compare([runs[v] for v in names], titles=names)
         fig.suptitle(f"digits | CNN with noise of std {NOISE_STD} after every tanh: {title}", fontsize=10)
-        for ax, v in zip(fig.axes, names):
-            for text in ax.texts:  # the plot's saturation note names the bins; elsewhere it reads differently
-                if "binning" not in v and "saturated" in text.get_text():
-                    flat = " ".join(text.get_text().split()).replace(
-                        "the bin choice, not the network, drives it", "the estimator's resolution, not the "
-                        "network, may drive it")
-                    text.set_text(textwrap.fill(flat, 38))
         written.append(common._save(fig, figures / file))
     lines.append(" ".join(f"![{p.stem}](figures/{p.name})" for p in written) + "\n")
     common._write_block(Path(args.doc), "\n".join(lines), NOISY_START, NOISY_END)

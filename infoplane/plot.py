@@ -176,16 +176,31 @@ def _colorbar(fig, norm, ax):
 
 
 # ----------------------------------------------------------------------------------------- saturation
+def _kind(run, estimator):
+    settings = _estimator_entry(run, estimator).get("settings") or {}
+    if settings.get("kind") == "with-null":  # a permutation null around another estimator: the inner one's kind
+        settings = settings.get("estimator") or {}
+    return settings.get("kind")
+
+
 def _is_kde(run, estimator):
     # Both noise-based estimators saturate for the same reason: a noise variance small against the spacing.
-    return (_estimator_entry(run, estimator).get("settings") or {}).get("kind") in ("kde", "noisy")
+    return _kind(run, estimator) in ("kde", "noisy")
+
+
+# Why a layer sits at log2 N, per estimator kind: the note must not blame a setting the estimator does not have.
+_SATURATION_CAUSES = {
+    "kde": "the noise variance, not the network, drives it",
+    "noisy": "the noise variance, not the network, drives it",
+    "binning": "the bin choice, not the network, drives it",
+    "discrete": "every probe sample keeps its own exact value, so the probe set's size caps it",
+}
 
 
 def _saturation_message(run, estimator, layers):
-    cause = "the noise variance" if _is_kde(run, estimator) else "the bin choice"
+    cause = _SATURATION_CAUSES.get(_kind(run, estimator), "the estimator's resolution, not the network, may drive it")
     names = ", ".join(layers)
-    return (f"I(X;T) of layer{'s' if len(layers) > 1 else ''} {names} is saturated at log2 N: {cause}, not the "
-            f"network, drives it")
+    return f"I(X;T) of layer{'s' if len(layers) > 1 else ''} {names} is saturated at log2 N: {cause}"
 
 
 def _caller_level():

@@ -317,6 +317,23 @@ def test_saturated_run_warns_and_says_so_on_the_figure():
     assert any("saturated" in t and "bin choice" in t for t in texts)
 
 
+@pytest.mark.parametrize("settings, cause", [
+    ({"kind": "binning", "bins": 30}, "bin choice"),
+    ({"kind": "with-null", "estimator": {"kind": "binning", "bins": 30}}, "bin choice"),
+    ({"kind": "kde", "noise_var": 0.1}, "noise variance"),
+    ({"kind": "discrete"}, "own exact value"),
+    ({"kind": "knn", "k": 3}, "estimator's resolution"),
+])
+def test_saturation_note_names_the_cause_of_the_estimator_kind(settings, cause):
+    # An exact estimator has no bins to blame; a permutation null is read through the estimator it wraps.
+    run = make_run(ixt=math.log2(N))
+    run.meta["estimators"][0]["settings"] = settings
+    with pytest.warns(ip.SaturationWarning, match=cause):
+        fig = ip.information_plane(run)
+    texts = " ".join(" ".join(t.get_text().split()) for t in plane_axes(fig)[0].texts)
+    assert cause in texts and ("bin choice" in texts) == (cause == "bin choice")
+
+
 def test_saturation_counts_the_share_of_epochs_per_layer():
     run = make_run(schedule=every(3, 27))  # 10 epochs, 0, 3, ..., 27: an even count
     log2_n = math.log2(N)
