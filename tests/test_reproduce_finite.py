@@ -1,18 +1,10 @@
 """The finite-information reproductions (benchmarks/reproduce.py --only finite) run and report sane planes."""
-import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
-    return reproduce
+from test_reproduce import REPO, load_script  # the reproduce script, loaded as the classic tests load it
 
 
 def test_finite_noisy_quick(tmp_path):
