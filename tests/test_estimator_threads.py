@@ -1,7 +1,8 @@
 """Binning and KSG give the same numbers whatever the number of worker threads (torch's thread count).
 
-On CPU both estimators share their blocks among as many worker threads as torch has intra-op threads; with one,
-binning runs its single-thread route (torch passes over larger chunks). Every route must give bit-identical
+On CPU both estimators share their blocks among as many worker threads as torch has intra-op threads. Binning
+has two CPU routes for its fixed-range grid: the compiled kernel (where a C compiler exists) and the numpy route
+(with one thread, torch passes over larger chunks). Every route and thread count must give bit-identical
 results, and agree with plain oracles written here.
 """
 import math
@@ -12,7 +13,7 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from infoplane.estimators import binned_mi, ksg_mi
-from infoplane.estimators import _range_rows
+from infoplane.estimators import _range_kernel, _range_rows
 from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 
@@ -32,8 +33,18 @@ def threads(monkeypatch):
     return set_to
 
 
+@pytest.fixture(params=["kernel", "numpy"])
+def route(request, monkeypatch):
+    """Run the test on the compiled kernel's route and on the numpy route of the fixed-range grid."""
+    if request.param == "numpy":
+        monkeypatch.setattr(_range_kernel, "_LOADED", "switched off for this test")
+    elif isinstance(_range_kernel.load(), str):
+        pytest.skip(f"no compiled binning kernel here: {_range_kernel.load()}")
+    return request.param
+
+
 @pytest.mark.parametrize("d,bins", [(2, 30), (3, 30), (6, 30), (9, 7)])
-def test_binning_is_the_same_with_any_number_of_workers(threads, monkeypatch, d, bins):
+def test_binning_is_the_same_with_any_number_of_workers(threads, monkeypatch, route, d, bins):
     # small groups, so that several groups exist and each worker gets some (and one gets more than another)
     monkeypatch.setattr(_range_rows, "_GROUP_ROWS", 2 * 300)
     rng = np.random.default_rng(d)
@@ -56,7 +67,7 @@ def test_binning_is_the_same_with_any_number_of_workers(threads, monkeypatch, d,
         assert abs(float(plain.ixt[b]) - ixt) < 1e-9 and abs(float(plain.ity[b]) - ity) < 1e-9
 
 
-def test_binning_names_the_first_bad_item_with_workers(threads, monkeypatch):
+def test_binning_names_the_first_bad_item_with_workers(threads, monkeypatch, route):
     monkeypatch.setattr(_range_rows, "_GROUP_ROWS", 2 * 100)
     threads(2)
     a = np.tanh(np.random.default_rng(0).normal(size=(6, 100, 4))).astype(np.float32)

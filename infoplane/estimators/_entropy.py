@@ -4,6 +4,7 @@ All functions work on int64 tensors of shape ``[B, N]`` and treat each row as on
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -15,16 +16,6 @@ def run_starts(sorted_keys: torch.Tensor) -> torch.Tensor:
     new = torch.ones_like(sorted_keys, dtype=torch.bool)
     new[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
     return new
-
-
-def entropy_of_runs(new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Plug-in entropy (bits) of each row, given the run-start mask of its sorted keys."""
-    b, n = new.shape
-    run_id = new.cumsum(1) - 1
-    counts = torch.zeros(b, n, dtype=dtype, device=new.device)
-    counts.scatter_add_(1, run_id, torch.ones(1, 1, dtype=dtype, device=new.device).expand(b, n))
-    # H = log2 N - (1/N) sum_k c_k log2 c_k; xlogy gives 0 for the empty slots.
-    return math.log2(n) - torch.special.xlogy(counts, counts).sum(1) / (n * math.log(2))
 
 
 def sorted_runs(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,114 +46,126 @@ def sort_flat(keys: torch.Tensor) -> torch.Tensor:
     return torch.sort(keys)[0]
 
 
-def xlogy_table(n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """v log2 v for v = 0 .. n (0 at v = 0)."""
-    v = torch.arange(n + 1, dtype=dtype, device=device)
-    return torch.special.xlogy(v, v) / math.log(2)
+@functools.lru_cache(maxsize=8)
+def xlogx_table(n: int) -> np.ndarray:
+    """c log2 c for c = 0 .. n (0 at c = 0), float64 on the CPU: the one table every counting route uses."""
+    c = np.arange(n + 1, dtype=np.float64)
+    out = np.zeros(n + 1)
+    np.multiply(c[1:], np.log2(c[1:]), out=out[1:])
+    out.flags.writeable = False
+    return out
+
+
+def sum_xlogx(hist: np.ndarray, n: int) -> np.ndarray:
+    """sum over cells of c log2 c, from count-of-counts histograms ``hist`` [B, N + 1] (``hist[b, c]`` cells of
+    item b hold c samples): the products m_c * c log2 c added one by one in increasing c, in float64.
+
+    This order is the one definition of the plug-in sum in infoplane: it does not depend on the order of the cells
+    (keys, hash slots, devices, threads), so every counting route, and the compiled kernel of ``_range_kernel``,
+    gives the same bits.
+    """
+    return np.cumsum(hist * xlogx_table(n), axis=1)[:, -1]
+
+
+def entropy_bits(s, n: int):
+    """Plug-in entropy in bits, log2 N - (1/N) sum_cells c log2 c, from the sum of :func:`sum_xlogx`."""
+    return math.log2(n) - s / n
+
+
+def _from_cells(item: np.ndarray, counts: np.ndarray, n_items: int, n: int):
+    """Entropy (float64 bits) and occupied cells per item, from (item, count) pairs (zero counts allowed)."""
+    hist = np.bincount(item * (n + 1) + counts, minlength=n_items * (n + 1)).reshape(n_items, n + 1)
+    return entropy_bits(sum_xlogx(hist, n), n), hist[:, 1:].sum(1)
 
 
 def plugin_counts(joint: torch.Tensor, n_items: int, n: int, label_bits: int, item_bits: int,
-                  table: torch.Tensor, use_numpy: bool | None = None):
+                  use_numpy: bool | None = None):
     """Plug-in H(T) and H(T, Y) in bits, and the numbers of occupied cells K_T and K_TY, per item.
 
     Parameters
     ----------
     joint : int64 [n_items * N], unsorted: ``(item << item_bits) | (key << label_bits) | label``, where equal
         keys mean equal rows and ``item_bits >= key bits + label_bits``.
-    table : :func:`xlogy_table` (n).
     use_numpy : bool, optional
         Count with numpy (default on CPU) or with torch (default elsewhere; both give the same numbers).
 
     Returns
     -------
-    (h_t, h_ty, k_t, k_ty): float tensors [n_items] (bits) and int64 tensors [n_items].
+    (h_t, h_ty, k_t, k_ty): float tensors [n_items] (bits; float64, float32 on MPS) and int64 tensors [n_items],
+    on ``joint``'s device.
 
-    Per item, H = log2 N - (1/N) sum_cells c log2 c is summed cell by cell in key order, so an item's result is
-    bit-identical whatever else is in its batch and whichever of the two counting routes is taken.
+    The cells are counted on the device; the per-item sums are those of :func:`sum_xlogx` (on the CPU, from the
+    count-of-counts histograms), so results are bit-identical on every device and route.
     """
     if use_numpy if use_numpy is not None else joint.device.type == "cpu":
-        return _plugin_counts_numpy(joint.numpy(), n_items, n, label_bits, item_bits, table)
+        out = _plugin_counts_numpy(joint.cpu().numpy(), n_items, n, label_bits, item_bits)
+    else:
+        out = _plugin_counts_torch(joint, n_items, n, label_bits, item_bits)
+    dtype = torch.float32 if joint.device.type == "mps" else torch.float64
+    return tuple(torch.from_numpy(np.ascontiguousarray(v)).to(joint.device, dtype if i < 2 else torch.int64)
+                 for i, v in enumerate((out[0], out[2], out[1], out[3])))
+
+
+def _plugin_counts_torch(joint, n_items, n, label_bits, item_bits):
+    """Cells counted with torch on the device: (h_t, k_t, h_ty, k_ty) as numpy arrays."""
     span = 1 << item_bits
     if span <= 2 * n:
         # Few possible cells: count them directly, no sort.
         counts = torch.bincount(joint, minlength=n_items * span)
         cell_item = torch.arange(n_items, device=joint.device).repeat_interleave(span)
-        h_ty, k_ty = _sum_cells(cell_item, counts, n_items, n, table)
         counts_t = counts.reshape(-1, 1 << label_bits).sum(1)
-        h_t, k_t = _sum_cells(cell_item[:: 1 << label_bits], counts_t, n_items, n, table)
-        return h_t, h_ty, k_t, k_ty
-    # One sort of every item at once (item i's keys fill positions [i N, (i + 1) N)), then run lengths.
-    # Sorting by (key, label) also sorts by key, so the runs of T are unions of consecutive runs of (T, Y).
-    s = sort_flat(joint)
-    total = s.numel()
-    new = torch.empty(total, dtype=torch.bool, device=s.device)
-    new[0] = True
-    torch.ne(s[1:], s[:-1], out=new[1:])
-    starts = torch.nonzero(new).squeeze(1)
-    at_start = s[starts]
-    h_ty, k_ty = _sum_runs(starts, at_start >> item_bits, total, n_items, n, table)
-    t = at_start >> label_bits  # the key with its item, without the label
-    t_new = torch.empty_like(t, dtype=torch.bool)
-    t_new[0] = True
-    torch.ne(t[1:], t[:-1], out=t_new[1:])
-    h_t, k_t = _sum_runs(starts[t_new], at_start[t_new] >> item_bits, total, n_items, n, table)
-    return h_t, h_ty, k_t, k_ty
+        cells = ((cell_item[:: 1 << label_bits], counts_t), (cell_item, counts))
+    else:
+        # One sort of every item at once (item i's keys fill positions [i N, (i + 1) N)), then run lengths.
+        # Sorting by (key, label) also sorts by key, so the runs of T are unions of consecutive runs of (T, Y).
+        s = sort_flat(joint)
+        total = s.numel()
+        new = torch.empty(total, dtype=torch.bool, device=s.device)
+        new[0] = True
+        torch.ne(s[1:], s[:-1], out=new[1:])
+        starts = torch.nonzero(new).squeeze(1)
+        at_start = s[starts]
+        t = at_start >> label_bits  # the key with its item, without the label
+        t_new = torch.empty_like(t, dtype=torch.bool)
+        t_new[0] = True
+        torch.ne(t[1:], t[:-1], out=t_new[1:])
+        cells = [(at_start[m] >> item_bits, torch.diff(starts[m], append=starts.new_tensor([total])))
+                 for m in (t_new, slice(None))]
+    out = []
+    for item, counts in cells:
+        # Count-of-counts on the device (integers, exact), then the one sum of sum_xlogx on the CPU.
+        hist = torch.bincount(item * (n + 1) + counts, minlength=n_items * (n + 1)).reshape(n_items, n + 1)
+        hist = hist.cpu().numpy()
+        out += [entropy_bits(sum_xlogx(hist, n), n), hist[:, 1:].sum(1)]
+    return out
 
 
-def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits, table):
-    """:func:`plugin_counts` on CPU with numpy, whose sort, bincount and run detection are several times faster
-    than torch's there. Per-item sums use ``np.add.reduceat``, a sequential sum in key order."""
-    table = table.numpy()
+def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits):
+    """Cells counted with numpy on the CPU (its sort, bincount and run detection are several times faster than
+    torch's there): (h_t, k_t, h_ty, k_ty) as numpy arrays."""
     span = 1 << item_bits
     if span <= 2 * n:
         counts = np.bincount(joint, minlength=n_items * span)
         counts_t = counts.reshape(-1, 1 << label_bits).sum(1)
         out = []
         for cnt in (counts_t, counts):
-            per_item = len(cnt) // n_items
-            s = np.add.reduceat(table[cnt], np.arange(0, len(cnt), per_item))
-            out += [math.log2(n) - s / n, np.count_nonzero(cnt.reshape(n_items, per_item), axis=1)]
-        h_t, k_t, h_ty, k_ty = out
-    else:
-        s = np.sort(joint)
-        total = len(s)
-        new = np.empty(total, dtype=bool)
-        new[0] = True
-        np.not_equal(s[1:], s[:-1], out=new[1:])
-        starts = np.flatnonzero(new)
-        t = s[starts] >> label_bits
-        t_new = np.empty(len(t), dtype=bool)
-        t_new[0] = True
-        np.not_equal(t[1:], t[:-1], out=t_new[1:])
-        item_starts = np.arange(n_items) * n  # item i fills positions [i N, (i + 1) N) of the sorted keys
-        h_ty, k_ty = _np_sum_runs(starts, item_starts, total, n, table)
-        h_t, k_t = _np_sum_runs(starts[t_new], item_starts, total, n, table)
-    return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in (h_t, h_ty, k_t, k_ty))
-
-
-def _np_sum_runs(starts, item_starts, total, n, table):
-    """Entropy (bits) and number of runs per item, from the sorted run starts (each item starts a run)."""
-    lengths = np.empty_like(starts)
-    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
-    lengths[-1] = total - starts[-1]
-    first = np.searchsorted(starts, item_starts)
-    s = np.add.reduceat(table[lengths], first)
-    k = np.empty_like(first)
-    np.subtract(first[1:], first[:-1], out=k[:-1])
-    k[-1] = len(starts) - first[-1]
-    return math.log2(n) - s / n, k
-
-
-def _sum_runs(starts, item, total, n_items, n, table):
-    lengths = torch.diff(starts, append=starts.new_tensor([total]))
-    return _sum_cells(item, lengths, n_items, n, table)
-
-
-def _sum_cells(item, counts, n_items, n, table):
-    """Entropy (bits) and occupied cells per item from (item, count) pairs in key order (zero counts allowed)."""
-    s = torch.bincount(item, weights=table[counts], minlength=n_items)
-    k = torch.bincount(item, weights=(counts > 0).to(table.dtype), minlength=n_items).round().long()
-    return math.log2(n) - s / n, k
+            out += _from_cells(np.arange(len(cnt)) // (len(cnt) // n_items), cnt, n_items, n)
+        return out
+    s = np.sort(joint)
+    total = len(s)
+    new = np.empty(total, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    t = s[starts] >> label_bits
+    t_new = np.empty(len(t), dtype=bool)
+    t_new[0] = True
+    np.not_equal(t[1:], t[:-1], out=t_new[1:])
+    out = []
+    for st in (starts[t_new], starts):
+        lengths = np.diff(st, append=total)
+        out += _from_cells(st // n, lengths, n_items, n)  # item i fills positions [i N, (i + 1) N)
+    return out
 
 
 def miller_madow(k: torch.Tensor, n) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""The CPU route of the fixed-range binning grid: row keys as exact float64 integers, counted from sorted rows.
+"""The CPU routes of the fixed-range binning grid: the compiled kernel, else float64 row keys and sorted rows.
+
+Where a C compiler exists, :func:`group_counts` hands the whole batch to the kernel of ``_range_kernel`` (cells,
+keys and hash counts in one pass per item). Without one, the numpy route below runs:
 
 For the grid of :class:`infoplane.estimators.binning._RangeGrid` every unit has ``bins`` symbols, so a row's
 mixed-radix key with the label in its lowest bits, ``key * 2**label_bits + label``, is below
@@ -13,8 +16,8 @@ built with few passes over the activations:
   the labels (``addmv``). Products of float64 values are never subject to the reduced-precision (TF32/bf16)
   matmul settings, and sums of integers below 2**53 are exact in any order, so the key is exact;
 - each item's N keys are sorted on their own (numpy's vectorised sort), and H(T, Y) and H(T) come from the run
-  lengths of the sorted keys, summed run by run in key order exactly as :func:`._entropy.plugin_counts` does,
-  so the estimates are bit-identical to that route's.
+  lengths of the sorted keys, summed by :func:`._entropy.sum_xlogx` like every other route, so the estimates
+  are bit-identical to the kernel's and to the generic route's.
 
 The work is done a chunk of items at a time into reused buffers: fresh temporaries of this size cost more in
 page faults than the arithmetic does. With several torch threads, groups of items are shared by worker
@@ -28,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ._entropy import plugin_counts
+from . import _range_kernel
+from ._entropy import entropy_bits, plugin_counts, sum_xlogx, xlogx_table
 
 # Activation elements digitised at once by torch passes (one thread): measured fastest among 2**14..2**18 at
 # N = 4096, d = 3..10, as each pass's fixed cost is shared by more elements.
@@ -42,7 +46,10 @@ _FLOAT_KEY_BITS = 52
 
 
 def fits(bins: int, d: int, label_bits: int) -> bool:
-    """Whether rows of ``d`` units with ``bins`` symbols each, and the label, key exactly in float64."""
+    """Whether this module's routes apply: the compiled kernel's integer keys where it is available, else rows
+    of ``d`` units with ``bins`` symbols each, and the label, keyed exactly in float64."""
+    if not isinstance(_range_kernel.load(), str) and _range_kernel.fits(bins, d, label_bits):
+        return True
     return d * math.log2(bins) + label_bits + 1 <= _FLOAT_KEY_BITS
 
 
@@ -116,20 +123,20 @@ class SortedRowCounts:
     arithmetic), so those live in buffers sized for ``rows`` items of ``n`` samples.
     """
 
-    def __init__(self, rows: int, n: int, label_bits: int, table: np.ndarray):
+    def __init__(self, rows: int, n: int, label_bits: int):
         total = rows * n
-        self.n, self.label_scale, self.table = n, 2.0**-label_bits, table
+        self.n, self.label_scale = n, 2.0**-label_bits
         self.item_starts = np.arange(rows) * n
         self.new, self.t_new = np.empty(total, dtype=bool), np.empty(total, dtype=bool)
         self.lengths = np.empty(total, dtype=np.int64)
-        self.t, self.terms = np.empty(total), np.empty(total)
+        self.t = np.empty(total)
 
     def __call__(self, keys: np.ndarray):
         """Per row of ``keys`` ([c, N] float64 joint keys ``key * 2**label_bits + label``, sorted in place here):
         ``(h_t, h_ty, k_t, k_ty)``, numpy arrays [c] in bits and cells.
 
-        Each entropy is log2 N - (1/N) sum_cells c log2 c, summed run by run in key order (``np.add.reduceat``)
-        exactly as ``_entropy._plugin_counts_numpy`` sums it, so the results are bit-identical to that route's.
+        Each entropy is log2 N - (1/N) sum_cells c log2 c, the sum taken from the run lengths' count-of-counts by
+        :func:`._entropy.sum_xlogx`, so the results are bit-identical to every other route's.
         """
         c, n = keys.shape
         total = c * n
@@ -164,14 +171,15 @@ class SortedRowCounts:
 
     def _entropy(self, lengths, first, k):
         """Entropy (bits) and number of runs per item, from the run lengths and each item's first run."""
-        s = np.add.reduceat(np.take(self.table, lengths, out=self.terms[:k], mode="wrap"), first)
         runs = np.empty_like(first)
         np.subtract(first[1:], first[:-1], out=runs[:-1])
         runs[-1] = k - first[-1]
-        return math.log2(self.n) - s / self.n, runs
+        item = np.repeat(np.arange(len(first)) * (self.n + 1), runs)
+        hist = np.bincount(item + lengths, minlength=len(first) * (self.n + 1)).reshape(len(first), self.n + 1)
+        return entropy_bits(sum_xlogx(hist, self.n), self.n), runs
 
 
-def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: torch.Tensor, check):
+def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check):
     """``(g0, g1, (h_t, h_ty, k_t, k_ty))`` for consecutive groups of items g0..g1 of ``a`` ([B, N, d] on CPU),
     labels ``y`` ([B or 1, N] dense int64), as :func:`._entropy.plugin_counts` returns them (torch tensors).
 
@@ -187,6 +195,15 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table:
     scheduler slices.) Each group's numbers do not depend on the thread that computed them.
     """
     n_items, n, d = a.shape
+    lib = _range_kernel.load()
+    if not isinstance(lib, str) and _range_kernel.fits(grid.bins, d, label_bits):
+        # The compiled kernel: every item in one call, digitised, keyed and counted in one pass each.
+        s_t, s_ty, k_t, k_ty, bad = _range_kernel.counts(lib, a, y, grid, label_bits, xlogx_table(n))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            check(a[first:first + 1], first)  # raises, naming the item and what is wrong with it
+        yield 0, n_items, tuple(torch.from_numpy(v) for v in (entropy_bits(s_t, n), entropy_bits(s_ty, n), k_t, k_ty))
+        return
     span_bits = (grid.bins**d - 1).bit_length() + label_bits
     by_count = (1 << span_bits) <= 2 * n
     group = max(1, min(n_items, _GROUP_ROWS // n))
@@ -209,13 +226,13 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table:
         if by_count:
             # numpy arithmetic (plugin_counts counts with numpy on CPU): no torch pass above the parallel grain
             joint = (np.arange(g1 - g0)[:, None] << span_bits) + keys.numpy().astype(np.int64)
-            return plugin_counts(torch.from_numpy(joint.reshape(-1)), g1 - g0, n, label_bits, span_bits, table)
+            return plugin_counts(torch.from_numpy(joint.reshape(-1)), g1 - g0, n, label_bits, span_bits)
         return tuple(torch.from_numpy(v) for v in counter(keys.numpy()))
 
     if workers == 1:
         keys_of = RangeKeys(grid, d, label_bits, a.dtype)
         keys = torch.empty(group, n, dtype=torch.float64)
-        counter = None if by_count else SortedRowCounts(group, n, label_bits, table.numpy())
+        counter = None if by_count else SortedRowCounts(group, n, label_bits)
         chunk = max(1, _CHUNK_ELEMENTS // (n * d))  # items digitised at once
         for g0 in starts:
             for s in range(g0, min(n_items, g0 + group), chunk):
@@ -230,7 +247,7 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table:
     def run(mine):
         keys_of = RangeKeys(grid, d, label_bits, a.dtype)
         keys = torch.empty(group, n, dtype=torch.float64)
-        counter = None if by_count else SortedRowCounts(group, n, label_bits, table.numpy())
+        counter = None if by_count else SortedRowCounts(group, n, label_bits)
         out = []
         for g0 in mine:
             g1, k = build(g0, keys_of, keys, rows_per_pass)

@@ -9,8 +9,10 @@ for one key are packed a group of units at a time, and the partial key is replac
 before the next group is appended, so two different rows can never share a key.
 
 Work is done a chunk of batch items at a time, sized so that the temporaries stay in the CPU cache across the
-several elementwise passes. On CPU the fixed-range grid takes a faster route with the same keys and sums
-(bit-identical results): float64 keys and one sort per item, see ``_range_rows``.
+several elementwise passes. On CPU the fixed-range grid takes a faster route with the same cells (a compiled
+kernel, or float64 keys and one sort per item without a compiler, see ``_range_rows``). Every route sums
+c log2 c over the cells in the one order of ``_entropy.sum_xlogx``, so results are bit-identical across routes,
+thread counts and devices.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from . import _range_rows
-from ._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs, xlogy_table
+from ._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
 from ._entropy import miller_madow as _miller_madow
 from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
@@ -250,7 +252,6 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
     ity = torch.empty_like(ixt)
     per_item = y.shape[0] > 1
     label_bits = max(1, (n_classes - 1).bit_length())
-    table = xlogy_table(n, dtype, batch.device)
 
     def finish(g0, g1, h_t, h_ty, k_t, k_ty, distinct=()):
         c = g1 - g0
@@ -274,8 +275,8 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
 
     if (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
             and _range_rows.fits(grid.bins, d, label_bits)):
-        # Exact float64 row keys and one sort per item (see _range_rows).
-        for g0, g1, counts in _range_rows.group_counts(a, y, grid, label_bits, table,
+        # The compiled kernel, or exact float64 row keys and one sort per item (see _range_rows).
+        for g0, g1, counts in _range_rows.group_counts(a, y, grid, label_bits,
                                                        lambda part, s: check_finite(part, batch, s)):
             finish(g0, g1, *counts)
         return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
@@ -298,7 +299,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
         item_bits = (bound - 1).bit_length() + label_bits
         item = torch.arange(c, device=batch.device)[:, None]
         joint = ((item << item_bits) + (keys << label_bits) + yc).reshape(-1)
-        finish(g0, g1, *plugin_counts(joint, c, n, label_bits, item_bits, table), distinct)
+        finish(g0, g1, *plugin_counts(joint, c, n, label_bits, item_bits), distinct)
     return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
 
 

@@ -1,0 +1,238 @@
+"""The compiled CPU route of the fixed-range binning grid: cells, row keys and cell counts in one pass per item.
+
+For each batch item the kernel digitises every activation exactly as ``_RangeGrid.digits`` does (a scaled floor
+with a small downward bias, settled by one exact comparison with the next float32 edge; the shared overflow
+cell), packs each row's cells and its label into one integer key, and counts the keys in a hash table: first
+the (row, label) pairs, then the rows, from the occupied pairs. What comes back per item is what the entropies
+need: the count-of-counts sums ``sum_c m_c * c log2 c`` (see :func:`._entropy.sum_xlogx`, whose order of
+summation the kernel follows, so the results equal the other routes' bit for bit), the numbers of occupied
+cells, and a flag for items holding a value that is not finite. Items are shared by worker threads (as many as
+torch's intra-op threads), each with its own tables; an item's numbers do not depend on the thread.
+
+Compiled and cached by :mod:`infoplane._native`; without a C compiler the numpy route of ``_range_rows`` runs.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import torch
+
+from .. import _native
+
+SOURCE = r"""/* Fixed-range binning of a batch of layers: per item, plug-in count statistics of the binned rows.
+ * Built and loaded by infoplane/estimators/_range_kernel.py, which states the arguments.
+ * Compiled with -ffp-contract=off: the sums below are the same roundings, in the same order, as numpy's. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EMPTY UINT64_MAX
+
+typedef struct {
+    const void *acts; int is_double; int64_t items, n, d;
+    const int64_t *labels; int labels_per_item; int label_bits;
+    int bins; double scale, offset; const void *edges;
+    const double *table;
+    double *s_t, *s_ty; int64_t *k_t, *k_ty; int64_t *bad;
+    int64_t next; int failed;
+} job_t;
+
+typedef struct {
+    uint16_t *digits; uint64_t *keys; uint64_t *tab; int32_t *cnt; int32_t *used; int64_t *hist;
+    uint64_t mask; int shift;
+} work_t;
+
+/* Cells of one item's activations (n * d values), in [0, bins): the number of float edges <= the value, with
+ * "bins" (at or past the last edge) sharing cell 0 with values below the first edge. Returns nonzero when a
+ * value is not finite. */
+static int digitise_f(const float *restrict a, int64_t m, float scale, float offset, int bins, const float *restrict edge,
+                      uint16_t *restrict out) {
+    int bad = 0;
+    float top = (float)bins;
+    for (int64_t i = 0; i < m; i++) {
+        float x = a[i];
+        bad |= !(x - x == 0.0f);               /* x - x is NaN exactly when x is NaN or infinite */
+        float u = floorf(x * scale + offset);  /* the right cell + 1, or one below it (the bias) */
+        u = u > 0.0f ? u : 0.0f;               /* NaN goes to 0 too: the item is refused anyway */
+        u = u < top ? u : top;
+        int idx = (int)u;
+        int c = idx + (x >= edge[idx]);
+        out[i] = (uint16_t)(c >= bins ? c - bins : c);
+    }
+    return bad;
+}
+
+static int digitise_d(const double *restrict a, int64_t m, double scale, double offset, int bins, const double *restrict edge,
+                      uint16_t *restrict out) {
+    int bad = 0;
+    double top = (double)bins;
+    for (int64_t i = 0; i < m; i++) {
+        double x = a[i];
+        bad |= !(x - x == 0.0);
+        double u = floor(x * scale + offset);
+        u = u > 0.0 ? u : 0.0;
+        u = u < top ? u : top;
+        int idx = (int)u;
+        int c = idx + (x >= edge[idx]);
+        out[i] = (uint16_t)(c >= bins ? c - bins : c);
+    }
+    return bad;
+}
+
+static inline uint64_t slot_of(uint64_t key, int shift) { return (key * 0x9E3779B97F4A7C15ull) >> shift; }
+
+/* Add `count` to key's cell; returns the number of occupied cells (`used` lists their slots). */
+static inline int64_t add(work_t *w, uint64_t key, int32_t count, int64_t nu) {
+    uint64_t s = slot_of(key, w->shift);
+    while (w->tab[s] != EMPTY && w->tab[s] != key) s = (s + 1) & w->mask;
+    if (w->tab[s] == EMPTY) { w->tab[s] = key; w->cnt[s] = count; w->used[nu++] = (int32_t)s; }
+    else w->cnt[s] += count;
+    return nu;
+}
+
+/* sum_c m_c * table[c] in increasing c (m_c cells hold c samples), and empty the histogram. */
+static double sum_hist(int64_t *hist, int64_t n, const double *table) {
+    double s = 0.0;
+    for (int64_t c = 2; c <= n; c++) {
+        if (hist[c]) { s += (double)hist[c] * table[c]; hist[c] = 0; }
+    }
+    hist[1] = 0;
+    return s;
+}
+
+static void one_item(const job_t *j, work_t *w, int64_t b) {
+    int64_t n = j->n, d = j->d, m = n * d;
+    int bad = j->is_double
+        ? digitise_d((const double *)j->acts + b * m, m, j->scale, j->offset, j->bins, (const double *)j->edges,
+                     w->digits)
+        : digitise_f((const float *)j->acts + b * m, m, (float)j->scale, (float)j->offset, j->bins,
+                     (const float *)j->edges, w->digits);
+    j->bad[b] = bad;
+    if (bad) { j->s_t[b] = j->s_ty[b] = 0.0; j->k_t[b] = j->k_ty[b] = 0; return; }
+    const int64_t *y = j->labels + (j->labels_per_item ? b * n : 0);
+    uint64_t bins = (uint64_t)j->bins;
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t *g = w->digits + i * d;
+        uint64_t key = 0;
+        for (int64_t u = d - 1; u >= 0; u--) key = key * bins + g[u];
+        w->keys[i] = (key << j->label_bits) | (uint64_t)y[i];
+    }
+    /* (row, label) cells, then row cells from the occupied (row, label) cells. */
+    int64_t nu = 0;
+    for (int64_t i = 0; i < n; i++) nu = add(w, w->keys[i], 1, nu);
+    for (int64_t k = 0; k < nu; k++) {
+        int32_t s = w->used[k];
+        w->hist[w->cnt[s]]++;
+        w->keys[k] = w->tab[s] >> j->label_bits;  /* the rows are not needed any more: reuse their buffer */
+        w->keys[n + k] = (uint64_t)w->cnt[s];
+        w->tab[s] = EMPTY;
+    }
+    j->k_ty[b] = nu;
+    j->s_ty[b] = sum_hist(w->hist, n, j->table);
+    int64_t nt = 0;
+    for (int64_t k = 0; k < nu; k++) nt = add(w, w->keys[k], (int32_t)w->keys[n + k], nt);
+    for (int64_t k = 0; k < nt; k++) {
+        int32_t s = w->used[k];
+        w->hist[w->cnt[s]]++;
+        w->tab[s] = EMPTY;
+    }
+    j->k_t[b] = nt;
+    j->s_t[b] = sum_hist(w->hist, n, j->table);
+}
+
+static void *worker(void *arg) {
+    job_t *j = (job_t *)arg;
+    int64_t n = j->n;
+    int bits = 1;
+    while ((1ll << bits) < 2 * n) bits++;
+    uint64_t cap = 1ull << bits;
+    work_t w;
+    w.mask = cap - 1; w.shift = 64 - bits;
+    w.digits = malloc(sizeof(uint16_t) * n * j->d);
+    w.keys = malloc(sizeof(uint64_t) * 2 * n);
+    w.tab = malloc(sizeof(uint64_t) * cap);
+    w.cnt = malloc(sizeof(int32_t) * cap);
+    w.used = malloc(sizeof(int32_t) * n);
+    w.hist = calloc(n + 1, sizeof(int64_t));
+    if (!w.digits || !w.keys || !w.tab || !w.cnt || !w.used || !w.hist) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    } else {
+        memset(w.tab, 0xff, sizeof(uint64_t) * cap);
+        for (;;) {
+            int64_t b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+            if (b >= j->items) break;
+            one_item(j, &w, b);
+        }
+    }
+    free(w.digits); free(w.keys); free(w.tab); free(w.cnt); free(w.used); free(w.hist);
+    return NULL;
+}
+
+/* Returns 0, or 1 when memory ran out. */
+int ip_bin_range(const void *acts, int is_double, int64_t items, int64_t n, int64_t d,
+                 const int64_t *labels, int labels_per_item, int label_bits,
+                 int bins, double scale, double offset, const void *edges, const double *table,
+                 double *s_t, double *s_ty, int64_t *k_t, int64_t *k_ty, int64_t *bad, int threads) {
+    job_t j = {acts, is_double, items, n, d, labels, labels_per_item, label_bits, bins, scale, offset, edges,
+               table, s_t, s_ty, k_t, k_ty, bad, 0, 0};
+    if (threads > items) threads = (int)items;
+    if (threads < 1) threads = 1;
+    pthread_t tid[64];
+    if (threads > 64) threads = 64;
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tid[started], NULL, worker, &j) == 0) started++;
+    }
+    worker(&j);
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    return j.failed;
+}
+"""
+
+# -fno-trapping-math lets the digitising loop vectorise (floor and the float-to-int conversion); it changes no
+# result, only whether floating-point exception flags may be raised.
+FLAGS = (*_native.FLAGS, "-fno-trapping-math")
+
+_LOADED: ctypes.CDLL | str | None = None
+
+
+def load() -> ctypes.CDLL | str:
+    """The compiled kernel, or a string saying why it is not available (computed once per process)."""
+    global _LOADED
+    if _LOADED is None:
+        lib = _native.build("binning", SOURCE, _native.compiler(), FLAGS)
+        if not isinstance(lib, str):
+            p, i64 = ctypes.c_void_p, ctypes.c_int64
+            lib.ip_bin_range.argtypes = [p, ctypes.c_int, i64, i64, i64, p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                         ctypes.c_double, ctypes.c_double, p, p, p, p, p, p, p, ctypes.c_int]
+            lib.ip_bin_range.restype = ctypes.c_int
+        _LOADED = lib
+    return _LOADED
+
+
+def fits(bins: int, d: int, label_bits: int) -> bool:
+    """Whether a row of ``d`` cells of ``bins`` symbols and its label key exactly in the kernel's 63 bits."""
+    return (bins**d << label_bits) < 2**63 and bins <= 2**16
+
+
+def counts(lib: ctypes.CDLL, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):
+    """Per item of ``a`` ([B, N, d] float32 or float64 on CPU) with dense labels ``y`` ([B or 1, N] int64):
+    ``(s_t, s_ty, k_t, k_ty, bad)`` as numpy arrays [B]: the count-of-counts sums of T and of (T, Y) (see
+    :func:`._entropy.sum_xlogx`; ``table`` is :func:`._entropy.xlogx_table` (N)), the numbers of occupied cells,
+    and 1 where the item holds a value that is not finite (its other numbers are then 0)."""
+    a = a.contiguous()
+    y = y.contiguous()
+    n_items, n, d = a.shape
+    edges = grid.next_edge.to(a.dtype).contiguous()
+    s_t, s_ty = np.empty(n_items), np.empty(n_items)
+    k_t, k_ty, bad = (np.empty(n_items, dtype=np.int64) for _ in range(3))
+    ptr = [v.ctypes.data for v in (s_t, s_ty, k_t, k_ty, bad)]
+    status = lib.ip_bin_range(a.data_ptr(), int(a.dtype == torch.float64), n_items, n, d, y.data_ptr(),
+                              int(y.shape[0] > 1), label_bits, grid.bins, grid.scale, grid.offset, edges.data_ptr(),
+                              table.ctypes.data, *ptr, max(1, torch.get_num_threads()))
+    if status:
+        raise MemoryError(f"the binning kernel could not allocate its tables for N = {n} samples of {d} units")
+    return s_t, s_ty, k_t, k_ty, bad
