@@ -49,7 +49,8 @@ def test_the_kernel_is_built_where_a_compiler_exists():
 @needs_kernel
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("d,bins,classes,per_item", [(1, 30, 2, False), (2, 30, 3, True), (5, 30, 10, False),
-                                                     (11, 30, 2, True), (3, 1000, 4, False), (7, 5, 2, False)])
+                                                     (11, 30, 2, True), (3, 1000, 4, False), (7, 5, 2, False),
+                                                     (4, 30, 40, True)])  # > 16 classes: the two-pass count
 def test_every_route_gives_the_same_bits_and_the_oracle(monkeypatch, dtype, d, bins, classes, per_item):
     rng = np.random.default_rng(d * 100 + bins)
     n = 500

@@ -57,14 +57,15 @@ def xlogx_table(n: int) -> np.ndarray:
 
 
 def sum_xlogx(hist: np.ndarray, n: int) -> np.ndarray:
-    """sum over cells of c log2 c, from count-of-counts histograms ``hist`` [B, N + 1] (``hist[b, c]`` cells of
-    item b hold c samples): the products m_c * c log2 c added one by one in increasing c, in float64.
+    """sum over cells of c log2 c, from count-of-counts histograms ``hist`` [B, K] (``hist[b, c]`` cells of item
+    b hold c samples; K <= N + 1 covers the largest count): the products m_c * c log2 c added one by one in
+    increasing c, in float64.
 
     This order is the one definition of the plug-in sum in infoplane: it does not depend on the order of the cells
     (keys, hash slots, devices, threads), so every counting route, and the compiled kernel of ``_range_kernel``,
     gives the same bits.
     """
-    return np.cumsum(hist * xlogx_table(n), axis=1)[:, -1]
+    return np.cumsum(hist * xlogx_table(n)[:hist.shape[1]], axis=1)[:, -1]
 
 
 def entropy_bits(s, n: int):
@@ -73,9 +74,11 @@ def entropy_bits(s, n: int):
 
 
 def _from_cells(item: np.ndarray, counts: np.ndarray, n_items: int, n: int):
-    """Entropy (float64 bits) and occupied cells per item, from (item, count) pairs (zero counts allowed)."""
-    hist = np.bincount(item * (n + 1) + counts, minlength=n_items * (n + 1)).reshape(n_items, n + 1)
-    return entropy_bits(sum_xlogx(hist, n), n), hist[:, 1:].sum(1)
+    """Entropy (float64 bits) per item from the (item, count) pairs of its cells holding two samples or more
+    (cells of one sample add 1 log2 1 = 0)."""
+    width = int(counts.max(initial=1)) + 1
+    hist = np.bincount(item * width + counts, minlength=n_items * width).reshape(n_items, width)
+    return entropy_bits(sum_xlogx(hist, n), n)
 
 
 def plugin_counts(joint: torch.Tensor, n_items: int, n: int, label_bits: int, item_bits: int,
@@ -134,7 +137,8 @@ def _plugin_counts_torch(joint, n_items, n, label_bits, item_bits):
     out = []
     for item, counts in cells:
         # Count-of-counts on the device (integers, exact), then the one sum of sum_xlogx on the CPU.
-        hist = torch.bincount(item * (n + 1) + counts, minlength=n_items * (n + 1)).reshape(n_items, n + 1)
+        width = int(counts.max()) + 1 if counts.numel() else 1
+        hist = torch.bincount(item * width + counts, minlength=n_items * width).reshape(n_items, width)
         hist = hist.cpu().numpy()
         out += [entropy_bits(sum_xlogx(hist, n), n), hist[:, 1:].sum(1)]
     return out
@@ -149,7 +153,9 @@ def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits):
         counts_t = counts.reshape(-1, 1 << label_bits).sum(1)
         out = []
         for cnt in (counts_t, counts):
-            out += _from_cells(np.arange(len(cnt)) // (len(cnt) // n_items), cnt, n_items, n)
+            fuller = np.flatnonzero(cnt > 1)
+            out += [_from_cells(fuller // (len(cnt) // n_items), cnt[fuller], n_items, n),
+                    np.count_nonzero(cnt.reshape(n_items, -1), axis=1)]
         return out
     s = np.sort(joint)
     total = len(s)
@@ -164,7 +170,9 @@ def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits):
     out = []
     for st in (starts[t_new], starts):
         lengths = np.diff(st, append=total)
-        out += _from_cells(st // n, lengths, n_items, n)  # item i fills positions [i N, (i + 1) N)
+        fuller = np.flatnonzero(lengths > 1)
+        item = st // n  # item i fills positions [i N, (i + 1) N)
+        out += [_from_cells(item[fuller], lengths[fuller], n_items, n), np.bincount(item, minlength=n_items)]
     return out
 
 

@@ -2,8 +2,9 @@
 
 For each batch item the kernel digitises every activation exactly as ``_RangeGrid.digits`` does (a scaled floor
 with a small downward bias, settled by one exact comparison with the next float32 edge; the shared overflow
-cell), packs each row's cells and its label into one integer key, and counts the keys in a hash table: first
-the (row, label) pairs, then the rows, from the occupied pairs. What comes back per item is what the entropies
+cell), packs each row's cells and its label into one integer key, and counts the keys in a hash table. With at most
+16 classes one pass counts each row cell and, next to it, its samples per label; with more, the (row, label)
+pairs are counted first and the rows from the occupied pairs. What comes back per item is what the entropies
 need: the count-of-counts sums ``sum_c m_c * c log2 c`` (see :func:`._entropy.sum_xlogx`, whose order of
 summation the kernel follows, so the results equal the other routes' bit for bit), the numbers of occupied
 cells, and a flag for items holding a value that is not finite. Items are shared by worker threads (as many as
@@ -41,106 +42,139 @@ typedef struct {
 } job_t;
 
 typedef struct {
-    uint16_t *digits; uint64_t *keys; uint64_t *tab; int32_t *cnt; int32_t *used; int64_t *hist;
+    uint64_t *keys; uint64_t *tab; int32_t *cnt; int32_t *cnt_y; int32_t *used; int64_t *hist;
     uint64_t mask; int shift;
 } work_t;
 
-/* Cells of one item's activations (n * d values), in [0, bins): the number of float edges <= the value, with
- * "bins" (at or past the last edge) sharing cell 0 with values below the first edge. Returns nonzero when a
- * value is not finite. */
-static int digitise_f(const float *restrict a, int64_t m, float scale, float offset, int bins, const float *restrict edge,
-                      uint16_t *restrict out) {
-    int bad = 0;
-    float top = (float)bins;
-    for (int64_t i = 0; i < m; i++) {
-        float x = a[i];
-        bad |= !(x - x == 0.0f);               /* x - x is NaN exactly when x is NaN or infinite */
-        float u = floorf(x * scale + offset);  /* the right cell + 1, or one below it (the bias) */
-        u = u > 0.0f ? u : 0.0f;               /* NaN goes to 0 too: the item is refused anyway */
-        u = u < top ? u : top;
-        int idx = (int)u;
-        int c = idx + (x >= edge[idx]);
-        out[i] = (uint16_t)(c >= bins ? c - bins : c);
+/* Cell of a value, in [0, bins): the number of float edges <= the value (a scaled floor with a small downward
+ * bias, then one exact comparison with the next edge), with "bins" (at or past the last edge) sharing cell 0
+ * with values below the first edge. A NaN lands in cell 0; the caller refuses its item. */
+#define CELL(T, FLOOR)                                                                                      \
+    static inline uint64_t cell_##T(T x, T scale, T offset, T top, int bins, const T *restrict edge) {     \
+        T u = FLOOR(x * scale + offset);                                                                    \
+        u = u > (T)0 ? u : (T)0;                                                                            \
+        u = u < top ? u : top;                                                                              \
+        int idx = (int)u;                                                                                   \
+        int c = idx + (x >= edge[idx]);                                                                     \
+        return (uint64_t)(c >= bins ? c - bins : c);                                                        \
     }
-    return bad;
-}
+CELL(float, floorf)
+CELL(double, floor)
 
-static int digitise_d(const double *restrict a, int64_t m, double scale, double offset, int bins, const double *restrict edge,
-                      uint16_t *restrict out) {
-    int bad = 0;
-    double top = (double)bins;
-    for (int64_t i = 0; i < m; i++) {
-        double x = a[i];
-        bad |= !(x - x == 0.0);
-        double u = floor(x * scale + offset);
-        u = u > 0.0 ? u : 0.0;
-        u = u < top ? u : top;
-        int idx = (int)u;
-        int c = idx + (x >= edge[idx]);
-        out[i] = (uint16_t)(c >= bins ? c - bins : c);
+/* Row keys of one item's [n, d] activations: sum_u cell(a[i, u]) * bins**u, then the label in the low bits.
+ * Unit by unit (the last first, Horner's rule), so that each pass runs over all n rows and vectorises.
+ * Returns nonzero when a value is not finite (x - x is NaN exactly then). */
+#define KEYS(T)                                                                                             \
+    static int keys_##T(const T *restrict a, int64_t n, int64_t d, T scale, T offset, int bins,            \
+                        const T *restrict edge, const int64_t *restrict y, int label_bits,                  \
+                        uint64_t *restrict keys) {                                                          \
+        int bad = 0;                                                                                        \
+        T top = (T)bins;                                                                                    \
+        uint64_t radix = (uint64_t)bins;                                                                    \
+        for (int64_t i = 0; i < n; i++) keys[i] = 0;                                                        \
+        for (int64_t u = d - 1; u >= 0; u--) {                                                              \
+            for (int64_t i = 0; i < n; i++) {                                                               \
+                T x = a[i * d + u];                                                                         \
+                bad |= !(x - x == (T)0);                                                                    \
+                keys[i] = keys[i] * radix + cell_##T(x, scale, offset, top, bins, edge);                    \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int64_t i = 0; i < n; i++) keys[i] = (keys[i] << label_bits) | (uint64_t)y[i];                 \
+        return bad;                                                                                         \
     }
-    return bad;
-}
+KEYS(float)
+KEYS(double)
 
 static inline uint64_t slot_of(uint64_t key, int shift) { return (key * 0x9E3779B97F4A7C15ull) >> shift; }
 
-/* Add `count` to key's cell; returns the number of occupied cells (`used` lists their slots). */
-static inline int64_t add(work_t *w, uint64_t key, int32_t count, int64_t nu) {
+/* The slot of key's cell, made (with count 0, listed in `used`) when the key is new. */
+static inline uint64_t cell(work_t *w, uint64_t key, int64_t *nu) {
     uint64_t s = slot_of(key, w->shift);
     while (w->tab[s] != EMPTY && w->tab[s] != key) s = (s + 1) & w->mask;
-    if (w->tab[s] == EMPTY) { w->tab[s] = key; w->cnt[s] = count; w->used[nu++] = (int32_t)s; }
-    else w->cnt[s] += count;
-    return nu;
+    if (w->tab[s] == EMPTY) { w->tab[s] = key; w->cnt[s] = 0; w->used[(*nu)++] = (int32_t)s; }
+    return s;
 }
 
-/* sum_c m_c * table[c] in increasing c (m_c cells hold c samples), and empty the histogram. */
-static double sum_hist(int64_t *hist, int64_t n, const double *table) {
+/* sum_c m_c * table[c] in increasing c (m_c cells hold c samples; none more than top), and empty the histogram. */
+static double sum_hist(int64_t *hist, int64_t top, const double *table) {
     double s = 0.0;
-    for (int64_t c = 2; c <= n; c++) {
+    for (int64_t c = 2; c <= top; c++) {
         if (hist[c]) { s += (double)hist[c] * table[c]; hist[c] = 0; }
     }
     hist[1] = 0;
     return s;
 }
 
+/* With at most FEW_LABEL_BITS label bits: one pass over the rows counts each row cell and, next to it, the
+ * cell's samples of each label. */
+#define FEW_LABEL_BITS 4
+static void few_labels(const job_t *j, work_t *w, int64_t b) {
+    int64_t n = j->n, nt = 0, nty = 0;
+    int lb = j->label_bits;
+    uint64_t lmask = (1ull << lb) - 1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t k = w->keys[i], s = cell(w, k >> lb, &nt);
+        w->cnt[s]++;
+        w->cnt_y[(s << lb) | (k & lmask)]++;
+    }
+    int32_t top = 1;
+    for (int64_t k = 0; k < nt; k++) {
+        int32_t c = w->cnt[w->used[k]];
+        w->hist[c]++;
+        top = c > top ? c : top;
+    }
+    j->k_t[b] = nt;
+    j->s_t[b] = sum_hist(w->hist, top, j->table);
+    top = 1;
+    for (int64_t k = 0; k < nt; k++) {
+        uint64_t s = (uint64_t)w->used[k];
+        int32_t *cy = w->cnt_y + (s << lb);
+        for (uint64_t l = 0; l <= lmask; l++) {
+            int32_t c = cy[l];
+            if (c) { w->hist[c]++; nty++; top = c > top ? c : top; cy[l] = 0; }
+        }
+        w->tab[s] = EMPTY;
+    }
+    j->k_ty[b] = nty;
+    j->s_ty[b] = sum_hist(w->hist, top, j->table);
+}
+
 static void one_item(const job_t *j, work_t *w, int64_t b) {
     int64_t n = j->n, d = j->d, m = n * d;
+    const int64_t *y = j->labels + (j->labels_per_item ? b * n : 0);
     int bad = j->is_double
-        ? digitise_d((const double *)j->acts + b * m, m, j->scale, j->offset, j->bins, (const double *)j->edges,
-                     w->digits)
-        : digitise_f((const float *)j->acts + b * m, m, (float)j->scale, (float)j->offset, j->bins,
-                     (const float *)j->edges, w->digits);
+        ? keys_double((const double *)j->acts + b * m, n, d, j->scale, j->offset, j->bins,
+                      (const double *)j->edges, y, j->label_bits, w->keys)
+        : keys_float((const float *)j->acts + b * m, n, d, (float)j->scale, (float)j->offset, j->bins,
+                     (const float *)j->edges, y, j->label_bits, w->keys);
     j->bad[b] = bad;
     if (bad) { j->s_t[b] = j->s_ty[b] = 0.0; j->k_t[b] = j->k_ty[b] = 0; return; }
-    const int64_t *y = j->labels + (j->labels_per_item ? b * n : 0);
-    uint64_t bins = (uint64_t)j->bins;
-    for (int64_t i = 0; i < n; i++) {
-        const uint16_t *g = w->digits + i * d;
-        uint64_t key = 0;
-        for (int64_t u = d - 1; u >= 0; u--) key = key * bins + g[u];
-        w->keys[i] = (key << j->label_bits) | (uint64_t)y[i];
-    }
+    if (w->cnt_y) { few_labels(j, w, b); return; }
     /* (row, label) cells, then row cells from the occupied (row, label) cells. */
     int64_t nu = 0;
-    for (int64_t i = 0; i < n; i++) nu = add(w, w->keys[i], 1, nu);
+    for (int64_t i = 0; i < n; i++) w->cnt[cell(w, w->keys[i], &nu)]++;
+    int32_t top = 1;
     for (int64_t k = 0; k < nu; k++) {
-        int32_t s = w->used[k];
-        w->hist[w->cnt[s]]++;
+        int32_t s = w->used[k], c = w->cnt[s];
+        w->hist[c]++;
+        top = c > top ? c : top;
         w->keys[k] = w->tab[s] >> j->label_bits;  /* the rows are not needed any more: reuse their buffer */
-        w->keys[n + k] = (uint64_t)w->cnt[s];
+        w->keys[n + k] = (uint64_t)c;
         w->tab[s] = EMPTY;
     }
     j->k_ty[b] = nu;
-    j->s_ty[b] = sum_hist(w->hist, n, j->table);
+    j->s_ty[b] = sum_hist(w->hist, top, j->table);
     int64_t nt = 0;
-    for (int64_t k = 0; k < nu; k++) nt = add(w, w->keys[k], (int32_t)w->keys[n + k], nt);
+    for (int64_t k = 0; k < nu; k++) w->cnt[cell(w, w->keys[k], &nt)] += (int32_t)w->keys[n + k];
+    top = 1;
     for (int64_t k = 0; k < nt; k++) {
-        int32_t s = w->used[k];
-        w->hist[w->cnt[s]]++;
+        int32_t s = w->used[k], c = w->cnt[s];
+        w->hist[c]++;
+        top = c > top ? c : top;
         w->tab[s] = EMPTY;
     }
     j->k_t[b] = nt;
-    j->s_t[b] = sum_hist(w->hist, n, j->table);
+    j->s_t[b] = sum_hist(w->hist, top, j->table);
 }
 
 static void *worker(void *arg) {
@@ -151,13 +185,13 @@ static void *worker(void *arg) {
     uint64_t cap = 1ull << bits;
     work_t w;
     w.mask = cap - 1; w.shift = 64 - bits;
-    w.digits = malloc(sizeof(uint16_t) * n * j->d);
     w.keys = malloc(sizeof(uint64_t) * 2 * n);
     w.tab = malloc(sizeof(uint64_t) * cap);
     w.cnt = malloc(sizeof(int32_t) * cap);
     w.used = malloc(sizeof(int32_t) * n);
     w.hist = calloc(n + 1, sizeof(int64_t));
-    if (!w.digits || !w.keys || !w.tab || !w.cnt || !w.used || !w.hist) {
+    w.cnt_y = j->label_bits <= FEW_LABEL_BITS ? calloc(cap << j->label_bits, sizeof(int32_t)) : NULL;
+    if (!w.keys || !w.tab || !w.cnt || !w.used || !w.hist || (j->label_bits <= FEW_LABEL_BITS && !w.cnt_y)) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
     } else {
         memset(w.tab, 0xff, sizeof(uint64_t) * cap);
@@ -167,7 +201,7 @@ static void *worker(void *arg) {
             one_item(j, &w, b);
         }
     }
-    free(w.digits); free(w.keys); free(w.tab); free(w.cnt); free(w.used); free(w.hist);
+    free(w.keys); free(w.tab); free(w.cnt); free(w.cnt_y); free(w.used); free(w.hist);
     return NULL;
 }
 

@@ -174,8 +174,11 @@ class SortedRowCounts:
         runs = np.empty_like(first)
         np.subtract(first[1:], first[:-1], out=runs[:-1])
         runs[-1] = k - first[-1]
-        item = np.repeat(np.arange(len(first)) * (self.n + 1), runs)
-        hist = np.bincount(item + lengths, minlength=len(first) * (self.n + 1)).reshape(len(first), self.n + 1)
+        # Runs of one sample add 0 (1 log2 1): only longer runs enter the count-of-counts (see sum_xlogx).
+        longer = np.flatnonzero(lengths > 1)
+        width = int(lengths.max()) + 1
+        item = np.searchsorted(first, longer, side="right") - 1
+        hist = np.bincount(item * width + lengths[longer], minlength=len(first) * width).reshape(len(first), width)
         return entropy_bits(sum_xlogx(hist, self.n), self.n), runs
 
 
