@@ -127,3 +127,18 @@ def test_a_source_that_does_not_compile_gives_the_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     reason = _native.build("broken", "this is not C;", _native.compiler())
     assert isinstance(reason, str) and reason.startswith("compiling the broken kernel with")
+
+
+@needs_kernel
+def test_a_large_probe_set_with_many_classes_gives_the_same_bits(monkeypatch):
+    # 2**18 rows and 16 classes would need 2**23 per-label counters per thread: the kernel counts in two passes
+    # instead (bounded memory), with the same results.
+    rng = np.random.default_rng(9)
+    n = 2**18
+    a = np.tanh(rng.normal(size=(1, n, 2))).astype(np.float32)
+    labels = rng.integers(0, 16, size=n)
+    got = routes(monkeypatch, a, labels, bins=30, range=(-1, 1))
+    assert torch.equal(got["kernel"].ixt, got["numpy"].ixt) and torch.equal(got["kernel"].ity, got["numpy"].ity)
+    ixt, ity, _, _ = oracle(a[0], labels, 30, -1, 1)
+    assert float(got["kernel"].ixt[0]) == pytest.approx(ixt, abs=1e-9)
+    assert float(got["kernel"].ity[0]) == pytest.approx(ity, abs=1e-9)

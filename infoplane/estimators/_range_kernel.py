@@ -190,8 +190,10 @@ static void *worker(void *arg) {
     w.cnt = malloc(sizeof(int32_t) * cap);
     w.used = malloc(sizeof(int32_t) * n);
     w.hist = calloc(n + 1, sizeof(int64_t));
-    w.cnt_y = j->label_bits <= FEW_LABEL_BITS ? calloc(cap << j->label_bits, sizeof(int32_t)) : NULL;
-    if (!w.keys || !w.tab || !w.cnt || !w.used || !w.hist || (j->label_bits <= FEW_LABEL_BITS && !w.cnt_y)) {
+    /* Per-label counts next to each slot: for few labels, and at most 2**22 of them (16 MiB) per thread. */
+    int few = j->label_bits <= FEW_LABEL_BITS && (cap << j->label_bits) <= (1ull << 22);
+    w.cnt_y = few ? calloc(cap << j->label_bits, sizeof(int32_t)) : NULL;
+    if (!w.keys || !w.tab || !w.cnt || !w.used || !w.hist || (few && !w.cnt_y)) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
     } else {
         memset(w.tab, 0xff, sizeof(uint64_t) * cap);
@@ -247,9 +249,10 @@ def load() -> ctypes.CDLL | str:
     return _LOADED
 
 
-def fits(bins: int, d: int, label_bits: int) -> bool:
-    """Whether a row of ``d`` cells of ``bins`` symbols and its label key exactly in the kernel's 63 bits."""
-    return (bins**d << label_bits) < 2**63 and bins <= 2**16
+def fits(bins: int, d: int, label_bits: int, n: int) -> bool:
+    """Whether the kernel takes ``n`` rows of ``d`` cells of ``bins`` symbols: each row and its label key exactly
+    in 63 bits, and the hash table's slots (2 n at most 2**31) index in 32 bits."""
+    return (bins**d << label_bits) < 2**63 and n <= 2**30
 
 
 def counts(lib: ctypes.CDLL, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):

@@ -45,10 +45,10 @@ _THREAD_CHUNK_ELEMENTS = 2**16
 _FLOAT_KEY_BITS = 52
 
 
-def fits(bins: int, d: int, label_bits: int) -> bool:
-    """Whether this module's routes apply: the compiled kernel's integer keys where it is available, else rows
-    of ``d`` units with ``bins`` symbols each, and the label, keyed exactly in float64."""
-    if not isinstance(_range_kernel.load(), str) and _range_kernel.fits(bins, d, label_bits):
+def fits(bins: int, d: int, label_bits: int, n: int) -> bool:
+    """Whether this module's routes apply to ``n`` rows: the compiled kernel's integer keys where it is available,
+    else rows of ``d`` units with ``bins`` symbols each, and the label, keyed exactly in float64."""
+    if not isinstance(_range_kernel.load(), str) and _range_kernel.fits(bins, d, label_bits, n):
         return True
     return d * math.log2(bins) + label_bits + 1 <= _FLOAT_KEY_BITS
 
@@ -199,7 +199,7 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check)
     """
     n_items, n, d = a.shape
     lib = _range_kernel.load()
-    if not isinstance(lib, str) and _range_kernel.fits(grid.bins, d, label_bits):
+    if not isinstance(lib, str) and _range_kernel.fits(grid.bins, d, label_bits, n):
         # The compiled kernel: every item in one call, digitised, keyed and counted in one pass each.
         s_t, s_ty, k_t, k_ty, bad = _range_kernel.counts(lib, a, y, grid, label_bits, xlogx_table(n))
         if bad.any():

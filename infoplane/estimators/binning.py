@@ -274,7 +274,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
             ity[g0:g1][mask] = hy[mask]
 
     if (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
-            and _range_rows.fits(grid.bins, d, label_bits)):
+            and _range_rows.fits(grid.bins, d, label_bits, n)):
         # The compiled kernel, or exact float64 row keys and one sort per item (see _range_rows).
         for g0, g1, counts in _range_rows.group_counts(a, y, grid, label_bits,
                                                        lambda part, s: check_finite(part, batch, s)):
