@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import labels_for, median_time, ms, print_table, tanh_activations  # noqa: E402
 
-from infoplane.estimators import binned_mi, kde_mi  # noqa: E402
+from infoplane.estimators import binned_mi, discrete_mi, kde_mi  # noqa: E402
 
 TISHBY_WIDTHS = (10, 7, 5, 4, 3, 2)
 
@@ -53,6 +53,36 @@ def numpy_binning_keys(a, y, edges):
     h_t_given_y = sum(np.mean(y == c) * _entropy_bits(np.unique(keys[y == c], return_counts=True)[1])
                       for c in np.unique(y))
     return h_t, h_t - h_t_given_y
+
+
+def numpy_discrete(a, y):
+    """np.unique over rows of exact values (with counts), for the layer and for each class (bits)."""
+    a = a + 0.0  # -0.0 and 0.0 are one value
+    h_t = _entropy_bits(np.unique(a, axis=0, return_counts=True)[1])
+    h_t_given_y = sum(np.mean(y == c) * _entropy_bits(np.unique(a[y == c], axis=0, return_counts=True)[1])
+                      for c in np.unique(y))
+    return h_t, h_t - h_t_given_y
+
+
+def bench_discrete(widths, n, n_epochs, n_numpy, bits=8, repeats=3):
+    """discrete_mi on tanh layers quantised to 2**bits levels on [-1, 1] (CPU), vs numpy_discrete."""
+    y = labels_for(n)
+    yt = torch.from_numpy(y)
+    ours, theirs, diff = [], [], 0.0
+    step = 2.0 / (2**bits - 1)
+    for w in widths:
+        acts = torch.round((tanh_activations(n_epochs, n, w, seed=w) + 1.0) / step) * step - 1.0
+        ours.append(median_time(lambda: discrete_mi(acts, yt), repeats) / n_epochs)
+        r = discrete_mi(acts, yt)
+        host = acts.numpy()
+        times = []
+        for e in np.linspace(0, n_epochs - 1, n_numpy).astype(int):
+            t0 = time.perf_counter()
+            ixt, ity = numpy_discrete(host[e], y)
+            times.append(time.perf_counter() - t0)
+            diff = max(diff, abs(ixt - float(r.ixt[e])), abs(ity - float(r.ity[e])))
+        theirs.append(float(np.median(times)))
+    return float(np.mean(ours)), float(np.mean(theirs)), diff
 
 
 def numpy_kde(h, y, noise_var, block=512):
@@ -204,6 +234,11 @@ def main(argv=None):
         rows.append([f"1. 12-bit binning, 30 bins [-1,1] ({tag})", ms(ours), ms(theirs), f"{theirs / ours:.1f}x",
                      f"{diff:.1e}"])
         results[f"binning_12bit_{tag}"] = dict(ours_s=ours, numpy_s=theirs, max_diff_bits=diff)
+        if device.type == "cpu":
+            ours, theirs, diff = bench_discrete(TISHBY_WIDTHS, 4096, args.epochs, 3 if args.quick else 10)
+            rows.append(["1. 12-bit discrete, tanh quantised to 8 bits (cpu)", ms(ours), ms(theirs),
+                         f"{theirs / ours:.1f}x", f"{diff:.1e}"])
+            results["discrete_12bit_cpu"] = dict(ours_s=ours, numpy_s=theirs, max_diff_bits=diff)
         ours, theirs, diff, diff64 = bench_kde(TISHBY_WIDTHS, 4096, args.kde_epochs, 1, 1e-3, device)
         rows.append([f"2. 12-bit KDE, s2=1e-3, both bounds ({tag})", ms(ours), ms(theirs), f"{theirs / ours:.1f}x",
                      f"{diff:.1e} (float64 option: {diff64:.1e})"])

@@ -1,9 +1,10 @@
-"""The compiled binning kernel: the same bits as the numpy and torch routes, and the plain oracles of this file.
+"""The compiled counting kernel: the same bits as the numpy and torch routes, and the plain oracles of this file.
 
-The fixed-range grid on CPU runs through a small C kernel where a compiler exists (``_range_kernel``), through
+The fixed-range grid on CPU runs through a small C kernel where a compiler exists (``_count_kernel``), through
 numpy passes where not (``_range_rows``), and everything else (other grids, GPUs) through torch
 (``binning.row_keys`` and ``_entropy.plugin_counts``). All three sum c log2 c in the one order of
-``_entropy.sum_xlogx``, so they must agree exactly, not just closely.
+``_entropy.sum_xlogx``, so they must agree exactly, not just closely. ``discrete_mi`` (rows of exact values)
+runs through the same kernel on CPU, else through the generic route.
 """
 import math
 
@@ -13,10 +14,10 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from infoplane import _native
-from infoplane.estimators import _range_kernel, _range_rows, binned_mi
+from infoplane.estimators import _count_kernel, _range_rows, binned_mi, discrete_mi
 from infoplane.estimators._entropy import sum_xlogx
 
-needs_kernel = pytest.mark.skipif(isinstance(_range_kernel.load(), str), reason="no compiled binning kernel here")
+needs_kernel = pytest.mark.skipif(isinstance(_count_kernel.load(), str), reason="no compiled binning kernel here")
 
 
 def oracle(a, labels, bins, lo, hi):
@@ -33,7 +34,7 @@ def routes(monkeypatch, a, labels, **kw):
     """binned_mi through the kernel, the numpy route and the generic route (row_keys and plugin_counts)."""
     out = {"kernel": binned_mi(a, labels, **kw)}
     with monkeypatch.context() as m:
-        m.setattr(_range_kernel, "_LOADED", "switched off for this test")
+        m.setattr(_count_kernel, "_LOADED", "switched off for this test")
         out["numpy"] = binned_mi(a, labels, **kw)
         m.setattr(_range_rows, "fits", lambda *args: False)
         out["generic"] = binned_mi(a, labels, **kw)
@@ -43,7 +44,7 @@ def routes(monkeypatch, a, labels, **kw):
 def test_the_kernel_is_built_where_a_compiler_exists():
     if _native.compiler() is None:
         pytest.skip("no C compiler on this machine: the numpy route runs, as the other tests check")
-    assert not isinstance(_range_kernel.load(), str), _range_kernel.load()
+    assert not isinstance(_count_kernel.load(), str), _count_kernel.load()
 
 
 @needs_kernel
@@ -114,9 +115,9 @@ def test_without_a_compiler_the_numpy_route_runs(monkeypatch):
     a = np.tanh(rng.normal(size=(2, 300, 4))).astype(np.float32)
     y = rng.integers(0, 2, size=300)
     before = binned_mi(a, y, bins=30, range=(-1, 1))
-    monkeypatch.setattr(_range_kernel, "_LOADED", None)
+    monkeypatch.setattr(_count_kernel, "_LOADED", None)
     monkeypatch.setattr(_native, "compiler", lambda: None)
-    assert "no C compiler" in _range_kernel.load()
+    assert "no C compiler" in _count_kernel.load()
     after = binned_mi(a, y, bins=30, range=(-1, 1))
     assert torch.equal(before.ixt, after.ixt) and torch.equal(before.ity, after.ity)
 
@@ -142,3 +143,45 @@ def test_a_large_probe_set_with_many_classes_gives_the_same_bits(monkeypatch):
     ixt, ity, _, _ = oracle(a[0], labels, 30, -1, 1)
     assert float(got["kernel"].ixt[0]) == pytest.approx(ixt, abs=1e-9)
     assert float(got["kernel"].ity[0]) == pytest.approx(ity, abs=1e-9)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d,levels,classes", [(1, 5, 2), (3, 4, 3), (10, 3, 2), (6, 9, 40)])
+def test_exact_rows_match_the_generic_route_and_sklearn(monkeypatch, dtype, d, levels, classes):
+    rng = np.random.default_rng(d * 10 + levels)
+    n = 600
+    a = (rng.integers(0, levels, size=(3, n, d)) / (levels - 1) * 2 - 1).astype(dtype)  # quantised values
+    a[0, :50] = -0.0 * a[0, :50]          # zeros of both signs: equal values, one symbol
+    a[1, 10:20, -1] += np.finfo(dtype).eps  # rows that differ in one unit by one ulp stay distinct
+    labels = rng.integers(0, classes, size=n)
+    for mm in (True, False):
+        kernel = discrete_mi(a, labels, miller_madow=mm)
+        with monkeypatch.context() as m:
+            m.setattr(_count_kernel, "_LOADED", "switched off for this test")
+            generic = discrete_mi(a, labels, miller_madow=mm)
+        assert torch.equal(kernel.ixt, generic.ixt) and torch.equal(kernel.ity, generic.ity)
+    for b in range(3):  # the plain estimate (the last one above) against sklearn on np.unique's row codes
+        codes = np.unique(a[b] + 0.0, axis=0, return_inverse=True)[1].ravel()  # + 0.0 folds -0.0 into 0.0
+        assert float(kernel.ixt[b]) == pytest.approx(mutual_info_score(codes, codes) / math.log(2), abs=1e-9)
+        assert float(kernel.ity[b]) == pytest.approx(mutual_info_score(codes, labels) / math.log(2), abs=1e-9)
+
+
+@needs_kernel
+def test_exact_rows_of_one_item_all_distinct_reach_the_ceilings(monkeypatch):
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(2, 256, 3))
+    labels = rng.integers(0, 2, size=256)
+    r = discrete_mi(a, labels, miller_madow=True)
+    p = np.bincount(labels) / 256
+    assert torch.equal(r.ixt, torch.full((2,), 8.0, dtype=torch.float64))
+    assert float(r.ity[0]) == float(r.ity[1]) == pytest.approx(float(-(p * np.log2(p)).sum()), abs=1e-12)
+
+
+@needs_kernel
+def test_exact_rows_name_the_first_item_that_is_not_finite():
+    a = np.zeros((4, 30, 2), dtype=np.float32)
+    a[3, 1, 1] = np.nan
+    a[2, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"inf at batch index \(2,\)"):
+        discrete_mi(a, np.arange(30) % 2)

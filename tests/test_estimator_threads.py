@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from infoplane.estimators import binned_mi, ksg_mi
-from infoplane.estimators import _range_kernel, _range_rows
+from infoplane.estimators import _count_kernel, _range_rows
 from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 
@@ -37,9 +37,9 @@ def threads(monkeypatch):
 def route(request, monkeypatch):
     """Run the test on the compiled kernel's route and on the numpy route of the fixed-range grid."""
     if request.param == "numpy":
-        monkeypatch.setattr(_range_kernel, "_LOADED", "switched off for this test")
-    elif isinstance(_range_kernel.load(), str):
-        pytest.skip(f"no compiled binning kernel here: {_range_kernel.load()}")
+        monkeypatch.setattr(_count_kernel, "_LOADED", "switched off for this test")
+    elif isinstance(_count_kernel.load(), str):
+        pytest.skip(f"no compiled binning kernel here: {_count_kernel.load()}")
     return request.param
 
 

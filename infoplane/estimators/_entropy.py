@@ -62,7 +62,7 @@ def sum_xlogx(hist: np.ndarray, n: int) -> np.ndarray:
     increasing c, in float64.
 
     This order is the one definition of the plug-in sum in infoplane: it does not depend on the order of the cells
-    (keys, hash slots, devices, threads), so every counting route, and the compiled kernel of ``_range_kernel``,
+    (keys, hash slots, devices, threads), so every counting route, and the compiled kernel of ``_count_kernel``,
     gives the same bits.
     """
     return np.cumsum(hist * xlogx_table(n)[:hist.shape[1]], axis=1)[:, -1]

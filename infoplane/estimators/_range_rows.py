@@ -1,6 +1,6 @@
 """The CPU routes of the fixed-range binning grid: the compiled kernel, else float64 row keys and sorted rows.
 
-Where a C compiler exists, :func:`group_counts` hands the whole batch to the kernel of ``_range_kernel`` (cells,
+Where a C compiler exists, :func:`group_counts` hands the whole batch to the kernel of ``_count_kernel`` (cells,
 keys and hash counts in one pass per item). Without one, the numpy route below runs:
 
 For the grid of :class:`infoplane.estimators.binning._RangeGrid` every unit has ``bins`` symbols, so a row's
@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from . import _range_kernel
-from ._entropy import entropy_bits, plugin_counts, sum_xlogx, xlogx_table
+from . import _count_kernel
+from ._entropy import entropy_bits, plugin_counts, sum_xlogx
 
 # Activation elements digitised at once by torch passes (one thread): measured fastest among 2**14..2**18 at
 # N = 4096, d = 3..10, as each pass's fixed cost is shared by more elements.
@@ -48,7 +48,7 @@ _FLOAT_KEY_BITS = 52
 def fits(bins: int, d: int, label_bits: int, n: int) -> bool:
     """Whether this module's routes apply to ``n`` rows: the compiled kernel's integer keys where it is available,
     else rows of ``d`` units with ``bins`` symbols each, and the label, keyed exactly in float64."""
-    if not isinstance(_range_kernel.load(), str) and _range_kernel.fits(bins, d, label_bits, n):
+    if not isinstance(_count_kernel.load(), str) and _count_kernel.fits(bins, d, label_bits, n):
         return True
     return d * math.log2(bins) + label_bits + 1 <= _FLOAT_KEY_BITS
 
@@ -198,14 +198,10 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check)
     scheduler slices.) Each group's numbers do not depend on the thread that computed them.
     """
     n_items, n, d = a.shape
-    lib = _range_kernel.load()
-    if not isinstance(lib, str) and _range_kernel.fits(grid.bins, d, label_bits, n):
-        # The compiled kernel: every item in one call, digitised, keyed and counted in one pass each.
-        s_t, s_ty, k_t, k_ty, bad = _range_kernel.counts(lib, a, y, grid, label_bits, xlogx_table(n))
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            check(a[first:first + 1], first)  # raises, naming the item and what is wrong with it
-        yield 0, n_items, tuple(torch.from_numpy(v) for v in (entropy_bits(s_t, n), entropy_bits(s_ty, n), k_t, k_ty))
+    # The compiled kernel: every item in one call, digitised, keyed and counted in one pass each.
+    counted = _count_kernel.plugin_counts(a, y, grid, label_bits, check)
+    if counted is not None:
+        yield 0, n_items, counted
         return
     span_bits = (grid.bins**d - 1).bit_length() + label_bits
     by_count = (1 << span_bits) <= 2 * n

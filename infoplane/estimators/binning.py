@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _range_rows
+from . import _count_kernel, _range_rows
 from ._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
 from ._entropy import miller_madow as _miller_madow
 from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
@@ -253,7 +253,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
     per_item = y.shape[0] > 1
     label_bits = max(1, (n_classes - 1).bit_length())
 
-    def finish(g0, g1, h_t, h_ty, k_t, k_ty, distinct=()):
+    def finish(g0, g1, h_t, h_ty, k_t, k_ty):
         c = g1 - g0
         hy = h_y[g0:g1] if per_item else h_y.expand(c)
         cy = classes_present[g0:g1] if per_item else classes_present.expand(c)
@@ -266,12 +266,11 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
         # Rounding (and the bias terms) can step a hair outside the range: clamp (see docs/estimators.md).
         ixt[g0:g1] = h_t.clamp(0.0, log2n)
         ity[g0:g1] = torch.minimum((h_t - h_t_given_y).clamp(min=0.0), hy)
-        if any(distinct):
-            # Every count 1: H(T) = log2 N and H(T|Y) = log2 N - H(Y) exactly, so I(T;Y) = H(Y) (the Miller-Madow
-            # terms would push both past their ceilings, to which they are clamped).
-            mask = torch.tensor(distinct, device=batch.device)
-            ixt[g0:g1][mask] = log2n
-            ity[g0:g1][mask] = hy[mask]
+        # Every count 1: H(T) = log2 N and H(T|Y) = log2 N - H(Y) exactly, so I(T;Y) = H(Y) (the Miller-Madow
+        # terms would push both past their ceilings, to which they are clamped). Set exactly, on every route.
+        distinct = k_t.to(ixt.device) == n
+        ixt[g0:g1][distinct] = log2n
+        ity[g0:g1][distinct] = hy[distinct]
 
     if (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
             and _range_rows.fits(grid.bins, d, label_bits, n)):
@@ -280,26 +279,31 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
                                                        lambda part, s: check_finite(part, batch, s)):
             finish(g0, g1, *counts)
         return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
+    if isinstance(grid, _ExactValues) and dtype == torch.float64:
+        # Exact rows on CPU: the compiled kernel hashes rows of values (None where it does not apply).
+        counted = _count_kernel.plugin_counts(a, y, None, label_bits, lambda part, s: check_finite(part, batch, s))
+        if counted is not None:
+            finish(0, n_items, *counted)
+            return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
     group = max(1, min(n_items, _GROUP_ROWS // n))
     chunk = max(1, _CHUNK_ELEMENTS // (n * d))
     for g0 in builtins.range(0, n_items, group):
         g1 = min(n_items, g0 + group)
         c = g1 - g0
         keys = torch.empty(c, n, dtype=torch.int64, device=batch.device)
-        bound, distinct = 1, []
+        bound = 1
         for s in builtins.range(g0, g1, chunk):
             part = a[s:min(g1, s + chunk)]
             check_finite(part, batch, s)
             digits, radix = grid.digits(part)
-            k, b, all_distinct = row_keys(digits, radix, reserve=(2 << label_bits) * c)
+            k, b, _ = row_keys(digits, radix, reserve=(2 << label_bits) * c)
             keys[s - g0:s - g0 + len(part)] = k
             bound = max(bound, b)
-            distinct += [all_distinct] * len(part)
         yc = y[g0:g1] if per_item else y
         item_bits = (bound - 1).bit_length() + label_bits
         item = torch.arange(c, device=batch.device)[:, None]
         joint = ((item << item_bits) + (keys << label_bits) + yc).reshape(-1)
-        finish(g0, g1, *plugin_counts(joint, c, n, label_bits, item_bits), distinct)
+        finish(g0, g1, *plugin_counts(joint, c, n, label_bits, item_bits))
     return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
 
 

@@ -1,0 +1,368 @@
+"""The compiled CPU counting of rows: cells of the fixed-range binning grid, or rows of exact values.
+
+For each batch item the kernel finds every row's symbol and counts them. With the grid (``binned_mi``), it
+digitises every activation exactly as ``_RangeGrid.digits`` does (a scaled floor with a small downward bias,
+settled by one exact comparison with the next float32 edge; the shared overflow cell) and packs each row's cells
+into one integer key. With exact values (``discrete_mi``), each row gets the index of its first occurrence among
+the item's distinct rows, found through a hash of its values and confirmed value by value (0.0 equals -0.0).
+The label goes into the key's low bits, and the keys are counted in a hash table: with at most 16 classes one
+pass counts each row and, next to it, its samples per label; with more, the (row, label) pairs are counted first
+and the rows from the occupied pairs.
+
+What comes back per item is what the entropies need: the count-of-counts sums ``sum_c m_c * c log2 c`` (see
+:func:`._entropy.sum_xlogx`, whose order of summation the kernel follows, so the results equal the other routes'
+bit for bit), the numbers of occupied cells, and a flag for items holding a value that is not finite. Items are
+shared by worker threads (as many as torch's intra-op threads), each with its own tables; an item's numbers do
+not depend on the thread.
+
+Compiled and cached by :mod:`infoplane._native`; without a C compiler the numpy route of ``_range_rows`` (grid)
+or the generic route of ``binning`` (exact values) runs.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import torch
+
+from .. import _native
+from ._entropy import entropy_bits, xlogx_table
+
+SOURCE = r"""/* Rows of a batch of layers, binned or exact: per item, plug-in count statistics of the rows.
+ * Built and loaded by infoplane/estimators/_count_kernel.py, which states the arguments.
+ * Compiled with -ffp-contract=off: the sums below are the same roundings, in the same order, as numpy's. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EMPTY UINT64_MAX
+
+typedef struct {
+    const void *acts; int is_double, exact; int64_t items, n, d;
+    const int64_t *labels; int labels_per_item; int label_bits;
+    int bins; double scale, offset; const void *edges;
+    const double *table;
+    double *s_t, *s_ty; int64_t *k_t, *k_ty; int64_t *bad;
+    int64_t next; int failed;
+} job_t;
+
+typedef struct {
+    uint64_t *keys; uint64_t *tab; int32_t *cnt; int32_t *cnt_y; int32_t *used; int64_t *hist;
+    int32_t *row_of, *row_used; uint64_t *row_hash, *row_id;  /* exact rows only */
+    int64_t n_ids;  /* exact rows: the item's distinct rows, ids 0 .. n_ids - 1 */
+    uint64_t mask; int shift;
+} work_t;
+
+/* Cell of a value, in [0, bins): the number of float edges <= the value (a scaled floor with a small downward
+ * bias, then one exact comparison with the next edge), with "bins" (at or past the last edge) sharing cell 0
+ * with values below the first edge. A NaN lands in cell 0; the caller refuses its item. */
+#define CELL(T, FLOOR)                                                                                      \
+    static inline uint64_t cell_##T(T x, T scale, T offset, T top, int bins, const T *restrict edge) {     \
+        T u = FLOOR(x * scale + offset);                                                                    \
+        u = u > (T)0 ? u : (T)0;                                                                            \
+        u = u < top ? u : top;                                                                              \
+        int idx = (int)u;                                                                                   \
+        int c = idx + (x >= edge[idx]);                                                                     \
+        return (uint64_t)(c >= bins ? c - bins : c);                                                        \
+    }
+CELL(float, floorf)
+CELL(double, floor)
+
+/* Row keys of one item's [n, d] activations: sum_u cell(a[i, u]) * bins**u, then the label in the low bits.
+ * Unit by unit (the last first, Horner's rule), so that each pass runs over all n rows and vectorises.
+ * Returns nonzero when a value is not finite (x - x is NaN exactly then). */
+#define KEYS(T)                                                                                             \
+    static int keys_##T(const T *restrict a, int64_t n, int64_t d, T scale, T offset, int bins,            \
+                        const T *restrict edge, const int64_t *restrict y, int label_bits,                  \
+                        uint64_t *restrict keys) {                                                          \
+        int bad = 0;                                                                                        \
+        T top = (T)bins;                                                                                    \
+        uint64_t radix = (uint64_t)bins;                                                                    \
+        for (int64_t i = 0; i < n; i++) keys[i] = 0;                                                        \
+        for (int64_t u = d - 1; u >= 0; u--) {                                                              \
+            for (int64_t i = 0; i < n; i++) {                                                               \
+                T x = a[i * d + u];                                                                         \
+                bad |= !(x - x == (T)0);                                                                    \
+                keys[i] = keys[i] * radix + cell_##T(x, scale, offset, top, bins, edge);                    \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int64_t i = 0; i < n; i++) keys[i] = (keys[i] << label_bits) | (uint64_t)y[i];                 \
+        return bad;                                                                                         \
+    }
+KEYS(float)
+KEYS(double)
+
+static inline uint64_t slot_of(uint64_t key, int shift) { return (key * 0x9E3779B97F4A7C15ull) >> shift; }
+
+/* Row ids of one item's [n, d] activations compared as exact values (0.0 and -0.0 equal): each row's id is the
+ * number of distinct rows seen before its first occurrence (< n), then the label in the low bits. Rows are
+ * found through a hash of their values' bits; a candidate is accepted only when every value is equal.
+ * Returns nonzero when a value is not finite. */
+#define EXACT(T, U)                                                                                         \
+    static int exact_##T(const T *restrict a, int64_t n, int64_t d, const int64_t *restrict y,             \
+                         int label_bits, work_t *w) {                                                       \
+        int bad = 0;                                                                                        \
+        for (int64_t i = 0; i < n * d; i++) { T x = a[i]; bad |= !(x - x == (T)0); }                       \
+        if (bad) return 1;                                                                                  \
+        uint64_t ids = 0;                                                                                   \
+        int64_t nu = 0;                                                                                     \
+        for (int64_t i = 0; i < n; i++) {                                                                   \
+            const T *r = a + i * d;                                                                         \
+            uint64_t h = 0x243F6A8885A308D3ull;                                                             \
+            for (int64_t u = 0; u < d; u++) {                                                               \
+                T x = r[u] + (T)0; /* -0.0 + 0.0 is +0.0: both zeros hash alike */                          \
+                U bits;                                                                                     \
+                memcpy(&bits, &x, sizeof bits);                                                             \
+                h = (h ^ (uint64_t)bits) * 0x9E3779B97F4A7C15ull;                                           \
+                h ^= h >> 32;                                                                               \
+            }                                                                                               \
+            uint64_t s = slot_of(h, w->shift), id;                                                          \
+            for (;;) {                                                                                      \
+                int32_t k = w->row_of[s];                                                                   \
+                if (k < 0) {                                                                                \
+                    w->row_of[s] = (int32_t)i; w->row_hash[s] = h; w->row_id[s] = id = ids++;              \
+                    w->row_used[nu++] = (int32_t)s;                                                         \
+                    break;                                                                                  \
+                }                                                                                           \
+                if (w->row_hash[s] == h) {                                                                  \
+                    const T *o = a + (int64_t)k * d;                                                        \
+                    int64_t u = 0;                                                                          \
+                    while (u < d && o[u] == r[u]) u++;                                                      \
+                    if (u == d) { id = w->row_id[s]; break; }                                               \
+                }                                                                                           \
+                s = (s + 1) & w->mask;                                                                      \
+            }                                                                                               \
+            w->keys[i] = (id << label_bits) | (uint64_t)y[i];                                               \
+        }                                                                                                   \
+        for (int64_t k = 0; k < nu; k++) w->row_of[w->row_used[k]] = -1;                                    \
+        w->n_ids = (int64_t)ids;                                                                            \
+        return 0;                                                                                           \
+    }
+EXACT(float, uint32_t)
+EXACT(double, uint64_t)
+
+/* The slot of key's cell, made (with count 0, listed in `used`) when the key is new. */
+static inline uint64_t cell(work_t *w, uint64_t key, int64_t *nu) {
+    uint64_t s = slot_of(key, w->shift);
+    while (w->tab[s] != EMPTY && w->tab[s] != key) s = (s + 1) & w->mask;
+    if (w->tab[s] == EMPTY) { w->tab[s] = key; w->cnt[s] = 0; w->used[(*nu)++] = (int32_t)s; }
+    return s;
+}
+
+/* sum_c m_c * table[c] in increasing c (m_c cells hold c samples; none more than top), and empty the histogram. */
+static double sum_hist(int64_t *hist, int64_t top, const double *table) {
+    double s = 0.0;
+    for (int64_t c = 2; c <= top; c++) {
+        if (hist[c]) { s += (double)hist[c] * table[c]; hist[c] = 0; }
+    }
+    hist[1] = 0;
+    return s;
+}
+
+/* With at most FEW_LABEL_BITS label bits: one pass over the rows counts each row cell and, next to it, the
+ * cell's samples of each label. Cells are hash slots, or (dense = 1, exact rows) the row ids themselves. */
+#define FEW_LABEL_BITS 4
+static void few_labels(const job_t *j, work_t *w, int64_t b, int dense) {
+    int64_t n = j->n, nt = 0, nty = 0;
+    int lb = j->label_bits;
+    uint64_t lmask = (1ull << lb) - 1;
+    if (dense) {
+        nt = w->n_ids;
+        for (int64_t k = 0; k < nt; k++) { w->used[k] = (int32_t)k; w->cnt[k] = 0; }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t k = w->keys[i], s = dense ? k >> lb : cell(w, k >> lb, &nt);
+        w->cnt[s]++;
+        w->cnt_y[(s << lb) | (k & lmask)]++;
+    }
+    int32_t top = 1;
+    for (int64_t k = 0; k < nt; k++) {
+        int32_t c = w->cnt[w->used[k]];
+        w->hist[c]++;
+        top = c > top ? c : top;
+    }
+    j->k_t[b] = nt;
+    j->s_t[b] = sum_hist(w->hist, top, j->table);
+    top = 1;
+    for (int64_t k = 0; k < nt; k++) {
+        uint64_t s = (uint64_t)w->used[k];
+        int32_t *cy = w->cnt_y + (s << lb);
+        for (uint64_t l = 0; l <= lmask; l++) {
+            int32_t c = cy[l];
+            if (c) { w->hist[c]++; nty++; top = c > top ? c : top; cy[l] = 0; }
+        }
+        if (!dense) w->tab[s] = EMPTY;
+    }
+    j->k_ty[b] = nty;
+    j->s_ty[b] = sum_hist(w->hist, top, j->table);
+}
+
+static void one_item(const job_t *j, work_t *w, int64_t b) {
+    int64_t n = j->n, d = j->d, m = n * d;
+    const int64_t *y = j->labels + (j->labels_per_item ? b * n : 0);
+    int bad = j->exact
+        ? (j->is_double ? exact_double((const double *)j->acts + b * m, n, d, y, j->label_bits, w)
+                        : exact_float((const float *)j->acts + b * m, n, d, y, j->label_bits, w))
+        : j->is_double
+        ? keys_double((const double *)j->acts + b * m, n, d, j->scale, j->offset, j->bins,
+                      (const double *)j->edges, y, j->label_bits, w->keys)
+        : keys_float((const float *)j->acts + b * m, n, d, (float)j->scale, (float)j->offset, j->bins,
+                     (const float *)j->edges, y, j->label_bits, w->keys);
+    j->bad[b] = bad;
+    if (bad) { j->s_t[b] = j->s_ty[b] = 0.0; j->k_t[b] = j->k_ty[b] = 0; return; }
+    if (w->cnt_y) { few_labels(j, w, b, j->exact); return; }
+    /* (row, label) cells, then row cells from the occupied (row, label) cells. */
+    int64_t nu = 0;
+    for (int64_t i = 0; i < n; i++) w->cnt[cell(w, w->keys[i], &nu)]++;
+    int32_t top = 1;
+    for (int64_t k = 0; k < nu; k++) {
+        int32_t s = w->used[k], c = w->cnt[s];
+        w->hist[c]++;
+        top = c > top ? c : top;
+        w->keys[k] = w->tab[s] >> j->label_bits;  /* the rows are not needed any more: reuse their buffer */
+        w->keys[n + k] = (uint64_t)c;
+        w->tab[s] = EMPTY;
+    }
+    j->k_ty[b] = nu;
+    j->s_ty[b] = sum_hist(w->hist, top, j->table);
+    int64_t nt = 0;
+    for (int64_t k = 0; k < nu; k++) w->cnt[cell(w, w->keys[k], &nt)] += (int32_t)w->keys[n + k];
+    top = 1;
+    for (int64_t k = 0; k < nt; k++) {
+        int32_t s = w->used[k], c = w->cnt[s];
+        w->hist[c]++;
+        top = c > top ? c : top;
+        w->tab[s] = EMPTY;
+    }
+    j->k_t[b] = nt;
+    j->s_t[b] = sum_hist(w->hist, top, j->table);
+}
+
+static void *worker(void *arg) {
+    job_t *j = (job_t *)arg;
+    int64_t n = j->n;
+    int bits = 1;
+    while ((1ll << bits) < 2 * n) bits++;
+    uint64_t cap = 1ull << bits;
+    work_t w;
+    w.mask = cap - 1; w.shift = 64 - bits;
+    w.keys = malloc(sizeof(uint64_t) * 2 * n);
+    w.tab = malloc(sizeof(uint64_t) * cap);
+    w.cnt = malloc(sizeof(int32_t) * cap);
+    w.used = malloc(sizeof(int32_t) * n);
+    w.hist = calloc(n + 1, sizeof(int64_t));
+    /* Per-label counts next to each slot: for few labels, and at most 2**22 of them (16 MiB) per thread. */
+    int few = j->label_bits <= FEW_LABEL_BITS && (cap << j->label_bits) <= (1ull << 22);
+    w.cnt_y = few ? calloc(cap << j->label_bits, sizeof(int32_t)) : NULL;
+    w.row_of = w.row_used = NULL; w.row_hash = w.row_id = NULL;
+    if (j->exact) {
+        w.row_of = malloc(sizeof(int32_t) * cap); w.row_used = malloc(sizeof(int32_t) * n);
+        w.row_hash = malloc(sizeof(uint64_t) * cap); w.row_id = malloc(sizeof(uint64_t) * cap);
+    }
+    int rows_ok = !j->exact || (w.row_of && w.row_used && w.row_hash && w.row_id);
+    if (!w.keys || !w.tab || !w.cnt || !w.used || !w.hist || (few && !w.cnt_y) || !rows_ok) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+    } else {
+        memset(w.tab, 0xff, sizeof(uint64_t) * cap);
+        if (j->exact) memset(w.row_of, 0xff, sizeof(int32_t) * cap);
+        for (;;) {
+            int64_t b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+            if (b >= j->items) break;
+            one_item(j, &w, b);
+        }
+    }
+    free(w.keys); free(w.tab); free(w.cnt); free(w.cnt_y); free(w.used); free(w.hist);
+    free(w.row_of); free(w.row_used); free(w.row_hash); free(w.row_id);
+    return NULL;
+}
+
+/* exact = 0: cells of the fixed-range grid (bins, scale, offset, edges); exact = 1: rows of exact values (the
+ * grid's arguments are not read). Returns 0, or 1 when memory ran out. */
+int ip_count_rows(const void *acts, int is_double, int exact, int64_t items, int64_t n, int64_t d,
+                 const int64_t *labels, int labels_per_item, int label_bits,
+                 int bins, double scale, double offset, const void *edges, const double *table,
+                 double *s_t, double *s_ty, int64_t *k_t, int64_t *k_ty, int64_t *bad, int threads) {
+    job_t j = {acts, is_double, exact, items, n, d, labels, labels_per_item, label_bits, bins, scale, offset, edges,
+               table, s_t, s_ty, k_t, k_ty, bad, 0, 0};
+    if (threads > items) threads = (int)items;
+    if (threads < 1) threads = 1;
+    pthread_t tid[64];
+    if (threads > 64) threads = 64;
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tid[started], NULL, worker, &j) == 0) started++;
+    }
+    worker(&j);
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    return j.failed;
+}
+"""
+
+# -fno-trapping-math lets the digitising loop vectorise (floor and the float-to-int conversion); it changes no
+# result, only whether floating-point exception flags may be raised.
+FLAGS = (*_native.FLAGS, "-fno-trapping-math")
+
+_LOADED: ctypes.CDLL | str | None = None
+
+
+def load() -> ctypes.CDLL | str:
+    """The compiled kernel, or a string saying why it is not available (computed once per process)."""
+    global _LOADED
+    if _LOADED is None:
+        lib = _native.build("counting", SOURCE, _native.compiler(), FLAGS)
+        if not isinstance(lib, str):
+            p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+            lib.ip_count_rows.argtypes = [p, c_int, c_int, i64, i64, i64, p, c_int, c_int, c_int, ctypes.c_double,
+                                          ctypes.c_double, p, p, p, p, p, p, p, c_int]
+            lib.ip_count_rows.restype = c_int
+        _LOADED = lib
+    return _LOADED
+
+
+def fits(bins: int | None, d: int, label_bits: int, n: int) -> bool:
+    """Whether the kernel takes ``n`` rows of ``d`` units: for the grid (``bins`` symbols per unit) each row and
+    its label key exactly in 63 bits; for exact rows (``bins=None``) always. The hash tables' slots (2 n at most
+    2**31) index in 32 bits."""
+    return (bins is None or (bins**d << label_bits) < 2**63) and n <= 2**30
+
+
+def counts(lib: ctypes.CDLL, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):
+    """Per item of ``a`` ([B, N, d] float32 or float64 on CPU) with dense labels ``y`` ([B or 1, N] int64):
+    ``(s_t, s_ty, k_t, k_ty, bad)`` as numpy arrays [B]: the count-of-counts sums of T and of (T, Y) (see
+    :func:`._entropy.sum_xlogx`; ``table`` is :func:`._entropy.xlogx_table` (N)), the numbers of occupied cells,
+    and 1 where the item holds a value that is not finite (its other numbers are then 0).
+
+    ``grid`` is a ``binning._RangeGrid`` (rows are cells of that grid), or None (rows of exact values)."""
+    a = a.contiguous()
+    y = y.contiguous()
+    n_items, n, d = a.shape
+    edges = (grid.next_edge if grid is not None else torch.zeros(1)).to(a.dtype).contiguous()
+    grid_args = (grid.bins, grid.scale, grid.offset) if grid is not None else (0, 0.0, 0.0)
+    s_t, s_ty = np.empty(n_items), np.empty(n_items)
+    k_t, k_ty, bad = (np.empty(n_items, dtype=np.int64) for _ in range(3))
+    ptr = [v.ctypes.data for v in (s_t, s_ty, k_t, k_ty, bad)]
+    status = lib.ip_count_rows(a.data_ptr(), int(a.dtype == torch.float64), int(grid is None), n_items, n, d,
+                               y.data_ptr(), int(y.shape[0] > 1), label_bits, *grid_args, edges.data_ptr(),
+                               table.ctypes.data, *ptr, max(1, torch.get_num_threads()))
+    if status:
+        raise MemoryError(f"the counting kernel could not allocate its tables for N = {n} samples of {d} units")
+    return s_t, s_ty, k_t, k_ty, bad
+
+
+def plugin_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check):
+    """``(h_t, h_ty, k_t, k_ty)`` per item as torch tensors (bits, float64; cells, int64) from the kernel, or None
+    where it does not apply (no compiler, other dtypes, too many rows or too wide a grid). ``grid`` as in
+    :func:`counts`. ``check(part, start)`` is called on the first item that is not finite (and raises)."""
+    lib = load()
+    n_items, n, d = a.shape
+    if (isinstance(lib, str) or a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64)
+            or not fits(None if grid is None else grid.bins, d, label_bits, n)):
+        return None
+    s_t, s_ty, k_t, k_ty, bad = counts(lib, a, y, grid, label_bits, xlogx_table(n))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        check(a[first:first + 1], first)  # raises, naming the item and what is wrong with it
+        raise AssertionError("the counting kernel flagged a finite item")  # pragma: no cover
+    return tuple(torch.from_numpy(v) for v in (entropy_bits(s_t, n), entropy_bits(s_ty, n), k_t, k_ty))
