@@ -17,8 +17,9 @@ from .config import KDE, Binning, Discrete, Estimator, Noisy, WithNull, from_set
 from .knn import KNNResult, ksg_mi, ross_mi
 from .renyi import RenyiResult, renyi_entropy, renyi_mi
 from .knn_renyi_config import KNN, PlaneResult, Renyi
+from ._count_kernel import KernelFallbackWarning
 
 __all__ = ["binned_mi", "kde_mi", "discrete_mi", "noisy_mi", "permutation_null", "BinnedResult", "KDEResult",
            "NoisyResult", "NullResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "Estimator",
            "from_settings", "ksg_mi", "ross_mi", "renyi_entropy", "renyi_mi", "KNNResult", "RenyiResult",
-           "PlaneResult", "KNN", "Renyi"]
+           "PlaneResult", "KNN", "Renyi", "KernelFallbackWarning"]

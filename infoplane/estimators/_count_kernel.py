@@ -21,6 +21,7 @@ or the generic route of ``binning`` (exact values) runs.
 from __future__ import annotations
 
 import ctypes
+import warnings
 
 import numpy as np
 import torch
@@ -307,11 +308,20 @@ FLAGS = (*_native.FLAGS, "-fno-trapping-math")
 _LOADED: ctypes.CDLL | str | None = None
 
 
+class KernelFallbackWarning(UserWarning):
+    """The compiled counting kernel is not available; the message says why (once per process)."""
+
+
 def load() -> ctypes.CDLL | str:
-    """The compiled kernel, or a string saying why it is not available (computed once per process)."""
+    """The compiled kernel, or a string saying why it is not available (computed once per process; the reason is
+    also given once as a :class:`KernelFallbackWarning`)."""
     global _LOADED
     if _LOADED is None:
         lib = _native.build("counting", SOURCE, _native.compiler(), FLAGS)
+        if isinstance(lib, str):
+            warnings.warn(f"infoplane: the compiled counting kernel is not available ({lib}); binned_mi's fixed grid "
+                          "and discrete_mi take their slower numpy/torch routes, with the same results",
+                          KernelFallbackWarning, stacklevel=2)
         if not isinstance(lib, str):
             p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
             lib.ip_count_rows.argtypes = [p, c_int, c_int, i64, i64, i64, p, c_int, c_int, c_int, ctypes.c_double,
