@@ -4,7 +4,9 @@ For each batch item the kernel finds every row's symbol and counts them. With th
 digitises every activation exactly as ``_RangeGrid.digits`` does (a scaled floor with a small downward bias,
 settled by one exact comparison with the next float32 edge; the shared overflow cell) and packs each row's cells
 into one integer key. With exact values (``discrete_mi``), each row gets the index of its first occurrence among
-the item's distinct rows, found through a hash of its values and confirmed value by value (0.0 equals -0.0).
+the item's distinct rows, found through a hash of its values and confirmed value by value (0.0 equals -0.0);
+grid rows too wide for one 63-bit key get theirs the same way, from their cells (2 bytes each, one layer-epoch
+per thread at a time).
 The label goes into the key's low bits, and the keys are counted in a hash table: with at most 16 classes one
 pass counts each row and, next to it, its samples per label; with more, the (row, label) pairs are counted first
 and the rows from the occupied pairs.
@@ -41,7 +43,7 @@ SOURCE = r"""/* Rows of a batch of layers, binned or exact: per item, plug-in co
 #define EMPTY UINT64_MAX
 
 typedef struct {
-    const void *acts; int is_double, exact; int64_t items, n, d;
+    const void *acts; int is_double, mode; int64_t items, n, d;  /* mode: see ip_count_rows */
     const int64_t *labels; int labels_per_item; int label_bits;
     int bins; double scale, offset; const void *edges;
     const double *table;
@@ -51,7 +53,8 @@ typedef struct {
 
 typedef struct {
     uint64_t *keys; uint64_t *tab; int32_t *cnt; int32_t *cnt_y; int32_t *used; int64_t *hist;
-    int32_t *row_of, *row_used; uint64_t *row_hash, *row_id;  /* exact rows only */
+    int32_t *row_of, *row_used; uint64_t *row_hash, *row_id;  /* rows found by hashing (modes 1, 2) */
+    uint16_t *digits;  /* mode 2: the item's cells */
     int64_t n_ids;  /* exact rows: the item's distinct rows, ids 0 .. n_ids - 1 */
     uint64_t mask; int shift;
 } work_t;
@@ -94,6 +97,22 @@ CELL(double, floor)
     }
 KEYS(float)
 KEYS(double)
+
+/* Mode 2 (rows too wide for one key): every cell of one item's [n, d] activations, in the same layout. */
+#define CELLS(T)                                                                                            \
+    static int cells_##T(const T *restrict a, int64_t m, T scale, T offset, int bins, const T *restrict edge, \
+                         uint16_t *restrict out) {                                                          \
+        int bad = 0;                                                                                        \
+        T top = (T)bins;                                                                                    \
+        for (int64_t i = 0; i < m; i++) {                                                                   \
+            T x = a[i];                                                                                     \
+            bad |= !(x - x == (T)0);                                                                        \
+            out[i] = (uint16_t)cell_##T(x, scale, offset, top, bins, edge);                                 \
+        }                                                                                                   \
+        return bad;                                                                                         \
+    }
+CELLS(float)
+CELLS(double)
 
 static inline uint64_t slot_of(uint64_t key, int shift) { return (key * 0x9E3779B97F4A7C15ull) >> shift; }
 
@@ -143,6 +162,7 @@ static inline uint64_t slot_of(uint64_t key, int shift) { return (key * 0x9E3779
     }
 EXACT(float, uint32_t)
 EXACT(double, uint64_t)
+EXACT(uint16_t, uint16_t)  /* mode 2: rows of cells */
 
 /* The slot of key's cell, made (with count 0, listed in `used`) when the key is new. */
 static inline uint64_t cell(work_t *w, uint64_t key, int64_t *nu) {
@@ -203,7 +223,15 @@ static void few_labels(const job_t *j, work_t *w, int64_t b, int dense) {
 static void one_item(const job_t *j, work_t *w, int64_t b) {
     int64_t n = j->n, d = j->d, m = n * d;
     const int64_t *y = j->labels + (j->labels_per_item ? b * n : 0);
-    int bad = j->exact
+    int bad;
+    if (j->mode == 2) {
+        bad = j->is_double
+            ? cells_double((const double *)j->acts + b * m, m, j->scale, j->offset, j->bins,
+                           (const double *)j->edges, w->digits)
+            : cells_float((const float *)j->acts + b * m, m, (float)j->scale, (float)j->offset, j->bins,
+                          (const float *)j->edges, w->digits);
+        if (!bad) exact_uint16_t(w->digits, n, d, y, j->label_bits, w);
+    } else bad = j->mode == 1
         ? (j->is_double ? exact_double((const double *)j->acts + b * m, n, d, y, j->label_bits, w)
                         : exact_float((const float *)j->acts + b * m, n, d, y, j->label_bits, w))
         : j->is_double
@@ -213,7 +241,7 @@ static void one_item(const job_t *j, work_t *w, int64_t b) {
                      (const float *)j->edges, y, j->label_bits, w->keys);
     j->bad[b] = bad;
     if (bad) { j->s_t[b] = j->s_ty[b] = 0.0; j->k_t[b] = j->k_ty[b] = 0; return; }
-    if (w->cnt_y) { few_labels(j, w, b, j->exact); return; }
+    if (w->cnt_y) { few_labels(j, w, b, j->mode != 0); return; }
     /* (row, label) cells, then row cells from the occupied (row, label) cells. */
     int64_t nu = 0;
     for (int64_t i = 0; i < n; i++) w->cnt[cell(w, w->keys[i], &nu)]++;
@@ -257,17 +285,18 @@ static void *worker(void *arg) {
     /* Per-label counts next to each slot: for few labels, and at most 2**22 of them (16 MiB) per thread. */
     int few = j->label_bits <= FEW_LABEL_BITS && (cap << j->label_bits) <= (1ull << 22);
     w.cnt_y = few ? calloc(cap << j->label_bits, sizeof(int32_t)) : NULL;
-    w.row_of = w.row_used = NULL; w.row_hash = w.row_id = NULL;
-    if (j->exact) {
+    w.row_of = w.row_used = NULL; w.row_hash = w.row_id = NULL; w.digits = NULL;
+    if (j->mode != 0) {
         w.row_of = malloc(sizeof(int32_t) * cap); w.row_used = malloc(sizeof(int32_t) * n);
         w.row_hash = malloc(sizeof(uint64_t) * cap); w.row_id = malloc(sizeof(uint64_t) * cap);
     }
-    int rows_ok = !j->exact || (w.row_of && w.row_used && w.row_hash && w.row_id);
+    if (j->mode == 2) w.digits = malloc(sizeof(uint16_t) * n * j->d);
+    int rows_ok = j->mode == 0 || (w.row_of && w.row_used && w.row_hash && w.row_id && (j->mode == 1 || w.digits));
     if (!w.keys || !w.tab || !w.cnt || !w.used || !w.hist || (few && !w.cnt_y) || !rows_ok) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
     } else {
         memset(w.tab, 0xff, sizeof(uint64_t) * cap);
-        if (j->exact) memset(w.row_of, 0xff, sizeof(int32_t) * cap);
+        if (j->mode != 0) memset(w.row_of, 0xff, sizeof(int32_t) * cap);
         for (;;) {
             int64_t b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
             if (b >= j->items) break;
@@ -275,17 +304,19 @@ static void *worker(void *arg) {
         }
     }
     free(w.keys); free(w.tab); free(w.cnt); free(w.cnt_y); free(w.used); free(w.hist);
-    free(w.row_of); free(w.row_used); free(w.row_hash); free(w.row_id);
+    free(w.row_of); free(w.row_used); free(w.row_hash); free(w.row_id); free(w.digits);
     return NULL;
 }
 
-/* exact = 0: cells of the fixed-range grid (bins, scale, offset, edges); exact = 1: rows of exact values (the
- * grid's arguments are not read). Returns 0, or 1 when memory ran out. */
-int ip_count_rows(const void *acts, int is_double, int exact, int64_t items, int64_t n, int64_t d,
+/* mode 0: cells of the fixed-range grid (bins, scale, offset, edges), each row packed into one key;
+ * mode 1: rows of exact values (the grid's arguments are not read);
+ * mode 2: cells of the grid, rows too wide for one key found by hashing (bins <= 65536).
+ * Returns 0, or 1 when memory ran out. */
+int ip_count_rows(const void *acts, int is_double, int mode, int64_t items, int64_t n, int64_t d,
                  const int64_t *labels, int labels_per_item, int label_bits,
                  int bins, double scale, double offset, const void *edges, const double *table,
                  double *s_t, double *s_ty, int64_t *k_t, int64_t *k_ty, int64_t *bad, int threads) {
-    job_t j = {acts, is_double, exact, items, n, d, labels, labels_per_item, label_bits, bins, scale, offset, edges,
+    job_t j = {acts, is_double, mode, items, n, d, labels, labels_per_item, label_bits, bins, scale, offset, edges,
                table, s_t, s_ty, k_t, k_ty, bad, 0, 0};
     if (threads > items) threads = (int)items;
     if (threads < 1) threads = 1;
@@ -331,11 +362,18 @@ def load() -> ctypes.CDLL | str:
     return _LOADED
 
 
-def fits(bins: int | None, d: int, label_bits: int, n: int) -> bool:
-    """Whether the kernel takes ``n`` rows of ``d`` units: for the grid (``bins`` symbols per unit) each row and
-    its label key exactly in 63 bits; for exact rows (``bins=None``) always. The hash tables' slots (2 n at most
-    2**31) index in 32 bits."""
-    return (bins is None or (bins**d << label_bits) < 2**63) and n <= 2**30
+def mode(bins: int | None, d: int, label_bits: int, n: int) -> int | None:
+    """The kernel's mode for ``n`` rows of ``d`` units, or None where it does not apply: 0 for the grid
+    (``bins`` symbols per unit) when a row and its label key exactly in 63 bits, 2 for wider grid rows (at most
+    65536 symbols per unit), 1 for exact values (``bins=None``). The hash tables' slots (2 n at most 2**31) index
+    in 32 bits."""
+    if n > 2**30:
+        return None
+    if bins is None:
+        return 1
+    if (bins**d << label_bits) < 2**63:
+        return 0
+    return 2 if bins <= 2**16 else None
 
 
 def counts(lib: ctypes.CDLL, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):
@@ -348,12 +386,13 @@ def counts(lib: ctypes.CDLL, a: torch.Tensor, y: torch.Tensor, grid, label_bits:
     a = a.contiguous()
     y = y.contiguous()
     n_items, n, d = a.shape
+    how = mode(None if grid is None else grid.bins, d, label_bits, n)
     edges = (grid.next_edge if grid is not None else torch.zeros(1)).to(a.dtype).contiguous()
     grid_args = (grid.bins, grid.scale, grid.offset) if grid is not None else (0, 0.0, 0.0)
     s_t, s_ty = np.empty(n_items), np.empty(n_items)
     k_t, k_ty, bad = (np.empty(n_items, dtype=np.int64) for _ in range(3))
     ptr = [v.ctypes.data for v in (s_t, s_ty, k_t, k_ty, bad)]
-    status = lib.ip_count_rows(a.data_ptr(), int(a.dtype == torch.float64), int(grid is None), n_items, n, d,
+    status = lib.ip_count_rows(a.data_ptr(), int(a.dtype == torch.float64), how, n_items, n, d,
                                y.data_ptr(), int(y.shape[0] > 1), label_bits, *grid_args, edges.data_ptr(),
                                table.ctypes.data, *ptr, max(1, torch.get_num_threads()))
     if status:
@@ -368,7 +407,7 @@ def plugin_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check
     lib = load()
     n_items, n, d = a.shape
     if (isinstance(lib, str) or a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64)
-            or not fits(None if grid is None else grid.bins, d, label_bits, n)):
+            or mode(None if grid is None else grid.bins, d, label_bits, n) is None):
         return None
     s_t, s_ty, k_t, k_ty, bad = counts(lib, a, y, grid, label_bits, xlogx_table(n))
     if bad.any():

@@ -1,7 +1,7 @@
-"""The CPU routes of the fixed-range binning grid: the compiled kernel, else float64 row keys and sorted rows.
+"""The numpy CPU route of the fixed-range binning grid: float64 row keys and sorted rows.
 
-Where a C compiler exists, :func:`group_counts` hands the whole batch to the kernel of ``_count_kernel`` (cells,
-keys and hash counts in one pass per item). Without one, the numpy route below runs:
+Where a C compiler exists, ``binning`` hands the fixed grid to the kernel of ``_count_kernel`` instead; this
+route runs without one (same results):
 
 For the grid of :class:`infoplane.estimators.binning._RangeGrid` every unit has ``bins`` symbols, so a row's
 mixed-radix key with the label in its lowest bits, ``key * 2**label_bits + label``, is below
@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from . import _count_kernel
 from ._entropy import entropy_bits, plugin_counts, sum_xlogx
 
 # Activation elements digitised at once by torch passes (one thread): measured fastest among 2**14..2**18 at
@@ -45,11 +44,8 @@ _THREAD_CHUNK_ELEMENTS = 2**16
 _FLOAT_KEY_BITS = 52
 
 
-def fits(bins: int, d: int, label_bits: int, n: int) -> bool:
-    """Whether this module's routes apply to ``n`` rows: the compiled kernel's integer keys where it is available,
-    else rows of ``d`` units with ``bins`` symbols each, and the label, keyed exactly in float64."""
-    if not isinstance(_count_kernel.load(), str) and _count_kernel.fits(bins, d, label_bits, n):
-        return True
+def fits(bins: int, d: int, label_bits: int) -> bool:
+    """Whether rows of ``d`` units with ``bins`` symbols each, and the label, key exactly in float64."""
     return d * math.log2(bins) + label_bits + 1 <= _FLOAT_KEY_BITS
 
 
@@ -198,11 +194,6 @@ def group_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check)
     scheduler slices.) Each group's numbers do not depend on the thread that computed them.
     """
     n_items, n, d = a.shape
-    # The compiled kernel: every item in one call, digitised, keyed and counted in one pass each.
-    counted = _count_kernel.plugin_counts(a, y, grid, label_bits, check)
-    if counted is not None:
-        yield 0, n_items, counted
-        return
     span_bits = (grid.bins**d - 1).bit_length() + label_bits
     by_count = (1 << span_bits) <= 2 * n
     group = max(1, min(n_items, _GROUP_ROWS // n))

@@ -272,19 +272,19 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
         ixt[g0:g1][distinct] = log2n
         ity[g0:g1][distinct] = hy[distinct]
 
-    if (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
-            and _range_rows.fits(grid.bins, d, label_bits, n)):
-        # The compiled kernel, or exact float64 row keys and one sort per item (see _range_rows).
-        for g0, g1, counts in _range_rows.group_counts(a, y, grid, label_bits,
-                                                       lambda part, s: check_finite(part, batch, s)):
-            finish(g0, g1, *counts)
-        return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
-    if isinstance(grid, _ExactValues) and dtype == torch.float64:
-        # Exact rows on CPU: the compiled kernel hashes rows of values (None where it does not apply).
-        counted = _count_kernel.plugin_counts(a, y, None, label_bits, lambda part, s: check_finite(part, batch, s))
+    check = lambda part, s: check_finite(part, batch, s)  # noqa: E731
+    if isinstance(grid, (_RangeGrid, _ExactValues)):
+        # On CPU, the compiled counting kernel: cells of the fixed grid, or exact rows (None where it does not apply).
+        counted = _count_kernel.plugin_counts(a, y, grid if isinstance(grid, _RangeGrid) else None, label_bits, check)
         if counted is not None:
             finish(0, n_items, *counted)
             return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
+    if (isinstance(grid, _RangeGrid) and batch.device.type == "cpu" and dtype == torch.float64
+            and _range_rows.fits(grid.bins, d, label_bits)):
+        # Without a compiler: exact float64 row keys and one sort per item (see _range_rows).
+        for g0, g1, counts in _range_rows.group_counts(a, y, grid, label_bits, check):
+            finish(g0, g1, *counts)
+        return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
     group = max(1, min(n_items, _GROUP_ROWS // n))
     chunk = max(1, _CHUNK_ELEMENTS // (n * d))
     for g0 in builtins.range(0, n_items, group):
