@@ -188,3 +188,23 @@ def test_exact_rows_name_the_first_item_that_is_not_finite():
     a[2, 0, 0] = np.inf
     with pytest.raises(ValueError, match=r"inf at batch index \(2,\)"):
         discrete_mi(a, np.arange(30) % 2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_pthread_build_gives_the_same_bits(monkeypatch, threads):
+    # With torch on GNU OpenMP the kernel shares items among torch's OpenMP threads; elsewhere it starts pthreads.
+    rng = np.random.default_rng(12)
+    a = np.tanh(rng.normal(size=(7, 300, 4))).astype(np.float32)
+    a[:, :50] = a[:, 50:100]
+    y = rng.integers(0, 3, size=300)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    wide = np.tile(a, (1, 1, 4))  # 16 units: rows hashed on their cells
+    default = (binned_mi(a, y, bins=30, range=(-1, 1)), binned_mi(wide, y, bins=30, range=(-1, 1)),
+               discrete_mi(np.round(a, 1), y))
+    monkeypatch.setattr(_count_kernel, "_LOADED", None)
+    monkeypatch.setattr(_native, "openmp_flags", lambda: ())
+    plain = (binned_mi(a, y, bins=30, range=(-1, 1)), binned_mi(wide, y, bins=30, range=(-1, 1)),
+             discrete_mi(np.round(a, 1), y))
+    for r1, r2 in zip(default, plain):
+        assert torch.equal(r1.ixt, r2.ixt) and torch.equal(r1.ity, r2.ity)

@@ -169,3 +169,19 @@ def test_no_compiler_falls_back(data, monkeypatch):
     with pytest.warns(fused.FusedFallbackWarning, match="no C compiler"):
         result = fit(build_tanh, inputs, labels, perms[:2, :50], seeds=2, epochs=1, batch_size=BATCH)
     assert "batched matrix products" in result.reason
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_pthread_build_trains_exactly_like_the_openmp_one(data, monkeypatch, threads):
+    # With torch on GNU OpenMP the kernel runs its seeds in torch's OpenMP threads; elsewhere it starts pthreads.
+    # The seeds never interact, so both builds, at any thread count, must give the same bits.
+    inputs, labels, perms = data
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    kw = dict(seeds=3, epochs=2, batch_size=BATCH, fused=True)
+    default = fit(build_tanh, inputs, labels, perms[:, :50], **kw)
+    monkeypatch.setattr(fused_kernel, "_LOADED", None)
+    monkeypatch.setattr(fused_kernel._native, "openmp_flags", lambda: ())
+    plain = fit(build_tanh, inputs, labels, perms[:, :50], **kw)
+    for ma, mb in zip(default.members, plain.members, strict=True):
+        for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
+            assert torch.equal(pa, pb)

@@ -320,14 +320,20 @@ int ip_count_rows(const void *acts, int is_double, int mode, int64_t items, int6
                table, s_t, s_ty, k_t, k_ty, bad, 0, 0};
     if (threads > items) threads = (int)items;
     if (threads < 1) threads = 1;
-    pthread_t tid[64];
     if (threads > 64) threads = 64;
+#ifdef _OPENMP
+    /* torch's own OpenMP threads (the same runtime), which would otherwise wait idle on the other cores */
+    #pragma omp parallel num_threads(threads)
+    worker(&j);
+#else
+    pthread_t tid[64];
     int started = 0;
     for (int t = 1; t < threads; t++) {
         if (pthread_create(&tid[started], NULL, worker, &j) == 0) started++;
     }
     worker(&j);
     for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+#endif
     return j.failed;
 }
 """
@@ -348,7 +354,7 @@ def load() -> ctypes.CDLL | str:
     also given once as a :class:`KernelFallbackWarning`)."""
     global _LOADED
     if _LOADED is None:
-        lib = _native.build("counting", SOURCE, _native.compiler(), FLAGS)
+        lib = _native.build("counting", SOURCE, _native.compiler(), (*FLAGS, *_native.openmp_flags()))
         if isinstance(lib, str):
             warnings.warn(f"infoplane: the compiled counting kernel is not available ({lib}); binned_mi's fixed grid "
                           "and discrete_mi take their slower numpy/torch routes, with the same results",

@@ -22,7 +22,7 @@ def _compiler() -> str | None:
 
 
 def _build() -> ctypes.CDLL | str:
-    lib = _native.build("fused", SOURCE, _compiler())
+    lib = _native.build("fused", SOURCE, _compiler(), (*_native.FLAGS, *_native.openmp_flags()))
     if isinstance(lib, str):
         return lib
     fn = lib.ip_fused_epoch

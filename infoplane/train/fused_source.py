@@ -1,7 +1,8 @@
 """C source of the fused ensemble training kernel (see :mod:`infoplane.train.fused_kernel`, which compiles it)."""
 
 SOURCE = r"""/* One epoch of minibatch training for an ensemble of S small MLPs (Linear + elementwise activation layers,
- * cross-entropy on class indices, Adam or plain SGD), in one call, single-threaded.
+ * cross-entropy on class indices, Adam or plain SGD), in one call, the seeds shared among threads (torch's own
+ * OpenMP threads when built with -fopenmp, see infoplane/_native.py; else pthreads started here).
  *
  * Built and loaded by infoplane/train/fused_kernel.py (which states the layouts); the arithmetic is that of
  * torch's own ops, term by term, so results agree with the autograd path to float32 rounding.
@@ -315,7 +316,8 @@ static void *run_job(void *arg) {
 
 /* One epoch: for each minibatch of the orders [S, n] (the last one holds n % batch rows), every seed's
  * gradient, then its update. *step is the optimiser's step count, advanced once per minibatch. The seeds are
- * shared out among `threads` threads (each takes every threads-th seed for the whole epoch).
+ * shared out among `threads` threads (each takes every threads-th seed for the whole epoch): an OpenMP team
+ * where built with OpenMP, else pthreads.
  * update_params == 0 computes the first minibatch's gradients only (the trial check). Returns 0, -1 for a
  * label out of range, -2 for unsupported sizes, -3 when memory runs out. */
 int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const float *act_p,
@@ -334,14 +336,20 @@ int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const 
                         P, G, M, V, n, batch, hyper, *step};
         jobs[t] = j;
     }
+#ifdef _OPENMP
+    (void)ids; (void)started;
+    #pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) run_job(&jobs[t]);
+#else
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
     /* this thread takes job 0, and the jobs of any thread that failed to start */
     run_job(&jobs[0]);
-    int status = 0;
     for (int t = 1; t < threads; t++) {
         if (started[t]) pthread_join(ids[t], NULL);
         else run_job(&jobs[t]);
     }
+#endif
+    int status = 0;
     for (int t = 0; t < threads; t++) if (jobs[t].status != 0) status = jobs[t].status;
     if (status == 0 && update_params) {
         int64_t batches = n > 0 ? (n + batch - 1) / batch : 0;
