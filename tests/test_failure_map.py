@@ -1,18 +1,13 @@
 """The failure map's ground truths (benchmarks/failure_map.py): what its tables divide by must be right."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from _benchmark_scripts import REPO, load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("failure_map", REPO / "benchmarks" / "failure_map.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("failure_map")
 
 
 def test_gaussian_pair_has_the_requested_mi():

@@ -1,19 +1,13 @@
 """The reproductions (benchmarks/reproduce.py) keep working: a tiny-budget run of each, checked for structure."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 
-
-REPO = Path(__file__).resolve().parents[1]
+from _benchmark_scripts import REPO, load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("reproduce")
 
 
 def test_reduced_reproductions(tmp_path):

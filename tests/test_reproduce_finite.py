@@ -4,7 +4,11 @@ from pathlib import Path
 
 import numpy as np
 
-from test_reproduce import REPO, load_script  # the reproduce script, loaded as the classic tests load it
+from _benchmark_scripts import REPO, load
+
+
+def load_script():
+    return load("reproduce")
 
 
 def test_finite_noisy_quick(tmp_path):

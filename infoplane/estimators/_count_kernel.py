@@ -359,7 +359,7 @@ def load() -> ctypes.CDLL | str:
             warnings.warn(f"infoplane: the compiled counting kernel is not available ({lib}); binned_mi's fixed grid "
                           "and discrete_mi take their slower numpy/torch routes, with the same results",
                           KernelFallbackWarning, stacklevel=2)
-        if not isinstance(lib, str):
+        else:
             p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
             lib.ip_count_rows.argtypes = [p, c_int, c_int, i64, i64, i64, p, c_int, c_int, c_int, ctypes.c_double,
                                           ctypes.c_double, p, p, p, p, p, p, p, c_int]
@@ -382,17 +382,17 @@ def mode(bins: int | None, d: int, label_bits: int, n: int) -> int | None:
     return 2 if bins <= 2**16 else None
 
 
-def counts(lib: ctypes.CDLL, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):
+def counts(lib: ctypes.CDLL, how: int, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):
     """Per item of ``a`` ([B, N, d] float32 or float64 on CPU) with dense labels ``y`` ([B or 1, N] int64):
     ``(s_t, s_ty, k_t, k_ty, bad)`` as numpy arrays [B]: the count-of-counts sums of T and of (T, Y) (see
     :func:`._entropy.sum_xlogx`; ``table`` is :func:`._entropy.xlogx_table` (N)), the numbers of occupied cells,
     and 1 where the item holds a value that is not finite (its other numbers are then 0).
 
-    ``grid`` is a ``binning._RangeGrid`` (rows are cells of that grid), or None (rows of exact values)."""
+    ``how`` is the kernel's :func:`mode`; ``grid`` a ``binning._RangeGrid`` (rows are cells of that grid), or None
+    (rows of exact values)."""
     a = a.contiguous()
     y = y.contiguous()
     n_items, n, d = a.shape
-    how = mode(None if grid is None else grid.bins, d, label_bits, n)
     edges = (grid.next_edge if grid is not None else torch.zeros(1)).to(a.dtype).contiguous()
     grid_args = (grid.bins, grid.scale, grid.offset) if grid is not None else (0, 0.0, 0.0)
     s_t, s_ty = np.empty(n_items), np.empty(n_items)
@@ -412,10 +412,10 @@ def plugin_counts(a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, check
     :func:`counts`. ``check(part, start)`` is called on the first item that is not finite (and raises)."""
     lib = load()
     n_items, n, d = a.shape
-    if (isinstance(lib, str) or a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64)
-            or mode(None if grid is None else grid.bins, d, label_bits, n) is None):
+    how = mode(None if grid is None else grid.bins, d, label_bits, n)
+    if isinstance(lib, str) or a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64) or how is None:
         return None
-    s_t, s_ty, k_t, k_ty, bad = counts(lib, a, y, grid, label_bits, xlogx_table(n))
+    s_t, s_ty, k_t, k_ty, bad = counts(lib, how, a, y, grid, label_bits, xlogx_table(n))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         check(a[first:first + 1], first)  # raises, naming the item and what is wrong with it

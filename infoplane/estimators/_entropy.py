@@ -73,7 +73,7 @@ def entropy_bits(s, n: int):
     return math.log2(n) - s / n
 
 
-def _from_cells(item: np.ndarray, counts: np.ndarray, n_items: int, n: int):
+def entropy_from_cells(item: np.ndarray, counts: np.ndarray, n_items: int, n: int) -> np.ndarray:
     """Entropy (float64 bits) per item from the (item, count) pairs of its cells holding two samples or more
     (cells of one sample add 1 log2 1 = 0)."""
     width = int(counts.max(initial=1)) + 1
@@ -154,7 +154,7 @@ def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits):
         out = []
         for cnt in (counts_t, counts):
             fuller = np.flatnonzero(cnt > 1)
-            out += [_from_cells(fuller // (len(cnt) // n_items), cnt[fuller], n_items, n),
+            out += [entropy_from_cells(fuller // (len(cnt) // n_items), cnt[fuller], n_items, n),
                     np.count_nonzero(cnt.reshape(n_items, -1), axis=1)]
         return out
     s = np.sort(joint)
@@ -172,7 +172,7 @@ def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits):
         lengths = np.diff(st, append=total)
         fuller = np.flatnonzero(lengths > 1)
         item = st // n  # item i fills positions [i N, (i + 1) N)
-        out += [_from_cells(item[fuller], lengths[fuller], n_items, n), np.bincount(item, minlength=n_items)]
+        out += [entropy_from_cells(item[fuller], lengths[fuller], n_items, n), np.bincount(item, minlength=n_items)]
     return out
 
 

@@ -160,12 +160,11 @@ def _shift_to_zero(cells):
     return digits, (digits.amax(dim=(0, 1)) + 1).tolist()
 
 
-def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch.Tensor, int, bool]:
+def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch.Tensor, int]:
     """One int64 key per row of ``digits`` ([B, N, d], non-negative integers) such that keys are equal iff rows
     are equal. ``radix[j]`` bounds unit j's digits; keys stay below 2**62 / reserve.
 
-    Returns ``(keys, key_bound, all_distinct)``: every key is < key_bound, and all_distinct is True when every
-    row of every item was found distinct (False: not known).
+    Returns ``(keys, key_bound)``: every key is < key_bound.
 
     Only integer arithmetic is used (no floating-point product, which reduced-precision matmul settings such as
     TF32 or bf16 could round). Units are packed in segments whose mixed-radix value fits the int64 budget; a
@@ -204,10 +203,10 @@ def row_keys(digits: torch.Tensor, radix: list, reserve: int = 1) -> tuple[torch
         order, new = sorted_runs(keys)
         if bool(new.all()):
             # Every row already differs from every other: further units cannot merge any two rows.
-            return keys, bound, True
+            return keys, bound
         keys = ranks_from_runs(order, new) * prod + part  # dense rank (< n) first
         bound = n * prod
-    return keys, bound, False
+    return keys, bound
 
 
 def _mixed_radix(digits, place):
@@ -272,7 +271,9 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
         ixt[g0:g1][distinct] = log2n
         ity[g0:g1][distinct] = hy[distinct]
 
-    check = lambda part, s: check_finite(part, batch, s)  # noqa: E731
+    def check(part, start):
+        check_finite(part, batch, start)
+
     if isinstance(grid, (_RangeGrid, _ExactValues)):
         # On CPU, the compiled counting kernel: cells of the fixed grid, or exact rows (None where it does not apply).
         counted = _count_kernel.plugin_counts(a, y, grid if isinstance(grid, _RangeGrid) else None, label_bits, check)
@@ -296,7 +297,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
             part = a[s:min(g1, s + chunk)]
             check_finite(part, batch, s)
             digits, radix = grid.digits(part)
-            k, b, _ = row_keys(digits, radix, reserve=(2 << label_bits) * c)
+            k, b = row_keys(digits, radix, reserve=(2 << label_bits) * c)
             keys[s - g0:s - g0 + len(part)] = k
             bound = max(bound, b)
         yc = y[g0:g1] if per_item else y

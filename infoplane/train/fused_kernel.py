@@ -12,8 +12,6 @@ import ctypes
 from .. import _native
 from .fused_source import SOURCE
 
-FLAGS = _native.FLAGS
-
 _LOADED: ctypes.CDLL | str | None = None
 
 
