@@ -95,7 +95,7 @@ def main(argv=None):
         args.epochs = min(args.epochs, 300)
     seq_epochs = min(args.epochs, args.sequential_epochs or 20)
 
-    from infoplane.modelfile import load_model_file
+    from infoplane.data.modelfile import load_model_file
     from infoplane.train import fit, fused_kernel
 
     model_file = load_model_file(ROOT / "examples" / "tishby_tanh.py")

@@ -165,9 +165,9 @@ def noisy_cnn(args):
     import infoplane.plot as plot
     from infoplane import log_schedule
     from infoplane.estimators import KNN, Renyi, binned_mi, noisy_mi
-    from infoplane.reduce import reduce_activations
-    from infoplane.run import Run
-    from infoplane.runfiles import Row
+    from infoplane.capture.reduce import reduce_activations
+    from infoplane.runs.reader import Run
+    from infoplane.runs.format import Row
 
     quick = args.quick
     n_seeds, epochs, samples = (2, 2, 64) if quick else (3, 60, 1024)

@@ -73,7 +73,7 @@ def _schedule(text: str, epochs: int) -> Any:
 
 
 def _reduce_spec(text):  # issue 10
-    from infoplane.reduce import parse
+    from infoplane.capture.reduce import parse
 
     try:
         return parse(text).spec
@@ -201,7 +201,7 @@ def _export_tensorboard(run_dirs, logdir):
     import os
 
     from infoplane.integrations.tensorboard import export_tensorboard
-    from infoplane.runfiles import NotARunError, read_meta
+    from infoplane.runs.format import NotARunError, read_meta
 
     paths = []
     for run_dir in run_dirs:
@@ -305,8 +305,8 @@ def cmd_report(args):
 
 def cmd_track(args: argparse.Namespace) -> int:
     """Run ``infoplane track``; returns the exit status."""
-    from infoplane.experiment import summary, track
-    from infoplane.raysweep import RaySweepError  # issue 13 (Ray itself is imported only with --ray)
+    from infoplane.experiment.job import summary, track
+    from infoplane.experiment.raysweep import RaySweepError  # issue 13 (Ray itself is imported only with --ray)
 
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
@@ -410,8 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from infoplane.experiment import ConfigError
-    from infoplane.modelfile import ModelFileError
+    from infoplane.experiment.job import ConfigError
+    from infoplane.data.modelfile import ModelFileError
 
     try:
         return {"track": cmd_track, "plot": cmd_plot, "export": cmd_export,

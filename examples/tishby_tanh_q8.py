@@ -8,7 +8,7 @@ logits), so only the hidden layers are finite-alphabet. Track it with
 """
 from tishby_tanh import build_model as build_unquantized  # the model file's folder is on sys.path
 
-from infoplane import quantize
+from infoplane.networks import quantize
 
 BITS = 8
 

@@ -1,14 +1,27 @@
-"""infoplane: information planes of neural networks while they train."""
+"""infoplane: information planes of neural networks while they train.
 
-__version__ = "0.1.0"
+The package reads as the flow of its data: :mod:`infoplane.data` (data sets, labels, probe sets, model files) ->
+:mod:`infoplane.capture` (layers and their activations) -> :mod:`infoplane.estimators` -> :mod:`infoplane.tracking`
+(when to record, the tracker) -> :mod:`infoplane.runs` (the run directory) -> :mod:`infoplane.viz` (figures,
+animations, the report; :mod:`infoplane.plot` is their public face). :mod:`infoplane.experiment` and
+:mod:`infoplane.train` run whole studies; :mod:`infoplane.networks` makes networks whose information is finite.
+"""
+import sys
 
-from .estimators import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull  # noqa: E402
-from .quantize import quantize  # noqa: E402
-from .schedule import every, log_schedule, saxe_schedule  # noqa: E402
-from .run import Run, load_run  # noqa: E402
-from .tracker import Tracker, UnclosedTrackerWarning, estimate  # noqa: E402
-from .html_report import report  # noqa: E402  (Plotly is imported when report() is called)
-from .noise import add_noise  # noqa: E402
+from infoplane import _compat
+from infoplane._version import __version__
+from infoplane.estimators import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull
+from infoplane.networks.noise import add_noise
+from infoplane.networks.quantize import quantize
+from infoplane.runs.reader import Run, load_run
+from infoplane.runs.reestimate import estimate
+from infoplane.tracking.schedule import every, log_schedule, saxe_schedule
+from infoplane.tracking.tracker import Tracker, UnclosedTrackerWarning
+from infoplane.viz.report import report  # Plotly is imported when report() is called
+
+_compat.install()
+sys.modules[__name__].__class__ = _compat.Package
 
 __all__ = ["Binning", "KDE", "Discrete", "Noisy", "WithNull", "KNN", "Renyi", "quantize", "add_noise", "Tracker",
-           "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate", "UnclosedTrackerWarning", "report"]
+           "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate", "UnclosedTrackerWarning", "report",
+           "__version__"]

@@ -17,7 +17,8 @@ from torch import nn
 
 import infoplane
 import infoplane.plot as ip
-from infoplane.animation import frame_epochs, frame_size
+from infoplane.viz.stats import median as _median
+from infoplane.viz.animation import frame_epochs, frame_size
 from infoplane.cli.main import main
 from infoplane.data import stratified_split, tishby12
 
@@ -95,7 +96,7 @@ def test_gif_has_one_frame_per_recorded_epoch_at_the_documented_size(runs, tmp_p
     # The run's values differ between its first and last epoch, so do the frames, and not only in the title
     # (the top 12% holds the data set, estimator and epoch text).
     run = infoplane.load_run(a)
-    assert not np.allclose(ip._median(run.get("ixt"))[0], ip._median(run.get("ixt"))[-1])
+    assert not np.allclose(_median(run.get("ixt"))[0], _median(run.get("ixt"))[-1])
     changed = np.any(frames[0] != frames[-1], axis=2)
     assert changed[int(0.12 * size[1]):].sum() > 50
 
@@ -126,7 +127,7 @@ def test_frame_epochs_are_log_spaced_for_log_schedules_and_linear_otherwise(runs
 
 
 def test_interpolated_frames_hit_the_recorded_medians_at_recorded_epochs(runs):
-    from infoplane.animation import _tracks
+    from infoplane.viz.animation import _tracks
 
     a, _, _ = runs
     run = infoplane.load_run(a)

@@ -13,8 +13,10 @@ import pytest
 import torch
 from sklearn.metrics import mutual_info_score
 
-from infoplane import _native
-from infoplane.estimators import _count_kernel, _range_rows, binned_mi, discrete_mi
+from infoplane._native import build as _native
+from infoplane.estimators import binned_mi, discrete_mi
+from infoplane.estimators._cpu import count_kernel as _count_kernel
+from infoplane.estimators._cpu import range_rows as _range_rows
 from infoplane.estimators._entropy import sum_xlogx
 
 needs_kernel = pytest.mark.skipif(isinstance(_count_kernel.load(), str), reason="no compiled binning kernel here")

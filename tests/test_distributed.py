@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import infoplane
-from infoplane.distributed import DistributedStepError, shard_range, strip_prefix, unwrap
+from infoplane.tracking.distributed import DistributedStepError, shard_range, strip_prefix, unwrap
 from infoplane.estimators import KDE, Binning
-from infoplane.store import read_metrics, read_table
+from infoplane.runs.writer import read_metrics, read_table
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 

@@ -13,7 +13,8 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from infoplane.estimators import binned_mi, ksg_mi
-from infoplane.estimators import _count_kernel, _range_rows
+from infoplane.estimators._cpu import count_kernel as _count_kernel
+from infoplane.estimators._cpu import range_rows as _range_rows
 from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane.modelfile import ModelFile, ModelFileError, load_model_file
+from infoplane.data.modelfile import ModelFile, ModelFileError, load_model_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -10,7 +10,7 @@ from torch import nn
 import infoplane
 from infoplane import Noisy, Tracker, add_noise
 from infoplane.capture import resolve_layers
-from infoplane.noise import GaussianNoise
+from infoplane.networks.noise import GaussianNoise
 
 
 def _mlp():

@@ -1,4 +1,4 @@
-"""infoplane.quantize: fake-quantised activations (at most 2**bits values per unit), straight-through training,
+"""infoplane.networks.quantize: fake-quantised activations (at most 2**bits values per unit), straight-through training,
 and exact discrete measurements of the quantised layers against np.unique row codes + sklearn."""
 import copy
 import math

@@ -13,8 +13,8 @@ import ray  # the test extra installs it (infoplane[ray]): a missing Ray fails h
 import infoplane
 from infoplane.cli.main import main
 from infoplane.experiment import ConfigError, track
-from infoplane.modelfile import load_model_file
-from infoplane.raysweep import RaySetupError, RaySweepError, _check_worker
+from infoplane.data.modelfile import load_model_file
+from infoplane.experiment.raysweep import RaySetupError, RaySweepError, _check_worker
 
 # A small task (256 rows of the 12-bit task, a 12-6-2 tanh network) whose loss fails on 64 rows (fraction 0.25: 64
 # training rows; fraction 0.5 has 128 and 128) while the file FAIL_SMALL sits next to it: a deterministic failure

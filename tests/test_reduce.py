@@ -8,7 +8,7 @@ from torch import nn
 
 import infoplane
 from infoplane import Binning, Tracker
-from infoplane.reduce import parse, reduce_activations, resolve
+from infoplane.capture.reduce import parse, reduce_activations, resolve
 
 
 def test_channel_mean_gives_c_columns():

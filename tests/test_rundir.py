@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import infoplane
-from infoplane import rundir
-from infoplane.rundir import RunLockedError
-from infoplane.store import RunWriter
+from infoplane.runs import lifecycle as rundir
+from infoplane.runs.lifecycle import RunLockedError
+from infoplane.runs.writer import RunWriter
 
 
 def small_tracker(out, **kw):
@@ -99,7 +99,7 @@ def test_a_second_writer_in_the_same_process_is_refused_with_the_pid(tmp_path):
 
 LOCK_HOLDER = """
 import sys
-from infoplane.rundir import RunLock
+from infoplane.runs.lifecycle import RunLock
 lock = RunLock(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.read()  # hold the lock until the test closes our stdin
@@ -136,7 +136,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 KILLED_HOLDER = """
 import os, sys
-from infoplane.rundir import RunLock
+from infoplane.runs.lifecycle import RunLock
 lock = RunLock(sys.argv[1])
 print("locked", flush=True)
 os.kill(os.getpid(), 9)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import infoplane
-from infoplane.schedule import Schedule, as_schedule, ending_at, every, from_json, log_schedule, saxe_schedule
+from infoplane.tracking.schedule import Schedule, as_schedule, ending_at, every, from_json, log_schedule, saxe_schedule
 
 
 def test_log_schedule_is_the_original_rule_plus_the_final_epoch():

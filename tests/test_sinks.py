@@ -55,7 +55,7 @@ def test_bad_logger_is_refused_before_a_run_directory_exists(tmp_path):
 
 
 def test_scalar_tags_name_estimator_field_layer_and_seed():
-    row = infoplane.store.Row(3, None, 7, "enc.1", "kde", 2.5, 0.5, 2.0, float("nan"))
+    row = infoplane.runs.writer.Row(3, None, 7, "enc.1", "kde", 2.5, 0.5, 2.0, float("nan"))
     assert scalar_tags(row) == [("infoplane/kde/ixt/enc.1", 2.5), ("infoplane/kde/ity/enc.1", 0.5),
                                 ("infoplane/kde/ixt_lower/enc.1", 2.0)]
     assert scalar_tags(row, n_seeds=2)[0] == ("infoplane/kde/ixt/enc.1/seed3", 2.5)

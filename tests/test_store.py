@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from infoplane.store import FIELDS, Row, Run, RunWriter, load_run, read_table
+from infoplane.runs.writer import FIELDS, Row, Run, RunWriter, load_run, read_table
 
 
 def base_meta(seeds=(0, 1), layers=("a", "b"), estimators=("binning", "kde")):

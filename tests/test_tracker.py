@@ -13,7 +13,7 @@ from torch import nn
 
 import infoplane
 from infoplane.estimators import KDE, Binning
-from infoplane.store import read_table
+from infoplane.runs.writer import read_table
 
 HERE = Path(__file__).parent
 BIN = Binning(bins=30, range=(-1, 1))

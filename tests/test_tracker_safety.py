@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import infoplane
-from infoplane import tracker as tracker_mod
-from infoplane.store import read_table
-from infoplane.tracker import UnclosedTrackerWarning
+from infoplane.tracking import tracker as tracker_mod
+from infoplane.runs.writer import read_table
+from infoplane.tracking.tracker import UnclosedTrackerWarning
 
 
 def make(out, **kw):

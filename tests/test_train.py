@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane.modelfile import load_model_file
+from infoplane.data.modelfile import load_model_file
 from infoplane.train import STATE_FORMAT, fit, load_state, save_state
 
 N_ROWS, N_FEATURES, N_CLASSES = 120, 5, 3

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane import quantize
-from infoplane.quantize import _fake_quantize
+from infoplane.networks import quantize
+from infoplane.networks.quantize import _fake_quantize
 from infoplane.train import fit
 from infoplane.train import fused, fused_kernel
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..labels import as_class_indices
+from infoplane.data.labels import as_class_indices
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -99,7 +99,7 @@ def check_finite(chunk: torch.Tensor, batch: Batch, start: int = 0) -> None:
 def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
     """Dense int64 class indices of shape ``[B, N]`` or ``[1, N]`` (shared) and the number of classes C.
 
-    The rules (indices, one-hot, whole floats, class names) are those of :mod:`infoplane.labels`.
+    The rules (indices, one-hot, whole floats, class names) are those of :mod:`infoplane.data.labels`.
     """
     context = f"activations with N = {batch.n} samples and batch shape {batch.batch_shape}"
     y = as_class_indices(labels, batch.n, batch_shape=batch.batch_shape, context=context).indices.to(batch.device)

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _count_kernel, _range_rows
-from ._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
-from ._entropy import miller_madow as _miller_madow
-from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane.estimators._cpu import count_kernel as _count_kernel
+from infoplane.estimators._cpu import range_rows as _range_rows
+from infoplane.estimators._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
+from infoplane.estimators._entropy import miller_madow as _miller_madow
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
 # Keys stay below 2**62 so that key * C + label cannot overflow int64.
 _KEY_BITS = 62

@@ -6,12 +6,12 @@ JSON (``settings()``) and rebuilt from it (``from_settings``), and computes by b
 """
 from __future__ import annotations
 
-from .binning import _flag, _grid, binned_mi
-from .discrete import discrete_mi
-from .kde import _PRECISIONS, kde_mi
-from .noisy import DEFAULT_SAMPLES, noisy_mi
-from .null import DEFAULT_PERMUTATIONS, permutation_null
-from ._inputs import positive_float
+from infoplane.estimators.binning import _flag, _grid, binned_mi
+from infoplane.estimators.discrete import discrete_mi
+from infoplane.estimators.kde import _PRECISIONS, kde_mi
+from infoplane.estimators.noisy import DEFAULT_SAMPLES, noisy_mi
+from infoplane.estimators.null import DEFAULT_PERMUTATIONS, permutation_null
+from infoplane.estimators._inputs import positive_float
 
 
 class Estimator:
@@ -243,7 +243,7 @@ def from_settings(settings: dict) -> Estimator:
 
 
 # --- kNN and Rényi estimators (issue 11): registered here, defined in knn_renyi_config.py ---
-from .knn_renyi_config import KNN, Renyi  # noqa: E402
+from infoplane.estimators.knn_renyi_config import KNN, Renyi  # noqa: E402
 
 _KINDS.update(knn=KNN, renyi=Renyi)
 # --- end issue 11 ---

@@ -1,6 +1,6 @@
 """Exact discrete estimates: each distinct row of exact activation values is one symbol, no grid.
 
-For networks whose layers take few exact values (quantised networks, see :func:`infoplane.quantize`), the plug-in
+For networks whose layers take few exact values (quantised networks, see :func:`infoplane.networks.quantize`), the plug-in
 entropy of the rows is I(X;T) (X uniform over the N probe samples, T a function of X) and
 I(T;Y) = H(T) - sum_y p(y) H(T | Y=y), in bits. Rows are keyed exactly like the binned estimator's cells: each
 unit's values are replaced by their dense rank among that unit's values in the batch item, and the ranks are packed
@@ -8,8 +8,8 @@ into int64 keys by mixed radix (no hashing, no floating-point products).
 """
 from __future__ import annotations
 
-from ._inputs import as_batch, as_labels
-from .binning import BinnedResult, _ExactValues, _flag, _plugin_mi
+from infoplane.estimators._inputs import as_batch, as_labels
+from infoplane.estimators.binning import BinnedResult, _ExactValues, _flag, _plugin_mi
 
 
 def discrete_mi(activations, labels, *, miller_madow=False) -> BinnedResult:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
-from .binning import label_entropy
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane.estimators.binning import label_entropy
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes allowed for the pairwise temporaries of one block of rows
 # Rows per block when the budget allows more: small enough that a block's temporaries stay in cache across the

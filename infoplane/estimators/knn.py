@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _ksg_cpu
-from ._inputs import Batch, as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane.estimators._cpu import ksg as _ksg_cpu
+from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, positive_float, result_dtype
 
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes for the [rows, N] buffers of one block
 _MAX_ROWS = 128  # rows per block at most: measured fastest for cdist on a 2-core CPU at N = 10,000

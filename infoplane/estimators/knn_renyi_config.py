@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._inputs import positive_float
-from .config import Estimator
-from .knn import flatten_inputs, ksg_mi, ross_mi
-from .renyi import METHODS, check_alpha, check_sigma, renyi_plane
+from infoplane.estimators._inputs import positive_float
+from infoplane.estimators.config import Estimator
+from infoplane.estimators.knn import flatten_inputs, ksg_mi, ross_mi
+from infoplane.estimators.renyi import METHODS, check_alpha, check_sigma, renyi_plane
 
 
 @dataclass

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
 DEFAULT_SAMPLES = 4096
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for the [block, N] temporaries of one block of draws

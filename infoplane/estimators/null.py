@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from ._inputs import as_batch, as_labels
+from infoplane.estimators._inputs import as_batch, as_labels
 
 DEFAULT_PERMUTATIONS = 20
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of broadcast activations passed to one estimator call

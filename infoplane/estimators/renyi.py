@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
 
 SIGMA_RULES = ("silverman",)
 METHODS = ("auto", "exact", "randomized")

@@ -12,7 +12,7 @@ import os
 
 from torch import nn
 
-from .sinks import require
+from infoplane.integrations.sinks import require
 
 __all__ = ["InfoPlaneTrainerCallback", "block_names"]
 
@@ -76,7 +76,7 @@ class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
     _DEFAULT = object()
 
     def __init__(self, inputs, labels=None, *, layers=None, pool="cls", out=_DEFAULT, **tracker_options):
-        from ..capture import POOLINGS, as_probe_tensors
+        from infoplane.capture.hooks import POOLINGS, as_probe_tensors
 
         if pool not in POOLINGS:
             raise ValueError(f"pool must be one of {list(POOLINGS)}, got {pool!r}")
@@ -100,7 +100,7 @@ class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero or self.tracker is not None:
             return
-        from ..tracker import Tracker
+        from infoplane.tracking.tracker import Tracker
 
         out = os.path.join(args.output_dir, "infoplane") if self.out is self._DEFAULT else self.out
         self.tracker = Tracker(model, self.inputs, self.labels, layers=self._layers(model), out=out,

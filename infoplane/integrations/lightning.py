@@ -88,7 +88,7 @@ class InfoPlaneCallback(*_callback_bases()):
     def __init__(self, inputs, labels=None, *, out=_LOG_DIR, log_to_loggers=True, log_metrics=True,
                  **tracker_options):
         super().__init__()
-        from ..capture import as_probe_tensors
+        from infoplane.capture.hooks import as_probe_tensors
 
         # Validated now, so that a bad probe set fails before the trainer starts.
         self.inputs, self.labels = as_probe_tensors(inputs, labels)
@@ -114,7 +114,7 @@ class InfoPlaneCallback(*_callback_bases()):
         return None if self.out is None else os.fspath(self.out)
 
     def _sinks(self, trainer):
-        from .sinks import as_sinks
+        from infoplane.integrations.sinks import as_sinks
 
         sinks = as_sinks(self.tracker_options.get("loggers"))
         if self.log_to_loggers:
@@ -134,7 +134,7 @@ class InfoPlaneCallback(*_callback_bases()):
         # Not on_fit_start: a resumed trainer restores its epoch counter only after that hook.
         if not trainer.is_global_zero or self.tracker is not None:
             return
-        from ..tracker import Tracker
+        from infoplane.tracking.tracker import Tracker
 
         options = dict(self.tracker_options)
         options["loggers"] = self._sinks(trainer)

@@ -2,9 +2,9 @@
 
 A sink is any object with two methods:
 
-- ``log_rows(rows, run)``: called each time the tracker writes estimated rows (:class:`infoplane.store.Row`
+- ``log_rows(rows, run)``: called each time the tracker writes estimated rows (:class:`infoplane.runs.writer.Row`
   tuples, sorted by seed, epoch, layer, estimator); ``run`` is the run so far (an in-memory
-  :class:`~infoplane.store.Run`), which tells the sink the seeds, layers and estimators.
+  :class:`~infoplane.runs.writer.Run`), which tells the sink the seeds, layers and estimators.
 - ``close(run)``: called once when the tracker closes, with the complete run (draw the final figure here).
 
 :func:`as_sinks` turns what users pass as ``Tracker(loggers=...)`` into sinks. The scalar tags and the figure
@@ -72,8 +72,8 @@ def scalar_tags(row, n_seeds=1):
 
 
 def as_run(run):
-    """A :class:`~infoplane.store.Run` from a Run or a run directory."""
-    from ..store import Run, load_run
+    """A :class:`~infoplane.runs.writer.Run` from a Run or a run directory."""
+    from infoplane.runs.writer import Run, load_run
 
     if isinstance(run, Run):
         return run
@@ -97,7 +97,7 @@ def plane_figure(run, estimator):
     """
     import warnings
 
-    from .. import plot
+    from infoplane import plot
 
     with warnings.catch_warnings():
         # A saturation note is drawn on the figure itself; the logger need not repeat it as a warning.
@@ -145,23 +145,23 @@ def _as_sink(obj):
     if hasattr(obj, "log_rows") and hasattr(obj, "close"):
         return obj
     if isinstance(obj, (str, os.PathLike)):
-        from .tensorboard import TensorBoardSink
+        from infoplane.integrations.tensorboard import TensorBoardSink
         return TensorBoardSink(obj)
     if _is_lightning_logger(obj):
         name = type(obj).__name__
         if "TensorBoard" in name:
-            from .tensorboard import TensorBoardSink
+            from infoplane.integrations.tensorboard import TensorBoardSink
             return TensorBoardSink(obj.experiment)
         if "Wandb" in name:
-            from .wandb import WandbSink
+            from infoplane.integrations.wandb import WandbSink
             return WandbSink(obj.experiment)
         raise TypeError(f"loggers: a Lightning {name} cannot show infoplane's scalars; use a TensorBoardLogger or "
                         f"a WandbLogger")
     if hasattr(obj, "add_scalar") and hasattr(obj, "add_figure"):
-        from .tensorboard import TensorBoardSink
+        from infoplane.integrations.tensorboard import TensorBoardSink
         return TensorBoardSink(obj)
     if (type(obj).__module__ or "").startswith("wandb") and hasattr(obj, "log") and hasattr(obj, "define_metric"):
-        from .wandb import WandbSink
+        from infoplane.integrations.wandb import WandbSink
         return WandbSink(obj)
     raise TypeError(f"loggers: cannot log to a {type(obj).__name__}; pass a TensorBoard SummaryWriter or log "
                     f"directory, a wandb run, a Lightning TensorBoardLogger/WandbLogger, or an object with "

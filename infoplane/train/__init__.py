@@ -15,9 +15,9 @@ Modules: :mod:`~infoplane.train.loop` (``fit``, the epoch loop), :mod:`~infoplan
 :mod:`~infoplane.train.state` (checkpoints and per-seed random streams), :mod:`~infoplane.train.arguments`
 (argument checks).
 """
-from .fused import FusedFallbackWarning
-from .loop import FitResult, fit
-from .spec import DEFAULT_LR
-from .state import STATE_FORMAT, load_state, save_state
+from infoplane.train.fused import FusedFallbackWarning
+from infoplane.train.loop import FitResult, fit
+from infoplane.train.spec import DEFAULT_LR
+from infoplane.train.state import STATE_FORMAT, load_state, save_state
 
 __all__ = ["fit", "FitResult", "FusedFallbackWarning", "save_state", "load_state", "STATE_FORMAT", "DEFAULT_LR"]

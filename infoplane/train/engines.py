@@ -8,12 +8,12 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from .fused import _announce, _Fused, _try_fused
-from .sequential import _Sequential
-from .spec import _Spec
-from .stacked_forward import _stacked_sequential, _vmap_forward_loss
-from .state import _cuda_devices
-from .vectorized import _ELEMENTWISE, _Vectorized
+from infoplane.train.fused import _announce, _Fused, _try_fused
+from infoplane.train.sequential import _Sequential
+from infoplane.train.spec import _Spec
+from infoplane.train.stacked_forward import _stacked_sequential, _vmap_forward_loss
+from infoplane.train.state import _cuda_devices
+from infoplane.train.vectorized import _ELEMENTWISE, _Vectorized
 
 
 def _choose_engine(vectorize: bool | str, spec: _Spec, members: list[nn.Module], inputs: torch.Tensor,

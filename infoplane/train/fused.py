@@ -1,7 +1,7 @@
 """The fused engine: a whole epoch of an MLP ensemble's training in one call of a compiled kernel.
 
 For an ``nn.Sequential`` of ``nn.Linear`` layers and elementwise activations (Tanh, ReLU, Sigmoid, LeakyReLU,
-Hardtanh/ReLU6, Identity, and their fake-quantised versions from :func:`infoplane.quantize`), trained with the
+Hardtanh/ReLU6, Identity, and their fake-quantised versions from :func:`infoplane.networks.quantize`), trained with the
 default cross-entropy by Adam or plain SGD on the CPU, the kernel of :mod:`infoplane.train.fused_kernel` runs
 the forward pass, the backward pass and the optimiser update of every seed and minibatch itself: the same
 minibatches in the same order, the same formulas as torch's ops, without the per-operation dispatch cost that
@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import fused_kernel
-from .vectorized import _swap_tensors
+from infoplane.train import fused_kernel
+from infoplane.train.vectorized import _swap_tensors
 
 __all__ = ["FusedFallbackWarning"]
 
@@ -51,7 +51,7 @@ class _Plan:
 
 def _activation(module: nn.Module) -> tuple[int, list[float], list[float] | None] | None:
     """(code, two parameters, quantiser or None) of an elementwise activation, or None when unsupported."""
-    from ..quantize import _CLASSES
+    from infoplane.networks.quantize import _CLASSES
 
     quant = None
     kind = type(module)

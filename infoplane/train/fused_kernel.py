@@ -1,7 +1,7 @@
 """Build and load the fused ensemble training kernel (C, compiled once per machine, called through ctypes).
 
 The kernel (:mod:`infoplane.train.fused_source`) trains an ensemble of small MLPs for one epoch in one call.
-It is compiled and cached by :mod:`infoplane._native` (the system C compiler, ``-march=native``, a cache under
+It is compiled and cached by :mod:`infoplane._native.build` (the system C compiler, ``-march=native``, a cache under
 ``~/.cache/infoplane``). When no compiler works, ``load()`` returns the reason as a string and training uses the
 torch path.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ctypes
 
-from .. import _native
-from .fused_source import SOURCE
+from infoplane._native import build as _native
+from infoplane.train.fused_source import SOURCE
 
 _LOADED: ctypes.CDLL | str | None = None
 

@@ -94,7 +94,7 @@ static void activation_grad(int code, const float *p, const float *z, const floa
     }
 }
 
-/* Fake quantisation as infoplane.quantize computes it: round((clamp(a, low, high) - low) / step) * step + low,
+/* Fake quantisation as infoplane.networks.quantize computes it: round((clamp(a, low, high) - low) / step) * step + low,
  * every operation rounded to float32 (torch.round and nearbyintf both round half to even). */
 static void quantize(const float *q, const float *a, float *out, int64_t n) {
     float low = q[0], high = q[1], step = q[2];
@@ -277,7 +277,7 @@ static int64_t work_floats(int L, const int64_t *dims, int64_t B) {
 /* The kernel's activations on an array (for tests of their accuracy against torch). */
 void ip_activate(int code, const float *p, const float *z, float *out, int64_t n) { activate(code, p, z, out, n); }
 
-/* The kernel's quantiser on an array (for tests that it reproduces infoplane.quantize bit for bit). */
+/* The kernel's quantiser on an array (for tests that it reproduces infoplane.networks.quantize bit for bit). */
 void ip_quantize(const float *q, const float *a, float *out, int64_t n) { quantize(q, a, out, n); }
 
 struct job {

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..modelfile import ModelFile
-from .arguments import _as_index_sets, _as_seeds, _check_count
-from .engines import _choose_engine
-from .metrics import _evaluate, _LazyMetrics
-from .spec import _Spec
-from .state import _check_state, _derive, _initial_rng, _restore, _snapshot
-from .vectorized import _unshare
+from infoplane.data.modelfile import ModelFile
+from infoplane.train.arguments import _as_index_sets, _as_seeds, _check_count
+from infoplane.train.engines import _choose_engine
+from infoplane.train.metrics import _evaluate, _LazyMetrics
+from infoplane.train.spec import _Spec
+from infoplane.train.state import _check_state, _derive, _initial_rng, _restore, _snapshot
+from infoplane.train.vectorized import _unshare
 
 __all__ = ["fit", "FitResult"]
 
@@ -111,7 +111,7 @@ def fit(
         possible; ``False`` always trains one at a time.
     fused : {"auto", True, False}, default="auto"
         ``"auto"`` trains plain MLPs (an ``nn.Sequential`` of ``nn.Linear`` and elementwise activations, including
-        :func:`infoplane.quantize`'s) with the default cross-entropy and Adam or plain SGD on the CPU, one seed
+        :func:`infoplane.networks.quantize`'s) with the default cross-entropy and Adam or plain SGD on the CPU, one seed
         or many, with a compiled kernel that runs a whole epoch per call (see docs/training.md); anything else
         trains on the torch path, and the reason is printed once (``FusedFallbackWarning``). ``True`` raises
         ``ValueError`` when the kernel cannot be used; ``False`` never uses it.

@@ -6,8 +6,8 @@ import copy
 import torch
 from torch import nn
 
-from .spec import _Spec
-from .state import _cuda_devices, _get_rng, _set_rng
+from infoplane.train.spec import _Spec
+from infoplane.train.state import _cuda_devices, _get_rng, _set_rng
 
 
 

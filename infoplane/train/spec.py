@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..modelfile import ModelFile, seeded_build
+from infoplane.data.modelfile import ModelFile, seeded_build
 
 DEFAULT_LR = 4e-4
 
@@ -31,7 +31,7 @@ class _Spec:
             file_optimizer = file_loss = train_step = None
         else:
             raise TypeError(
-                f"model must be a ModelFile (infoplane.modelfile.load_model_file) or a zero-argument function "
+                f"model must be a ModelFile (infoplane.data.modelfile.load_model_file) or a zero-argument function "
                 f"returning a fresh nn.Module, got {type(model).__name__}"
             )
         optimizer = file_optimizer if optimizer is None else optimizer

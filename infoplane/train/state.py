@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..store import atomic_write_bytes
+from infoplane.runs.writer import atomic_write_bytes
 
 __all__ = ["STATE_FORMAT", "save_state", "load_state"]
 

@@ -1,9 +1,9 @@
-"""Sweeps on Ray: every training fraction of :func:`infoplane.experiment.track` as one Ray task.
+"""Sweeps on Ray: every training fraction of :func:`infoplane.experiment.job.track` as one Ray task.
 
 The driver (the process that calls ``track(..., ray=...)`` or runs ``infoplane track --ray``) checks every setting,
 loads the data and plans every fraction exactly as the local path does; then each fraction that is not already
 complete becomes one Ray task, which imports the model file again and runs the same per-fraction code as the local
-path (:func:`infoplane.experiment._track_fraction`), writing its run directory itself. A fraction's seeds stay in
+path (:func:`infoplane.experiment.job._track_fraction`), writing its run directory itself. A fraction's seeds stay in
 one task because they train together as one vectorised ensemble: splitting them would change the numbers.
 
 Run directories come back through a shared filesystem: ``--out`` must be a directory that every Ray node sees at
@@ -101,12 +101,12 @@ def check_ray_settings(ray: bool | str, cpus: float, gpus: float | None, device:
 
     Raises
     ------
-    infoplane.experiment.ConfigError
+    infoplane.experiment.job.ConfigError
         A setting that cannot work, worded in terms of the command-line options.
     ImportError
         Ray is not installed (the message names ``pip install 'infoplane[ray]'``).
     """
-    from .experiment import ConfigError
+    from infoplane.experiment.job import ConfigError
 
     if ray is True:
         address = None
@@ -144,7 +144,7 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 def _connect(ray: Any, address: str | None, log: Callable[[str], Any]) -> bool:
     """Attach this process to Ray; return True when it started an instance (and so shuts it down afterwards)."""
-    from .experiment import ConfigError
+    from infoplane.experiment.job import ConfigError
 
     if ray.is_initialized():  # e.g. the caller's own ray.init(): use it as it is
         if address is not None:
@@ -204,10 +204,11 @@ class _Reporter:
 def _check_worker(check_file: str, token: str, model_file: str, version: str) -> None:
     """Inside a task, before anything runs: the node sees ``--out`` and the model file, and runs this infoplane."""
     import infoplane
+    from infoplane._version import __version__
 
     host = socket.gethostname()
-    if infoplane.__version__ != version:
-        raise RaySetupError(f"the Ray worker on {host} imports infoplane {infoplane.__version__} "
+    if __version__ != version:
+        raise RaySetupError(f"the Ray worker on {host} imports infoplane {__version__} "
                             f"({infoplane.__file__}), the driver {version}; install the same infoplane on every node")
     out = os.path.dirname(check_file)
     try:
@@ -228,8 +229,8 @@ def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, 
     """One Ray task: train and track one fraction into its run directory; returns the log lines."""
     import ray
 
-    from .experiment import _track_fraction
-    from .modelfile import load_model_file
+    from infoplane.experiment.job import _track_fraction
+    from infoplane.data.modelfile import load_model_file
 
     check_file, token, model_path, version = check
     _check_worker(check_file, token, model_path, version)
@@ -249,8 +250,8 @@ def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, 
 
 def _initial_epochs(job: Any, plan: Any) -> int:
     """Epochs a resumed fraction has already trained (for the bar), as the local path's bar counts them."""
-    from .experiment import STATE_FILE
-    from .train import load_state
+    from infoplane.experiment.job import STATE_FILE
+    from infoplane.train import load_state
 
     path = plan.run_dir / STATE_FILE
     if not (job.resume and path.exists()):
@@ -262,7 +263,7 @@ def _initial_epochs(job: Any, plan: Any) -> int:
 
 
 def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gpus: float | None = None) -> list:
-    """Run the fractions of a planned :func:`~infoplane.experiment.track` call as Ray tasks, one per fraction.
+    """Run the fractions of a planned :func:`~infoplane.experiment.job.track` call as Ray tasks, one per fraction.
 
     Parameters
     ----------
@@ -287,7 +288,7 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
     KeyboardInterrupt
         After cancelling the tasks (each marks its run unfinished, as the local path does).
     """
-    from .store import META, load_run, read_meta
+    from infoplane.runs.writer import META, load_run, read_meta
 
     log = job.log
     runs: dict[int, Any] = {}
@@ -300,7 +301,7 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
             todo.append(i)
     if not todo:
         return [runs[i] for i in range(len(plans))]
-    import infoplane
+    from infoplane._version import __version__
 
     ray = require_ray()
     model_bytes = pickle.dumps(job.model_file.build(0)) if job.model_file.model is not None else None
@@ -315,7 +316,7 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
         token = secrets.token_hex(16)
         check_file = out / f"{_CHECK_PREFIX}{token[:12]}"
         check_file.write_text(token + "\n", encoding="utf-8")
-        check = (str(check_file), token, str(job.model_file.path), infoplane.__version__)
+        check = (str(check_file), token, str(job.model_file.path), __version__)
         if job.progress:
             from tqdm.auto import tqdm
 
@@ -363,7 +364,7 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
 
 def _collect(ray: Any, refs: dict, plans: list, job: Any, bar: Any, actor: Any, runs: dict) -> list[dict]:
     """Wait for every task; log each one's lines as it finishes, keep the bar moving, gather the failures."""
-    from .store import load_run
+    from infoplane.runs.writer import load_run
 
     failures = []
     pending = list(refs)

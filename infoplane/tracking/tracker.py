@@ -1,7 +1,7 @@
 """Track the information plane of a model from inside its training loop.
 
-:class:`Tracker` composes the I/O-free :class:`~infoplane.recorder.Recorder` (probe passes, buffer, batched
-estimation) with a :class:`~infoplane.store.RunWriter` (the run directory), and decides when the buffer is
+:class:`Tracker` composes the I/O-free :class:`~infoplane.tracking.recorder.Recorder` (probe passes, buffer, batched
+estimation) with a :class:`~infoplane.runs.writer.RunWriter` (the run directory), and decides when the buffer is
 estimated and written: when it is large, when its oldest epoch is ``flush_seconds`` old, at :meth:`close`, and
 when an unclosed tracker is collected or the interpreter exits.
 """
@@ -17,19 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .capture import as_probe_tensors, model_device, resolve_layers
-from . import probeset
-from . import reduce as reduce_mod
-from .distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
-from .distributed import active as distributed_active
-from .estimators import Binning, from_settings
-from .labels import as_class_indices
-from .recorder import Recorder
-from .runmeta import check_extra_meta, describe_run
-from .reestimate import estimate
-from .run import Run
-from .schedule import as_schedule
-from .store import RunWriter
+from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_layers
+from infoplane.data import probeset
+from infoplane.capture import reduce as reduce_mod
+from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
+from infoplane.tracking.distributed import active as distributed_active
+from infoplane.estimators import Binning, from_settings
+from infoplane.data.labels import as_class_indices
+from infoplane.tracking.recorder import Recorder
+from infoplane.runs.meta import check_extra_meta, describe_run
+from infoplane.runs.reestimate import estimate
+from infoplane.runs.reader import Run
+from infoplane.tracking.schedule import as_schedule
+from infoplane.runs.writer import RunWriter
 
 __all__ = ["Tracker", "estimate", "UnclosedTrackerWarning"]
 
@@ -135,17 +135,17 @@ class Tracker:
         non-shuffling DataLoader / iterable of ``(inputs, labels)`` batches, collected once (labels=None).
     labels : tensor, array or sequence, shape [N] (or one-hot [N, C]), or None with a loader
         Class of each probe sample: class indices, whole-number floats, one-hot rows, or class names (mapped
-        to indices in sorted order; the names go to ``meta.json`` and the figures). See :mod:`infoplane.labels`.
+        to indices in sorted order; the names go to ``meta.json`` and the figures). See :mod:`infoplane.data.labels`.
     layers : None, str, type, list of str / type, or dict, default None
         None: every hidden layer after its nonlinearity plus the output as class probabilities (a warning
         names the modules passed over). Otherwise module names (``"3"``, ``"encoder.1"``), glob patterns
         (``"encoder.*"``) or module types (``nn.ReLU``); their raw outputs are recorded, flattened per sample.
         A dict maps names to a selector: a callable on the module's output (``lambda out: out[0]``) or a
-        pooling ``"cls"``, ``"mean"``, ``"flatten"`` (see :func:`infoplane.capture.resolve_layers`).
+        pooling ``"cls"``, ``"mean"``, ``"flatten"`` (see :func:`infoplane.capture.hooks.resolve_layers`).
     estimators : list, default ``[Binning(bins=30, range=(-1, 1))]``
         Estimator objects (``infoplane.Binning``, ``infoplane.KDE``) or their ``settings()`` dicts.
     schedule : Schedule, list of int or None, default None
-        Epochs to record (see :mod:`infoplane.schedule`); None records every epoch.
+        Epochs to record (see :mod:`infoplane.tracking.schedule`); None records every epoch.
     out : str, os.PathLike or None
         Run directory; None keeps results in memory (:attr:`run`).
     seeds : list of int, optional
@@ -175,7 +175,7 @@ class Tracker:
     keep_activations : bool, default False
         Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`estimate`.
     reduce : None, str or dict, default None
-        Layer reduction applied to each layer's activations before estimating (see :mod:`infoplane.reduce`):
+        Layer reduction applied to each layer's activations before estimating (see :mod:`infoplane.capture.reduce`):
         ``"flatten"`` (what None does), ``"channel-mean"``, ``"pca:k"``, ``"random:k"``, or a dict mapping
         layer names / glob patterns to specs. Stored in ``meta.json`` as ``"reduce"`` with the reduced widths;
         saved activations stay unreduced.
@@ -184,14 +184,14 @@ class Tracker:
         Starts a new run when ``out`` holds none.
     overwrite : bool, default False
         Replace the run in ``out``: only infoplane's own files are removed, and a directory holding anything
-        else is refused (see :mod:`infoplane.rundir`).
+        else is refused (see :mod:`infoplane.runs.lifecycle`).
     loggers : object or list, optional
         Where recorded rows are also logged as they are written, and the plane figure at ``close``: a
         TensorBoard ``SummaryWriter`` or log directory, a W&B run, a Lightning TensorBoard / W&B logger, or any
         sink with ``log_rows(rows, run)`` and ``close(run)`` (see :mod:`infoplane.integrations.sinks`).
     dist_timeout : float, default 600
         Under ``torch.distributed`` only: seconds a rank waits for the others in the tracker's collectives
-        (construction, :meth:`step`) before raising :class:`~infoplane.distributed.DistributedStepError`. It
+        (construction, :meth:`step`) before raising :class:`~infoplane.tracking.distributed.DistributedStepError`. It
         must exceed rank 0's longest estimation of its buffer, which the other ranks wait for at the next step.
     reduce_metrics : None or "mean", default None
         Under ``torch.distributed`` only: None stores the metrics rank 0 passes to :meth:`step`; ``"mean"``
@@ -209,13 +209,13 @@ class Tracker:
     activations, estimates and writes ``out``; the other ranks write nothing (``path`` is None there and
     ``run`` stays empty). Construction and :meth:`step` are collectives. ``DistributedDataParallel`` models
     are probed through their inner module; layer names may carry the ``module.`` prefix or not, and are
-    recorded without it. See :mod:`infoplane.distributed` and docs/scale.md.
+    recorded without it. See :mod:`infoplane.tracking.distributed` and docs/scale.md.
 
     Attributes
     ----------
     layers : list of str
         Recorded layer names in model order.
-    layer_info : list of infoplane.capture.Layer
+    layer_info : list of infoplane.capture.hooks.Layer
         Name, width, kind and transform of each layer.
     reduced_widths : dict
         Columns each layer has after ``reduce`` (its width when not reduced).
@@ -239,7 +239,7 @@ class Tracker:
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise TypeError("model must be a torch.nn.Module or a non-empty list of them (one per seed)")
         seeds = _check_seeds(models, seeds, seed)
-        # -- torch.distributed (infoplane.distributed): probe DDP's inner module; accept `module.` names --
+        # -- torch.distributed (infoplane.tracking.distributed): probe DDP's inner module; accept `module.` names --
         check_options(dist_timeout, reduce_metrics)
         layers = strip_prefix(layers, models[0])
         models = [unwrap(m) for m in models]
@@ -273,11 +273,11 @@ class Tracker:
                                 reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
         extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
-        from .integrations.sinks import as_sinks
+        from infoplane.integrations.sinks import as_sinks
         sinks = as_sinks(loggers)
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions)
-        # -- torch.distributed (infoplane.distributed): each rank probes its shard; rank 0 alone writes --
+        # -- torch.distributed (infoplane.tracking.distributed): each rank probes its shard; rank 0 alone writes --
         self._dist, self.rank, self.world_size = None, 0, 1
         if distributed_active():
             self._dist = Sharded(labels.shape[0], self.layer_info, len(models), dist_timeout, reduce_metrics)
@@ -313,7 +313,7 @@ class Tracker:
     # ------------------------------------------------------------------------------------------------ public
     @property
     def run(self) -> Run:
-        """The estimates written so far as an in-memory :class:`~infoplane.run.Run` (complete after
+        """The estimates written so far as an in-memory :class:`~infoplane.runs.reader.Run` (complete after
         :meth:`close`)."""
         return self._writer.run()
 
@@ -341,7 +341,7 @@ class Tracker:
         -----
         Under ``torch.distributed`` this is a collective for scheduled epochs: every rank must call it with the
         same epochs in the same order (unscheduled epochs return at once without communicating). A rank that
-        skips it makes the others raise :class:`~infoplane.distributed.DistributedStepError` after
+        skips it makes the others raise :class:`~infoplane.tracking.distributed.DistributedStepError` after
         ``dist_timeout`` seconds. The metrics stored are rank 0's, or the mean over ranks with
         ``reduce_metrics="mean"``.
 

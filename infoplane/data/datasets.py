@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .labels import as_class_indices
+from infoplane.data.labels import as_class_indices
 
 __all__ = [
     "ICOSAHEDRON",
@@ -228,7 +228,7 @@ def load_npz(path, dtype: torch.dtype = torch.float32, return_names: bool = Fals
     path : str or os.PathLike
         A ``.npz`` file (as written by ``numpy.savez``) holding two arrays: ``inputs`` of
         shape (N, ...) with finite real values, and ``labels`` of shape (N,) or (N, C): class
-        indices, one-hot rows or class names under the rules of :mod:`infoplane.labels`.
+        indices, one-hot rows or class names under the rules of :mod:`infoplane.data.labels`.
     dtype : torch.dtype, default torch.float32
         Floating dtype of ``inputs``.
     return_names : bool, default False

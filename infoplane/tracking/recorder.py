@@ -1,7 +1,7 @@
 """The I/O-free core of tracking: probe passes, the activation buffer, and batched estimation into table rows.
 
 :class:`Recorder` knows which layers to capture, runs the probe set through each model at an epoch, keeps the
-activations, and turns everything it holds into :class:`~infoplane.runfiles.Row` tuples with one estimator call
+activations, and turns everything it holds into :class:`~infoplane.runs.format.Row` tuples with one estimator call
 per layer (all buffered epochs of all seeds on a device at once). It never touches the file system: the
 :class:`~infoplane.Tracker` decides when to estimate and where the rows go.
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
-from . import probeset
-from .capture import model_device, probe
-from .reduce import reduce_activations
-from .runfiles import VALUES, Row
+from infoplane.data import probeset
+from infoplane.capture.hooks import model_device, probe
+from infoplane.capture.reduce import reduce_activations
+from infoplane.runs.format import VALUES, Row
 
 __all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows"]
 
@@ -124,14 +124,14 @@ class Recorder:
     inputs, labels : tensors
         The validated probe set (labels as int64 class indices).
     layers : list of Layer
-        Resolved layers (:func:`infoplane.capture.resolve_layers`).
+        Resolved layers (:func:`infoplane.capture.hooks.resolve_layers`).
     estimators : list
     fraction : float or None
     probe_batch_size : int
     device : torch.device or None
         Where buffered activations are kept and estimated (default: each model's device).
     reductions : dict or None
-        Layer name -> :class:`~infoplane.reduce.Reduction` applied before buffering (see :meth:`reduce`).
+        Layer name -> :class:`~infoplane.capture.reduce.Reduction` applied before buffering (see :meth:`reduce`).
     """
 
     models: list

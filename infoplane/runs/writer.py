@@ -1,7 +1,7 @@
 """Writing a run: :class:`RunWriter` fills one run directory (or keeps the run in memory).
 
-The directory's lifecycle (create, recognise, clear, lock) is decided in :mod:`infoplane.rundir`, its file
-format in :mod:`infoplane.runfiles`, and reading it back in :mod:`infoplane.run`; this module only writes.
+The directory's lifecycle (create, recognise, clear, lock) is decided in :mod:`infoplane.runs.lifecycle`, its file
+format in :mod:`infoplane.runs.format`, and reading it back in :mod:`infoplane.runs.reader`; this module only writes.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-from . import rundir
-from .run import Run, load_run
-from .runfiles import (ACTIVATIONS, FIELDS, FORMAT, FORMAT_VERSION, META, METRICS, TABLE, Row, _json_ok,
+from infoplane.runs import lifecycle as rundir
+from infoplane.runs.reader import Run, load_run
+from infoplane.runs.format import (ACTIVATIONS, FIELDS, FORMAT, FORMAT_VERSION, META, METRICS, TABLE, Row, _json_ok,
                        _jsonable, _num, append_csv, atomic_write_bytes, complete_epochs, format_row, now,
                        read_meta, read_metrics, read_table, write_csv, write_meta)
 

@@ -1,12 +1,12 @@
 """Animated information planes: GIF (core dependencies) or MP4 (the ``[video]`` extra).
 
-:func:`animate` is re-exported as ``infoplane.plot.animate``. The frames follow the static plane's conventions
+:func:`animate` is re-exported as ``infoplane.viz.planes.animate``. The frames follow the static plane's conventions
 (see ``docs/plotting.md``): colour = epoch on the ``gnuplot`` colormap, one marker shape per layer, the layers of
 the current epoch joined by a grey line, seeds as the median with the interquartile range as a faint rectangle,
 axes fixed from 0 to the ceilings log2 N and H(Y).
 
-matplotlib is imported inside the functions, after ``infoplane.plot`` has chosen a headless backend when none is
-configured; ``infoplane.plot`` imports this module at its end, so a module-level import of it here would be
+matplotlib is imported inside the functions, after ``infoplane.viz.planes`` has chosen a headless backend when none is
+configured; ``infoplane.viz.planes`` imports this module at its end, so a module-level import of it here would be
 circular.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def frame_size(n_runs):
 
 
 def _runs_list(runs):
-    from . import plot as P
+    from infoplane.viz import planes as P
 
     if isinstance(runs, (P.Run, str, os.PathLike)):
         runs = [runs]
@@ -50,7 +50,7 @@ def _runs_list(runs):
 
 
 def _log_axis(runs, epochs):
-    from . import plot as P
+    from infoplane.viz import planes as P
 
     kinds = {P._schedule_kind(r) for r in runs}
     return P._log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None)
@@ -65,7 +65,7 @@ def frame_epochs(runs, frames=None):
     frames : int or None
         None: one frame per recorded epoch (the union of the runs' epochs). An int: that many frames, evenly
         spaced from the first to the last recorded epoch on a ``log(epoch + 1)`` axis when the epochs are
-        log-spaced (the rule of :func:`infoplane.plot.epoch_norm`), on a linear axis otherwise; such epochs are
+        log-spaced (the rule of :func:`infoplane.viz.planes.epoch_norm`), on a linear axis otherwise; such epochs are
         fractional and the values shown are interpolated on the same axis.
 
     Returns
@@ -103,7 +103,7 @@ def _interp(u_known, values, u):
 
 def _tracks(run, estimator, times, log):
     """Per-frame medians and quartiles of one run: dict of ``[n_frames, n_layers]`` arrays (bits)."""
-    from . import plot as P
+    from infoplane.viz import planes as P
 
     ixt, ity = P._values(run, estimator)
     axis = np.log1p if log else (lambda e: np.asarray(e, dtype=float))
@@ -189,7 +189,7 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
     ImportError
         For ``.mp4`` without the ``[video]`` extra.
     """
-    from . import plot as P
+    from infoplane.viz import planes as P
 
     out, ext = _check_out(out)
     runs = _runs_list(runs)

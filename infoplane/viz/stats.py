@@ -1,5 +1,5 @@
 """Statistics behind the figures, numpy only: seed medians and quartiles, ceilings, saturation, and whether a
-set of epochs is log-spaced. Drawing lives in :mod:`infoplane.plot`; anything that wants the same numbers
+set of epochs is log-spaced. Drawing lives in :mod:`infoplane.viz.planes`; anything that wants the same numbers
 without matplotlib (a report, a table) uses this module.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .run import Run, load_run
+from infoplane.runs.reader import Run, load_run
 
 __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced",
            "SATURATION_TOL", "SATURATION_SHARE"]
@@ -97,7 +97,7 @@ def saturated_layers(run, estimator: Optional[str] = None) -> list[str]:
 
 
 def log_spaced(epochs, schedule_kind: Optional[str] = None) -> bool:
-    """Whether epochs call for a log colour/time scale (the rule of :func:`infoplane.plot.epoch_norm`)."""
+    """Whether epochs call for a log colour/time scale (the rule of :func:`infoplane.viz.planes.epoch_norm`)."""
     e1 = np.unique(np.asarray(epochs, dtype=float)) + 1.0
     if e1.size < 2:
         return False

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, probeset
-from . import reduce as reduce_mod
+from infoplane._version import __version__
+from infoplane.data import probeset
+from infoplane.capture import reduce as reduce_mod
 
 __all__ = ["describe_run", "check_extra_meta", "entropy_bits"]
 

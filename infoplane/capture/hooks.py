@@ -3,7 +3,7 @@
 Hooks live only for the duration of one forward pass over the probe set (a ``try/finally`` removes them), so a
 tracked model carries no hooks while it trains and none survive an exception.
 
-Probe inputs may be one tensor, several positional tensors or keyword tensors (see :mod:`infoplane.probeset`);
+Probe inputs may be one tensor, several positional tensors or keyword tensors (see :mod:`infoplane.data.probeset`);
 a layer may be read through a selector (a callable on the module's output, or a named pooling of a token
 sequence), which is how tuple outputs (LSTMs, attention blocks) and ``[N, L, d]`` sequences are recorded.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import probeset
-from .labels import as_class_indices
+from infoplane.data import probeset
+from infoplane.data.labels import as_class_indices
 
 __all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "POOLINGS", "resolve_layers", "probe", "model_device",
            "as_probe_tensors"]
@@ -122,7 +122,7 @@ def as_probe_tensors(inputs, labels):
         (``model(**inputs)``), or a DataLoader / iterable of ``(inputs, labels)`` batches in a fixed order
         (then ``labels`` is None)
     labels : tensor, array or sequence, shape [N] (or one-hot [N, C]), or None with a loader
-        Class per sample, under the rules of :mod:`infoplane.labels`.
+        Class per sample, under the rules of :mod:`infoplane.data.labels`.
 
     Returns
     -------
@@ -403,7 +403,7 @@ def probe(model, inputs, layers, batch_size=4096, device=None, epoch=None):
     Parameters
     ----------
     model : nn.Module
-    inputs : tensor [N, ...], tuple of tensors or dict of tensors (see :mod:`infoplane.probeset`)
+    inputs : tensor [N, ...], tuple of tensors or dict of tensors (see :mod:`infoplane.data.probeset`)
     layers : list of Layer
     batch_size : int
         Probe samples per forward pass.

@@ -127,7 +127,7 @@ class Sharded:
     ----------
     n : int
         Probe samples (the whole probe set, identical on every rank).
-    layers : list of infoplane.capture.Layer
+    layers : list of infoplane.capture.hooks.Layer
         The resolved layers.
     n_models : int
         Models (seeds) tracked side by side.

@@ -6,7 +6,7 @@ Crash safety: table rows are appended, flushed and fsynced one estimated batch a
 with ``os.replace``. A process killed at any moment therefore leaves valid files; at worst the last CSV line is
 cut short, and readers drop such a line. Nothing is pickled: JSON, CSV and ``.npz`` (numpy arrays) only.
 
-Which files of a directory are infoplane's, and when they may be deleted, is decided in :mod:`infoplane.rundir`.
+Which files of a directory are infoplane's, and when they may be deleted, is decided in :mod:`infoplane.runs.lifecycle`.
 """
 from __future__ import annotations
 

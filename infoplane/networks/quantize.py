@@ -10,7 +10,7 @@ import copy
 import torch
 from torch import nn
 
-from .capture import ACTIVATIONS
+from infoplane.capture.hooks import ACTIVATIONS
 
 __all__ = ["quantize"]
 
@@ -77,7 +77,7 @@ def quantize(model: nn.Module, bits: int = 8, ranges: dict | None = None) -> nn.
     """A copy of ``model`` with every activation's output fake-quantised to ``2**bits`` levels.
 
     The model is **deep-copied**: the original is left untouched, and the returned model has its own parameters
-    (train the returned one). After each activation module (the types in ``infoplane.capture.ACTIVATIONS``), the
+    (train the returned one). After each activation module (the types in ``infoplane.capture.hooks.ACTIVATIONS``), the
     output is clamped to a fixed range [low, high] and rounded to the nearest of 2**bits evenly spaced values,
     low and high included. Gradients pass straight through the rounding, so the copy trains as usual (also under
     ``torch.func.vmap`` and infoplane's vectorised ensembles). Module names and types are kept (each activation

@@ -1,7 +1,7 @@
 """Train a model file at several training fractions and seeds, and track its information plane.
 
 This is the engine behind ``infoplane track``: model file -> data -> split per fraction and seed -> training
-(seeds vectorised when possible) -> :class:`~infoplane.tracker.Tracker` -> one run directory per fraction.
+(seeds vectorised when possible) -> :class:`~infoplane.tracking.tracker.Tracker` -> one run directory per fraction.
 """
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data as data_mod
-from .capture import resolve_layers
-from .estimators import Binning
-from .modelfile import ModelFile, load_model_file
-from .schedule import Schedule, ending_at, log_schedule
-from . import rundir
-from .labels import as_class_indices
-from .runfiles import STATE
-from .store import META, Run, load_run, read_meta
-from .tracker import Tracker
-from .train import fit, load_state, save_state
+from infoplane import data as data_mod
+from infoplane.capture.hooks import resolve_layers
+from infoplane.estimators import Binning
+from infoplane.data.modelfile import ModelFile, load_model_file
+from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
+from infoplane.runs import lifecycle as rundir
+from infoplane.data.labels import as_class_indices
+from infoplane.runs.format import STATE
+from infoplane.runs.writer import META, Run, load_run, read_meta
+from infoplane.tracking.tracker import Tracker
+from infoplane.train import fit, load_state, save_state
 
 STATE_FILE = STATE  # the run directory module knows it as one of infoplane's own files
 SPLITS = ("stratified", "original")
@@ -68,7 +68,7 @@ class TrackJob:
     reduce : None, str or dict
         Layer reduction before estimating (see :class:`~infoplane.Tracker`).
     on_epoch : callable, optional
-        Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.raysweep`).
+        Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
     """
 
     model_file: ModelFile
@@ -269,7 +269,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     schedule : Schedule or list, optional
         Recorded epochs (epoch e = the network after e epochs of training, 0 = the initialisation); default
         ``log_schedule(epochs, 400)``, the original work's epochs plus the final one. Epochs past ``epochs`` are
-        dropped and ``epochs`` itself is always added (:func:`infoplane.schedule.ending_at`), so the trained
+        dropped and ``epochs`` itself is always added (:func:`infoplane.tracking.schedule.ending_at`), so the trained
         network is always recorded.
     out : str or os.PathLike, optional
         Parent directory of the run directories; default ``runs/<model file stem>``.
@@ -303,7 +303,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         (a ``ValueError``) for every setting that cannot work, before anything trains: fractions that share a run
         directory, a ``layers`` entry of the model file that names no layer, a loss that does not fit the
         model's output, resuming with other settings, an existing run without ``resume``/``overwrite``.
-    infoplane.raysweep.RaySweepError
+    infoplane.experiment.raysweep.RaySweepError
         (with ``ray``) some fractions failed on their tasks; it names each with its traceback, and holds the
         finished runs (``.runs``) and the failures (``.failures``).
     """
@@ -335,7 +335,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         raise ConfigError(f"--lr sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
                           f"set the rate there, or pass --optimizer adam or sgd to use a built-in one")
     if ray is not None and ray is not False:  # [issue 13: Ray] checked before any data is loaded
-        from .raysweep import check_ray_settings
+        from infoplane.experiment.raysweep import check_ray_settings
 
         ray_address = check_ray_settings(ray, ray_cpus, ray_gpus, device)
     out = Path(out) if out is not None else Path("runs") / mf.stem
@@ -381,7 +381,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
             _check_same_settings(run_dir, meta, recorded)
         plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
     if ray is not None and ray is not False:  # [issue 13: Ray] one task per fraction, the same code inside
-        from .raysweep import run_on_ray
+        from infoplane.experiment.raysweep import run_on_ray
 
         return run_on_ray(job, plans, ray_address, cpus=ray_cpus, gpus=ray_gpus)
     return [_track_fraction(job, plan) for plan in plans]

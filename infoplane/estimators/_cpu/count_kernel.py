@@ -17,7 +17,7 @@ bit for bit), the numbers of occupied cells, and a flag for items holding a valu
 shared by worker threads (as many as torch's intra-op threads), each with its own tables; an item's numbers do
 not depend on the thread.
 
-Compiled and cached by :mod:`infoplane._native`; without a C compiler the numpy route of ``_range_rows`` (grid)
+Compiled and cached by :mod:`infoplane._native.build`; without a C compiler the numpy route of ``_range_rows`` (grid)
 or the generic route of ``binning`` (exact values) runs.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ import warnings
 import numpy as np
 import torch
 
-from .. import _native
-from ._entropy import entropy_bits, xlogx_table
+from infoplane._native import build as _native
+from infoplane.estimators._entropy import entropy_bits, xlogx_table
 
 SOURCE = r"""/* Rows of a batch of layers, binned or exact: per item, plug-in count statistics of the rows.
  * Built and loaded by infoplane/estimators/_count_kernel.py, which states the arguments.

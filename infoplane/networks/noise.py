@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from .capture import ACTIVATIONS
+from infoplane.capture.hooks import ACTIVATIONS
 
 __all__ = ["add_noise", "GaussianNoise", "DEFAULT_NOISY"]
 
@@ -141,7 +141,7 @@ def add_noise(model: nn.Module, std: float, layers=None, *, seed: int = 0) -> nn
     std : float
         Noise standard deviation, > 0 (activation units); the matching ``noise_var`` is ``std**2``.
     layers : None, str, type or list of them
-        None: every hidden nonlinearity (the types in ``infoplane.capture.ACTIVATIONS`` except Softmax and
+        None: every hidden nonlinearity (the types in ``infoplane.capture.hooks.ACTIVATIONS`` except Softmax and
         LogSoftmax). Otherwise module names, glob patterns (``"features.*"``) or module types (``nn.ReLU``),
         as for the tracker's ``layers=``.
     seed : int, default 0

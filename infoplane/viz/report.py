@@ -3,7 +3,7 @@
 :func:`report` is exported as ``infoplane.report``. Everything interactive (epoch slider, play button, hover,
 estimator toggle) is Plotly's own: the page holds plotly.js inline and one figure description, and no
 hand-written JavaScript. Statistics (medians, quartiles, saturation, frame epochs) come from
-:mod:`infoplane.plot` and :mod:`infoplane.animation`, so the report shows what the static figures and the
+:mod:`infoplane.viz.planes` and :mod:`infoplane.viz.animation`, so the report shows what the static figures and the
 animations show.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["report"]
 #: Layer colours (matplotlib's tab10, as in the static curves figure), cycled.
 TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
          "#17becf")
-#: Plotly marker symbols matching infoplane.plot.MARKERS.
+#: Plotly marker symbols matching infoplane.viz.planes.MARKERS.
 SYMBOLS = ("circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star",
            "triangle-left", "triangle-right", "hexagon", "pentagon")
 PLANE_H, SLIDER_H, ROW_H, ROW_GAP, TOP, BOTTOM = 470, 160, 210, 70, 120, 50
@@ -66,7 +66,7 @@ def _command(meta):
 
 def _settings_rows(runs, P):
     """(label, [cell per run]) rows of the settings panel, as plain text."""
-    import infoplane
+    from infoplane._version import __version__
 
     def schedule(r):
         s = r.meta.get("schedule")
@@ -122,7 +122,7 @@ def _settings_rows(runs, P):
             ("estimators", estimators), ("probe set", ceilings), ("model", model), ("training", training),
             ("command", lambda r: _command(r.meta)), ("infoplane version of the run", version)]
     table = [(label, [fn(r) for r in runs]) for label, fn in rows]
-    table.append(("infoplane version of this report", [infoplane.__version__] * len(runs)))
+    table.append(("infoplane version of this report", [__version__] * len(runs)))
     return table
 
 
@@ -154,7 +154,7 @@ def report(runs, out="report.html", *, frames=None, trail=8, titles=None, title=
     - below, per run, I(X;T) and I(T;Y) of each layer against epoch (median and interquartile band), and the
       metrics (loss, then the others, e.g. accuracy);
     - a **dropdown** switching every panel between the estimators the runs hold (shown when there are several);
-    - the saturation warnings of :func:`infoplane.plot.saturated_layers` (on the planes and in a list), a
+    - the saturation warnings of :func:`infoplane.viz.planes.saturated_layers` (on the planes and in a list), a
       banner for runs still being written (incomplete), and a **settings** panel: data, training fraction,
       split, seeds, schedule, estimators with their settings, probe size and ceilings, model, training
       settings, the command that made the run and the infoplane versions.
@@ -167,7 +167,7 @@ def report(runs, out="report.html", *, frames=None, trail=8, titles=None, title=
     frames : int or None
         Slider positions: None = one per recorded epoch; an int = that many epochs, evenly spaced on a
         ``log(epoch + 1)`` axis for log-spaced epochs, with interpolated values (see
-        :func:`infoplane.animation.frame_epochs`).
+        :func:`infoplane.viz.animation.frame_epochs`).
     trail : int, default 8
         Frames of trail behind each point.
     titles : list of str, optional
@@ -187,8 +187,8 @@ def report(runs, out="report.html", *, frames=None, trail=8, titles=None, title=
     ImportError
         Without Plotly (``pip install 'infoplane[report]'``).
     """
-    from . import animation as A
-    from . import plot as P
+    from infoplane.viz import animation as A
+    from infoplane.viz import planes as P
 
     out = os.fspath(out)
     if os.path.isdir(out):
@@ -241,9 +241,9 @@ table.settings pre {{ margin: 0; white-space: pre-wrap; font-family: inherit; ma
 
 
 def _version():
-    import infoplane
+    from infoplane._version import __version__
 
-    return infoplane.__version__
+    return __version__
 
 
 def _figure(runs, labels, frames, trail, go, A, P):

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ._entropy import entropy_from_cells, plugin_counts
+from infoplane.estimators._entropy import entropy_from_cells, plugin_counts
 
 # Activation elements digitised at once by torch passes (one thread): measured fastest among 2**14..2**18 at
 # N = 4096, d = 3..10, as each pass's fixed cost is shared by more elements.

@@ -1,7 +1,7 @@
 """The lifecycle of a run directory: create it, recognise it, clear it, lock it.
 
 This module is the one place that decides what infoplane may delete. A directory is an infoplane run when its
-``meta.json`` carries the format marker (:data:`infoplane.runfiles.FORMAT`). Infoplane's own files are exactly
+``meta.json`` carries the format marker (:data:`infoplane.runs.format.FORMAT`). Infoplane's own files are exactly
 those it writes: ``meta.json``, ``infoplane.csv``, ``metrics.csv``, the CLI's ``train_state.pt``, the lock file,
 ``activations/labels.npy`` and ``activations/<seed>/<epoch>.npz``, the figures ``plane-<estimator>.png`` and
 ``curves-<estimator>.png`` that ``infoplane plot`` writes there, and the temporary files of its atomic writes.
@@ -18,7 +18,7 @@ import re
 import socket
 from typing import Callable, Optional
 
-from .runfiles import ACTIVATIONS, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
+from infoplane.runs.format import ACTIVATIONS, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
 
 try:  # POSIX
     import fcntl

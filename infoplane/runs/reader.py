@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from .runfiles import FIELDS, METRICS, TABLE, VALUES, read_meta, read_metrics, read_table
+from infoplane.runs.format import FIELDS, METRICS, TABLE, VALUES, read_meta, read_metrics, read_table
 
 __all__ = ["Run", "load_run"]
 

@@ -1,0 +1,1 @@
+"""Compiling and loading infoplane's C kernels (:mod:`~infoplane._native.build`)."""
