@@ -10,6 +10,7 @@ import sys
 
 from infoplane import _compat
 from infoplane._version import __version__
+from infoplane.bounds import IBCurve, ib_curve
 from infoplane.estimators import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull
 from infoplane.networks.noise import add_noise
 from infoplane.networks.quantize import quantize
@@ -24,4 +25,4 @@ sys.modules[__name__].__class__ = _compat.Package
 
 __all__ = ["Binning", "KDE", "Discrete", "Noisy", "WithNull", "KNN", "Renyi", "quantize", "add_noise", "Tracker",
            "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate", "UnclosedTrackerWarning", "report",
-           "__version__"]
+           "ib_curve", "IBCurve", "__version__"]

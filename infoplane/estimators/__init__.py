@@ -15,6 +15,7 @@ from infoplane.estimators.noisy import NoisyResult, noisy_mi
 from infoplane.estimators.null import NullResult, permutation_null
 from infoplane.estimators.config import KDE, Binning, Discrete, Estimator, Noisy, WithNull, from_settings
 from infoplane.estimators.knn import KNNResult, ksg_mi, ross_mi
+from infoplane.estimators.gaussian import GaussianResult, gaussian_mi
 from infoplane.estimators.renyi import RenyiResult, renyi_entropy, renyi_mi
 from infoplane.estimators.knn_renyi_config import KNN, PlaneResult, Renyi
 from infoplane.estimators._cpu.count_kernel import KernelFallbackWarning
@@ -22,4 +23,4 @@ from infoplane.estimators._cpu.count_kernel import KernelFallbackWarning
 __all__ = ["binned_mi", "kde_mi", "discrete_mi", "noisy_mi", "permutation_null", "BinnedResult", "KDEResult",
            "NoisyResult", "NullResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "Estimator",
            "from_settings", "ksg_mi", "ross_mi", "renyi_entropy", "renyi_mi", "KNNResult", "RenyiResult",
-           "PlaneResult", "KNN", "Renyi", "KernelFallbackWarning"]
+           "PlaneResult", "KNN", "Renyi", "KernelFallbackWarning", "gaussian_mi", "GaussianResult"]
