@@ -180,3 +180,53 @@ def ib_curve(p_xy: object, *, n_t: int | None = None, betas: object = None, tol:
     i_xy = _entropy_bits(p_x) + h_y - _entropy_bits(p.ravel())
     return IBCurve(ixt=arr[:, 0], ity=arr[:, 1], beta=arr[:, 2], h_y=h_y, i_xy=max(i_xy, 0.0),
                    converged=np.array([f[3] for f in front], dtype=bool))
+
+
+@dataclass
+class ChainCheck:
+    """Where a feed-forward chain's estimates break the data-processing inequality.
+
+    Attributes
+    ----------
+    violations : numpy.ndarray of bool, shape [..., L - 1]
+        ``violations[..., k]``: layer k + 1 holds more than layer k by more than the tolerance.
+    excess : numpy.ndarray of float64, shape [..., L - 1]
+        ``values[..., k + 1] - values[..., k]`` where that is positive, else 0 (bits).
+    count : int
+        Number of violations.
+    """
+
+    violations: np.ndarray
+    excess: np.ndarray
+    count: int
+
+
+def chain_check(values: object, *, tol: float = 0.0) -> ChainCheck:
+    """Check the data-processing inequality along a feed-forward chain of layers.
+
+    In a chain X -> T_1 -> T_2 -> ... (each layer computed from the previous one only), I(X;T_1) >= I(X;T_2) >= ...
+    and I(T_1;Y) >= I(T_2;Y) >= ...; an estimate that grows along the chain by more than its error is wrong.
+    Networks with skip connections are not chains: the inequality does not apply to them.
+
+    Parameters
+    ----------
+    values : array-like, shape [..., L]
+        One quantity (I(X;T) or I(T;Y), bits) per layer in the order of the chain; leading dimensions (seeds,
+        epochs) are checked independently. NaN (not estimated) never counts as a violation.
+    tol : float, default 0.0
+        The estimator's stated error (bits): growth up to ``tol`` is not a violation.
+
+    Returns
+    -------
+    ChainCheck
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim < 1 or v.shape[-1] < 2:
+        raise ValueError(f"values must have the layers on the last axis, at least two of them; got shape {v.shape}")
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0 (bits); got {tol!r}")
+    growth = np.diff(v, axis=-1)
+    with np.errstate(invalid="ignore"):
+        violations = np.nan_to_num(growth, nan=-np.inf) > tol
+    excess = np.where(np.nan_to_num(growth, nan=0.0) > 0, np.nan_to_num(growth, nan=0.0), 0.0)
+    return ChainCheck(violations=violations, excess=excess, count=int(violations.sum()))

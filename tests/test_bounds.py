@@ -97,3 +97,24 @@ def test_the_top_level_name_and_its_errors():
         ib_curve([[0.5, 0.0], [0.0, 0.5]], betas=[1.0, -2.0])
     with pytest.raises(ValueError, match="n_t must be a positive integer"):
         ib_curve([[0.5, 0.0], [0.0, 0.5]], n_t=True)
+
+
+def test_chain_check_counts_growth_beyond_the_tolerance():
+    from infoplane.bounds import chain_check
+
+    values = np.array([[5.0, 4.0, 4.2, 1.0],      # layer 2 grows by 0.2
+                       [5.0, np.nan, 6.0, 6.0]])  # NaN is never a violation; 6.0 -> 6.0 is not growth
+    c = chain_check(values)
+    assert c.count == 1
+    assert c.violations.tolist() == [[False, True, False], [False, False, False]]
+    np.testing.assert_allclose(c.excess[0], [0.0, 0.2, 0.0])
+    assert chain_check(values, tol=0.25).count == 0
+    # plain loops as the oracle on random data
+    rng = np.random.default_rng(0)
+    r = rng.random((7, 5, 6))
+    expected = sum(r[i, j, k + 1] - r[i, j, k] > 0.1 for i in range(7) for j in range(5) for k in range(5))
+    assert chain_check(r, tol=0.1).count == expected
+    with pytest.raises(ValueError, match="at least two"):
+        chain_check([1.0])
+    with pytest.raises(ValueError, match="tol must be"):
+        chain_check(values, tol=-1)

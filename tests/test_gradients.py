@@ -138,3 +138,26 @@ def test_float64_accumulation_keeps_a_tiny_spread_under_a_large_mean():
     expected = np.linalg.norm(np.stack(samples).std(0))
     assert row.std_norm == pytest.approx(expected, rel=1e-6)
     assert math.isfinite(row.snr) and row.snr > 1e7
+
+
+def test_the_transition_is_the_first_epoch_after_which_the_smoothed_snr_stays_below_one():
+    from infoplane.tracking.gradients import phase_transition
+
+    epochs = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128])
+    snr = np.array([9.0, 8.0, 7.0, 3.0, 0.5, 2.0, 0.4, 0.3, 0.2])
+    # window 1: no smoothing; the last value at or above 1 is at epoch 16, so diffusion starts at 32
+    assert phase_transition(epochs, snr, window=1) == 32
+    # window 3: the spike at 16 is smoothed away (median of 0.5, 2.0, 0.4 = 0.5), but epoch 8's window
+    # (3.0, 0.5, 2.0) has median 2.0, so diffusion starts at 16
+    assert phase_transition(epochs, snr, window=3) == 16
+    assert phase_transition(epochs, snr * 10, window=3, threshold=10.0) == 16  # rescaling changes nothing
+    assert phase_transition(epochs, np.full(9, 2.0)) is None  # never diffusive
+    assert phase_transition(epochs, np.full(9, 0.5)) == 0  # diffusive from the start
+    assert phase_transition(epochs, np.full(9, np.nan)) is None
+    with_gap = snr.copy()
+    with_gap[5] = np.nan
+    assert phase_transition(epochs, with_gap, window=1) == 8
+    with pytest.raises(ValueError, match="strictly increasing"):
+        phase_transition([0, 2, 1], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="window must be a positive integer"):
+        phase_transition(epochs, snr, window=0)

@@ -23,6 +23,7 @@ import math
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -159,3 +160,59 @@ class GradientStats:
         self._acc.clear()
         self._steps = dict.fromkeys(self._layers, 0)
         return rows
+
+
+def phase_transition(epochs: object, snr: object, *, window: int = 5, threshold: float = 1.0) -> int | None:
+    """The recorded epoch at which a layer passes from drift to diffusion, by a fixed rule.
+
+    The SNR series is smoothed by a running median over ``window`` recorded epochs (centred; shorter at the
+    ends), and the transition is the first recorded epoch from which the smoothed SNR stays below ``threshold``
+    to the end. The rule uses only the order of the values, so it is deterministic and unchanged by rescaling
+    both norms.
+
+    Parameters
+    ----------
+    epochs : array-like of int, shape [E]
+        Recorded epochs, increasing.
+    snr : array-like of float, shape [E]
+        SNR at those epochs; NaN (no sample) is left out of the smoothing windows; ``inf`` counts as above any
+        threshold.
+    window : int, default 5
+        Recorded epochs per median window (odd numbers centre it exactly).
+    threshold : float, default 1.0
+        SNR below which the gradients' fluctuations dominate their mean.
+
+    Returns
+    -------
+    int or None
+        The transition epoch, or None if the smoothed SNR ends at or above ``threshold`` (no diffusion phase yet),
+        or there is no SNR value at all.
+    """
+    e = np.asarray(epochs)
+    s = np.asarray(snr, dtype=np.float64)
+    if e.ndim != 1 or s.shape != e.shape:
+        raise ValueError(f"epochs and snr must be 1-d arrays of the same length; got shapes {e.shape} and {s.shape}")
+    if len(e) > 1 and np.any(np.diff(e) <= 0):
+        raise ValueError("epochs must be strictly increasing")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive integer (recorded epochs); got {window!r}")
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
+        raise ValueError(f"threshold must be a positive number; got {threshold!r}")
+    half_lo, half_hi = (window - 1) // 2, window // 2
+    smooth = np.full(len(s), np.nan)
+    for i in range(len(s)):
+        part = s[max(0, i - half_lo):i + half_hi + 1]
+        part = part[~np.isnan(part)]
+        if len(part):
+            smooth[i] = np.median(part)
+    valid = ~np.isnan(smooth)
+    if not valid.any():
+        return None
+    below = np.where(valid, smooth < threshold, True)
+    if not below[valid][-1]:
+        return None
+    # the last recorded epoch whose smoothed SNR was at or above the threshold; the transition is the next one
+    above = np.flatnonzero(valid & ~below)
+    first = 0 if len(above) == 0 else int(above[-1]) + 1
+    first_valid = int(np.flatnonzero(valid)[np.flatnonzero(valid) >= first][0])
+    return int(e[first_valid])
