@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: install test bench bench-gpu demo reproduce clean
+.PHONY: install lint test bench bench-gpu demo reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,12 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# ruff (pyflakes, import order, common bugs) and mypy over the package; the configuration is in pyproject.toml
+# ([tool.ruff]) and setup.cfg ([mypy]).
+lint: $(STAMP)
+	$(PY) -m ruff check infoplane cli tests benchmarks examples
+	$(PY) -m mypy
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q
