@@ -172,7 +172,7 @@ def test_load_by_name_and_path(tmp_path, tishby):
         assert xi.shape == (4, 2, 3) and xi.dtype == torch.float32
         assert yi.tolist() == [0, 2, 1, 2] and yi.dtype == torch.int64
     with pytest.raises(ValueError, match="digits.*tishby12"):
-        data.load("mnist")
+        data.load("imagenet")
 
 
 def test_load_npz_one_hot_and_integral_floats(tmp_path):

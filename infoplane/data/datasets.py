@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from infoplane.data.labels import as_class_indices
+from infoplane.data.standard import STANDARD, load_standard
 
 __all__ = [
     "ICOSAHEDRON",
@@ -282,15 +283,22 @@ def load_npz(path, dtype: torch.dtype = torch.float32, return_names: bool = Fals
 _BUILTIN = {"tishby12": tishby12, "digits": digits}
 
 
-def load(spec, dtype: torch.dtype = torch.float32):
+def load(spec, dtype: torch.dtype = torch.float32, *, root=None, download: bool = False):
     """Load a data set by name or path.
 
     Parameters
     ----------
     spec : str or os.PathLike
-        ``"tishby12"``, ``"digits"``, or a path ending in ``.npz`` (see :func:`load_npz`).
+        ``"tishby12"``, ``"digits"``, a standard image data set (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``,
+        read from its distribution files: see :func:`infoplane.data.standard.load_standard`), or a path ending in
+        ``.npz`` (see :func:`load_npz`).
     dtype : torch.dtype, default torch.float32
         Floating dtype of ``inputs``.
+    root : str or os.PathLike, optional
+        Where the standard data sets' files are (default: the cache, see
+        :func:`infoplane.data.standard.default_root`).
+    download : bool, default False
+        Fetch a standard data set's files when they are missing; nothing is downloaded otherwise.
 
     Returns
     -------
@@ -299,10 +307,12 @@ def load(spec, dtype: torch.dtype = torch.float32):
     """
     if isinstance(spec, str) and spec in _BUILTIN:
         return _BUILTIN[spec](dtype=dtype)
+    if isinstance(spec, str) and spec.lower() in STANDARD:
+        return load_standard(spec, root=root, download=download, dtype=dtype)
     if isinstance(spec, (str, os.PathLike)) and str(spec).lower().endswith(".npz"):
         return load_npz(spec, dtype=dtype)
     raise ValueError(
-        f"Unknown data set {spec!r}; choose one of {sorted(_BUILTIN)} or a path ending in '.npz'."
+        f"Unknown data set {spec!r}; choose one of {sorted(_BUILTIN) + sorted(STANDARD)} or a path ending in '.npz'."
     )
 
 
