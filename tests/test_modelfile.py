@@ -177,3 +177,17 @@ def test_digits_example_runs_on_its_data():
     assert inputs.shape == (1797, 64) and labels.shape == (1797,)
     model = mf.build(3)
     assert model(inputs).shape == (1797, 10)
+
+
+def test_mnist_example_builds_saxe_et_al_network_and_reads_the_cache(tmp_path, monkeypatch):
+    mf = load_model_file(EXAMPLES / "mnist_saxe.py")
+    model = mf.build(0)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 1024), (1024, 20), (20, 20), (20, 20),
+                                                                  (20, 10)]
+    assert sum(isinstance(m, nn.Tanh) for m in model) == 4
+    opt = mf.optimizer(model.parameters())
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == 1e-3
+    monkeypatch.setenv("INFOPLANE_DATA", str(tmp_path))  # an empty cache: the error says where to put the files
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "mnist")):
+        mf.data()
