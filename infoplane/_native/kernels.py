@@ -10,6 +10,7 @@ functions their ctypes signatures (``argtypes``, ``restype``), matching the C de
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Union
 
 import numpy as np
@@ -63,6 +64,15 @@ def declare_fused(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32, "int64": torch.int64}
+_NUMPY_DTYPES = {name: np.dtype(name) for name in _TORCH_DTYPES}
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed(dtypes: tuple[str, ...]) -> tuple[frozenset, frozenset]:
+    return frozenset(_TORCH_DTYPES[d] for d in dtypes), frozenset(_NUMPY_DTYPES[d] for d in dtypes)
+
+
 def _dtype_name(x: Array) -> str:
     return str(x.dtype).replace("torch.", "")
 
@@ -70,25 +80,35 @@ def _dtype_name(x: Array) -> str:
 def _pointer(kernel: str, name: str, x: Array, dtypes: tuple[str, ...], shape: tuple[int | None, ...],
              writable: bool = False) -> int:
     """The address of array ``x`` after checking it; ``None`` in ``shape`` accepts any size on that axis."""
-    where = f"{kernel}: argument {name!r}"
+    # Called a dozen times per kernel call: the checks compare objects, and build their messages only on failure.
     if isinstance(x, torch.Tensor):
-        if x.device.type != "cpu":
-            raise ValueError(f"{where} is on {x.device}; the compiled kernels run on the CPU (pass it .cpu())")
+        if not x.is_cpu:
+            raise ValueError(f"{kernel}: argument {name!r} is on {x.device}; the compiled kernels run on the CPU "
+                             "(pass it .cpu())")
+        dtype_ok = x.dtype in _allowed(dtypes)[0]
         contiguous = x.is_contiguous()
     elif isinstance(x, np.ndarray):
-        contiguous = x.flags.c_contiguous
         if writable and not x.flags.writeable:
-            raise ValueError(f"{where} is a read-only array; the kernel writes its results into it")
+            raise ValueError(f"{kernel}: argument {name!r} is a read-only array; the kernel writes its results "
+                             "into it")
+        dtype_ok = x.dtype in _allowed(dtypes)[1]
+        contiguous = x.flags.c_contiguous
     else:
-        raise TypeError(f"{where} must be a torch.Tensor or numpy array, not {type(x).__name__}")
-    if _dtype_name(x) not in dtypes:
-        raise TypeError(f"{where} has dtype {_dtype_name(x)}, expected {' or '.join(dtypes)}")
-    if x.ndim != len(shape) or any(s is not None and s != got for s, got in zip(shape, x.shape)):
+        raise TypeError(f"{kernel}: argument {name!r} must be a torch.Tensor or numpy array, not {type(x).__name__}")
+    if not dtype_ok:
+        raise TypeError(f"{kernel}: argument {name!r} has dtype {_dtype_name(x)}, expected {' or '.join(dtypes)}")
+    got = x.shape
+    fits = len(got) == len(shape)
+    if fits:
+        for want, size in zip(shape, got):
+            if want is not None and want != size:
+                fits = False
+    if not fits:
         wanted = "[" + ", ".join("any" if s is None else str(s) for s in shape) + "]"
-        raise ValueError(f"{where} has shape {list(x.shape)}, expected {wanted}")
+        raise ValueError(f"{kernel}: argument {name!r} has shape {list(got)}, expected {wanted}")
     if not contiguous:
-        raise ValueError(f"{where} is not contiguous (C order); pass a contiguous copy")
-    return int(x.data_ptr()) if isinstance(x, torch.Tensor) else int(x.ctypes.data)
+        raise ValueError(f"{kernel}: argument {name!r} is not contiguous (C order); pass a contiguous copy")
+    return x.data_ptr() if isinstance(x, torch.Tensor) else x.ctypes.data
 
 
 def _integer(kernel: str, name: str, value: int, low: int, high: int) -> int:
@@ -157,10 +177,12 @@ def count_rows(lib: ctypes.CDLL, *, acts: torch.Tensor, mode: int, labels: torch
                          f"{list(labels.shape) if hasattr(labels, 'shape') else type(labels).__name__}")
     y = _pointer(k, "labels", labels, ("int64",), (labels.shape[0], n))
     # The labels go into the keys' low bits and index per-label counters: one out of range would write elsewhere.
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= 1 << label_bits):
+    low, high = torch.aminmax(labels) if labels.numel() else (0, 0)
+    if int(low) < 0 or int(high) >= 1 << label_bits:
         raise ValueError(f"{k}: argument 'labels' holds values outside 0 .. {(1 << label_bits) - 1} "
                          f"(label_bits={label_bits})")
-    e = _pointer(k, "edges", edges, (_dtype_name(acts),), (1 if mode == 1 else bins + 1,))
+    e = _pointer(k, "edges", edges, ("float64" if acts.dtype == torch.float64 else "float32",),
+                 (1 if mode == 1 else bins + 1,))
     t = _pointer(k, "table", table, ("float64",), (n + 1,))
     out = [_pointer(k, name, v, (dtype,), (items,), writable=True)
            for name, v, dtype in (("s_t", s_t, "float64"), ("s_ty", s_ty, "float64"), ("k_t", k_t, "int64"),
@@ -256,7 +278,8 @@ def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act
     n = order.shape[1]
     ptr["hyper"] = _pointer(k, "hyper", hyper, ("float64",), (5 if optimizer == 0 else 2,))
     # The kernel reads inputs[order[s, i]] unchecked: a row outside the table would read other memory.
-    if order.numel() and (int(order.min()) < 0 or int(order.max()) >= N):
+    low, high = torch.aminmax(order) if order.numel() else (0, 0)
+    if int(low) < 0 or int(high) >= N:
         raise ValueError(f"{k}: argument 'order' holds rows outside 0 .. {N - 1} (the rows of 'inputs')")
     return lib.ip_fused_epoch(S, L, ptr["dims"], ptr["acts"], ptr["act_params"],
                               ptr["quantised"], ptr["quant"], ptr["params"], ptr["grads"], ptr["exp_avg"],
