@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: install lint test bench bench-gpu demo reproduce clean
+.PHONY: install lint test sanitize bench bench-gpu demo reproduce clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q
+
+# The C kernels built with AddressSanitizer and UndefinedBehaviorSanitizer (a separate cache key), and the tests of
+# both kernels run on them. A ctypes-loaded ASan library needs the ASan runtime preloaded; Python's own
+# allocations live until exit by design, so leak detection is off. Undefined behaviour aborts the run.
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+sanitize: $(STAMP)
+	INFOPLANE_NATIVE_FLAGS_EXTRA="$(SANITIZE_FLAGS)" CC=gcc LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 MPLBACKEND=Agg \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_binning_kernel.py tests/test_train_fused.py tests/test_native.py
 
 # OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE, set on some machines for old OpenBLAS builds, slow numpy's current
 # kernels: unset them for the benchmark alone so that the numpy baselines are not handicapped.

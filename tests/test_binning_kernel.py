@@ -19,7 +19,19 @@ from infoplane.estimators._cpu import count_kernel as _count_kernel
 from infoplane.estimators._cpu import range_rows as _range_rows
 from infoplane.estimators._entropy import sum_xlogx
 
-needs_kernel = pytest.mark.skipif(isinstance(_count_kernel.load(), str), reason="no compiled binning kernel here")
+# Skipped only where the kernel cannot exist; where a compiler works, a kernel that fails to build fails these tests.
+NO_KERNEL_HERE = _native.compiler() is None or _native.disabled()
+
+
+@pytest.fixture
+def built_kernel():
+    lib = _count_kernel.load()
+    assert not isinstance(lib, str), f"the counting kernel did not build although a compiler exists: {lib}"
+
+
+def needs_kernel(test):
+    marked = pytest.mark.usefixtures("built_kernel")(test)
+    return pytest.mark.skipif(NO_KERNEL_HERE, reason="no C compiler here, or INFOPLANE_NO_NATIVE is set")(marked)
 
 
 def oracle(a, labels, bins, lo, hi):
@@ -45,8 +57,9 @@ def routes(monkeypatch, a, labels, **kw):
 
 
 def test_the_kernel_is_built_where_a_compiler_exists():
-    if _native.compiler() is None:
-        pytest.skip("no C compiler on this machine: the numpy route runs, as the other tests check")
+    if NO_KERNEL_HERE:
+        pytest.skip("no C compiler on this machine (or INFOPLANE_NO_NATIVE): the numpy route runs, as the other "
+                    "tests check")
     assert not isinstance(_count_kernel.load(), str), _count_kernel.load()
 
 
@@ -121,6 +134,7 @@ def test_without_a_compiler_the_numpy_route_runs(monkeypatch):
     before = binned_mi(a, y, bins=30, range=(-1, 1))
     monkeypatch.setattr(_count_kernel, "_LOADED", None)
     monkeypatch.setattr(_native, "compiler", lambda: None)
+    monkeypatch.delenv(_native.NO_NATIVE_ENV, raising=False)
     with pytest.warns(_count_kernel.KernelFallbackWarning, match="no C compiler found .* same results"):
         assert "no C compiler" in _count_kernel.load()
     after = binned_mi(a, y, bins=30, range=(-1, 1))
@@ -131,6 +145,7 @@ def test_a_source_that_does_not_compile_gives_the_reason(tmp_path, monkeypatch):
     if _native.compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(_native.NO_NATIVE_ENV, raising=False)
     reason = _native.build("broken", "this is not C;", _native.compiler())
     assert isinstance(reason, str) and reason.startswith("compiling the broken kernel with")
 

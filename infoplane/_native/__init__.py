@@ -1,1 +1,2 @@
-"""Compiling and loading infoplane's C kernels (:mod:`~infoplane._native.build`)."""
+"""infoplane's C kernels: their sources (``csrc/``), compiling and caching them (:mod:`~infoplane._native.build`),
+and the typed, checked calls into them (:mod:`~infoplane._native.kernels`)."""

@@ -10,7 +10,7 @@ Modules: :mod:`~infoplane.train.loop` (``fit``, the epoch loop), :mod:`~infoplan
 :mod:`~infoplane.train.engines` (which engine), :mod:`~infoplane.train.sequential` (one by one),
 :mod:`~infoplane.train.vectorized` (stacked parameters, one optimiser),
 :mod:`~infoplane.train.fused` (one compiled kernel call per epoch for plain MLPs, built by
-:mod:`~infoplane.train.fused_kernel` from :mod:`~infoplane.train.fused_source`), :mod:`~infoplane.train.stacked_forward`
+:mod:`~infoplane.train.fused_kernel` from ``infoplane/_native/csrc/fused_epoch.c``), :mod:`~infoplane.train.stacked_forward`
 (batched matrix products or ``vmap``), :mod:`~infoplane.train.metrics` (per-epoch loss and accuracy),
 :mod:`~infoplane.train.state` (checkpoints and per-seed random streams), :mod:`~infoplane.train.arguments`
 (argument checks).

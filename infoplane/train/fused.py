@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from infoplane._native import kernels
 from infoplane.train import fused_kernel
 from infoplane.train.vectorized import _swap_tensors
 
@@ -242,12 +243,11 @@ class _Fused:
         x = inputs if inputs.is_contiguous() else inputs.contiguous()
         y = labels if labels.dtype == torch.int64 and labels.is_contiguous() else labels.to(torch.int64).contiguous()
         order = order.to(torch.int64).contiguous()
-        status = self.lib.ip_fused_epoch(
-            len(self.members), len(self.plan.dims) - 1, self._dims.data_ptr(), self._acts.data_ptr(),
-            self._act_params.data_ptr(), self._quantised.data_ptr(), self._quant.data_ptr(), self.P.data_ptr(),
-            self.G.data_ptr(), self.M.data_ptr(), self.V.data_ptr(), x.data_ptr(), y.data_ptr(), order.data_ptr(),
-            order.shape[1], batch_size, self.opt_code, self._hyper.data_ptr(), ctypes.byref(self.step), int(update),
-            self.threads)
+        status = kernels.fused_epoch(
+            self.lib, dims=self._dims, acts=self._acts, act_params=self._act_params, quantised=self._quantised,
+            quant=self._quant, params=self.P, grads=self.G, exp_avg=self.M, exp_avg_sq=self.V, inputs=x, labels=y,
+            order=order, batch=batch_size, optimizer=self.opt_code, hyper=self._hyper, step=self.step, update=update,
+            threads=self.threads)
         if status == -1:
             raise ValueError(f"a label is outside 0 .. {self.plan.dims[-1] - 1}")
         if status != 0:

@@ -1,16 +1,19 @@
 """Build and load the fused ensemble training kernel (C, compiled once per machine, called through ctypes).
 
-The kernel (:mod:`infoplane.train.fused_source`) trains an ensemble of small MLPs for one epoch in one call.
-It is compiled and cached by :mod:`infoplane._native.build` (the system C compiler, ``-march=native``, a cache under
-``~/.cache/infoplane``). When no compiler works, ``load()`` returns the reason as a string and training uses the
-torch path.
+The kernel (``infoplane/_native/csrc/fused_epoch.c``) trains an ensemble of small MLPs for one epoch in one call.
+It is compiled and cached by :mod:`infoplane._native.build` (the system C compiler, ``-march=native``, a private
+cache under ``~/.cache/infoplane``) and called through :func:`infoplane._native.kernels.fused_epoch`. When no
+compiler works (or ``INFOPLANE_NO_NATIVE=1``, or the cache is not private), ``load()`` returns the reason as a
+string and training uses the torch path.
 """
 from __future__ import annotations
 
 import ctypes
 
 from infoplane._native import build as _native
-from infoplane.train.fused_source import SOURCE
+from infoplane._native import kernels
+
+SOURCE = _native.source("fused_epoch.c")
 
 _LOADED: ctypes.CDLL | str | None = None
 
@@ -23,12 +26,7 @@ def _build() -> ctypes.CDLL | str:
     lib = _native.build("fused", SOURCE, _compiler(), (*_native.FLAGS, *_native.openmp_flags()))
     if isinstance(lib, str):
         return lib
-    fn = lib.ip_fused_epoch
-    p = ctypes.c_void_p
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, p, p, p, p, p, p, p, p, p, p, p, p, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_int, p, p, ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return lib
+    return kernels.declare_fused(lib)
 
 
 def load() -> ctypes.CDLL | str:

@@ -1,10 +1,9 @@
-"""C source of the fused ensemble training kernel (see :mod:`infoplane.train.fused_kernel`, which compiles it)."""
-
-SOURCE = r"""/* One epoch of minibatch training for an ensemble of S small MLPs (Linear + elementwise activation layers,
+/* One epoch of minibatch training for an ensemble of S small MLPs (Linear + elementwise activation layers,
  * cross-entropy on class indices, Adam or plain SGD), in one call, the seeds shared among threads (torch's own
- * OpenMP threads when built with -fopenmp, see infoplane/_native.py; else pthreads started here).
+ * OpenMP threads when built with -fopenmp, see infoplane/_native/build.py; else pthreads started here).
  *
- * Built and loaded by infoplane/train/fused_kernel.py (which states the layouts); the arithmetic is that of
+ * Built and loaded by infoplane/train/fused_kernel.py, called through infoplane._native.kernels.fused_epoch
+ * (which checks the arguments; infoplane/train/fused.py states the layouts); the arithmetic is that of
  * torch's own ops, term by term, so results agree with the autograd path to float32 rounding.
  * Compiled with -ffp-contract=off so that a*b+c is two roundings, as in torch's separate elementwise ops.
  *
@@ -357,4 +356,3 @@ int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const 
     }
     return status;
 }
-"""

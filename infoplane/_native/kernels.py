@@ -1,0 +1,288 @@
+"""Typed, checked calls into the compiled kernels: one wrapper per C entry point.
+
+C trusts its pointers: a float64 array where float32 is expected, a strided view, a tensor on a GPU or one row
+short, and the kernel reads or writes the wrong memory. Each wrapper here takes named arguments, checks the
+dtype, device (CPU), contiguity and shape of every array and the range of every number first, raising a
+``TypeError`` or ``ValueError`` that names the argument, and then passes the pointers in the C function's order
+in exactly one place. :func:`declare_counting` and :func:`declare_fused` give a freshly loaded library's
+functions their ctypes signatures (``argtypes``, ``restype``), matching the C declarations in ``csrc/``.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Union
+
+import numpy as np
+import torch
+
+Array = Union[torch.Tensor, np.ndarray]
+
+_p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+
+# int ip_count_rows(const void *acts, int is_double, int mode, int64_t items, int64_t n, int64_t d,
+#                   const int64_t *labels, int labels_per_item, int label_bits,
+#                   int bins, double scale, double offset, const void *edges, const double *table,
+#                   double *s_t, double *s_ty, int64_t *k_t, int64_t *k_ty, int64_t *bad, int threads)
+COUNT_ROWS_ARGTYPES = [_p, _i32, _i32, _i64, _i64, _i64,
+                       _p, _i32, _i32,
+                       _i32, _f64, _f64, _p, _p,
+                       _p, _p, _p, _p, _p, _i32]
+
+# int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const float *act_p,
+#                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
+#                    const float *X, const int64_t *Y, const int64_t *order, int64_t n, int64_t batch,
+#                    int opt, const double *hyper, double *step, int update_params, int threads)
+FUSED_EPOCH_ARGTYPES = [_i32, _i32, _p, _p, _p,
+                        _p, _p, _p, _p, _p, _p,
+                        _p, _p, _p, _i64, _i64,
+                        _i32, _p, ctypes.POINTER(ctypes.c_double), _i32, _i32]
+
+# void ip_activate(int code, const float *p, const float *z, float *out, int64_t n)
+# void ip_quantize(const float *q, const float *a, float *out, int64_t n)
+ACTIVATE_ARGTYPES = [_i32, _p, _p, _p, _i64]
+QUANTIZE_ARGTYPES = [_p, _p, _p, _i64]
+
+_INT32_MAX = 2**31 - 1
+
+
+def declare_counting(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give the counting library's ``ip_count_rows`` its signature; returns ``lib``."""
+    lib.ip_count_rows.argtypes = COUNT_ROWS_ARGTYPES
+    lib.ip_count_rows.restype = ctypes.c_int
+    return lib
+
+
+def declare_fused(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give the fused library's ``ip_fused_epoch``, ``ip_activate`` and ``ip_quantize`` their signatures."""
+    lib.ip_fused_epoch.argtypes = FUSED_EPOCH_ARGTYPES
+    lib.ip_fused_epoch.restype = ctypes.c_int
+    lib.ip_activate.argtypes = ACTIVATE_ARGTYPES
+    lib.ip_activate.restype = None
+    lib.ip_quantize.argtypes = QUANTIZE_ARGTYPES
+    lib.ip_quantize.restype = None
+    return lib
+
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32, "int64": torch.int64}
+_NUMPY_DTYPES = {name: np.dtype(name) for name in _TORCH_DTYPES}
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed(dtypes: tuple[str, ...]) -> tuple[frozenset, frozenset]:
+    return frozenset(_TORCH_DTYPES[d] for d in dtypes), frozenset(_NUMPY_DTYPES[d] for d in dtypes)
+
+
+def _dtype_name(x: Array) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def _pointer(kernel: str, name: str, x: Array, dtypes: tuple[str, ...], shape: tuple[int | None, ...],
+             writable: bool = False) -> int:
+    """The address of array ``x`` after checking it; ``None`` in ``shape`` accepts any size on that axis."""
+    # Called a dozen times per kernel call: the checks compare objects, and build their messages only on failure.
+    if isinstance(x, torch.Tensor):
+        if not x.is_cpu:
+            raise ValueError(f"{kernel}: argument {name!r} is on {x.device}; the compiled kernels run on the CPU "
+                             "(pass it .cpu())")
+        dtype_ok = x.dtype in _allowed(dtypes)[0]
+        contiguous = x.is_contiguous()
+    elif isinstance(x, np.ndarray):
+        if writable and not x.flags.writeable:
+            raise ValueError(f"{kernel}: argument {name!r} is a read-only array; the kernel writes its results "
+                             "into it")
+        dtype_ok = x.dtype in _allowed(dtypes)[1]
+        contiguous = x.flags.c_contiguous
+    else:
+        raise TypeError(f"{kernel}: argument {name!r} must be a torch.Tensor or numpy array, not {type(x).__name__}")
+    if not dtype_ok:
+        raise TypeError(f"{kernel}: argument {name!r} has dtype {_dtype_name(x)}, expected {' or '.join(dtypes)}")
+    got = x.shape
+    fits = len(got) == len(shape)
+    if fits:
+        for want, size in zip(shape, got):
+            if want is not None and want != size:
+                fits = False
+    if not fits:
+        wanted = "[" + ", ".join("any" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{kernel}: argument {name!r} has shape {list(got)}, expected {wanted}")
+    if not contiguous:
+        raise ValueError(f"{kernel}: argument {name!r} is not contiguous (C order); pass a contiguous copy")
+    return x.data_ptr() if isinstance(x, torch.Tensor) else x.ctypes.data
+
+
+def _integer(kernel: str, name: str, value: int, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{kernel}: argument {name!r} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{kernel}: argument {name!r} is {value}, outside {low} .. {high}")
+    return int(value)
+
+
+def count_rows(lib: ctypes.CDLL, *, acts: torch.Tensor, mode: int, labels: torch.Tensor, label_bits: int,
+               bins: int, scale: float, offset: float, edges: torch.Tensor, table: np.ndarray,
+               s_t: np.ndarray, s_ty: np.ndarray, k_t: np.ndarray, k_ty: np.ndarray, bad: np.ndarray,
+               threads: int) -> int:
+    """Count the rows of every item with ``ip_count_rows`` (see ``csrc/count_rows.c``).
+
+    Parameters
+    ----------
+    lib : ctypes.CDLL
+        The counting library, declared by :func:`declare_counting`.
+    acts : torch.Tensor
+        [B, N, d] float32 or float64, contiguous, on the CPU: B items of N rows of d units.
+    mode : int
+        0: cells of the grid packed into one key per row; 1: rows of exact values; 2: cells of the grid, rows
+        found by hashing (``bins`` at most 65536).
+    labels : torch.Tensor
+        [B, N] or [1, N] int64 (one label row shared by every item), each below ``2**label_bits``.
+    label_bits : int
+        Bits of the key that hold the label, 0 .. 62.
+    bins : int
+        Cells per unit of the grid (modes 0 and 2; not read in mode 1).
+    scale, offset : float
+        The grid's affine map of a value to its approximate cell index.
+    edges : torch.Tensor
+        [bins + 1] (modes 0 and 2) or [1] (mode 1), the dtype of ``acts``: the grid's edges and +inf.
+    table : numpy.ndarray
+        [N + 1] float64: c log2 c for c = 0 .. N.
+    s_t, s_ty : numpy.ndarray
+        [B] float64, written: the sums of c log2 c over the cells of T and of (T, Y).
+    k_t, k_ty : numpy.ndarray
+        [B] int64, written: the numbers of occupied cells.
+    bad : numpy.ndarray
+        [B] int64, written: 1 where the item holds a value that is not finite.
+    threads : int
+        Worker threads, 1 .. 64 (more are capped).
+
+    Returns
+    -------
+    int
+        0, or 1 when the kernel could not allocate its tables.
+    """
+    k = "count_rows"
+    if not isinstance(acts, torch.Tensor) or acts.ndim != 3:
+        raise ValueError(f"{k}: argument 'acts' must be a [B, N, d] tensor, got "
+                         f"{list(acts.shape) if hasattr(acts, 'shape') else type(acts).__name__}")
+    items, n, d = acts.shape
+    mode = _integer(k, "mode", mode, 0, 2)
+    label_bits = _integer(k, "label_bits", label_bits, 0, 62)
+    bins = _integer(k, "bins", bins, 0 if mode == 1 else 1, 2**16 if mode == 2 else _INT32_MAX)
+    threads = _integer(k, "threads", threads, 1, _INT32_MAX)
+    if n > 2**30:
+        raise ValueError(f"{k}: {n} rows per item; the kernel's tables index at most 2**30")
+    a = _pointer(k, "acts", acts, ("float32", "float64"), (items, n, d))
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 2 or labels.shape[0] not in (1, items):
+        raise ValueError(f"{k}: argument 'labels' must be a [{items} or 1, {n}] int64 tensor, got "
+                         f"{list(labels.shape) if hasattr(labels, 'shape') else type(labels).__name__}")
+    y = _pointer(k, "labels", labels, ("int64",), (labels.shape[0], n))
+    # The labels go into the keys' low bits and index per-label counters: one out of range would write elsewhere.
+    low, high = torch.aminmax(labels) if labels.numel() else (0, 0)
+    if int(low) < 0 or int(high) >= 1 << label_bits:
+        raise ValueError(f"{k}: argument 'labels' holds values outside 0 .. {(1 << label_bits) - 1} "
+                         f"(label_bits={label_bits})")
+    e = _pointer(k, "edges", edges, ("float64" if acts.dtype == torch.float64 else "float32",),
+                 (1 if mode == 1 else bins + 1,))
+    t = _pointer(k, "table", table, ("float64",), (n + 1,))
+    out = [_pointer(k, name, v, (dtype,), (items,), writable=True)
+           for name, v, dtype in (("s_t", s_t, "float64"), ("s_ty", s_ty, "float64"), ("k_t", k_t, "int64"),
+                                  ("k_ty", k_ty, "int64"), ("bad", bad, "int64"))]
+    return lib.ip_count_rows(a, int(acts.dtype == torch.float64), mode, items, n, d,
+                             y, int(labels.shape[0] > 1), label_bits,
+                             bins, float(scale), float(offset), e, t,
+                             *out, threads)
+
+
+def params_per_seed(dims: list[int]) -> int:
+    """Parameters of one MLP of widths ``dims``: a weight [out, in] and a bias [out] per Linear layer."""
+    return sum(o * i + o for i, o in zip(dims[:-1], dims[1:]))
+
+
+def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act_params: torch.Tensor,
+                quantised: torch.Tensor, quant: torch.Tensor, params: torch.Tensor, grads: torch.Tensor,
+                exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+                order: torch.Tensor, batch: int, optimizer: int, hyper: torch.Tensor, step: ctypes.c_double,
+                update: bool, threads: int) -> int:
+    """Train every seed for one epoch (or, ``update=False``, compute the first minibatch's gradients) with
+    ``ip_fused_epoch`` (see ``csrc/fused_epoch.c``).
+
+    Parameters
+    ----------
+    lib : ctypes.CDLL
+        The fused library, declared by :func:`declare_fused`.
+    dims : torch.Tensor
+        [L + 1] int64: the widths, inputs first, classes last (1 <= L <= 64 Linear layers).
+    acts, quantised : torch.Tensor
+        [max(L - 1, 1)] int32: per hidden layer, the activation's code and whether it is fake-quantised.
+    act_params : torch.Tensor
+        [2 max(L - 1, 1)] float32: per hidden layer, the activation's two parameters.
+    quant : torch.Tensor
+        [3 max(L - 1, 1)] float32: per hidden layer, the quantiser's low, high and step.
+    params, grads, exp_avg, exp_avg_sq : torch.Tensor
+        [S, T] float32 (T parameters per seed, layer by layer: weight [out, in], then bias [out]): parameters
+        and Adam's moments, updated in place; the gradients, written.
+    inputs : torch.Tensor
+        [N, dims[0]] float32.
+    labels : torch.Tensor
+        [N] int64 class indices (the kernel returns -1 for one outside 0 .. dims[L] - 1).
+    order : torch.Tensor
+        [S, n] int64: each seed's rows of ``inputs`` in training order, each in 0 .. N - 1.
+    batch : int
+        Minibatch size, >= 1.
+    optimizer : int
+        0: Adam (``hyper`` = lr, beta1, beta2, eps, weight_decay), 1: SGD (``hyper`` = lr, weight_decay).
+    hyper : torch.Tensor
+        [5] or [2] float64, as ``optimizer`` says.
+    step : ctypes.c_double
+        The optimiser's step count, advanced by the number of minibatches.
+    update : bool
+        False computes the first minibatch's gradients only.
+    threads : int
+        Worker threads, >= 1 (capped at the number of seeds and 64).
+
+    Returns
+    -------
+    int
+        0, -1 for a label out of range, -2 for unsupported sizes, -3 when memory runs out.
+    """
+    k = "fused_epoch"
+    _pointer(k, "dims", dims, ("int64",), (None,))
+    widths = [int(v) for v in dims.tolist()]
+    L = len(widths) - 1
+    if not 1 <= L <= 64 or min(widths) < 1:
+        raise ValueError(f"{k}: argument 'dims' must hold 2 .. 65 positive widths, got {widths}")
+    hidden = max(L - 1, 1)
+    T = params_per_seed(widths)
+    optimizer = _integer(k, "optimizer", optimizer, 0, 1)
+    batch = _integer(k, "batch", batch, 1, 2**62)
+    threads = _integer(k, "threads", threads, 1, _INT32_MAX)
+    if not isinstance(step, ctypes.c_double):
+        raise TypeError(f"{k}: argument 'step' must be a ctypes.c_double, not {type(step).__name__}")
+    ptr = {
+        "dims": _pointer(k, "dims", dims, ("int64",), (L + 1,)),
+        "acts": _pointer(k, "acts", acts, ("int32",), (hidden,)),
+        "act_params": _pointer(k, "act_params", act_params, ("float32",), (2 * hidden,)),
+        "quantised": _pointer(k, "quantised", quantised, ("int32",), (hidden,)),
+        "quant": _pointer(k, "quant", quant, ("float32",), (3 * hidden,)),
+        "params": _pointer(k, "params", params, ("float32",), (None, T)),
+    }
+    S = params.shape[0]
+    if S < 1:
+        raise ValueError(f"{k}: argument 'params' holds no seed (shape {list(params.shape)})")
+    for name, v in (("grads", grads), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        ptr[name] = _pointer(k, name, v, ("float32",), (S, T))
+    ptr["inputs"] = _pointer(k, "inputs", inputs, ("float32",), (None, widths[0]))
+    N = inputs.shape[0]
+    ptr["labels"] = _pointer(k, "labels", labels, ("int64",), (N,))
+    ptr["order"] = _pointer(k, "order", order, ("int64",), (S, None))
+    n = order.shape[1]
+    ptr["hyper"] = _pointer(k, "hyper", hyper, ("float64",), (5 if optimizer == 0 else 2,))
+    # The kernel reads inputs[order[s, i]] unchecked: a row outside the table would read other memory.
+    low, high = torch.aminmax(order) if order.numel() else (0, 0)
+    if int(low) < 0 or int(high) >= N:
+        raise ValueError(f"{k}: argument 'order' holds rows outside 0 .. {N - 1} (the rows of 'inputs')")
+    return lib.ip_fused_epoch(S, L, ptr["dims"], ptr["acts"], ptr["act_params"],
+                              ptr["quantised"], ptr["quant"], ptr["params"], ptr["grads"], ptr["exp_avg"],
+                              ptr["exp_avg_sq"],
+                              ptr["inputs"], ptr["labels"], ptr["order"], n, batch,
+                              optimizer, ptr["hyper"], ctypes.byref(step), int(bool(update)), threads)
