@@ -7,7 +7,6 @@ that says what is wrong and how to fix it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,12 +105,3 @@ def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
     classes, dense = torch.unique(y.reshape(-1, batch.n), return_inverse=True)
     return dense.reshape(-1, batch.n), int(classes.numel())
 
-
-def positive_float(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return v
