@@ -8,6 +8,7 @@ that says what is wrong and how to fix it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def result_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def as_batch(activations) -> Batch:
+def as_batch(activations: Any) -> Batch:
     """Check activations and flatten their leading (batch) dimensions.
 
     float16/bfloat16 are widened to float32; integer and boolean inputs become float64 (exact).
@@ -95,7 +96,7 @@ def check_finite(chunk: torch.Tensor, batch: Batch, start: int = 0) -> None:
     )
 
 
-def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
+def as_labels(labels: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     """Dense int64 class indices of shape ``[B, N]`` or ``[1, N]`` (shared) and the number of classes C.
 
     The rules (indices, one-hot, whole floats, class names) are those of :mod:`infoplane.data.labels`.

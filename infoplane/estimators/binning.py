@@ -148,7 +148,7 @@ class _AdaptiveGrid:
 class ExactValues:
     """Each distinct exact value of a unit is its own symbol: its dense rank among the item's values of that unit."""
 
-    def digits(self, a):
+    def digits(self, a: torch.Tensor) -> tuple[torch.Tensor, list]:
         b, n, d = a.shape
         ranks, _ = dense_rank(a.transpose(1, 2).reshape(b * d, n))
         digits = ranks.reshape(b, d, n).transpose(1, 2)

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from infoplane._validate import check_int
 
