@@ -156,3 +156,23 @@ def test_bad_arguments(kw, match):
         noisy_mi(torch.rand(10, 2), torch.arange(10) % 2, **kw)
     with pytest.raises(ValueError, match=match):
         Noisy(**kw)
+
+
+def test_noisy_object_takes_control_variate():
+    acts, labels = torch.rand(2, 50, 2), torch.arange(50) % 2
+    est = Noisy(0.05, samples=100, control_variate=False)
+    want = noisy_mi(acts, labels, noise_var=0.05, samples=100, control_variate=False)
+    got = est(acts, labels)
+    assert torch.equal(got.ixt, want.ixt) and torch.equal(got.ity_se, want.ity_se)
+    assert est.settings()["control_variate"] is False and from_settings(est.settings()) == est
+    assert "control_variate" not in Noisy(0.05).settings()  # the default is not written: older runs read back
+    with pytest.raises(ValueError, match="control_variate must be True or False"):
+        Noisy(0.05, control_variate=1)
+
+
+def test_noise_var_by_position_is_deprecated():
+    acts, labels = torch.rand(40, 2), torch.arange(40) % 2
+    with pytest.warns(DeprecationWarning, match="noise_var"):
+        old = noisy_mi(acts, labels, 0.05, samples=64)
+    new = noisy_mi(acts, labels, noise_var=0.05, samples=64)
+    assert torch.equal(old.ixt, new.ixt) and torch.equal(old.ity, new.ity)

@@ -144,3 +144,23 @@ def test_config_object():
     with pytest.raises(ValueError, match="whole numbers"):
         renyi_entropy(np.array([0.5, 1.0, 2.0]))
     assert torch.is_tensor(r.ity)
+
+
+def test_renyi_object_takes_memory_budget():
+    est = Renyi(ixt_from="identity", method="randomized", probes=4, steps=6, memory_budget=1)
+    assert est.settings()["memory_budget"] == 1 and from_settings(est.settings()) == est
+    assert "memory_budget" not in Renyi().settings()
+    acts, y = torch.rand(2, 30, 2), torch.arange(30) % 2
+    # the budget only decides whether the Gram matrix is kept or rebuilt: the same numbers either way
+    kept = Renyi(ixt_from="identity", method="randomized", probes=4, steps=6)(acts, y)
+    assert torch.allclose(est(acts, y).ixt, kept.ixt, atol=1e-9)
+
+
+def test_alpha_by_position_is_deprecated():
+    x, y = torch.rand(25, 2), torch.arange(25) % 2
+    with pytest.warns(DeprecationWarning, match="alpha"):
+        old = renyi_mi(x, y, 2.0)
+    assert torch.equal(old.mi, renyi_mi(x, y, alpha=2.0).mi)
+    with pytest.warns(DeprecationWarning, match="alpha"):
+        old = renyi_entropy(x, 1.5)
+    assert torch.equal(old, renyi_entropy(x, alpha=1.5))
