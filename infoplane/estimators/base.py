@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["PlaneResult", "Estimator", "PROTOCOL_DEFAULTS", "protocol_attribute", "register", "from_settings",
-           "DEFAULT_SETTINGS", "default_estimator", "keyword_options"]
+           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,14 +68,15 @@ def protocol_attribute(est: Any, name: str) -> Any:
     return getattr(est, name, PROTOCOL_DEFAULTS[name])
 
 
-_KINDS: dict[str, type] = {}
+# The registry behind from_settings: kind -> class. Add to it with register.
+KINDS: dict[str, type] = {}
 
 
 def register(cls: type) -> type:
     """Class decorator: make ``cls`` (an :class:`Estimator` subclass) rebuildable by :func:`from_settings`."""
     if not (isinstance(cls, type) and issubclass(cls, Estimator) and cls.kind):
         raise TypeError(f"register needs an Estimator subclass with a non-empty kind; got {cls!r}")
-    _KINDS[cls.kind] = cls
+    KINDS[cls.kind] = cls
     return cls
 
 
@@ -147,12 +148,12 @@ def from_settings(settings: dict) -> Estimator:
     -------
     Estimator
     """
-    if not isinstance(settings, dict) or settings.get("kind") not in _KINDS:
+    if not isinstance(settings, dict) or settings.get("kind") not in KINDS:
         raise ValueError(
-            f"unknown estimator settings {settings!r}: expected a dict with 'kind' in {sorted(_KINDS)}"
+            f"unknown estimator settings {settings!r}: expected a dict with 'kind' in {sorted(KINDS)}"
         )
     kw = {k: v for k, v in settings.items() if k != "kind"}
-    cls = _KINDS[settings["kind"]]
+    cls = KINDS[settings["kind"]]
     try:
         return cls(**kw)
     except TypeError as err:
