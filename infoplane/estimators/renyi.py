@@ -356,6 +356,9 @@ def renyi_entropy(a: Any, *, alpha: float = 1.01, sigma: Union[str, float] = "si
         Order (> 0); 1 gives the von Neumann (Shannon) form, 2 uses the Frobenius norm without eigenvalues.
     sigma : "silverman" or float, default "silverman"
         Kernel width rule (see :func:`sigma_of`) or a fixed width in the activations' units.
+
+        Every option is keyword-only; ``alpha`` and ``sigma`` passed by position (second and third) still work,
+        with a ``DeprecationWarning``.
     method : {"auto", "exact", "randomized"}, default "auto"
         Eigenvalues (``torch.linalg.eigvalsh``) or stochastic Lanczos quadrature; "auto" is exact up to
         N = 4096. Ignored for alpha = 2 (always exact, streamed).
@@ -394,6 +397,9 @@ def renyi_mi(a: Any, b: Any, *, alpha: float = 1.01, sigma_a: Union[str, float] 
         Order, as in :func:`renyi_entropy`.
     sigma_a, sigma_b : "silverman" or float
         Kernel width rule or fixed width of each side (ignored for labels).
+
+        Every option is keyword-only; ``alpha``, ``sigma_a`` and ``sigma_b`` passed by position still work, with
+        a ``DeprecationWarning``.
     method, probes, steps, seed, memory_budget
         As in :func:`renyi_entropy`.
 
