@@ -144,7 +144,9 @@ class Discrete(Estimator):
 class Noisy(Estimator):
     """Monte-Carlo mixture-entropy estimator of a noisy layer (see :func:`infoplane.estimators.noisy_mi`).
 
-    Results carry ``ixt``, ``ity`` and their Monte-Carlo standard errors ``ixt_se``, ``ity_se`` (bits).
+    Results carry ``ixt``, ``ity`` and their Monte-Carlo standard errors ``ixt_se``, ``ity_se`` (bits). Takes
+    the arguments of the function; ``control_variate``, added later, is keyword-only (so that ``name`` keeps its
+    position).
     """
 
     kind = "noisy"
@@ -152,8 +154,8 @@ class Noisy(Estimator):
     fields = ("ixt", "ity", "ixt_se", "ity_se")
 
     def __init__(self, noise_var: float, samples: int = DEFAULT_SAMPLES, seed: int = 0, precision: str = "float64",
-                 memory_budget: Optional[int] = None, control_variate: bool = True,
-                 name: Optional[str] = None) -> None:
+                 memory_budget: Optional[int] = None, name: Optional[str] = None, *,
+                 control_variate: bool = True) -> None:
         super().__init__(name)
         self.noise_var = check_float(noise_var, "noise_var", positive=True)
         self.samples = check_int(samples, "samples", minimum=2)
@@ -186,16 +188,16 @@ class WithNull(Estimator):
         per-item labels ``[..., N]``).
     permutations : int, default 20
     seed : int, default 0
-    memory_budget : int, optional
-        Bytes of broadcast activations per call of the wrapped estimator (default 256 MiB).
     name : str, optional
         Default: the wrapped estimator's name (its rows gain the ``ity_null``, ``ity_null_sd`` columns).
+    memory_budget : int, optional
+        Keyword only. Bytes of broadcast activations per call of the wrapped estimator (default 256 MiB).
     """
 
     kind = "with-null"
 
     def __init__(self, estimator: Union[Estimator, dict], permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
-                 memory_budget: Optional[int] = None, name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, *, memory_budget: Optional[int] = None) -> None:
         super().__init__(name)
         if isinstance(estimator, dict):
             estimator = from_settings(estimator)
@@ -288,8 +290,9 @@ class Renyi(Estimator):
         Randomized route settings (see :func:`renyi_entropy`).
     inputs : tensor or array [N, ...], optional
         Probe inputs, flattened per sample.
+    name : str, optional
     memory_budget : int, optional
-        Bytes the randomized route may use to keep the Gram matrix (default 2 GiB).
+        Keyword only. Bytes the randomized route may use to keep the Gram matrix (default 2 GiB).
     """
 
     kind = "renyi"
@@ -297,8 +300,8 @@ class Renyi(Estimator):
 
     def __init__(self, alpha: float = 1.01, sigma: Union[str, float] = "silverman",
                  sigma_inputs: Union[str, float] = "silverman", ixt_from: str = "inputs", method: str = "auto",
-                 probes: int = 32, steps: int = 30, seed: int = 0, inputs: Any = None,
-                 memory_budget: Optional[int] = None, name: Optional[str] = None) -> None:
+                 probes: int = 32, steps: int = 30, seed: int = 0, inputs: Any = None, name: Optional[str] = None,
+                 *, memory_budget: Optional[int] = None) -> None:
         super().__init__(name)
         self.alpha = check_alpha(alpha)
         self.sigma = check_sigma(sigma)
