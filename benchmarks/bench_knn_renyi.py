@@ -90,14 +90,14 @@ def bench_renyi_exact(n, rows, results):
     y = rng.integers(0, 10, size=n)
     sigma = sigma_of(torch.from_numpy(t), "silverman")
     ref, t_ref = _timed(lambda: numpy_renyi_mi_labels(t, y, sigma, 1.01))
-    ours, t_ours = _timed(lambda: float(renyi_mi(t, y, 1.01, method="exact").mi))
+    ours, t_ours = _timed(lambda: float(renyi_mi(t, y, alpha=1.01, method="exact").mi))
     diff = abs(ours - ref)
     rows.append([f"Renyi I(T;Y) exact, N={n}, 10 units, 10 classes", f"{t_ours:.2f}", f"{t_ref:.2f}",
                  f"{t_ref / t_ours:.1f}x", f"{diff:.1e}"])
     results[f"renyi_exact_{n}"] = dict(ours_s=t_ours, ref_s=t_ref, max_diff_bits=diff)
     # the randomized route on the same smooth data, against infoplane's exact S(T)
-    exact_s, t_exact = _timed(lambda: float(renyi_entropy(t, 1.01, method="exact")))
-    rand_s, t_rand = _timed(lambda: float(renyi_entropy(t, 1.01, method="randomized")))
+    exact_s, t_exact = _timed(lambda: float(renyi_entropy(t, alpha=1.01, method="exact")))
+    rand_s, t_rand = _timed(lambda: float(renyi_entropy(t, alpha=1.01, method="randomized")))
     rows.append([f"Renyi S(T) randomized vs exact, N={n}", f"{t_rand:.2f}", f"{t_exact:.2f} (exact)",
                  f"{t_exact / t_rand:.1f}x", f"{abs(rand_s - exact_s):.1e} of {exact_s:.2f}"])
     results[f"renyi_randomized_{n}"] = dict(ours_s=t_rand, exact_s=t_exact, error_bits=abs(rand_s - exact_s))
@@ -117,7 +117,7 @@ def bench_renyi_randomized(n, rows, results, clusters=16):
         return math.log2((lam**1.01).sum()) / (1 - 1.01)
 
     want, t_exact = _timed(exact)
-    got, t_rand = _timed(lambda: float(renyi_entropy(x, 1.01, sigma=sigma, method="randomized")))
+    got, t_rand = _timed(lambda: float(renyi_entropy(x, alpha=1.01, sigma=sigma, method="randomized")))
     rows.append([f"Renyi S randomized, N={n} ({clusters} clusters; exact by blocks)", f"{t_rand:.2f}",
                  f"{t_exact:.2f} (blocks)", "-", f"{abs(got - want):.1e} of {want:.2f}"])
     results[f"renyi_randomized_{n}"] = dict(ours_s=t_rand, error_bits=abs(got - want), exact_bits=want)

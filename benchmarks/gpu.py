@@ -2,7 +2,7 @@
 
 One script, under 5 minutes on one GPU. It
 
-1. times every estimator kind registered in ``infoplane.estimators.config._KINDS`` (binning, KDE, and whatever
+1. times every estimator kind registered in ``infoplane.estimators.base.KINDS`` (binning, KDE, and whatever
    is merged later, with its default settings; kinds that cannot be built or called without extra inputs are
    listed as skipped) on the device and on the CPU, on the 12-bit network's layer widths and on MNIST-like
    layers, and checks the device's results against the CPU's: binning kinds exactly, the others to 1e-4 bits;
@@ -34,6 +34,7 @@ sys.path.insert(0, HERE)
 from _common import labels_for, print_table, tanh_activations  # noqa: E402
 
 import infoplane  # noqa: E402
+from infoplane.estimators import base as estimator_base  # noqa: E402
 from infoplane.estimators import config as estimator_config  # noqa: E402
 
 TISHBY_WIDTHS = (10, 7, 5, 4, 3, 2)
@@ -133,7 +134,7 @@ _LEFT_OUT = {
 def discover_estimators() -> tuple[list, list]:
     """Estimator objects with default settings for every registered kind, and ``(kind, reason)`` skips."""
     found, skipped = [], []
-    for kind, cls in sorted(estimator_config._KINDS.items()):
+    for kind, cls in sorted(estimator_base.KINDS.items()):
         if kind in _LEFT_OUT:
             skipped.append((kind, _LEFT_OUT[kind]))
             continue

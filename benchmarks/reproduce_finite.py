@@ -196,8 +196,8 @@ def noisy_cnn(args):
             results = {
                 "binning (flatten)": binned_mi(acts, y, bins=30, range=(-1, 1)),
                 "noisy_mi (channel-mean)": noisy_mi(reduce_activations(acts, "channel-mean", shape=l.shape), y,
-                                                    NOISE_STD ** 2 / hw, samples=samples, seed=seed),
-                f"noisy_mi ({pca})": noisy_mi(reduced, y, NOISE_STD ** 2, samples=samples, seed=seed),
+                                                    noise_var=NOISE_STD ** 2 / hw, samples=samples, seed=seed),
+                f"noisy_mi ({pca})": noisy_mi(reduced, y, noise_var=NOISE_STD ** 2, samples=samples, seed=seed),
                 f"KSG / Ross ({pca})": knn(reduced, y),
                 "Rényi (flatten)": renyi(acts, y),
             }

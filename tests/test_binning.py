@@ -260,3 +260,17 @@ def test_wide_layers_whose_rows_all_differ_match_the_oracle():
             ixt, ity = oracle_mi(acts[b], labels[b], grid)
             assert abs(float(r.ixt[b]) - ixt) < 1e-9 and abs(float(r.ity[b]) - ity) < 1e-9
             assert ixt == pytest.approx(math.log2(150))
+
+
+def test_result_is_a_plane_result_and_bools_are_not_bins():
+    from infoplane.estimators import PlaneResult
+
+    r = binned_mi(torch.rand(3, 20, 2), torch.arange(20) % 2)
+    assert isinstance(r, PlaneResult) and r.ixt.shape == (3,)
+    for kw, match in [(dict(bins=True), "bins must be an integer >= 2"), (dict(width=True), "width must be a positive"),
+                      (dict(adaptive="yes"), "adaptive must be True or False"),
+                      (dict(miller_madow=1), "miller_madow must be True or False")]:
+        with pytest.raises(ValueError, match=match):
+            binned_mi(torch.rand(20, 2), torch.arange(20) % 2, **kw)
+        with pytest.raises(ValueError, match=match):
+            Binning(**kw)

@@ -188,3 +188,11 @@ def test_torch_counting_route_equals_numpy_route(key_space):
         assert float(a[0][i]) == pytest.approx(h_counts(np.unique(k, return_counts=True)[1]), abs=1e-12)
         assert float(a[1][i]) == pytest.approx(h_counts(np.unique(pair, return_counts=True)[1]), abs=1e-12)
         assert int(a[2][i]) == len(np.unique(k)) and int(a[3][i]) == len(np.unique(pair))
+
+
+def test_discrete_result_has_its_own_type():
+    from infoplane.estimators import BinnedResult, DiscreteResult, PlaneResult
+
+    r = discrete_mi(torch.tensor([[0.0], [1.0], [1.0], [2.0]]), torch.tensor([0, 0, 1, 1]))
+    assert type(r) is DiscreteResult and isinstance(r, PlaneResult) and not isinstance(r, BinnedResult)
+    assert type(Discrete()(torch.rand(10, 2), torch.arange(10) % 2)) is DiscreteResult

@@ -110,3 +110,12 @@ def test_numpy_inputs_integer_activations_and_label_forms_agree():
     for labels in (y, y.tolist(), np.eye(3)[y], torch.from_numpy(y).float(), y + 10):
         r = binned_mi(acts, labels, width=1.0)
         assert float(r.ixt) == float(ref.ixt) and float(r.ity) == float(ref.ity)
+
+
+@pytest.mark.parametrize("call", [
+    lambda a, y: binned_mi(a, y, bins=np.True_), lambda a, y: kde_mi(a, y, noise_var=False),
+    lambda a, y: kde_mi(a, y, memory_budget=True),
+], ids=["bins", "noise_var", "memory_budget"])
+def test_bools_are_not_numbers(call):
+    with pytest.raises(ValueError, match=r"must be .*; got (np\.)?(True|False)"):
+        call(torch.rand(10, 2), torch.arange(10) % 2)

@@ -7,7 +7,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu  # noqa: E402
 
-from infoplane.estimators import config  # noqa: E402
+from infoplane.estimators import base, config  # noqa: E402
 
 
 def test_cpu_smoke_run_writes_the_table_and_passes(tmp_path, capsys):
@@ -19,7 +19,7 @@ def test_cpu_smoke_run_writes_the_table_and_passes(tmp_path, capsys):
     # Every registered estimator kind that runs with default settings on both workloads, the others listed as
     # skipped with the reason; the tracked run; every check passed.
     found, skipped = gpu.discover_estimators()
-    assert {e.kind for e in found} | {k for k, _ in skipped} == set(config._KINDS)
+    assert {e.kind for e in found} | {k for k, _ in skipped} == set(base.KINDS)
     for est in found:
         assert sum(r.startswith(f"| {est.name}: ") for r in rows) == 2, est.name
     for kind, _ in skipped:
@@ -49,10 +49,10 @@ class _NeedsInputs(config.Estimator):
 
 
 def test_estimators_are_discovered_from_the_registry(monkeypatch):
-    monkeypatch.setitem(config._KINDS, _NeedsSettings.kind, _NeedsSettings)
-    monkeypatch.setitem(config._KINDS, _NeedsInputs.kind, _NeedsInputs)
+    monkeypatch.setitem(base.KINDS, _NeedsSettings.kind, _NeedsSettings)
+    monkeypatch.setitem(base.KINDS, _NeedsInputs.kind, _NeedsInputs)
     found, skipped = gpu.discover_estimators()
-    assert {e.kind for e in found} == set(config._KINDS) - {"needs-settings", "needs-inputs"} - set(gpu._LEFT_OUT)
+    assert {e.kind for e in found} == set(base.KINDS) - {"needs-settings", "needs-inputs"} - set(gpu._LEFT_OUT)
     assert {"binning", "kde"} <= {e.kind for e in found}
     reasons = dict(skipped)
     assert reasons["needs-settings"].startswith("needs settings") and "other inputs" in reasons["needs-inputs"]

@@ -161,3 +161,13 @@ def test_reduced_precision_matmul_setting_is_restored_and_ignored():
     finally:
         torch.set_float32_matmul_precision(before)
     assert float(got.ixt) == float(ref.ixt) and float(got.ity_lower) == float(ref.ity_lower)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(noise_var=True), "noise_var must be a positive finite number; got True"),
+                                      (dict(precision="half"), r"precision must be one of \['float32', 'float64'\]"),
+                                      (dict(memory_budget=-1), "memory_budget must be a positive finite number")])
+def test_bad_options_named_the_same_way_by_function_and_object(kw, match):
+    with pytest.raises(ValueError, match=match):
+        kde_mi(torch.rand(10, 2), torch.arange(10) % 2, **kw)
+    with pytest.raises(ValueError, match=match):
+        KDE(**kw)

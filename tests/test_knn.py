@@ -203,3 +203,11 @@ def test_config_object_and_tracker():
     row = [r for r in t.run.rows if r.layer == "1" and r.estimator == "knn"][0]
     assert row.ixt == pytest.approx(float(ksg_mi(xf, h).mi), abs=1e-12)
     assert row.ity == pytest.approx(float(ross_mi(h, y).mi), abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [True, 0, 1.5, "3"])
+def test_k_must_be_a_positive_integer(k):
+    x, y = torch.rand(20, 2), torch.arange(20) % 2
+    for call in (lambda: ksg_mi(x, x, k=k), lambda: ross_mi(x, y, k=k), lambda: KNN(k=k)):
+        with pytest.raises(ValueError, match="k must be a positive integer; got"):
+            call()

@@ -115,3 +115,19 @@ def test_tracker_stores_null_and_standard_errors(tmp_path):
         assert np.isnan(run.get(field, estimator="binning")).all()  # not produced: empty cells
     header = (tmp_path / "run" / "infoplane.csv").read_text().splitlines()[0]
     assert header.endswith("ixt_se,ity_se,ity_null,ity_null_sd")
+
+
+def test_with_null_takes_memory_budget():
+    acts, labels = torch.rand(3, 30, 2), torch.arange(30) % 2
+    est = WithNull(Binning(), permutations=3, memory_budget=1)
+    want = permutation_null(Binning(), acts, labels, permutations=3, memory_budget=1)
+    got = est(acts, labels)
+    assert torch.equal(got.ity_null, want.ity_null) and torch.equal(got.ity_null_sd, want.ity_null_sd)
+    assert est.settings()["memory_budget"] == 1 and from_settings(est.settings()) == est
+    assert "memory_budget" not in WithNull(Binning()).settings()
+    for kw, match in [(dict(permutations=True), "permutations must be an integer >= 2"),
+                      (dict(memory_budget=0), "memory_budget must be a positive finite number")]:
+        with pytest.raises(ValueError, match=match):
+            permutation_null(Binning(), acts, labels, **kw)
+        with pytest.raises(ValueError, match=match):
+            WithNull(Binning(), **kw)

@@ -33,10 +33,10 @@ def test_equals_numpy_eigvalsh(seed, alpha):
     x = np.tanh(rng.normal(size=(150, 3)) * 2)
     y = rng.integers(0, 3, size=150)
     kx = np_gram(x, np_silverman(x))
-    assert float(renyi_entropy(x, alpha)) == pytest.approx(np_entropy(kx, alpha), abs=1e-6)
-    assert float(renyi_entropy(x, alpha, sigma=0.4)) == pytest.approx(np_entropy(np_gram(x, 0.4), alpha), abs=1e-6)
+    assert float(renyi_entropy(x, alpha=alpha)) == pytest.approx(np_entropy(kx, alpha), abs=1e-6)
+    assert float(renyi_entropy(x, alpha=alpha, sigma=0.4)) == pytest.approx(np_entropy(np_gram(x, 0.4), alpha), abs=1e-6)
     ky = (y[:, None] == y[None, :]).astype(float)
-    r = renyi_mi(x, y, alpha)
+    r = renyi_mi(x, y, alpha=alpha)
     s_y = np_entropy(ky, alpha) if alpha >= 1 else None  # eigvalsh's +-1e-17 zeros break x^alpha, alpha < 1
     if s_y is not None:
         assert float(r.s_b) == pytest.approx(s_y, abs=1e-6)
@@ -44,7 +44,7 @@ def test_equals_numpy_eigvalsh(seed, alpha):
     # two Gaussian kernels: the joint is their Hadamard product
     z = x[:, :1] + 0.3 * rng.normal(size=(150, 1))
     kz = np_gram(z, np_silverman(z))
-    r = renyi_mi(x, z, alpha)
+    r = renyi_mi(x, z, alpha=alpha)
     want = np_entropy(kx, alpha) + np_entropy(kz, alpha) - np_entropy(kx * kz, alpha)
     assert float(r.mi) == pytest.approx(want, abs=1e-6)
     assert float(r.s_ab) == pytest.approx(np_entropy(kx * kz, alpha), abs=1e-6)
@@ -57,7 +57,7 @@ def test_alpha_two_frobenius_equals_eigen_route():
     eig = np_entropy(a * 300, 2.0)
     frob = -math.log2((a * a).sum())
     assert frob == pytest.approx(eig, abs=1e-9)
-    assert float(renyi_entropy(x, 2.0, sigma=1.3)) == pytest.approx(eig, abs=1e-9)
+    assert float(renyi_entropy(x, alpha=2.0, sigma=1.3)) == pytest.approx(eig, abs=1e-9)
 
 
 # ------------------------------------------------------------------ exact cases
@@ -65,9 +65,9 @@ def test_identity_and_all_ones():
     n = 64
     far = np.arange(n, dtype=float)[:, None] * 100.0  # K = I up to exp(-5000)
     for alpha in (0.5, 1.01, 2.0, 4.0):
-        assert float(renyi_entropy(far, alpha, sigma=1.0)) == pytest.approx(math.log2(n), abs=1e-9)
-        assert float(renyi_entropy(np.ones((n, 3)), alpha)) == pytest.approx(0.0, abs=1e-9)  # K = all ones
-    assert float(renyi_entropy(far, 1.0, sigma=1.0)) == pytest.approx(math.log2(n), abs=1e-9)
+        assert float(renyi_entropy(far, alpha=alpha, sigma=1.0)) == pytest.approx(math.log2(n), abs=1e-9)
+        assert float(renyi_entropy(np.ones((n, 3)), alpha=alpha)) == pytest.approx(0.0, abs=1e-9)  # K = all ones
+    assert float(renyi_entropy(far, alpha=1.0, sigma=1.0)) == pytest.approx(math.log2(n), abs=1e-9)
 
 
 @pytest.mark.parametrize("alpha", [1.01, 2.0, 3.0])
@@ -76,7 +76,7 @@ def test_delta_kernel_gives_renyi_entropy_of_class_frequencies(alpha):
     y = rng.choice(5, size=400, p=[0.4, 0.3, 0.15, 0.1, 0.05])
     p = np.bincount(y) / len(y)
     want = math.log2((p**alpha).sum()) / (1 - alpha)
-    assert float(renyi_entropy(y, alpha)) == pytest.approx(want, abs=1e-12)
+    assert float(renyi_entropy(y, alpha=alpha)) == pytest.approx(want, abs=1e-12)
     ky = (y[:, None] == y[None, :]).astype(float)
     assert want == pytest.approx(np_entropy(ky, alpha), abs=1e-6)
 
@@ -109,15 +109,15 @@ def test_randomized_within_stated_error_at_4096():
     lam = np.clip(lam, 0, None)
     alpha = 1.01
     exact = math.log2((lam**alpha).sum()) / (1 - alpha)
-    got = float(renyi_entropy(x, alpha, sigma=0.5, method="randomized"))
+    got = float(renyi_entropy(x, alpha=alpha, sigma=0.5, method="randomized"))
     assert abs(got - exact) < 0.05  # stated error: 0.05 bits at N = 4096 with the defaults
 
 
 def test_randomized_close_to_exact_on_smooth_data():
     rng = np.random.default_rng(3)
     x = np.tanh(rng.normal(size=(768, 6)) * 2)
-    exact = float(renyi_entropy(x, 1.01, method="exact"))
-    got = float(renyi_entropy(x, 1.01, method="randomized"))
+    exact = float(renyi_entropy(x, alpha=1.01, method="exact"))
+    got = float(renyi_entropy(x, alpha=1.01, method="randomized"))
     assert abs(got - exact) < 0.05
 
 
@@ -144,3 +144,23 @@ def test_config_object():
     with pytest.raises(ValueError, match="whole numbers"):
         renyi_entropy(np.array([0.5, 1.0, 2.0]))
     assert torch.is_tensor(r.ity)
+
+
+def test_renyi_object_takes_memory_budget():
+    est = Renyi(ixt_from="identity", method="randomized", probes=4, steps=6, memory_budget=1)
+    assert est.settings()["memory_budget"] == 1 and from_settings(est.settings()) == est
+    assert "memory_budget" not in Renyi().settings()
+    acts, y = torch.rand(2, 30, 2), torch.arange(30) % 2
+    # the budget only decides whether the Gram matrix is kept or rebuilt: the same numbers either way
+    kept = Renyi(ixt_from="identity", method="randomized", probes=4, steps=6)(acts, y)
+    assert torch.allclose(est(acts, y).ixt, kept.ixt, atol=1e-9)
+
+
+def test_alpha_by_position_is_deprecated():
+    x, y = torch.rand(25, 2), torch.arange(25) % 2
+    with pytest.warns(DeprecationWarning, match="alpha"):
+        old = renyi_mi(x, y, 2.0)
+    assert torch.equal(old.mi, renyi_mi(x, y, alpha=2.0).mi)
+    with pytest.warns(DeprecationWarning, match="alpha"):
+        old = renyi_entropy(x, 1.5)
+    assert torch.equal(old, renyi_entropy(x, alpha=1.5))

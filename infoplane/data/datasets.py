@@ -8,13 +8,13 @@ int64 numpy index arrays ``(train_idx, test_idx)`` into those rows.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from infoplane._validate import check_float, check_int
 from infoplane.data.labels import as_class_indices
 from infoplane.data.standard import STANDARD, load_standard
 
@@ -317,9 +317,7 @@ def load(spec, dtype: torch.dtype = torch.float32, *, root=None, download: bool 
 
 
 def _check_fraction(fraction) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
-        raise TypeError(f"fraction must be a number in (0, 1]; got {fraction!r}.")
-    fraction = float(fraction)
+    fraction = check_float(fraction, "fraction", finite=False, what="a number in (0, 1]", error=TypeError)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(
             f"fraction must satisfy 0 < fraction <= 1 (share of samples used for training); "
@@ -380,8 +378,7 @@ def stratified_split(labels, fraction: float, seed: int):
         Disjoint indices covering ``range(N)``; ``test_idx`` is empty when ``fraction == 1``.
     """
     fraction = _check_fraction(fraction)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int (it is recorded with the run); got {seed!r}.")
+    check_int(seed, "seed", what="an int (it is recorded with the run)", error=TypeError)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if y.ndim != 1 or y.dtype.kind not in "biu":
         raise ValueError(
@@ -421,8 +418,7 @@ def original_split(n: int, fraction: float):
     train_idx, test_idx : ndarray of int64, sorted
     """
     fraction = _check_fraction(fraction)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be a positive integer number of samples; got {n!r}.")
+    check_int(n, "n", minimum=1, what="a positive integer number of samples")
     train = np.arange(_n_train(fraction, n), dtype=np.int64)
     test = np.arange(round(0.8 * n), n, dtype=np.int64)
     return train, test

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from infoplane._validate import check_int
 
 __all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build"]
 
@@ -54,8 +55,7 @@ def seeded_build(build_model: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 
 def _check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_int(seed, "seed", minimum=0, what="a non-negative int")
 
 
 @dataclass

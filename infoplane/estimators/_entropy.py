@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Union
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def sum_xlogx(hist: np.ndarray, n: int) -> np.ndarray:
     return np.cumsum(hist * xlogx_table(n)[:hist.shape[1]], axis=1)[:, -1]
 
 
-def entropy_bits(s, n: int):
+def entropy_bits(s: Union[np.ndarray, torch.Tensor], n: int) -> Union[np.ndarray, torch.Tensor]:
     """Plug-in entropy in bits, log2 N - (1/N) sum_cells c log2 c, from the sum of :func:`sum_xlogx`."""
     return math.log2(n) - s / n
 
@@ -82,7 +83,8 @@ def entropy_from_cells(item: np.ndarray, counts: np.ndarray, n_items: int, n: in
 
 
 def plugin_counts(joint: torch.Tensor, n_items: int, n: int, label_bits: int, item_bits: int,
-                  use_numpy: bool | None = None):
+                  use_numpy: bool | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plug-in H(T) and H(T, Y) in bits, and the numbers of occupied cells K_T and K_TY, per item.
 
     Parameters
@@ -176,6 +178,6 @@ def _plugin_counts_numpy(joint, n_items, n, label_bits, item_bits):
     return out
 
 
-def miller_madow(k: torch.Tensor, n) -> torch.Tensor:
+def miller_madow(k: torch.Tensor, n: int) -> torch.Tensor:
     """Miller–Madow bias correction (K - 1) / (2 N ln 2) in bits, K occupied cells out of N samples."""
     return (k - 1).to(torch.float64 if k.device.type != "mps" else torch.float32) / (2 * n * math.log(2))

@@ -7,8 +7,8 @@ that says what is wrong and how to fix it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def result_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def as_batch(activations) -> Batch:
+def as_batch(activations: Any) -> Batch:
     """Check activations and flatten their leading (batch) dimensions.
 
     float16/bfloat16 are widened to float32; integer and boolean inputs become float64 (exact).
@@ -96,7 +96,7 @@ def check_finite(chunk: torch.Tensor, batch: Batch, start: int = 0) -> None:
     )
 
 
-def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
+def as_labels(labels: Any, batch: Batch) -> tuple[torch.Tensor, int]:
     """Dense int64 class indices of shape ``[B, N]`` or ``[1, N]`` (shared) and the number of classes C.
 
     The rules (indices, one-hot, whole floats, class names) are those of :mod:`infoplane.data.labels`.
@@ -106,12 +106,3 @@ def as_labels(labels, batch: Batch) -> tuple[torch.Tensor, int]:
     classes, dense = torch.unique(y.reshape(-1, batch.n), return_inverse=True)
     return dense.reshape(-1, batch.n), int(classes.numel())
 
-
-def positive_float(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
-    return v

@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import math
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from infoplane.estimators._cpu import count_kernel as _count_kernel
 from infoplane.estimators._cpu import range_rows as _range_rows
 from infoplane.estimators._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
 from infoplane.estimators._entropy import miller_madow as _miller_madow
-from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane._validate import check_bool, check_float, check_int
+from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, result_dtype
+from infoplane.estimators.base import PlaneResult
 
 # Keys stay below 2**62 so that key * C + label cannot overflow int64.
 _KEY_BITS = 62
@@ -39,8 +42,8 @@ _GROUP_ROWS = 2**19
 
 
 @dataclass
-class BinnedResult:
-    """Result of :func:`binned_mi`.
+class BinnedResult(PlaneResult):
+    """Result of :func:`binned_mi`: the plane's two fields, nothing more.
 
     Attributes
     ----------
@@ -49,9 +52,6 @@ class BinnedResult:
     ity : torch.Tensor
         I(T;Y) in bits, same shape.
     """
-
-    ixt: torch.Tensor
-    ity: torch.Tensor
 
 
 def fixed_range_edges(bins: int, lo: float, hi: float) -> np.ndarray:
@@ -145,10 +145,10 @@ class _AdaptiveGrid:
         return _shift_to_zero(cells.reshape(b, n, d))
 
 
-class _ExactValues:
+class ExactValues:
     """Each distinct exact value of a unit is its own symbol: its dense rank among the item's values of that unit."""
 
-    def digits(self, a):
+    def digits(self, a: torch.Tensor) -> tuple[torch.Tensor, list]:
         b, n, d = a.shape
         ranks, _ = dense_rank(a.transpose(1, 2).reshape(b * d, n))
         digits = ranks.reshape(b, d, n).transpose(1, 2)
@@ -237,7 +237,8 @@ def _label_stats(y, n_classes, dtype):
     return h, (counts > 0).sum(1)
 
 
-def _plugin_mi(batch, y, n_classes, grid, miller_madow):
+def plugin_mi(batch: Batch, y: torch.Tensor, n_classes: int, grid: Any,
+              miller_madow: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(I(X;T), I(T;Y)) in bits per batch item, rows made discrete by ``grid.digits``, clamped to their range.
 
     Items are processed in groups: digits and row keys a cache-sized chunk at a time, then one sort (or one
@@ -275,7 +276,7 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
     def check(part, start):
         check_finite(part, batch, start)
 
-    if isinstance(grid, (_RangeGrid, _ExactValues)):
+    if isinstance(grid, (_RangeGrid, ExactValues)):
         # On CPU, the compiled counting kernel: cells of the fixed grid, or exact rows (None where it does not apply).
         counted = _count_kernel.plugin_counts(a, y, grid if isinstance(grid, _RangeGrid) else None, label_bits, check)
         if counted is not None:
@@ -309,7 +310,8 @@ def _plugin_mi(batch, y, n_classes, grid, miller_madow):
     return ixt.reshape(batch.batch_shape), ity.reshape(batch.batch_shape)
 
 
-def _grid(bins, range, width, adaptive):
+def grid_arguments(bins: Optional[int], range: Optional[tuple], width: Optional[float],
+                   adaptive: bool) -> tuple[str, Optional[int], Optional[tuple[float, float]], Optional[float]]:
     """Validate the grid arguments: returns (kind, bins, (lo, hi), width) with kind in range/width/adaptive."""
     if width is not None:
         if bins is not None or range is not None or adaptive:
@@ -317,11 +319,12 @@ def _grid(bins, range, width, adaptive):
                 "width= selects the fixed-width grid and cannot be combined with bins=, range= or adaptive=True; "
                 "pass either width=0.07 alone, or bins= with range= (or adaptive=True)."
             )
-        return "width", None, None, positive_float(width, "width")
+        return "width", None, None, check_float(width, "width", positive=True)
     if bins is None:
         bins = 30
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2 (the number of edge points / symbols per unit); got {bins!r}")
+    bins = check_int(bins, "bins", minimum=2,
+                     what="an integer >= 2 (the number of edge points / symbols per unit)")
+    adaptive = check_bool(adaptive, "adaptive")
     if adaptive:
         if range is not None:
             raise ValueError("adaptive=True places its edges from the data; do not pass range= with it.")
@@ -337,8 +340,8 @@ def _grid(bins, range, width, adaptive):
     return "range", int(bins), (lo, hi), None
 
 
-def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptive=False,
-              miller_madow=False) -> BinnedResult:
+def binned_mi(activations: Any, labels: Any, *, bins: Optional[int] = None, range: Optional[tuple] = None,
+              width: Optional[float] = None, adaptive: bool = False, miller_madow: bool = False) -> BinnedResult:
     """Binned information-plane coordinates for a batch of layers or epochs.
 
     Parameters
@@ -387,17 +390,12 @@ def binned_mi(activations, labels, *, bins=None, range=None, width=None, adaptiv
     >>> r.ixt.shape
     torch.Size([274])
     """
-    kind, bins, rng, width = _grid(bins, range, width, adaptive)
-    miller_madow = _flag(miller_madow, "miller_madow")
+    kind, bins, rng, width = grid_arguments(bins, range, width, adaptive)
+    miller_madow = check_bool(miller_madow, "miller_madow")
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
     grid = {"range": lambda: _RangeGrid(bins, *rng), "width": lambda: _WidthGrid(width),
             "adaptive": lambda: _AdaptiveGrid(bins)}[kind]()
-    ixt, ity = _plugin_mi(batch, y, n_classes, grid, miller_madow)
+    ixt, ity = plugin_mi(batch, y, n_classes, grid, miller_madow)
     return BinnedResult(ixt=ixt, ity=ity)
 
-
-def _flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
-    return bool(value)

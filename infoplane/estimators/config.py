@@ -2,48 +2,45 @@
 
 An estimator object remembers its settings, has a short ``name`` for tables and figures, can be written to
 JSON (``settings()``) and rebuilt from it (``from_settings``), and computes by being called on
-``(activations, labels)``.
+``(activations, labels)``. Each object takes every option of its function, under the same keyword; an option
+left at its default is not written to ``settings()`` when it was added after runs were first recorded, so that
+the settings of older runs read back unchanged.
+
+:class:`KNN` and :class:`Renyi` estimate I(X;T) against the probe inputs X, which the ``(activations, labels)``
+call does not carry. They get them in one of two ways, both compatible with every other estimator:
+
+- constructed with ``inputs=`` (``KNN(inputs=probe_x)``), which works wherever an estimator object is accepted;
+- or called as ``est(acts, labels, inputs=probe_x)``: objects with ``needs_inputs = True`` are passed the
+  probe inputs by the tracker. An ``inputs=`` given at call time takes precedence over the constructor's.
+
+The inputs are not part of ``settings()`` (they are data, not configuration): an object rebuilt with
+``from_settings`` has none until it is given some.
 """
 from __future__ import annotations
 
-from infoplane.estimators.binning import _flag, _grid, binned_mi
-from infoplane.estimators.discrete import discrete_mi
-from infoplane.estimators.kde import _PRECISIONS, kde_mi
-from infoplane.estimators.noisy import DEFAULT_SAMPLES, noisy_mi
-from infoplane.estimators.null import DEFAULT_PERMUTATIONS, permutation_null
-from infoplane.estimators._inputs import positive_float
+from typing import Any, Optional, Union
+
+import torch
+
+from infoplane._validate import check_bool, check_choice, check_float, check_int
+from infoplane.estimators.base import Estimator, PlaneResult, from_settings, protocol_attribute, register
+from infoplane.estimators.binning import BinnedResult, binned_mi, grid_arguments
+from infoplane.estimators.discrete import DiscreteResult, discrete_mi
+from infoplane.estimators.kde import PRECISIONS, KDEResult, kde_mi
+from infoplane.estimators.knn import flatten_inputs, ksg_mi, ross_mi
+from infoplane.estimators.noisy import DEFAULT_SAMPLES, NoisyResult, noisy_mi
+from infoplane.estimators.null import DEFAULT_PERMUTATIONS, NullResult, permutation_null
+from infoplane.estimators.renyi import METHODS, check_alpha, check_sigma, renyi_plane
+
+__all__ = ["Estimator", "PlaneResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "KNN", "Renyi",
+           "from_settings"]
 
 
-class Estimator:
-    """Base class: subclasses set ``kind``, ``has_lower`` and implement ``_kwargs`` and ``__call__``."""
-
-    kind = ""
-    has_lower = False
-
-    def __init__(self, name=None):
-        if name is not None and (not isinstance(name, str) or not name or "," in name or "\n" in name):
-            raise ValueError(f"estimator name must be a non-empty string without commas or newlines; got {name!r}")
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name or self.default_name
-
-    def settings(self) -> dict:
-        """JSON-able description: ``{"kind": ..., "name": ..., **arguments}``."""
-        return {"kind": self.kind, "name": self.name, **self._kwargs()}
-
-    def __eq__(self, other):
-        return isinstance(other, Estimator) and self.settings() == other.settings()
-
-    def __hash__(self):
-        return hash(repr(self))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self._kwargs().items())
-        return f"{type(self).__name__}({args})"
+def _memory_budget(value: Any) -> Optional[int]:
+    return None if value is None else int(check_float(value, "memory_budget", positive=True))
 
 
+@register
 class Binning(Estimator):
     """Binned estimator (see :func:`infoplane.estimators.binned_mi`), with the same grid arguments.
 
@@ -57,17 +54,18 @@ class Binning(Estimator):
 
     kind = "binning"
 
-    def __init__(self, bins=None, range=None, width=None, adaptive=False, miller_madow=False, name=None):
+    def __init__(self, bins: Optional[int] = None, range: Optional[tuple] = None, width: Optional[float] = None,
+                 adaptive: bool = False, miller_madow: bool = False, name: Optional[str] = None) -> None:
         super().__init__(name)
-        self.grid, self.bins, self.range, self.width = _grid(bins, range, width, adaptive)
-        self.miller_madow = _flag(miller_madow, "miller_madow")
+        self.grid, self.bins, self.range, self.width = grid_arguments(bins, range, width, adaptive)
+        self.miller_madow = check_bool(miller_madow, "miller_madow")
 
     @property
-    def default_name(self):
+    def default_name(self) -> str:
         base = {"range": "binning", "width": "binning-width", "adaptive": "adaptive"}[self.grid]
         return base + ("-mm" if self.miller_madow else "")
 
-    def _kwargs(self):
+    def _kwargs(self) -> dict:
         if self.grid == "width":
             kw = {"width": self.width}
         elif self.grid == "adaptive":
@@ -78,13 +76,14 @@ class Binning(Estimator):
             kw["miller_madow"] = True
         return kw
 
-    def __call__(self, activations, labels):
+    def __call__(self, activations: Any, labels: Any) -> BinnedResult:
         kw = self._kwargs()
         if "range" in kw:
             kw["range"] = tuple(kw["range"])
         return binned_mi(activations, labels, **kw)
 
 
+@register
 class KDE(Estimator):
     """Kolchinsky–Tracey kernel estimator (see :func:`infoplane.estimators.kde_mi`).
 
@@ -93,26 +92,27 @@ class KDE(Estimator):
 
     kind = "kde"
     has_lower = True
+    fields = ("ixt", "ity", "ixt_lower", "ity_lower")
     default_name = "kde"
 
-    def __init__(self, noise_var=1e-3, precision="float32", memory_budget=None, name=None):
+    def __init__(self, noise_var: float = 1e-3, precision: str = "float32", memory_budget: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
         super().__init__(name)
-        self.noise_var = positive_float(noise_var, "noise_var")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}; got {precision!r}")
-        self.precision = precision
-        self.memory_budget = None if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+        self.noise_var = check_float(noise_var, "noise_var", positive=True)
+        self.precision = check_choice(precision, "precision", sorted(PRECISIONS))
+        self.memory_budget = _memory_budget(memory_budget)
 
-    def _kwargs(self):
+    def _kwargs(self) -> dict:
         kw = {"noise_var": self.noise_var, "precision": self.precision}
         if self.memory_budget is not None:
             kw["memory_budget"] = self.memory_budget
         return kw
 
-    def __call__(self, activations, labels):
+    def __call__(self, activations: Any, labels: Any) -> KDEResult:
         return kde_mi(activations, labels, **self._kwargs())
 
 
+@register
 class Discrete(Estimator):
     """Exact discrete estimator: each distinct row of exact values is one symbol (see
     :func:`infoplane.estimators.discrete_mi`), for quantised networks.
@@ -125,57 +125,58 @@ class Discrete(Estimator):
 
     kind = "discrete"
 
-    def __init__(self, miller_madow=False, name=None):
+    def __init__(self, miller_madow: bool = False, name: Optional[str] = None) -> None:
         super().__init__(name)
-        self.miller_madow = _flag(miller_madow, "miller_madow")
+        self.miller_madow = check_bool(miller_madow, "miller_madow")
 
     @property
-    def default_name(self):
+    def default_name(self) -> str:
         return "discrete-mm" if self.miller_madow else "discrete"
 
-    def _kwargs(self):
+    def _kwargs(self) -> dict:
         return {"miller_madow": True} if self.miller_madow else {}
 
-    def __call__(self, activations, labels):
+    def __call__(self, activations: Any, labels: Any) -> DiscreteResult:
         return discrete_mi(activations, labels, **self._kwargs())
 
 
-
-# --- noisy-network estimator and permutation null (issue 10) ---------------------------------------------
+@register
 class Noisy(Estimator):
     """Monte-Carlo mixture-entropy estimator of a noisy layer (see :func:`infoplane.estimators.noisy_mi`).
 
-    Results carry ``ixt``, ``ity`` and their Monte-Carlo standard errors ``ixt_se``, ``ity_se`` (bits).
+    Results carry ``ixt``, ``ity`` and their Monte-Carlo standard errors ``ixt_se``, ``ity_se`` (bits). Takes
+    the arguments of the function; ``control_variate``, added later, is keyword-only (so that ``name`` keeps its
+    position).
     """
 
     kind = "noisy"
-    has_lower = False
     default_name = "noisy"
     fields = ("ixt", "ity", "ixt_se", "ity_se")
 
-    def __init__(self, noise_var, samples=DEFAULT_SAMPLES, seed=0, precision="float64", memory_budget=None,
-                 name=None):
+    def __init__(self, noise_var: float, samples: int = DEFAULT_SAMPLES, seed: int = 0, precision: str = "float64",
+                 memory_budget: Optional[int] = None, name: Optional[str] = None, *,
+                 control_variate: bool = True) -> None:
         super().__init__(name)
-        self.noise_var = positive_float(noise_var, "noise_var")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-            raise ValueError(f"samples must be an integer >= 2; got {samples!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer; got {seed!r}")
-        if precision not in ("float32", "float64"):
-            raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
-        self.samples, self.seed, self.precision = samples, seed, precision
-        self.memory_budget = None if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+        self.noise_var = check_float(noise_var, "noise_var", positive=True)
+        self.samples = check_int(samples, "samples", minimum=2)
+        self.seed = check_int(seed, "seed")
+        self.precision = check_choice(precision, "precision", ["float32", "float64"])
+        self.memory_budget = _memory_budget(memory_budget)
+        self.control_variate = check_bool(control_variate, "control_variate")
 
-    def _kwargs(self):
+    def _kwargs(self) -> dict:
         kw = {"noise_var": self.noise_var, "samples": self.samples, "seed": self.seed, "precision": self.precision}
         if self.memory_budget is not None:
             kw["memory_budget"] = self.memory_budget
+        if not self.control_variate:  # only when off, so that settings written before the option read back
+            kw["control_variate"] = False
         return kw
 
-    def __call__(self, activations, labels):
+    def __call__(self, activations: Any, labels: Any) -> NoisyResult:
         return noisy_mi(activations, labels, **self._kwargs())
 
 
+@register
 class WithNull(Estimator):
     """Any estimator plus its permutation null of I(T;Y) (see
     :func:`infoplane.estimators.permutation_null`).
@@ -189,11 +190,14 @@ class WithNull(Estimator):
     seed : int, default 0
     name : str, optional
         Default: the wrapped estimator's name (its rows gain the ``ity_null``, ``ity_null_sd`` columns).
+    memory_budget : int, optional
+        Keyword only. Bytes of broadcast activations per call of the wrapped estimator (default 256 MiB).
     """
 
     kind = "with-null"
 
-    def __init__(self, estimator, permutations=DEFAULT_PERMUTATIONS, seed=0, name=None):
+    def __init__(self, estimator: Union[Estimator, dict], permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
+                 name: Optional[str] = None, *, memory_budget: Optional[int] = None) -> None:
         super().__init__(name)
         if isinstance(estimator, dict):
             estimator = from_settings(estimator)
@@ -202,48 +206,135 @@ class WithNull(Estimator):
                             f"dict; got {estimator!r}")
         if isinstance(estimator, WithNull):
             raise ValueError("WithNull(WithNull(...)) is not meaningful: wrap the estimator once")
-        if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 2:
-            raise ValueError(f"permutations must be an integer >= 2; got {permutations!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer; got {seed!r}")
-        self.estimator, self.permutations, self.seed = estimator, permutations, seed
+        self.estimator = estimator
+        self.permutations = check_int(permutations, "permutations", minimum=2)
+        self.seed = check_int(seed, "seed")
+        self.memory_budget = _memory_budget(memory_budget)
         self.has_lower = bool(estimator.has_lower)
-        inner = getattr(estimator, "fields", None)
-        if inner is None:
-            inner = ("ixt", "ity") + (("ixt_lower", "ity_lower") if self.has_lower else ())
-        self.fields = tuple(inner) + ("ity_null", "ity_null_sd")
+        self.fields = tuple(protocol_attribute(estimator, "fields")) + ("ity_null", "ity_null_sd")
 
     @property
-    def default_name(self):
+    def default_name(self) -> str:
         return self.estimator.name
 
-    def _kwargs(self):
-        return {"estimator": self.estimator.settings(), "permutations": self.permutations, "seed": self.seed}
+    def _kwargs(self) -> dict:
+        kw = {"estimator": self.estimator.settings(), "permutations": self.permutations, "seed": self.seed}
+        if self.memory_budget is not None:
+            kw["memory_budget"] = self.memory_budget
+        return kw
 
-    def __call__(self, activations, labels):
+    def __call__(self, activations: Any, labels: Any) -> NullResult:
         return permutation_null(self.estimator, activations, labels, permutations=self.permutations,
-                                seed=self.seed)
+                                seed=self.seed, memory_budget=self.memory_budget)
 
 
-_KINDS = {"binning": Binning, "kde": KDE, "discrete": Discrete, "noisy": Noisy, "with-null": WithNull}
+@register
+class KNN(Estimator):
+    """k-NN estimates: I(X;T) by KSG (:func:`ksg_mi`) against the probe inputs, I(T;Y) by Ross (:func:`ross_mi`).
+
+    Neither is clipped at 0 (a negative value is bias made visible). Needs the probe inputs (see module docs).
+
+    Parameters
+    ----------
+    k : int, default 3
+    inputs : tensor or array [N, ...], optional
+        Probe inputs, flattened per sample.
+    memory_budget : int, optional
+        Bytes for the distance blocks (default 64 MiB).
+    """
+
+    kind = "knn"
+    needs_inputs = True
+    default_name = "knn"
+
+    def __init__(self, k: int = 3, inputs: Any = None, memory_budget: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name)
+        self.k = check_int(k, "k", minimum=1, what="a positive integer")
+        self.memory_budget = _memory_budget(memory_budget)
+        self.inputs = None if inputs is None else flatten_inputs(inputs)
+
+    def _kwargs(self) -> dict:
+        kw = {"k": self.k}
+        if self.memory_budget is not None:
+            kw["memory_budget"] = self.memory_budget
+        return kw
+
+    def __call__(self, activations: Any, labels: Any, inputs: Any = None) -> PlaneResult:
+        x = flatten_inputs(inputs) if inputs is not None else self.inputs
+        if x is None:
+            raise ValueError(
+                "the knn estimator needs the probe inputs for I(X;T) (KSG between inputs and layer): construct "
+                "it as KNN(inputs=probe_x) or call it as est(acts, labels, inputs=probe_x).")
+        device = activations.device if isinstance(activations, torch.Tensor) else torch.device("cpu")
+        kw = {"k": self.k, "memory_budget": self.memory_budget}
+        return PlaneResult(ixt=ksg_mi(x.to(device), activations, **kw).mi, ity=ross_mi(activations, labels, **kw).mi)
 
 
-def from_settings(settings: dict) -> Estimator:
-    """Rebuild an estimator from :meth:`Estimator.settings` (e.g. read back from a run's meta.json)."""
-    if not isinstance(settings, dict) or settings.get("kind") not in _KINDS:
-        raise ValueError(
-            f"unknown estimator settings {settings!r}: expected a dict with 'kind' in {sorted(_KINDS)}"
-        )
-    kw = {k: v for k, v in settings.items() if k != "kind"}
-    cls = _KINDS[settings["kind"]]
-    try:
-        return cls(**kw)
-    except TypeError as err:
-        raise ValueError(f"unknown estimator setting for {settings['kind']}: {err}") from None
+@register
+class Renyi(Estimator):
+    """Matrix-based Rényi estimates (:func:`renyi_mi`): I(X;T) with the inputs' Gram matrix, I(T;Y) with labels.
 
+    Parameters
+    ----------
+    alpha : float, default 1.01
+    sigma : "silverman" or float, default "silverman"
+        Kernel width rule for the layer (per layer and epoch) or a fixed width.
+    sigma_inputs : "silverman" or float, default "silverman"
+        The same for the probe inputs.
+    ixt_from : {"inputs", "identity"}, default "inputs"
+        "inputs": Gram matrix of the probe inputs (needs them, see module docs). "identity": X is the sample's
+        identity (delta kernel on distinct samples), which makes I(X;T) = S(T) exactly and needs no inputs.
+    method : {"auto", "exact", "randomized"}, default "auto"
+    probes, steps, seed : int
+        Randomized route settings (see :func:`renyi_entropy`).
+    inputs : tensor or array [N, ...], optional
+        Probe inputs, flattened per sample.
+    name : str, optional
+    memory_budget : int, optional
+        Keyword only. Bytes the randomized route may use to keep the Gram matrix (default 2 GiB).
+    """
 
-# --- kNN and Rényi estimators (issue 11): registered here, defined in knn_renyi_config.py ---
-from infoplane.estimators.knn_renyi_config import KNN, Renyi  # noqa: E402
+    kind = "renyi"
+    default_name = "renyi"
 
-_KINDS.update(knn=KNN, renyi=Renyi)
-# --- end issue 11 ---
+    def __init__(self, alpha: float = 1.01, sigma: Union[str, float] = "silverman",
+                 sigma_inputs: Union[str, float] = "silverman", ixt_from: str = "inputs", method: str = "auto",
+                 probes: int = 32, steps: int = 30, seed: int = 0, inputs: Any = None, name: Optional[str] = None,
+                 *, memory_budget: Optional[int] = None) -> None:
+        super().__init__(name)
+        self.alpha = check_alpha(alpha)
+        self.sigma = check_sigma(sigma)
+        self.sigma_inputs = check_sigma(sigma_inputs, "sigma_inputs")
+        self.ixt_from = check_choice(ixt_from, "ixt_from", ["inputs", "identity"])
+        self.method = check_choice(method, "method", METHODS)
+        self.probes = check_int(probes, "probes", minimum=1, what="a positive integer")
+        self.steps = check_int(steps, "steps", minimum=1, what="a positive integer")
+        self.seed = check_int(seed, "seed")
+        self.memory_budget = _memory_budget(memory_budget)
+        self.inputs = None if inputs is None else flatten_inputs(inputs)
+
+    @property
+    def needs_inputs(self) -> bool:  # type: ignore[override]
+        return self.ixt_from == "inputs"
+
+    def _kwargs(self) -> dict:
+        kw = {"alpha": self.alpha, "sigma": self.sigma, "sigma_inputs": self.sigma_inputs,
+              "ixt_from": self.ixt_from, "method": self.method, "probes": self.probes, "steps": self.steps,
+              "seed": self.seed}
+        if self.memory_budget is not None:
+            kw["memory_budget"] = self.memory_budget
+        return kw
+
+    def __call__(self, activations: Any, labels: Any, inputs: Any = None) -> PlaneResult:
+        x = None
+        if self.ixt_from == "inputs":
+            x = flatten_inputs(inputs) if inputs is not None else self.inputs
+            if x is None:
+                raise ValueError(
+                    "the renyi estimator needs the probe inputs for I(X;T): construct it as Renyi(inputs=probe_x), "
+                    "call it as est(acts, labels, inputs=probe_x), or use Renyi(ixt_from='identity').")
+        ixt, ity = renyi_plane(activations, labels, x, alpha=self.alpha, sigma=self.sigma,
+                               sigma_inputs=self.sigma_inputs, method=self.method, probes=self.probes,
+                               steps=self.steps, seed=self.seed, memory_budget=self.memory_budget)
+        return PlaneResult(ixt=ixt, ity=ity)

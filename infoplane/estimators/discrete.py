@@ -8,11 +8,29 @@ into int64 keys by mixed radix (no hashing, no floating-point products).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from infoplane._validate import check_bool
 from infoplane.estimators._inputs import as_batch, as_labels
-from infoplane.estimators.binning import BinnedResult, _ExactValues, _flag, _plugin_mi
+from infoplane.estimators.base import PlaneResult
+from infoplane.estimators.binning import ExactValues, plugin_mi
 
 
-def discrete_mi(activations, labels, *, miller_madow=False) -> BinnedResult:
+@dataclass
+class DiscreteResult(PlaneResult):
+    """Result of :func:`discrete_mi`: the plane's two fields, nothing more.
+
+    Attributes
+    ----------
+    ixt : torch.Tensor
+        I(X;T) = H(T) in bits, shape ``activations.shape[:-2]``.
+    ity : torch.Tensor
+        I(T;Y) in bits, same shape.
+    """
+
+
+def discrete_mi(activations: Any, labels: Any, *, miller_madow: bool = False) -> DiscreteResult:
     """Plug-in I(X;T) = H(T) and I(T;Y) with each distinct row of exact values as one symbol.
 
     Parameters
@@ -29,7 +47,7 @@ def discrete_mi(activations, labels, *, miller_madow=False) -> BinnedResult:
 
     Returns
     -------
-    BinnedResult
+    DiscreteResult
         ``ixt`` = H(T) clamped to [0, log2 N] and ``ity`` = I(T;Y) clamped to [0, H(Y)] (the plug-in entropy of the
         item's labels), in bits, float64 tensors of shape ``activations.shape[:-2]`` (float32 on MPS).
 
@@ -46,8 +64,8 @@ def discrete_mi(activations, labels, *, miller_madow=False) -> BinnedResult:
     >>> float(r.ixt), float(r.ity)
     (1.5, 1.0)
     """
-    miller_madow = _flag(miller_madow, "miller_madow")
+    miller_madow = check_bool(miller_madow, "miller_madow")
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
-    ixt, ity = _plugin_mi(batch, y, n_classes, _ExactValues(), miller_madow)
-    return BinnedResult(ixt=ixt, ity=ity)
+    ixt, ity = plugin_mi(batch, y, n_classes, ExactValues(), miller_madow)
+    return DiscreteResult(ixt=ixt, ity=ity)

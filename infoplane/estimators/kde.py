@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane._validate import check_choice, check_float
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, result_dtype
+from infoplane.estimators.base import PlaneResult
 from infoplane.estimators.binning import label_entropy
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes allowed for the pairwise temporaries of one block of rows
@@ -34,11 +37,11 @@ _CACHE_ROWS = 256
 # from -87 down), and terms that small are far below the rounding of any kernel sum (each holds its j = i term,
 # which is 1), so exponents are clamped first: this changes no result.
 _EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
-_PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
-class KDEResult:
+class KDEResult(PlaneResult):
     """Result of :func:`kde_mi`. All fields in bits, shape ``activations.shape[:-2]``.
 
     Attributes
@@ -49,8 +52,6 @@ class KDEResult:
         Bhattacharyya ("lower") estimates of I(X;T) and I(T;Y).
     """
 
-    ixt: torch.Tensor
-    ity: torch.Tensor
     ixt_lower: torch.Tensor
     ity_lower: torch.Tensor
 
@@ -143,7 +144,8 @@ def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype):
     return torch.stack([ixt[1], ity[1], ixt[0], ity[0]])
 
 
-def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_budget=None) -> KDEResult:
+def kde_mi(activations: Any, labels: Any, *, noise_var: float = 1e-3, precision: str = "float32",
+           memory_budget: Optional[int] = None) -> KDEResult:
     """Kolchinsky–Tracey estimates of I(X;T) and I(T;Y) for a batch of layers or epochs.
 
     Parameters
@@ -181,11 +183,11 @@ def kde_mi(activations, labels, *, noise_var=1e-3, precision="float32", memory_b
     -----
     Global torch settings are never read or changed, so calls are safe from several threads at once.
     """
-    s2 = positive_float(noise_var, "noise_var")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}; got {precision!r}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
-    dtype = _PRECISIONS[precision]
+    s2 = check_float(noise_var, "noise_var", positive=True)
+    precision = check_choice(precision, "precision", sorted(PRECISIONS))
+    budget = (DEFAULT_MEMORY_BUDGET if memory_budget is None
+              else int(check_float(memory_budget, "memory_budget", positive=True)))
+    dtype = PRECISIONS[precision]
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
     n = batch.n

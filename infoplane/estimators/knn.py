@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
 from infoplane.estimators._cpu import ksg as _ksg_cpu
-from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane._validate import check_float, check_int
+from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, result_dtype
 
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes for the [rows, N] buffers of one block
 _MAX_ROWS = 128  # rows per block at most: measured fastest for cdist on a 2-core CPU at N = 10,000
@@ -82,11 +84,7 @@ def _broadcast(a: Batch, b: Batch, what: str) -> tuple:
 
 
 def _check_k(k, n_max: int, what: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) and not (hasattr(k, "__index__")):
-        raise ValueError(f"k must be a positive integer; got {k!r}")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be a positive integer; got {k}")
+    k = check_int(k, "k", minimum=1, what="a positive integer")
     if k >= n_max:
         raise ValueError(f"k = {k} needs at least k + 1 = {k + 1} samples {what}; got {n_max}. Use a smaller k.")
     return k
@@ -111,7 +109,13 @@ def _ksg_block(bx, by, i0, k):
     return psi(kk).sum(), psi(torch.stack([nx, ny]).to(torch.float64) + 1).sum()
 
 
-def ksg_mi(a, b, *, k: int = 3, memory_budget=None) -> KNNResult:
+def _budget(memory_budget) -> int:
+    if memory_budget is None:
+        return DEFAULT_MEMORY_BUDGET
+    return int(check_float(memory_budget, "memory_budget", positive=True))
+
+
+def ksg_mi(a: Any, b: Any, *, k: int = 3, memory_budget: Optional[int] = None) -> KNNResult:
     """KSG estimate (algorithm 1, max-norm) of the mutual information between two continuous variables.
 
     Parameters
@@ -132,7 +136,7 @@ def ksg_mi(a, b, *, k: int = 3, memory_budget=None) -> KNNResult:
         ``mi`` in bits, float64, shape of the broadcast batch dimensions, on the inputs' device. **Not clipped**:
         it can be negative (bias), and it underestimates increasingly with dimension and with large MI.
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+    budget = _budget(memory_budget)
     ba, bb = as_batch(a), as_batch(b)
     n_items, shape = _broadcast(ba, bb, "ksg_mi")
     k = _check_k(k, ba.n, "in total")
@@ -207,7 +211,7 @@ def _ross_item(t, y, counts, k, rows):
     return n_kept, s_k, s_m, s_c
 
 
-def ross_mi(activations, labels, *, k: int = 3, memory_budget=None) -> KNNResult:
+def ross_mi(activations: Any, labels: Any, *, k: int = 3, memory_budget: Optional[int] = None) -> KNNResult:
     """Ross (2014) k-NN estimate of I(T;Y) between continuous activations and discrete labels (max-norm).
 
     Parameters
@@ -227,12 +231,11 @@ def ross_mi(activations, labels, *, k: int = 3, memory_budget=None) -> KNNResult
         ``mi`` in bits, float64, shape ``activations.shape[:-2]``. Samples alone in their class are left out.
         **Not clipped** at 0.
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+    budget = _budget(memory_budget)
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
     check_finite(batch.acts, batch)
-    if isinstance(k, bool) or not hasattr(k, "__index__") or int(k) < 1:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
+    k = check_int(k, "k", minimum=1, what="a positive integer")
     device = batch.device
     dt = _compute_dtype(device)
     acts = batch.acts.to(dtype=dt)
@@ -251,7 +254,7 @@ def ross_mi(activations, labels, *, k: int = 3, memory_budget=None) -> KNNResult
     return KNNResult(mi=(out / _LN2).to(result_dtype(device)).reshape(batch.batch_shape))
 
 
-def flatten_inputs(inputs) -> torch.Tensor:
+def flatten_inputs(inputs: Any) -> torch.Tensor:
     """Probe inputs ``[N, ...]`` as a float ``[N, D]`` tensor (one row per sample), for the I(X;T) estimators."""
     x = inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(inputs)
     if x.ndim < 1 or x.shape[0] < 2:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
-from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane._validate import check_bool, check_choice, check_float, check_int
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, result_dtype
+from infoplane.estimators.base import PlaneResult, keyword_options
 
 DEFAULT_SAMPLES = 4096
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes for the [block, N] temporaries of one block of draws
@@ -40,7 +43,7 @@ _PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
-class NoisyResult:
+class NoisyResult(PlaneResult):
     """Result of :func:`noisy_mi`. All fields in bits, float tensors of shape ``activations.shape[:-2]``.
 
     Attributes
@@ -54,8 +57,6 @@ class NoisyResult:
         terms over sqrt(samples)).
     """
 
-    ixt: torch.Tensor
-    ity: torch.Tensor
     ixt_se: torch.Tensor
     ity_se: torch.Tensor
 
@@ -166,8 +167,10 @@ def _controlled(term, cvs):
     return resid.mean(), resid.std() / math.sqrt(m)
 
 
-def noisy_mi(activations, labels, noise_var, *, samples=DEFAULT_SAMPLES, seed=0, precision="float64",
-             control_variate=True, memory_budget=None) -> NoisyResult:
+@keyword_options("noise_var")
+def noisy_mi(activations: Any, labels: Any, *, noise_var: float, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+             precision: str = "float64", control_variate: bool = True,
+             memory_budget: Optional[int] = None) -> NoisyResult:
     """Monte-Carlo estimates of I(X;T') and I(T';Y) for T' = T + N(0, noise_var I), X uniform on the probe rows.
 
     Each batch item's N rows are the centres of a Gaussian mixture; ``samples`` points are drawn from it and
@@ -187,7 +190,8 @@ def noisy_mi(activations, labels, noise_var, *, samples=DEFAULT_SAMPLES, seed=0,
     labels : tensor or array
         Class indices [N] or [..., N], or one-hot [N, C] / [..., N, C].
     noise_var : float
-        Variance s^2 of the noise added to every unit, in squared activation units.
+        Variance s^2 of the noise added to every unit, in squared activation units. Keyword only (passing it
+        third by position is deprecated).
     samples : int, default 4096
         Monte-Carlo draws per batch item.
     seed : int, default 0
@@ -216,14 +220,13 @@ def noisy_mi(activations, labels, noise_var, *, samples=DEFAULT_SAMPLES, seed=0,
         ``ixt``, ``ity`` (bits, clamped to [0, log2 N] and [0, H(Y)]) and ``ixt_se``, ``ity_se`` (bits,
         standard errors of the unclamped estimates), float64 (float32 on MPS), on the activations' device.
     """
-    s2 = positive_float(noise_var, "noise_var")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an integer >= 2 (Monte-Carlo draws per item); got {samples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}; got {precision!r}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+    s2 = check_float(noise_var, "noise_var", positive=True)
+    samples = check_int(samples, "samples", minimum=2, what="an integer >= 2 (Monte-Carlo draws per item)")
+    seed = check_int(seed, "seed")
+    precision = check_choice(precision, "precision", sorted(_PRECISIONS))
+    control_variate = check_bool(control_variate, "control_variate")
+    budget = (DEFAULT_MEMORY_BUDGET if memory_budget is None
+              else int(check_float(memory_budget, "memory_budget", positive=True)))
     batch = as_batch(activations)
     y, _ = as_labels(labels, batch)
     acts = batch.acts

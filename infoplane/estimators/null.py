@@ -12,10 +12,12 @@ works, and batched estimators pay little per extra item.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
+from infoplane._validate import check_float, check_int
 from infoplane.estimators._inputs import as_batch, as_labels
 
 DEFAULT_PERMUTATIONS = 20
@@ -35,10 +37,10 @@ class NullResult:
         Standard deviation of I(T;Y) over the permuted label sets (bits, ddof = 1).
     """
 
-    def __init__(self, **fields):
+    def __init__(self, **fields: torch.Tensor) -> None:
         self.__dict__.update(fields)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"NullResult({', '.join(self.__dict__)})"
 
 
@@ -62,8 +64,9 @@ def permutations_of(n: int, permutations: int, seed: int) -> torch.Tensor:
     return torch.stack([torch.randperm(n, generator=g) for _ in range(permutations)])
 
 
-def permutation_null(estimator, activations, labels, *, permutations=DEFAULT_PERMUTATIONS, seed=0,
-                     memory_budget=None) -> NullResult:
+def permutation_null(estimator: Callable[..., Any], activations: Any, labels: Any, *,
+                     permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
+                     memory_budget: Optional[int] = None) -> NullResult:
     """Estimate on the real labels and on ``permutations`` shuffles of them, in one batched estimator call.
 
     Parameters
@@ -95,11 +98,10 @@ def permutation_null(estimator, activations, labels, *, permutations=DEFAULT_PER
     ----
     (P + 1) times the estimator's work on the activations, in ceil((P + 1) / per-call) calls.
     """
-    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 2:
-        raise ValueError(f"permutations must be an integer >= 2 (the spread needs two); got {permutations!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    permutations = check_int(permutations, "permutations", minimum=2, what="an integer >= 2 (the spread needs two)")
+    seed = check_int(seed, "seed")
+    budget = (DEFAULT_MEMORY_BUDGET if memory_budget is None
+              else int(check_float(memory_budget, "memory_budget", positive=True)))
     batch = as_batch(activations)
     y, _ = as_labels(labels, batch)  # [B or 1, N] dense class indices
     acts, n = batch.acts, batch.n

@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 import torch
 
-from infoplane.estimators._inputs import as_batch, as_labels, check_finite, positive_float, result_dtype
+from infoplane._validate import check_choice, check_float, check_int
+from infoplane.estimators._inputs import as_batch, as_labels, check_finite, result_dtype
+from infoplane.estimators.base import keyword_options
 
 SIGMA_RULES = ("silverman",)
 METHODS = ("auto", "exact", "randomized")
@@ -70,21 +73,33 @@ class RenyiResult:
     sigma_b: torch.Tensor
 
 
-def check_sigma(sigma, name="sigma"):
-    """A sigma rule name or a positive float."""
+def check_sigma(sigma: Union[str, float], name: str = "sigma") -> Union[str, float]:
+    """A sigma rule name or a positive float.
+
+    Parameters
+    ----------
+    sigma : str or float
+        One of ``SIGMA_RULES`` or a positive finite width.
+    name : str, default "sigma"
+        The parameter's name, for the message.
+
+    Returns
+    -------
+    str or float
+    """
     if isinstance(sigma, str):
         if sigma not in SIGMA_RULES:
             raise ValueError(f"{name} must be a positive number or one of {SIGMA_RULES}; got {sigma!r}")
         return sigma
-    return positive_float(sigma, name)
+    return check_float(sigma, name, positive=True)
 
 
-def check_alpha(alpha) -> float:
-    a = positive_float(alpha, "alpha")
-    return a
+def check_alpha(alpha: float) -> float:
+    """The order alpha: a positive finite number, as ``float``."""
+    return check_float(alpha, "alpha", positive=True)
 
 
-def sigma_of(x: torch.Tensor, rule) -> float:
+def sigma_of(x: torch.Tensor, rule: Union[str, float]) -> float:
     """Kernel width for the samples ``x`` [N, d] under ``rule``.
 
     ``"silverman"``: sigma = s * (4 / (d + 2))^(1 / (d + 4)) * N^(-1 / (d + 4)), where s^2 is the total variance
@@ -298,12 +313,11 @@ class _Engine:
 
 def _settings(alpha, method, probes, steps, memory_budget):
     alpha = check_alpha(alpha)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    check_choice(method, "method", METHODS)
     for v, name in ((probes, "probes"), (steps, "steps")):
-        if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 1:
-            raise ValueError(f"{name} must be a positive integer; got {v!r}")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(positive_float(memory_budget, "memory_budget"))
+        check_int(v, name, minimum=1, what="a positive integer")
+    budget = (DEFAULT_MEMORY_BUDGET if memory_budget is None
+              else int(check_float(memory_budget, "memory_budget", positive=True)))
     return alpha, budget
 
 
@@ -327,8 +341,10 @@ def _side(x, sigma, name, batch_like=None):
     return ks, batch.batch_shape, batch.n, sigmas
 
 
-def renyi_entropy(a, alpha: float = 1.01, sigma="silverman", *, method: str = "auto", probes: int = 32,
-                  steps: int = 30, seed: int = 0, memory_budget=None) -> torch.Tensor:
+@keyword_options("alpha", "sigma")
+def renyi_entropy(a: Any, *, alpha: float = 1.01, sigma: Union[str, float] = "silverman", method: str = "auto",
+                  probes: int = 32, steps: int = 30, seed: int = 0,
+                  memory_budget: Optional[int] = None) -> torch.Tensor:
     """Matrix-based Rényi alpha-entropy S_alpha(A) of a batch of sample sets, in bits.
 
     Parameters
@@ -340,6 +356,9 @@ def renyi_entropy(a, alpha: float = 1.01, sigma="silverman", *, method: str = "a
         Order (> 0); 1 gives the von Neumann (Shannon) form, 2 uses the Frobenius norm without eigenvalues.
     sigma : "silverman" or float, default "silverman"
         Kernel width rule (see :func:`sigma_of`) or a fixed width in the activations' units.
+
+        Every option is keyword-only; ``alpha`` and ``sigma`` passed by position (second and third) still work,
+        with a ``DeprecationWarning``.
     method : {"auto", "exact", "randomized"}, default "auto"
         Eigenvalues (``torch.linalg.eigvalsh``) or stochastic Lanczos quadrature; "auto" is exact up to
         N = 4096. Ignored for alpha = 2 (always exact, streamed).
@@ -363,8 +382,10 @@ def renyi_entropy(a, alpha: float = 1.01, sigma="silverman", *, method: str = "a
     return vals.reshape(shape)
 
 
-def renyi_mi(a, b, alpha: float = 1.01, sigma_a="silverman", sigma_b="silverman", *, method: str = "auto",
-             probes: int = 32, steps: int = 30, seed: int = 0, memory_budget=None) -> RenyiResult:
+@keyword_options("alpha", "sigma_a", "sigma_b")
+def renyi_mi(a: Any, b: Any, *, alpha: float = 1.01, sigma_a: Union[str, float] = "silverman",
+             sigma_b: Union[str, float] = "silverman", method: str = "auto", probes: int = 32, steps: int = 30,
+             seed: int = 0, memory_budget: Optional[int] = None) -> RenyiResult:
     """Matrix-based Rényi mutual information I_alpha(A;B) = S(A) + S(B) - S(A,B), in bits.
 
     Parameters
@@ -376,6 +397,9 @@ def renyi_mi(a, b, alpha: float = 1.01, sigma_a="silverman", sigma_b="silverman"
         Order, as in :func:`renyi_entropy`.
     sigma_a, sigma_b : "silverman" or float
         Kernel width rule or fixed width of each side (ignored for labels).
+
+        Every option is keyword-only; ``alpha``, ``sigma_a`` and ``sigma_b`` passed by position still work, with
+        a ``DeprecationWarning``.
     method, probes, steps, seed, memory_budget
         As in :func:`renyi_entropy`.
 
@@ -412,8 +436,10 @@ def renyi_mi(a, b, alpha: float = 1.01, sigma_a="silverman", sigma_b="silverman"
                        s_ab=res[:, 3].reshape(shape), sigma_a=sa.reshape(shape), sigma_b=sb.reshape(shape))
 
 
-def renyi_plane(activations, labels, inputs=None, *, alpha=1.01, sigma="silverman", sigma_inputs="silverman",
-                method="auto", probes=32, steps=30, seed=0, memory_budget=None):
+def renyi_plane(activations: Any, labels: Any, inputs: Any = None, *, alpha: float = 1.01,
+                sigma: Union[str, float] = "silverman", sigma_inputs: Union[str, float] = "silverman",
+                method: str = "auto", probes: int = 32, steps: int = 30, seed: int = 0,
+                memory_budget: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """I(X;T) and I(T;Y) of a batch of layer-epochs by the matrix-based Rényi functional (bits).
 
     I(X;T) uses the Gram matrix of the probe ``inputs`` ([N, ...], flattened per sample) when given; without

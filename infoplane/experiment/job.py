@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from infoplane._validate import check_int
 from infoplane import data as data_mod
 from infoplane.capture.hooks import resolve_layers
-from infoplane.estimators import Binning
+from infoplane.estimators.base import default_estimator
 from infoplane.data.modelfile import ModelFile, load_model_file
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
 from infoplane.runs import lifecycle as rundir
@@ -318,16 +319,14 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
             raise ConfigError(f"--fraction must satisfy 0 < F <= 1; got {f}")
     if len(set(fractions)) != len(fractions):
         raise ConfigError(f"--fraction repeats a value: {fractions}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"--seeds must be a positive integer; got {seeds!r}")
+    check_int(seeds, "--seeds", minimum=1, what="a positive integer", error=ConfigError)
     if mf.max_seeds is not None and seeds > mf.max_seeds:
         raise ConfigError(f"{mf.path} defines a single `model` object, so it trains one seed; define "
                          f"build_model() to train {seeds} seeds")
     if probe != "all" and seeds > 1 and not fixed_split and split == "stratified":
         raise ConfigError(f"--probe {probe} with several seeds needs one split for all of them (--fixed-split): "
                          "otherwise each seed would be measured on different samples")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"--seed must be an integer >= 0; got {seed!r}")
+    check_int(seed, "--seed", minimum=0, error=ConfigError)
     if mf.max_seeds is not None and seed != 0:
         raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop --seed (or define "
                           f"build_model() to train other seeds)")
@@ -343,7 +342,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     check_outputs(out, fractions, resume, overwrite)
     inputs, labels, data_name, class_names = _load_data(data, mf, log)
     seed_list = [seed + i for i in range(seeds)]
-    estimators = list(estimators) if estimators else [Binning(bins=30, range=(-1, 1))]
+    estimators = list(estimators) if estimators else [default_estimator()]
     try:
         schedule = ending_at(log_schedule(epochs, 400) if schedule is None else schedule, epochs)
     except (TypeError, ValueError) as err:

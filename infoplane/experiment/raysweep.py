@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from infoplane._validate import check_float
 
 __all__ = ["RaySweepError", "RaySetupError", "require_ray", "check_ray_settings", "run_on_ray"]
 
@@ -119,11 +120,9 @@ def check_ray_settings(ray: bool | str, cpus: float, gpus: float | None, device:
         raise ConfigError(f"--ray {ray}: expected no address (a new local Ray instance), auto (the cluster this "
                           f"machine belongs to), HOST:PORT (the address `ray start --head` prints, port 6379 by "
                           f"default) or ray://HOST:PORT (Ray Client, port 10001 by default)")
-    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus < float("inf"):
-        raise ConfigError(f"--ray-cpus must be a positive number; got {cpus!r}")
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float))
-                             or not 0 <= gpus < float("inf")):
-        raise ConfigError(f"--ray-gpus must be a number >= 0; got {gpus!r}")
+    check_float(cpus, "--ray-cpus", positive=True, what="a positive number", error=ConfigError)
+    if gpus is not None:
+        check_float(gpus, "--ray-gpus", minimum=0, what="a number >= 0", error=ConfigError)
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or index:
         raise ConfigError(f"--device {device} with --ray: Ray gives each task its own GPU (CUDA_VISIBLE_DEVICES), so "

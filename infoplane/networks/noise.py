@@ -36,6 +36,7 @@ import math
 import torch
 from torch import nn
 
+from infoplane._validate import check_int
 from infoplane.capture.hooks import ACTIVATIONS
 
 __all__ = ["add_noise", "GaussianNoise", "DEFAULT_NOISY"]
@@ -160,8 +161,7 @@ def add_noise(model: nn.Module, std: float, layers=None, *, seed: int = 0) -> nn
         raise ValueError(f"std must be a positive number; got {std!r}") from None
     if not math.isfinite(std) or std <= 0:
         raise ValueError(f"std must be a positive finite number (the noise standard deviation); got {std!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
+    check_int(seed, "seed")
     names = _select(model, layers)
     if not names:
         raise ValueError("the model has no activation module to add noise after; pass layers= with module "

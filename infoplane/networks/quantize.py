@@ -10,6 +10,7 @@ import copy
 import torch
 from torch import nn
 
+from infoplane._validate import check_int
 from infoplane.capture.hooks import ACTIVATIONS
 
 __all__ = ["quantize"]
@@ -116,8 +117,7 @@ def quantize(model: nn.Module, bits: int = 8, ranges: dict | None = None) -> nn.
     >>> [round(v, 4) for v in out.tolist()]
     [-1.0, -0.3333, 0.3333, 1.0]
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24:
-        raise ValueError(f"bits must be an integer from 1 to 24 (2**bits levels per unit); got {bits!r}")
+    check_int(bits, "bits", minimum=1, maximum=24, what="an integer from 1 to 24 (2**bits levels per unit)")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize expects an nn.Module; got {type(model).__name__}")
     ranges = dict(ranges or {})

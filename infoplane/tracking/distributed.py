@@ -20,11 +20,11 @@ Layer names may be given with or without the wrapper's ``module.`` prefix and ar
 from __future__ import annotations
 
 import datetime
-import numbers
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from infoplane._validate import check_float
 
 __all__ = ["active", "shard_range", "unwrap", "strip_prefix", "Sharded", "DistributedStepError",
            "REDUCTIONS", "DEFAULT_TIMEOUT"]
@@ -293,7 +293,6 @@ class Sharded:
 
 def check_options(timeout, reduce_metrics) -> None:
     """Validate ``dist_timeout`` and ``reduce_metrics`` (also outside a distributed job, so typos show early)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
-        raise ValueError(f"dist_timeout must be a number of seconds > 0, got {timeout!r}")
+    check_float(timeout, "dist_timeout", positive=True, finite=False, what="a number of seconds > 0")
     if reduce_metrics not in REDUCTIONS:
         raise ValueError(f"reduce_metrics must be None (rank 0's values) or 'mean', got {reduce_metrics!r}")

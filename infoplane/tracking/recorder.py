@@ -16,6 +16,7 @@ import torch
 from infoplane.data import probeset
 from infoplane.capture.hooks import model_device, probe
 from infoplane.capture.reduce import reduce_activations
+from infoplane.estimators.base import protocol_attribute
 from infoplane.runs.format import VALUES, Row
 
 __all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows"]
@@ -74,7 +75,7 @@ def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence
     rows = []
     for est in estimators:
         try:
-            if inputs is not None and getattr(est, "needs_inputs", False):
+            if inputs is not None and protocol_attribute(est, "needs_inputs"):
                 result = est(acts, labels, inputs=inputs)
             else:
                 result = est(acts, labels)

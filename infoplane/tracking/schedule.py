@@ -13,7 +13,9 @@ import json
 
 import numpy as np
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
+
+from infoplane._validate import check_int
 
 __all__ = ["Schedule", "log_schedule", "every", "saxe_schedule", "as_schedule", "ending_at", "from_json"]
 
@@ -95,12 +97,6 @@ class Schedule:
         return {"kind": self.kind, **self.params}
 
 
-def _check_count(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def log_schedule(n_epochs: int, n_points: int) -> Schedule:
     """Roughly log-spaced epochs as Shwartz-Ziv & Tishby's code picks them, plus the final epoch.
 
@@ -122,8 +118,8 @@ def log_schedule(n_epochs: int, n_points: int) -> Schedule:
     -------
     Schedule
     """
-    n_epochs = _check_count(n_epochs, "n_epochs")
-    n_points = _check_count(n_points, "n_points")
+    n_epochs = check_int(n_epochs, "n_epochs", minimum=1)
+    n_points = check_int(n_points, "n_points", minimum=1)
     points = np.logspace(np.log2(1), np.log2(n_epochs), n_points, base=2)
     epochs = np.unique(points.astype(np.int64)) - 1
     return Schedule("log", {"n_epochs": n_epochs, "n_points": n_points}, epochs=np.append(epochs, n_epochs))
@@ -144,10 +140,10 @@ def every(k: int, n_epochs: int | None = None) -> Schedule:
     -------
     Schedule
     """
-    k = _check_count(k, "k")
+    k = check_int(k, "k", minimum=1)
     if n_epochs is None:
         return Schedule("every", {"k": k, "n_epochs": None}, rule=lambda e: e % k == 0)
-    n_epochs = _check_count(n_epochs, "n_epochs")
+    n_epochs = check_int(n_epochs, "n_epochs", minimum=1)
     return Schedule("every", {"k": k, "n_epochs": n_epochs}, epochs=np.append(np.arange(0, n_epochs + 1, k), n_epochs))
 
 
@@ -178,7 +174,7 @@ def saxe_schedule(n_epochs: int | None = None) -> Schedule:
     """
     if n_epochs is None:
         return Schedule("saxe", {"n_epochs": None}, rule=_saxe_rule)
-    n_epochs = _check_count(n_epochs, "n_epochs")
+    n_epochs = check_int(n_epochs, "n_epochs", minimum=1)
     epochs = [e for e in range(n_epochs + 1) if _saxe_rule(e)] + [n_epochs]
     return Schedule("saxe", {"n_epochs": n_epochs}, epochs=epochs)
 
@@ -257,7 +253,7 @@ def ending_at(schedule: Schedule | Iterable[int] | None, n_epochs: int) -> Sched
     Schedule
     """
     schedule = as_schedule(schedule)
-    n_epochs = _check_count(n_epochs, "n_epochs", minimum=0)
+    n_epochs = check_int(n_epochs, "n_epochs", minimum=0)
     if schedule.finite and n_epochs in schedule and schedule.epochs[-1] == n_epochs:
         return schedule
     if schedule.finite:

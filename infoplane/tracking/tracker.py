@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from infoplane._validate import check_int
 from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_layers
 from infoplane.data import probeset
 from infoplane.capture import reduce as reduce_mod
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
-from infoplane.estimators import Binning, from_settings
+from infoplane.estimators.base import default_estimator, from_settings
 from infoplane.data.labels import as_class_indices
 from infoplane.tracking.recorder import Recorder
 from infoplane.runs.meta import check_extra_meta, describe_run
@@ -45,7 +46,7 @@ class UnclosedTrackerWarning(UserWarning):
 def as_estimators(estimators) -> list:
     """Estimator objects from objects or ``settings()`` dicts (default: the original 30-bin grid on [-1, 1])."""
     if estimators is None:
-        estimators = [Binning(bins=30, range=(-1, 1))]
+        estimators = [default_estimator()]
     elif isinstance(estimators, dict) or callable(estimators):
         estimators = [estimators]
     out = []
@@ -364,8 +365,7 @@ class Tracker:
             raise
 
     def _step(self, epoch, metrics):
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
-            raise TypeError(f"epoch must be an integer, got {epoch!r}")
+        check_int(epoch, "epoch", error=TypeError)
         if self._recorder.buffer and self._stale():
             self.flush()
         if epoch not in self.schedule:
@@ -479,9 +479,7 @@ def _check_seeds(models, seeds, seed) -> list[int]:
     seeds = [seed] if seed is not None else list(range(len(models))) if seeds is None else list(seeds)
     if len(seeds) != len(models) or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must give one distinct integer per model: {len(models)} model(s), seeds={seeds}")
-    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
-        raise TypeError(f"seeds must be integers, got {seeds}")
-    return [int(s) for s in seeds]
+    return [check_int(s, "seeds", what="integers", error=TypeError) for s in seeds]
 
 
 def _resolve_all(models, inputs, layers, pre_activation, seeds):

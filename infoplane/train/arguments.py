@@ -6,13 +6,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from infoplane._validate import check_int
+
 
 
 def _as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise ValueError(f"seeds must be at least 1, got {seeds}")
-        seeds = list(range(int(seeds)))
+        seeds = list(range(check_int(seeds, "seeds", minimum=1, what="at least 1")))
     else:
         try:
             seeds = [int(s) for s in seeds]
@@ -26,11 +26,6 @@ def _as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
             "define build_model() to train several seeds"
         )
     return seeds
-
-
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _as_index_sets(idx: Any, n_seeds: int, n_rows: int, name: str) -> list[torch.Tensor]:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from infoplane.data.modelfile import ModelFile
-from infoplane.train.arguments import _as_index_sets, _as_seeds, _check_count
+from infoplane._validate import check_int
+from infoplane.train.arguments import _as_index_sets, _as_seeds
 from infoplane.train.engines import _choose_engine
 from infoplane.train.metrics import _evaluate, _LazyMetrics
 from infoplane.train.spec import _Spec
@@ -143,10 +144,10 @@ def fit(
     """
     spec = _Spec.from_args(model, lr, optimizer, loss)
     seeds = _as_seeds(seeds, spec.max_seeds)
-    _check_count("epochs", epochs, minimum=0)
-    _check_count("batch_size", batch_size, minimum=1)
+    check_int(epochs, "epochs", minimum=0)
+    check_int(batch_size, "batch_size", minimum=1)
     if not callable(checkpoint_every):
-        _check_count("checkpoint_every", checkpoint_every, minimum=1)
+        check_int(checkpoint_every, "checkpoint_every", minimum=1)
         interval = checkpoint_every
         checkpoint_every = lambda epoch: epoch % interval == 0  # noqa: E731
     if vectorize not in ("auto", True, False):
@@ -160,7 +161,7 @@ def fit(
         elif start_epoch != state["epoch"]:
             raise ValueError(f"start_epoch={start_epoch} but the state was saved after epoch {state['epoch']}")
     start_epoch = 0 if start_epoch is None else start_epoch
-    _check_count("start_epoch", start_epoch, minimum=0)
+    check_int(start_epoch, "start_epoch", minimum=0)
     if start_epoch > epochs:
         raise ValueError(f"start_epoch={start_epoch} is past epochs={epochs}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from infoplane._validate import check_int
 
 __all__ = ["animate", "frame_epochs", "frame_size"]
 
@@ -79,9 +80,7 @@ def frame_epochs(runs, frames=None):
         raise ValueError("no recorded epochs yet; nothing to animate")
     if frames is None:
         return epochs
-    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
-        raise ValueError(f"frames must be a positive integer or None (one frame per recorded epoch); got "
-                         f"{frames!r}")
+    frames = check_int(frames, "frames", minimum=1, what="a positive integer or None (one frame per recorded epoch)")
     lo, hi = epochs[0], epochs[-1]
     if frames == 1:
         return np.array([hi])
@@ -200,8 +199,7 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
         runs = P._by_fraction(runs)
     elif len(titles) != len(runs):
         raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
-    if isinstance(trail, bool) or not isinstance(trail, (int, np.integer)) or trail < 0:
-        raise ValueError(f"trail must be a non-negative integer (frames); got {trail!r}")
+    check_int(trail, "trail", minimum=0, what="a non-negative integer (frames)")
     times = frame_epochs(runs, frames)
     width, height = frame_size(len(runs)) if size is None else (int(size[0]), int(size[1]))
     if width < 64 or height < 64:
