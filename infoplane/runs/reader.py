@@ -1,13 +1,15 @@
-"""Reading a recorded run: :class:`Run` (the table as numpy arrays) and :func:`load_run`."""
+"""Reading a recorded run: :class:`Run` (the table as numpy arrays), :func:`load_run`, and :func:`as_run` (a Run from
+a Run or a directory, for every function that takes either)."""
 from __future__ import annotations
 
 import os
+from typing import Union
 
 import numpy as np
 
 from infoplane.runs.format import FIELDS, METRICS, TABLE, VALUES, read_meta, read_metrics, read_table
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "load_run", "as_run"]
 
 
 def _ordered(first, extra):
@@ -203,3 +205,34 @@ def load_run(path):
     rows = read_table(os.path.join(path, TABLE))
     names, metrics = read_metrics(os.path.join(path, METRICS))
     return Run(meta, rows, metrics, names, path=path)
+
+
+def as_run(run: Union[Run, str, os.PathLike]) -> Run:
+    """A :class:`Run` from a Run or a run directory, with a clear error for anything else.
+
+    Parameters
+    ----------
+    run : Run, str or os.PathLike
+        A run, or the directory of one.
+
+    Returns
+    -------
+    Run
+        ``run`` itself, or the run loaded from the directory.
+
+    Raises
+    ------
+    ValueError
+        For a path that is not a directory, or a directory that is not a run.
+    TypeError
+        For anything else.
+    """
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        path = os.fspath(run)
+        if not os.path.isdir(path):
+            raise ValueError(f"{path!r} does not exist or is not a directory; give an infoplane run directory "
+                             f"(written by Tracker(out=...) or `infoplane track`)")
+        return load_run(path)  # its NotARunError (a ValueError) says what is missing
+    raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")

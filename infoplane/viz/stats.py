@@ -5,13 +5,12 @@ without matplotlib (a report, a table) uses this module.
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 
-from infoplane.runs.reader import Run, load_run
+from infoplane.runs.reader import Run, as_run
 
 __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced",
            "SATURATION_TOL", "SATURATION_SHARE"]
@@ -20,19 +19,6 @@ __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_lay
 SATURATION_TOL = 0.05
 #: ... at more than this share of its recorded epochs.
 SATURATION_SHARE = 0.5
-
-
-def as_run(run: Union[Run, str, os.PathLike]) -> Run:
-    """A :class:`Run` from a Run or a run directory, with a clear error for anything else."""
-    if isinstance(run, Run):
-        return run
-    if isinstance(run, (str, os.PathLike)):
-        path = os.fspath(run)
-        if not os.path.isdir(path):
-            raise ValueError(f"{path!r} does not exist or is not a directory; give an infoplane run directory "
-                             f"(written by Tracker(out=...) or `infoplane track`)")
-        return load_run(path)  # its NotARunError (a ValueError) says what is missing
-    raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")
 
 
 def values(run: Run, estimator: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
