@@ -12,7 +12,7 @@ import os
 
 from torch import nn
 
-from infoplane.integrations.sinks import require
+from infoplane.integrations.backend import require
 
 __all__ = ["InfoPlaneTrainerCallback", "block_names"]
 

@@ -114,7 +114,7 @@ class InfoPlaneCallback(*_callback_bases()):
         return None if self.out is None else os.fspath(self.out)
 
     def _sinks(self, trainer):
-        from infoplane.integrations.sinks import as_sinks
+        from infoplane.tracking.sinks import as_sinks
 
         sinks = as_sinks(self.tracker_options.get("loggers"))
         if self.log_to_loggers:

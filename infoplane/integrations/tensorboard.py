@@ -11,7 +11,7 @@ import os
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.sinks import as_run, log_run, plane_figure, require, scalar_tags
+from infoplane.integrations.backend import as_run, log_run, plane_figure, require, scalar_tags
 
 __all__ = ["TensorBoardSink", "export_tensorboard"]
 

@@ -12,7 +12,7 @@ import io
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.sinks import as_run, log_run, plane_figure, require, rows_by_epoch, scalar_tags
+from infoplane.integrations.backend import as_run, log_run, plane_figure, require, rows_by_epoch, scalar_tags
 
 __all__ = ["WandbSink", "export_wandb", "EPOCH_KEY"]
 

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from infoplane.capture import reduce as reduce_mod
+from infoplane.tracking.estimators import as_estimators
 from infoplane.tracking.recorder import estimate_rows, sort_rows
 from infoplane.runs.reader import Run
 from infoplane.runs.format import ACTIVATIONS, METRICS, read_meta, read_metrics
@@ -50,7 +51,6 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2*
         raise ValueError(f"{run_dir!r} has no saved activations; record the run with keep_activations=True")
     if out is not None and os.path.realpath(out) == os.path.realpath(run_dir):
         raise ValueError("out must be a new directory, not the run being re-estimated")
-    from infoplane.tracking.tracker import as_estimators  # the tracker owns the defaults
 
     estimators = as_estimators([e["settings"] for e in meta["estimators"]] if estimators is None else estimators)
     labels = torch.from_numpy(np.load(os.path.join(acts_dir, "labels.npy"), allow_pickle=False))
