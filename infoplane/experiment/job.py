@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,95 +23,12 @@ from infoplane.data.modelfile import ModelFile, load_model_file
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
 from infoplane.runs import lifecycle as rundir
 from infoplane.data.labels import as_class_indices
-from infoplane.runs.format import STATE
-from infoplane.runs.writer import META, Run, load_run, read_meta
-from infoplane.tracking.tracker import Tracker
-from infoplane.train import fit, load_state, save_state
+from infoplane.experiment.errors import ConfigError, RunExistsError
+from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
+from infoplane.runs.writer import META, Run, read_meta
 
-STATE_FILE = STATE  # the run directory module knows it as one of infoplane's own files
 SPLITS = ("stratified", "original")
 PROBES = ("all", "train", "test")
-
-
-class ConfigError(ValueError):
-    """A setting of :func:`track` that cannot work (the command line reports it as a usage error)."""
-
-
-class RunExistsError(ConfigError):
-    """The output directory already holds a run and neither resume nor overwrite was asked for."""
-
-
-@dataclass(frozen=True)
-class TrackJob:
-    """The settings shared by every training fraction of one :func:`track` call (checked before any training).
-
-    Attributes
-    ----------
-    model_file : ModelFile
-    inputs, labels : torch.Tensor
-        All samples, shape [N, ...], and their class indices, shape [N].
-    seeds : list of int
-        The seeds trained side by side.
-    epochs : int
-        Training epochs; the schedule always includes this last epoch (the trained network).
-    lr, batch_size, optimizer, device, vectorize
-        Training settings, as for :func:`infoplane.train.fit`.
-    estimators : list
-        Estimator objects.
-    schedule : Schedule
-        Recorded epochs, ending at ``epochs``.
-    resume, overwrite, keep_activations, progress : bool
-    log : callable
-        Receives one line of text per message.
-    reduce : None, str or dict
-        Layer reduction before estimating (see :class:`~infoplane.Tracker`).
-    on_epoch : callable, optional
-        Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
-    """
-
-    model_file: ModelFile
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    seeds: list[int]
-    epochs: int
-    lr: float | None
-    batch_size: int
-    optimizer: str | Callable | None
-    estimators: list
-    schedule: Schedule
-    device: str | torch.device
-    resume: bool
-    overwrite: bool
-    keep_activations: bool
-    vectorize: bool | str
-    progress: bool
-    log: Callable[[str], Any]
-    reduce: str | dict | None = None
-    on_epoch: Callable[[int], Any] | None = None  # [issue 13: Ray]
-
-
-@dataclass(frozen=True)
-class FractionPlan:
-    """One training fraction of a :func:`track` call: where it goes and what it trains and probes on.
-
-    Attributes
-    ----------
-    fraction : float
-    run_dir : pathlib.Path
-    splits : list of (ndarray, ndarray)
-        Per seed, the training and held-out row indices.
-    probe_x, probe_y : torch.Tensor
-        The samples on which the plane is measured.
-    meta : dict
-        Entries for ``meta.json`` (data, model file, caller, training and split settings).
-    """
-
-    fraction: float
-    run_dir: Path
-    splits: list
-    probe_x: torch.Tensor
-    probe_y: torch.Tensor
-    meta: dict
 
 
 def fraction_dir(out: str | os.PathLike, fraction: float) -> Path:
@@ -384,7 +299,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         from infoplane.experiment.raysweep import run_on_ray
 
         return run_on_ray(job, plans, ray_address, cpus=ray_cpus, gpus=ray_gpus)
-    return [_track_fraction(job, plan) for plan in plans]
+    return [run_fraction(job, plan) for plan in plans]
 
 
 def _loss_name(loss: Callable | None, mf: ModelFile) -> str:
@@ -458,98 +373,6 @@ def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
         if recorded[key] is not None and json.loads(json.dumps(recorded[key])) != stored.get(key):
             raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than this command's; resume "
                               f"it with the same options, or pass --overwrite to start it again")
-
-
-def _track_fraction(job: TrackJob, plan: FractionPlan) -> Run:
-    log, seeds, epochs, run_dir = job.log, job.seeds, job.epochs, plan.run_dir
-    if job.resume and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
-        log(f"{run_dir}: complete, skipped")
-        return load_run(run_dir)
-    if job.overwrite and rundir.is_run(run_dir):
-        # Cleared through the one owner of deletion, under the run's lock: only infoplane's files go.
-        lock, _ = rundir.open_run_dir(run_dir, overwrite=True)
-        lock.release()
-    state_path = run_dir / STATE_FILE
-    state = load_state(state_path) if job.resume and state_path.exists() else None
-    bar = _progress(job.progress, epochs, plan.fraction, state)
-    tracker = None
-    last_save = time.monotonic()
-
-    def make_tracker(members):
-        return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
-                       schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
-                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce)
-
-    def callback(epoch, members, metrics):
-        nonlocal tracker
-        if tracker is None:  # the trainer's member modules stay the same objects for the whole run
-            tracker = make_tracker(members)
-        if epoch in tracker.schedule:
-            values = dict(metrics)
-            tracker.step(epoch, **values)
-            if bar is not None:
-                bar.set_postfix(_postfix(values), refresh=False)
-        if bar is not None:
-            bar.update(1)
-        if job.on_epoch is not None:  # [issue 13: Ray]
-            job.on_epoch(1)
-
-    def should_save(epoch):
-        return time.monotonic() - last_save >= 1.0
-
-    def checkpoint(train_state):
-        nonlocal last_save
-        # The estimates of every epoch up to this state are written before the state is saved, so a resumed run
-        # never skips an epoch whose rows were lost; between checkpoints the tracker batches as it likes.
-        tracker.flush()
-        save_state(state_path, train_state)
-        last_save = time.monotonic()
-
-    test_idx = [s[1] for s in plan.splits]
-    if any(len(t) == 0 for t in test_idx):
-        test_idx = None  # fraction 1: no held-out samples
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
-                         epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
-                         device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
-                         state=state, checkpoint=checkpoint, checkpoint_every=should_save)
-        if tracker is None:  # resumed after the last epoch: nothing left to train
-            tracker = make_tracker(result.members)
-    except BaseException:
-        if tracker is not None:
-            tracker.__exit__(*sys.exc_info())  # keeps what was measured, marks the run unfinished
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    tracker.close()
-    if state_path.exists():
-        os.remove(state_path)
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        log(f"note: {message}")
-    how = "vectorised" if result.vectorized else "one at a time"
-    log(f"{run_dir}: {len(seeds)} seed(s) trained {how} for {epochs} epochs")
-    return load_run(run_dir)
-
-
-def _progress(enabled: bool, epochs: int, fraction: float, state: dict | None) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    done = int(state["epoch"]) if state is not None else -1
-    return tqdm(total=epochs + 1, initial=done + 1, desc=f"fraction {fraction:g}", unit="epoch",
-                dynamic_ncols=True, leave=True)
-
-
-def _postfix(metrics: dict) -> dict[str, str]:
-    post = {}
-    for key in ("train_loss", "train_acc", "test_acc"):
-        if key in metrics:
-            post[key.replace("train_", "").replace("test_acc", "test")] = f"{float(np.mean(metrics[key])):.3g}"
-    return post
 
 
 def summary(runs: Sequence[Run]) -> str:

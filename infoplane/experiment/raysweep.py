@@ -3,7 +3,7 @@
 The driver (the process that calls ``track(..., ray=...)`` or runs ``infoplane track --ray``) checks every setting,
 loads the data and plans every fraction exactly as the local path does; then each fraction that is not already
 complete becomes one Ray task, which imports the model file again and runs the same per-fraction code as the local
-path (:func:`infoplane.experiment.job._track_fraction`), writing its run directory itself. A fraction's seeds stay in
+path (:func:`infoplane.experiment.fraction.run_fraction`), writing its run directory itself. A fraction's seeds stay in
 one task because they train together as one vectorised ensemble: splitting them would change the numbers.
 
 Run directories come back through a shared filesystem: ``--out`` must be a directory that every Ray node sees at
@@ -101,12 +101,12 @@ def check_ray_settings(ray: bool | str, cpus: float, gpus: float | None, device:
 
     Raises
     ------
-    infoplane.experiment.job.ConfigError
+    infoplane.experiment.errors.ConfigError
         A setting that cannot work, worded in terms of the command-line options.
     ImportError
         Ray is not installed (the message names ``pip install 'infoplane[ray]'``).
     """
-    from infoplane.experiment.job import ConfigError
+    from infoplane.experiment.errors import ConfigError
 
     if ray is True:
         address = None
@@ -144,7 +144,7 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 def _connect(ray: Any, address: str | None, log: Callable[[str], Any]) -> bool:
     """Attach this process to Ray; return True when it started an instance (and so shuts it down afterwards)."""
-    from infoplane.experiment.job import ConfigError
+    from infoplane.experiment.errors import ConfigError
 
     if ray.is_initialized():  # e.g. the caller's own ray.init(): use it as it is
         if address is not None:
@@ -229,7 +229,7 @@ def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, 
     """One Ray task: train and track one fraction into its run directory; returns the log lines."""
     import ray
 
-    from infoplane.experiment.job import _track_fraction
+    from infoplane.experiment.fraction import run_fraction
     from infoplane.data.modelfile import load_model_file
 
     check_file, token, model_path, version = check
@@ -243,14 +243,14 @@ def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, 
     job = dataclasses.replace(job, model_file=mf, log=lines.append, progress=False, on_epoch=reporter)
     # Arrays from the object store are read-only views; training takes its index tensors from these.
     plan = dataclasses.replace(plan, splits=[(np.array(tr), np.array(te)) for tr, te in plan.splits])
-    _track_fraction(job, plan)
+    run_fraction(job, plan)
     reporter.finish(ray)
     return lines
 
 
 def _initial_epochs(job: Any, plan: Any) -> int:
     """Epochs a resumed fraction has already trained (for the bar), as the local path's bar counts them."""
-    from infoplane.experiment.job import STATE_FILE
+    from infoplane.experiment.errors import STATE_FILE
     from infoplane.train import load_state
 
     path = plan.run_dir / STATE_FILE
