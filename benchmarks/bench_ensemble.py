@@ -56,14 +56,14 @@ def torch_path():
     """``infoplane track`` has no ``fused`` switch: for the reference timing, the kernel is reported unavailable."""
     from infoplane.train import engines
 
-    original = engines._try_fused
-    engines._try_fused = lambda *args, **kwargs: "switched off for the benchmark's torch-path timing"
+    original = engines.try_fused
+    engines.try_fused = lambda *args, **kwargs: "switched off for the benchmark's torch-path timing"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        engines._try_fused = original
+        engines.try_fused = original
 
 
 def time_fit(model_file, inputs, labels, train_idx, seeds, epochs, vectorize, device, fused="auto"):

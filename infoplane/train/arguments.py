@@ -8,7 +8,7 @@ import torch
 
 
 
-def _as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
+def as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {seeds}")
@@ -28,12 +28,12 @@ def _as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     return seeds
 
 
-def _check_count(name: str, value: Any, minimum: int) -> None:
+def check_count(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _as_index_sets(idx: Any, n_seeds: int, n_rows: int, name: str) -> list[torch.Tensor]:
+def as_index_sets(idx: Any, n_seeds: int, n_rows: int, name: str) -> list[torch.Tensor]:
     """One 1-D int64 CPU tensor of row indices per seed."""
     if isinstance(idx, (list, tuple)) and idx and not np.isscalar(idx[0]):
         sets = [torch.as_tensor(np.asarray(i)) for i in idx]
