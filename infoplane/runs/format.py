@@ -17,6 +17,7 @@ import math
 import os
 from collections import namedtuple
 from datetime import datetime, timezone
+from typing import Any
 
 __all__ = ["Row", "FIELDS", "VALUES", "META", "TABLE", "METRICS", "ACTIVATIONS", "STATE", "LOCK", "FORMAT",
            "FORMAT_VERSION", "NotARunError", "read_meta", "write_meta", "read_table", "read_metrics",
@@ -123,7 +124,7 @@ def read_csv(path):
     return header, rows
 
 
-def _num(x):
+def format_number(x: float) -> str:
     """A float as a round-trip exact string; NaN becomes the empty cell."""
     x = float(x)
     return "" if math.isnan(x) else repr(x)
@@ -136,7 +137,7 @@ def _parse_num(s):
 def format_row(row):
     """A :class:`Row` as CSV cells."""
     frac = "" if row.fraction is None else repr(float(row.fraction))
-    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator, *(_num(getattr(row, v))
+    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator, *(format_number(getattr(row, v))
                                                                                          for v in VALUES)]
 
 
@@ -217,7 +218,8 @@ def complete_epochs(rows, seeds, layers, estimators):
     return {e for e, s in seen.items() if len(s) == need}
 
 
-def _json_ok(value):
+def json_ok(value: Any) -> bool:
+    """Whether ``value`` can be written to JSON as it is (no NaN, no objects JSON does not know)."""
     try:
         json.dumps(value, allow_nan=False)
         return True
@@ -225,7 +227,8 @@ def _json_ok(value):
         return False
 
 
-def _jsonable(x):
+def jsonable(x: Any) -> Any:
+    """``x`` as it will read back from JSON (tuples become lists, keys strings)."""
     return json.loads(json.dumps(x))
 
 
