@@ -8,6 +8,7 @@ after what was measured has been written. Errors print one line first; --verbose
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 import traceback
@@ -36,6 +37,48 @@ examples:
 
 class UsageError(Exception):
     """A problem with what the user asked for (exit status 2)."""
+
+
+#: The option of ``infoplane track`` that sets each argument of :func:`infoplane.experiment.track`: the library's
+#: errors name the arguments (`lr`, `resume=True`), the command line names its options instead.
+FLAGS = {"data": "--data", "fractions": "--fraction", "split": "--split", "fixed_split": "--fixed-split",
+         "probe": "--probe", "seeds": "--seeds", "seed": "--seed", "epochs": "--epochs", "lr": "--lr",
+         "batch_size": "--batch-size", "optimizer": "--optimizer",
+         "estimators": "--estimator, --bins, --range, --bin-width or --noise-var", "schedule": "--schedule",
+         "device": "--device", "out": "--out", "resume": "--resume", "overwrite": "--overwrite",
+         "keep_activations": "--keep-activations", "vectorize": "--no-vectorize", "reduce": "--reduce",
+         "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus"}
+
+# An argument as the library's messages write it: `name`, `name=True`, `name=value`.
+_ARGUMENT = re.compile(r"`(\w+)(?:=([^`]*))?`")
+
+
+def as_flags(message: str, arguments: Sequence[str] | None = None) -> str:
+    """A library message with the arguments of ``track()`` it names replaced by the command line's options.
+
+    Parameters
+    ----------
+    message : str
+        The message, naming arguments in backquotes: `` `lr` ``, `` `resume=True` ``, `` `probe='train'` ``.
+    arguments : sequence of str, optional
+        Replace only these arguments (an error's ``arguments``); None: every argument in :data:`FLAGS`.
+
+    Returns
+    -------
+    str
+        The message with ``--lr``, ``--resume``, ``--probe train`` in their place.
+    """
+    def option(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in FLAGS or (arguments is not None and name not in arguments):
+            return match.group(0)
+        if value is None or value == "True":
+            return FLAGS[name]
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{FLAGS[name]} {value}"
+
+    return _ARGUMENT.sub(option, message)
 
 
 def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -316,7 +359,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     schedule = _schedule(args.schedule, args.epochs)
     ray_kwargs = _ray_kwargs(args)  # issue 13
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(as_flags(msg), file=sys.stderr))
     try:
         runs = track(args.model_file, data=args.data, fractions=args.fraction or [0.8], split=args.split,
                      fixed_split=args.fixed_split, probe=args.probe, seeds=args.seeds, seed=args.seed,
@@ -410,8 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from infoplane.experiment.job import ConfigError
     from infoplane.data.modelfile import ModelFileError
+    from infoplane.experiment.errors import ConfigError
 
     try:
         return {"track": cmd_track, "plot": cmd_plot, "export": cmd_export,
@@ -434,6 +477,9 @@ def _fail(err: BaseException, verbose: bool, hint: bool = False) -> None:
     """Print the error: its first line after ``infoplane: error:``, the rest indented, then the traceback
     with ``--verbose`` (or, for an unexpected failure, a pointer to ``--verbose``)."""
     text = str(err).strip() or type(err).__name__
+    arguments = getattr(err, "arguments", None)
+    if arguments:  # a library error naming the arguments of track(): name the options instead
+        text = as_flags(text, arguments)
     first, _, rest = text.partition("\n")
     print(f"infoplane: error: {first}", file=sys.stderr)
     if rest:

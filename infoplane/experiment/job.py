@@ -54,8 +54,8 @@ def _check_fraction_dirs(out: Path, fractions: list[float]) -> None:
     for f in fractions:
         d = fraction_dir(out, f)
         if d in seen:
-            raise ConfigError(f"--fraction {seen[d]!r} and --fraction {f!r} would both be written to {d}; give "
-                              f"fractions that differ within 6 significant digits")
+            raise ConfigError(f"`fractions` {seen[d]!r} and {f!r} would both be written to {d}; give fractions that "
+                              f"differ within 6 significant digits", "fractions")
         seen[d] = f
 
 
@@ -86,8 +86,8 @@ def _load_data(spec: Any, model_file: ModelFile,
         except (ValueError, OSError) as err:
             # data.load's messages usually start with the path already: do not say it twice.
             said = str(err)
-            where = "--data" if Path(str(spec)).name in said else f"--data {spec}"
-            raise ConfigError(f"{where}: {said}") from err
+            where = "`data`" if Path(str(spec)).name in said else f"`data={os.fspath(spec)!r}`"
+            raise ConfigError(f"{where}: {said}", "data") from err
         name = str(spec)
     try:  # one label validator everywhere: whole floats become indices, 0.7 is refused, names are mapped
         checked = as_class_indices(labels, what=f"labels of data {name!r}")
@@ -115,7 +115,8 @@ def _probe_set(inputs: torch.Tensor, labels: torch.Tensor, probe: str, splits: l
         return inputs, labels
     index = splits[0][0] if probe == "train" else splits[0][1]
     if len(index) < 2:
-        raise ConfigError(f"--probe {probe} leaves {len(index)} probe samples at this fraction; need at least 2")
+        raise ConfigError(f"`probe={probe!r}` leaves {len(index)} probe samples at this fraction; need at least 2",
+                          "probe")
     return inputs[index], labels[index]
 
 
@@ -139,15 +140,16 @@ def check_outputs(out: str | os.PathLike, fractions: Sequence[float], resume: bo
         d = fraction_dir(out, f)
         if d.exists() and any(d.iterdir()) and not rundir.is_run(d):
             raise ConfigError(f"{d} is not empty and holds no infoplane run; infoplane writes only into new or "
-                              f"empty directories or its own runs: choose another --out")
+                              f"empty directories or its own runs: choose another `out`", "out")
         if overwrite and rundir.is_run(d) and rundir.foreign_entries(d):
             found = ", ".join(rundir.foreign_entries(d)[:10])
-            raise ConfigError(f"{d} holds files that infoplane did not write ({found}); --overwrite replaces only "
-                              f"infoplane's own files: move them out of the run directory or choose another --out")
+            raise ConfigError(f"{d} holds files that infoplane did not write ({found}); `overwrite=True` replaces "
+                              f"only infoplane's own files: move them out of the run directory or choose another "
+                              f"`out`", "out", "overwrite")
         if d.exists() and any(d.iterdir()) and not (resume or overwrite):
             state = "a complete" if (d / "meta.json").exists() and read_meta(d).get("complete") else "an unfinished"
-            raise RunExistsError(f"{d} already holds {state} run; pass --resume to continue it or --overwrite "
-                                 f"to replace it")
+            raise RunExistsError(f"{d} already holds {state} run; pass `resume=True` to continue it or "
+                                 f"`overwrite=True` to replace it", "resume", "overwrite")
 
 
 def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fractions: Sequence[float] = (0.8,),
@@ -224,31 +226,33 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     """
     mf = model_file if isinstance(model_file, ModelFile) else load_model_file(model_file)
     if split not in SPLITS:
-        raise ConfigError(f"--split must be one of {SPLITS}; got {split!r}")
+        raise ConfigError(f"`split={split!r}`: give one of {SPLITS}", "split")
     if probe not in PROBES:
-        raise ConfigError(f"--probe must be one of {PROBES}; got {probe!r}")
+        raise ConfigError(f"`probe={probe!r}`: give one of {PROBES}", "probe")
     fractions = [float(f) for f in fractions]
     for f in fractions:
         if not (0 < f <= 1):
-            raise ConfigError(f"--fraction must satisfy 0 < F <= 1; got {f}")
+            raise ConfigError(f"`fractions`: each must satisfy 0 < F <= 1; got {f}", "fractions")
     if len(set(fractions)) != len(fractions):
-        raise ConfigError(f"--fraction repeats a value: {fractions}")
+        raise ConfigError(f"`fractions` repeats a value: {fractions}", "fractions")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"--seeds must be a positive integer; got {seeds!r}")
+        raise ConfigError(f"`seeds` must be a positive integer; got {seeds!r}", "seeds")
     if mf.max_seeds is not None and seeds > mf.max_seeds:
         raise ConfigError(f"{mf.path} defines a single `model` object, so it trains one seed; define "
-                         f"build_model() to train {seeds} seeds")
+                          f"build_model() to train {seeds} seeds (`seeds`)", "seeds")
     if probe != "all" and seeds > 1 and not fixed_split and split == "stratified":
-        raise ConfigError(f"--probe {probe} with several seeds needs one split for all of them (--fixed-split): "
-                         "otherwise each seed would be measured on different samples")
+        raise ConfigError(f"`probe={probe!r}` with several seeds needs one split for all of them "
+                          f"(`fixed_split=True`): otherwise each seed would be measured on different samples",
+                          "probe", "fixed_split")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"--seed must be an integer >= 0; got {seed!r}")
+        raise ConfigError(f"`seed` must be an integer >= 0; got {seed!r}", "seed")
     if mf.max_seeds is not None and seed != 0:
-        raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop --seed (or define "
-                          f"build_model() to train other seeds)")
+        raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop `seed` (or define "
+                          f"build_model() to train other seeds)", "seed")
     if lr is not None and optimizer is None and mf.optimizer is not None:
-        raise ConfigError(f"--lr sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
-                          f"set the rate there, or pass --optimizer adam or sgd to use a built-in one")
+        raise ConfigError(f"`lr` sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
+                          f"set the rate there, or pass `optimizer='adam'` or `optimizer='sgd'` to use a built-in one",
+                          "lr", "optimizer")
     if ray is not None and ray is not False:  # [issue 13: Ray] checked before any data is loaded
         from infoplane.experiment.raysweep import check_ray_settings
 
@@ -262,7 +266,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     try:
         schedule = ending_at(log_schedule(epochs, 400) if schedule is None else schedule, epochs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"--schedule: {err}") from err
+        raise ConfigError(f"`schedule`: {err}", "schedule") from err
     layers = _check_model(mf, inputs, labels, seed_list[0])
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
@@ -357,22 +361,22 @@ def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile
 
 # Settings that change the numbers of a run: a resumed run must keep them.
 _RESUME_KEYS = ("data", "training", "split")
-# What the tracker records: a resumed run must record the same; each with the options that set it.
-_RECORDED_KEYS = {"estimators": "--estimator, --bins, --range, --bin-width or --noise-var",
-                  "schedule": "--schedule or --epochs", "seeds": "--seeds or --seed",
-                  "keep_activations": "--keep-activations", "layers": "`layers` in the model file"}
+# What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.
+_RECORDED_KEYS = {"estimators": ("estimators",), "schedule": ("schedule", "epochs"), "seeds": ("seeds", "seed"),
+                  "keep_activations": ("keep_activations",), "layers": ()}
 
 
 def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
     stored = read_meta(run_dir)
     for key in _RESUME_KEYS:
         if json.loads(json.dumps(meta[key])) != stored.get(key):
-            raise ConfigError(f"{run_dir} was recorded with other {key} settings than this command's; resume it "
-                              f"with the same options, or pass --overwrite to start it again")
-    for key, options in _RECORDED_KEYS.items():
+            raise ConfigError(f"{run_dir} was recorded with other {key} settings than these; resume it with the "
+                              f"same settings, or pass `overwrite=True` to start it again", "overwrite")
+    for key, arguments in _RECORDED_KEYS.items():
         if recorded[key] is not None and json.loads(json.dumps(recorded[key])) != stored.get(key):
-            raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than this command's; resume "
-                              f"it with the same options, or pass --overwrite to start it again")
+            options = " or ".join(f"`{a}`" for a in arguments) or "`layers` in the model file"
+            raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than these; resume it with the "
+                              f"same settings, or pass `overwrite=True` to start it again", *arguments, "overwrite")
 
 
 def summary(runs: Sequence[Run]) -> str:
