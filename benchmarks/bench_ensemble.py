@@ -9,7 +9,7 @@ autograd and torch.optim, stacked with batched matrix products for S=20), and 20
 workload as ``infoplane track`` runs it (training plus binning with 30 bins on [-1, 1] at
 log_schedule(epochs, 400), checkpoints and files) for both fractions together, S=1 and S=20, on both paths.
 
-Targets (issue 13): 20 seeds <= 2x the time of 1 seed for training alone at 5% and at 85%, and <= 2.5x for the
+Targets: 20 seeds <= 2x the time of 1 seed for training alone at 5% and at 85%, and <= 2.5x for the
 tracked workload, both with the path a user gets by default. The ratios against the torch path's single seed
 (the reference the targets were first measured against) are printed too: the fused kernel also makes one seed
 faster, which makes the default-path ratio harder to meet.

@@ -147,7 +147,7 @@ def write_animation(runs, path, frames=48):
 
 
 CLASSIC = ("tishby", "saxe", "digits")
-FINITE = ("finite-quantized", "finite-noisy")  # "Networks whose information is finite" (issue 10)
+FINITE = ("finite-quantized", "finite-noisy")  # "Networks whose information is finite"
 
 
 def main(argv=None):

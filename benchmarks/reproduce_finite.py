@@ -1,4 +1,4 @@
-"""Networks whose information is finite: the two sections of ``make reproduce`` for issue 10 and 11.
+"""Networks whose information is finite: the two sections of ``make reproduce`` on quantised and noisy networks.
 
 ``quantized``: the 12-10-7-5-4-3-2 tanh network with every tanh quantised to 8 bits
 (``examples/tishby_tanh_q8.py``), 5% and 85% of the data, 20 seeds, 8000 epochs: the exact I(X;T) and I(T;Y)

@@ -73,7 +73,7 @@ class TrackJob:
     progress: bool
     log: Callable[[str], Any]
     reduce: str | dict | None = None
-    on_epoch: Callable[[int], Any] | None = None  # [issue 13: Ray]
+    on_epoch: Callable[[int], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
                 bar.set_postfix(_postfix(values), refresh=False)
         if bar is not None:
             bar.update(1)
-        if job.on_epoch is not None:  # [issue 13: Ray]
+        if job.on_epoch is not None:  # a Ray task reports its progress to the driver
             job.on_epoch(1)
 
     def should_save(epoch):

@@ -63,7 +63,7 @@ def _load_data(spec: Any, model_file: ModelFile,
                log: Callable[[str], Any]) -> tuple[torch.Tensor, torch.Tensor, str, list | None]:
     npz_names = None  # class names stored in an .npz (its labels arrive here as indices)
     if spec is not None and model_file.data is not None:
-        given = f"--data {spec}" if isinstance(spec, (str, os.PathLike)) else "the data given"
+        given = f"`data={os.fspath(spec)!r}`" if isinstance(spec, (str, os.PathLike)) else "the data given"
         log(f"note: {given} replaces the data() defined in {model_file.path.name}")
     if spec is None:
         if model_file.data is not None:
@@ -253,7 +253,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         raise ConfigError(f"`lr` sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
                           f"set the rate there, or pass `optimizer='adam'` or `optimizer='sgd'` to use a built-in one",
                           "lr", "optimizer")
-    if ray is not None and ray is not False:  # [issue 13: Ray] checked before any data is loaded
+    if ray is not None and ray is not False:  # checked before any data is loaded
         from infoplane.experiment.raysweep import check_ray_settings
 
         ray_address = check_ray_settings(ray, ray_cpus, ray_gpus, device)
@@ -299,7 +299,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         if resume and (run_dir / META).exists():
             _check_same_settings(run_dir, meta, recorded)
         plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
-    if ray is not None and ray is not False:  # [issue 13: Ray] one task per fraction, the same code inside
+    if ray is not None and ray is not False:  # Ray: one task per fraction, the same code inside
         from infoplane.experiment.raysweep import run_on_ray
 
         return run_on_ray(job, plans, ray_address, cpus=ray_cpus, gpus=ray_gpus)
