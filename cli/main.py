@@ -258,7 +258,7 @@ def _export_tensorboard(run_dirs, logdir):
     return paths
 
 
-def cmd_export(args):
+def cmd_export(args: argparse.Namespace) -> int:
     for path in _export_tensorboard(args.runs, args.tensorboard):
         print(f"tensorboard: {path}")
     return 0
@@ -318,7 +318,7 @@ def _with_saturation_warnings(fn):
     return result
 
 
-def cmd_animate(args):
+def cmd_animate(args: argparse.Namespace) -> int:
     import infoplane.plot as plot
 
     try:
@@ -330,7 +330,7 @@ def cmd_animate(args):
     return 0
 
 
-def cmd_report(args):
+def cmd_report(args: argparse.Namespace) -> int:
     import infoplane
 
     try:

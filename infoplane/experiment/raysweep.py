@@ -122,9 +122,9 @@ def check_ray_settings(ray: bool | str, cpus: float, gpus: float | None, device:
             raise ConfigError(f"`ray={ray!r}`: the port must be between 1 and 65535", "ray")
         address = ray
     else:
-        raise ConfigError(f"`ray={ray!r}`: expected True (a new local Ray instance), 'auto' (the cluster this "
-                          f"machine belongs to), 'HOST:PORT' (the address `ray start --head` prints, port 6379 by "
-                          f"default) or 'ray://HOST:PORT' (Ray Client, port 10001 by default)", "ray")
+        raise ConfigError(f"`ray={ray!r}`: expected no address (`ray=True`: a new local Ray instance), 'auto' (the "
+                          f"cluster this machine belongs to), 'HOST:PORT' (the address `ray start --head` prints, "
+                          f"port 6379 by default) or 'ray://HOST:PORT' (Ray Client, port 10001 by default)", "ray")
     if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus < float("inf"):
         raise ConfigError(f"`ray_cpus` must be a positive number; got {cpus!r}", "ray_cpus")
     if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -16,8 +17,9 @@ from infoplane.runs.writer import RunWriter
 __all__ = ["estimate"]
 
 
-def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2**20, device=None,
-             overwrite: bool = False, reduce=None) -> Run:
+def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Union[str, os.PathLike, None] = None, *,
+             buffer_bytes: int = 256 * 2**20, device: Union[str, torch.device, None] = None, overwrite: bool = False,
+             reduce: Union[str, dict, None] = None) -> Run:
     """Recompute a run's information plane from its saved activations, without retraining.
 
     The run must have been recorded with ``keep_activations=True``.

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from infoplane.train import fused_kernel
+from infoplane.train.spec import TrainSpec
 from infoplane.train.vectorized import swap_tensors
 
 __all__ = ["FusedFallbackWarning"]
@@ -130,7 +131,7 @@ def _optimizer_settings(optimizer: torch.optim.Optimizer, n_params: int) -> tupl
     return f"the kernel implements Adam and plain SGD, not {type(optimizer).__name__}"
 
 
-def try_fused(spec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+def try_fused(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
                train_sets: Sequence[torch.Tensor], batch_size: int) -> FusedEngine | str:
     """A fused engine, or a string saying why the kernel cannot train these members."""
     if spec.train_step is not None:
@@ -187,8 +188,8 @@ class FusedEngine:
     def vectorized(self) -> bool:
         return len(self.members) > 1
 
-    def __init__(self, spec, members: list[nn.Module], lib: ctypes.CDLL, plan: _Plan, settings: tuple[int, dict],
-                 param_groups: list[dict]) -> None:
+    def __init__(self, spec: TrainSpec, members: list[nn.Module], lib: ctypes.CDLL, plan: _Plan,
+                 settings: tuple[int, dict], param_groups: list[dict]) -> None:
         self.spec, self.members, self.lib, self.plan = spec, members, lib, plan
         self.opt_code, self.hyper = settings
         self.param_groups = param_groups

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from infoplane.train.spec import TrainSpec
+
 # Optimisers whose update of each parameter element depends only on that element's own gradient
 # and state (plus shared scalars such as the step count): one of them over stacked [S, ...]
 # tensors performs exactly the S separate updates. Optimisers using norms over a whole tensor
@@ -32,8 +34,8 @@ class VectorizedEngine:
 
     vectorized = True
 
-    def __init__(self, spec, members: list[nn.Module], optimizer: torch.optim.Optimizer, params: dict, buffers: dict,
-                 forward_loss: Callable, reason: str) -> None:
+    def __init__(self, spec: TrainSpec, members: list[nn.Module], optimizer: torch.optim.Optimizer, params: dict,
+                 buffers: dict, forward_loss: Callable, reason: str) -> None:
         self.spec, self.members, self.optimizer, self.reason = spec, members, optimizer, reason
         self.params, self.buffers, self.forward_loss = params, buffers, forward_loss
         for i, member in enumerate(members):

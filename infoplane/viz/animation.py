@@ -11,12 +11,13 @@ when none is configured.
 from __future__ import annotations
 
 import os
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from infoplane.viz.drawing import (CMAP, MARKERS, by_fraction, check_same_data, colorbar, data_name, epoch_norm,
-                                   estimator_label, fraction_label, limits, log_axis, run_tracks, runs_list,
-                                   warn_saturation)
+from infoplane.viz.drawing import (CMAP, MARKERS, RunsLike, by_fraction, check_same_data, colorbar, data_name,
+                                   epoch_norm, estimator_label, fraction_label, limits, log_axis, run_tracks,
+                                   runs_list, warn_saturation)
 from infoplane.viz.stats import values
 
 __all__ = ["animate", "frame_epochs", "frame_size"]
@@ -27,7 +28,7 @@ DPI = 100
 FORMATS = (".gif", ".mp4")
 
 
-def frame_size(n_runs):
+def frame_size(n_runs: int) -> tuple[int, int]:
     """Default frame size ``(width, height)`` in pixels of an animation of ``n_runs`` runs side by side.
 
     Parameters
@@ -42,7 +43,7 @@ def frame_size(n_runs):
     return PANEL_WIDTH * int(n_runs) + COLORBAR_WIDTH, HEIGHT
 
 
-def frame_epochs(runs, frames=None):
+def frame_epochs(runs: RunsLike, frames: Optional[int] = None) -> np.ndarray:
     """The epoch shown in each frame, shared by all runs (they move in sync).
 
     Parameters
@@ -101,7 +102,9 @@ def _check_out(out):
     return out, ext
 
 
-def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, trail=8, size=None, titles=None):
+def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estimator: Optional[str] = None,
+            frames: Optional[int] = None, fps: Optional[float] = None, trail: int = 8,
+            size: Optional[tuple[int, int]] = None, titles: Optional[Sequence[str]] = None) -> str:
     """Write an animated information plane: the points move through the recorded epochs.
 
     Each frame shows every layer's point at one epoch (the median over seeds, with the seeds' interquartile range

@@ -17,13 +17,14 @@ Visual conventions (see ``docs/plotting.md``):
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import (CMAP, MARKERS, SaturationWarning, by_fraction, check_same_data, class_note,  # noqa: F401 (names of plot)
-                                   colorbar, data_name, epoch_norm, estimator_label, fraction_label, limits,
-                                   mark_incomplete, plot_title, run_path, warn_saturation)
+from infoplane.viz.drawing import (CMAP, MARKERS, SaturationWarning, by_fraction, check_same_data,  # noqa: F401
+                                   class_note, colorbar, data_name, epoch_norm, estimator_label, fraction_label,
+                                   limits, mark_incomplete, plot_title, run_path, warn_saturation)
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
@@ -31,12 +32,20 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from infoplane.runs.reader import Run  # noqa: E402
+from infoplane.viz.drawing import RunsLike  # noqa: E402
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from infoplane.viz.stats import as_run as _as_run  # noqa: E402
 from infoplane.viz.stats import ceilings as _ceilings  # noqa: E402
 from infoplane.viz.stats import median as _median  # noqa: E402
 from infoplane.viz.stats import quartiles as _quartiles  # noqa: E402
 from infoplane.viz.stats import values as _values  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+#: A run or its directory.
+RunLike = Union[Run, str, os.PathLike]
 
 __all__ = ["information_plane", "compare", "curves", "write_figures", "saturated_layers", "epoch_norm",
            "SaturationWarning"]
@@ -92,7 +101,8 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
     return warn_saturation(ax, run, estimator)
 
 
-def information_plane(run, estimator=None, ax=None, *, all_seeds=False):
+def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optional[Axes] = None, *,
+                      all_seeds: bool = False) -> Figure:
     """Draw one run's information plane.
 
     Parameters
@@ -129,7 +139,8 @@ def information_plane(run, estimator=None, ax=None, *, all_seeds=False):
     return fig
 
 
-def compare(runs, estimator=None, *, all_seeds=False, titles=None):
+def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool = False,
+            titles: Optional[Sequence[str]] = None) -> Figure:
     """Information planes of several runs side by side (e.g. 5% vs 85% training data).
 
     One panel per run, ordered by training fraction (or as given, with ``titles``), with shared axes and one
@@ -213,7 +224,7 @@ def _band(ax, x, values, label, color, marker=None):
         ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.2, linewidth=0)
 
 
-def curves(run, estimator=None):
+def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
     """I(X;T) and I(T;Y) of each layer, and the recorded metrics, against epoch.
 
     Top row: I(X;T) and I(T;Y) per layer with their ceilings log2 N and H(Y) dashed. Bottom row (only when the
@@ -307,7 +318,8 @@ def _file_tag(run, estimator):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def write_figures(runs, out=None, estimator=None):
+def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
+                  estimator: Optional[str] = None) -> list[str]:
     """Write the standard figures of one or more runs (what ``infoplane plot`` does).
 
     For each run: ``plane-<estimator>.png`` (information plane) and ``curves-<estimator>.png`` (quantities and

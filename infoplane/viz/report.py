@@ -13,9 +13,11 @@ import json
 import math
 import os
 import shlex
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from infoplane.runs.reader import Run
 from infoplane.viz import stats as S
 
 __all__ = ["report"]
@@ -143,7 +145,9 @@ def _run_labels(runs, titles, D):
     return [f"{t} | {D.fraction_label(r)}" for t, r in zip(titles, runs)]
 
 
-def report(runs, out="report.html", *, frames=None, trail=8, titles=None, title=None):
+def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLike]]],
+           out: Union[str, os.PathLike] = "report.html", *, frames: Optional[int] = None, trail: int = 8,
+           titles: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
     """Write one self-contained interactive HTML report of one or more runs.
 
     The page opens offline: plotly.js is inlined (about 5 MB) and nothing is fetched from the network. It holds:

@@ -5,8 +5,9 @@ without matplotlib (a report, a table) uses this module.
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def ceilings(run: Run) -> tuple[Optional[float], Optional[float]]:
     return log2_n, run.h_y
 
 
-def saturated_layers(run, estimator: Optional[str] = None) -> list[str]:
+def saturated_layers(run: Union[Run, str, os.PathLike], estimator: Optional[str] = None) -> list[str]:
     """Layers whose I(X;T) sits at its ceiling log2 N for most recorded epochs.
 
     A layer is saturated when its I(X;T) (the median over seeds) is within 5% of log2 N at more than half of the
@@ -82,7 +83,7 @@ def saturated_layers(run, estimator: Optional[str] = None) -> list[str]:
     return out
 
 
-def log_spaced(epochs, schedule_kind: Optional[str] = None) -> bool:
+def log_spaced(epochs: Union[np.ndarray, Sequence[float]], schedule_kind: Optional[str] = None) -> bool:
     """Whether epochs call for a log colour/time scale (the rule of :func:`infoplane.viz.planes.epoch_norm`)."""
     e1 = np.unique(np.asarray(epochs, dtype=float)) + 1.0
     if e1.size < 2:
