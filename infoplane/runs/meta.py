@@ -38,9 +38,8 @@ def _fingerprint(inputs, labels: torch.Tensor) -> str:
 
 
 def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Sequence, estimators: Sequence,
-                 schedule: Any,
-                 seeds: Sequence[int], fraction: Optional[float], *, pre_activation: bool, keep_activations: bool,
-                 reduce: Any = None, reduced_widths: Optional[dict] = None,
+                 schedule: Any, seeds: Sequence[int], fraction: Optional[float], *, pre_activation: bool,
+                 keep_activations: bool, reduce: Any = None, reduced_widths: Optional[dict] = None,
                  class_names: Optional[list] = None) -> dict:
     """The measured part of a run's ``meta.json``.
 
