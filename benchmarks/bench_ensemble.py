@@ -9,7 +9,7 @@ autograd and torch.optim, stacked with batched matrix products for S=20), and 20
 workload as ``infoplane track`` runs it (training plus binning with 30 bins on [-1, 1] at
 log_schedule(epochs, 400), checkpoints and files) for both fractions together, S=1 and S=20, on both paths.
 
-Targets (issue 13): 20 seeds <= 2x the time of 1 seed for training alone at 5% and at 85%, and <= 2.5x for the
+Targets: 20 seeds <= 2x the time of 1 seed for training alone at 5% and at 85%, and <= 2.5x for the
 tracked workload, both with the path a user gets by default. The ratios against the torch path's single seed
 (the reference the targets were first measured against) are printed too: the fused kernel also makes one seed
 faster, which makes the default-path ratio harder to meet.
@@ -56,14 +56,14 @@ def torch_path():
     """``infoplane track`` has no ``fused`` switch: for the reference timing, the kernel is reported unavailable."""
     from infoplane.train import engines
 
-    original = engines._try_fused
-    engines._try_fused = lambda *args, **kwargs: "switched off for the benchmark's torch-path timing"
+    original = engines.try_fused
+    engines.try_fused = lambda *args, **kwargs: "switched off for the benchmark's torch-path timing"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        engines._try_fused = original
+        engines.try_fused = original
 
 
 def time_fit(model_file, inputs, labels, train_idx, seeds, epochs, vectorize, device, fused="auto"):

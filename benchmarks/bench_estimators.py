@@ -154,7 +154,7 @@ def bench_binning_per_width(widths, n, n_epochs, repeats=5):
     return rows
 
 
-# Targets of the per-width binning table (issue 10): time per layer-epoch batched over epochs, and speed-up over
+# Targets of the per-width binning table: time per layer-epoch batched over epochs, and speed-up over
 # the plain integer-key numpy route in the same process.
 BINNING_TARGET_MS = 0.1
 BINNING_TARGET_SPEEDUP = 10.0

@@ -57,7 +57,7 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-# Target of issue 11: KSG at N = 10,000 at least this many times faster than the cKDTree version, same results.
+# Target: KSG at N = 10,000 at least this many times faster than the cKDTree version, same results.
 KSG_TARGET_SPEEDUP = 3.0
 
 

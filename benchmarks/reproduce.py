@@ -21,9 +21,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reproduce_common import (REPO, TABLE_HEAD, accuracy, facts, markers, save_figure,  # noqa: E402,F401 (markers: tests)
+                              wall_seconds, write_block)
 
-REPO = Path(__file__).resolve().parents[1]
 # The original implementation's information computation, per layer-epoch on a 2-core CPU (see docs).
 ORIGINAL_SECONDS_PER_LAYER_EPOCH = 0.35
 
@@ -71,50 +72,6 @@ def command_line(spec):
         else:
             parts += ["--estimator binning", f"--bins {s['bins']}"]
     return " ".join(parts)
-
-
-def _stat(values):
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return "n/a"
-    q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return f"{med:.2f} [{q1:.2f}, {q3:.2f}]" if values.size > 1 else f"{med:.2f}"
-
-
-TABLE_HEAD = ["| layer | peak I(X;T) | final I(X;T) | peak - final | peak I(T;Y) | final I(T;Y) |",
-              "|---|---|---|---|---|---|"]
-
-
-def facts(run, estimator):
-    """Markdown table rows: per layer, peak and final I(X;T), compression, peak and final I(T;Y)
-    (median [IQR] over seeds)."""
-    ixt, ity = run.get("ixt", estimator), run.get("ity", estimator)
-    peak_x, peak_y = np.nanmax(ixt, axis=1), np.nanmax(ity, axis=1)  # [seeds, layers]
-    final_x, final_y = ixt[:, -1], ity[:, -1]
-    rows = []
-    for j, layer in enumerate(run.layers):
-        rows.append(f"| {layer} | {_stat(peak_x[:, j])} | {_stat(final_x[:, j])} | "
-                    f"{_stat(peak_x[:, j] - final_x[:, j])} | {_stat(peak_y[:, j])} | {_stat(final_y[:, j])} |")
-    return rows
-
-
-def wall_seconds(run):
-    """Training and tracking time of a run, from the start and end times in its meta.json."""
-    from datetime import datetime
-
-    start, end = run.meta.get("start_time"), run.meta.get("end_time")
-    if not start or not end:
-        return float("nan")
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-
-
-def accuracy(run):
-    out = []
-    for name in ("train_acc", "test_acc"):
-        if name in run.metric_names:
-            out.append(f"{name.replace('_acc', '')} accuracy {_stat(run.metric(name)[:, -1])}")
-    return ", ".join(out)
 
 
 def run_plan(args):
@@ -167,17 +124,17 @@ def run_plan(args):
         # The saturation notes are in the tables above; the figures carry them too.
         warnings.filterwarnings("ignore", category=plot.SaturationWarning)
         if item["key"] == "tishby":
-            written.append(_save(plot.compare(runs_by_label["tanh"]), figures / "tishby-compare.png"))
+            written.append(save_figure(plot.compare(runs_by_label["tanh"]), figures / "tishby-compare.png"))
             write_animation(runs_by_label["tanh"], figures / "tishby-animation.gif", frames=4 if args.quick else 48)
         else:
             labels = list(runs_by_label)
             first = runs_by_label[labels[0]][0]
             for est in first.estimators:
                 fig = plot.compare([runs_by_label[l][0] for l in labels], estimator=est, titles=labels)
-                written.append(_save(fig, figures / f"{item['key']}-{est}.png"))
+                written.append(save_figure(fig, figures / f"{item['key']}-{est}.png"))
         lines.append(" ".join(f"![{p.stem}](figures/{p.name})" for p in written) + "\n")
         # Each section owns its block of the doc, so a run of some sections (--only) leaves the others alone.
-        _write_block(Path(args.doc), stamp + "\n" + "\n".join(lines), *markers(item["key"]))
+        write_block(Path(args.doc), stamp + "\n" + "\n".join(lines), *markers(item["key"]))
     return all_runs
 
 
@@ -189,31 +146,8 @@ def write_animation(runs, path, frames=48):
     return plot.animate(runs, out=path, frames=frames, fps=8, size=(760, 380))
 
 
-def _save(fig, path):
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
-def markers(key):
-    """The start and end markers of one section's generated block in docs/reproductions.md."""
-    return f"<!-- generated:{key}:start -->", f"<!-- generated:{key}:end -->"
-
-
-def _write_block(path, generated, start, end):
-    """Replace the text between the markers ``start`` and ``end`` of ``path`` (appending them if absent)."""
-    text = path.read_text() if path.exists() else "# Reproductions\n"
-    if start not in text or end not in text:
-        text += f"\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{generated}\n{end}{tail}")
-
-
 CLASSIC = ("tishby", "saxe", "digits")
-FINITE = ("finite-quantized", "finite-noisy")  # "Networks whose information is finite" (issue 10)
+FINITE = ("finite-quantized", "finite-noisy")  # "Networks whose information is finite"
 
 
 def main(argv=None):
@@ -236,7 +170,6 @@ def main(argv=None):
     args.only = [k for k in CLASSIC if k in only] or (None if not only else [])
     results = run_plan(args) if args.only != [] else {}
     if finite:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         import reproduce_finite
 
         for key in finite:

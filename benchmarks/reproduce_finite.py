@@ -1,4 +1,4 @@
-"""Networks whose information is finite: the two sections of ``make reproduce`` for issue 10 and 11.
+"""Networks whose information is finite: the two sections of ``make reproduce`` on quantised and noisy networks.
 
 ``quantized``: the 12-10-7-5-4-3-2 tanh network with every tanh quantised to 8 bits
 (``examples/tishby_tanh_q8.py``), 5% and 85% of the data, 20 seeds, 8000 epochs: the exact I(X;T) and I(T;Y)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-import reproduce as common
+import reproduce_common as common
 
 NOISY_START, NOISY_END = common.markers("finite-noisy")
 QUANT_START, QUANT_END = common.markers("finite-quantized")
@@ -89,8 +89,8 @@ def quantized(args):
             cells = []
             for run, est in ((q, "discrete"), (q, "binning"), (f, "binning")):
                 ixt = run.get("ixt", est)[:, :, run.layers.index(layer)]
-                cells.append(common._stat(np.nanmax(ixt, axis=1) - ixt[:, -1]))
-            finals = [common._stat(run.get("ixt", est)[:, -1, run.layers.index(layer)])
+                cells.append(common.stat(np.nanmax(ixt, axis=1) - ixt[:, -1]))
+            finals = [common.stat(run.get("ixt", est)[:, -1, run.layers.index(layer)])
                       for run, est in ((q, "discrete"), (f, "binning"))]
             lines.append(f"| {q.fraction:g} | {layer} | " + " | ".join(cells + finals) + " |")
     lines.append("")
@@ -99,9 +99,9 @@ def quantized(args):
     figures.mkdir(parents=True, exist_ok=True)
     fig = plot.compare(q_runs, estimator="discrete")
     fig.suptitle(f"12-bit task | tanh network quantised to {BITS} bits: exact I(X;T), I(T;Y)", fontsize=10)
-    path = common._save(fig, figures / "finite-quantized.png")
+    path = common.save_figure(fig, figures / "finite-quantized.png")
     lines.append(f"![{path.stem}](figures/{path.name})\n")
-    common._write_block(Path(args.doc), "\n".join(lines), QUANT_START, QUANT_END)
+    common.write_block(Path(args.doc), "\n".join(lines), QUANT_START, QUANT_END)
     return {"tanh-q8": q_runs, "tanh": f_runs}
 
 
@@ -225,7 +225,7 @@ def noisy_cnn(args):
              f"CNN conv(8, 3x3)-tanh, conv(16, 3x3, stride 2)-tanh, dense 32-tanh, dense 10 on the {len(y)} images "
              f"(probe set: all; 80% stratified training split per seed), Gaussian noise of std {NOISE_STD} after "
              f"every tanh (`add_noise`), in training and probing; Adam 1e-3, batch 64, {epochs} epochs, "
-             f"{n_seeds} seeds; train accuracy {common._stat(acc[:, 0])}, test accuracy {common._stat(acc[:, 1])}. "
+             f"{n_seeds} seeds; train accuracy {common.stat(acc[:, 0])}, test accuracy {common.stat(acc[:, 1])}. "
              f"Layers 1.clean (8 x 8 x 8), 3.clean (16 x 4 x 4), 6.clean (32), recorded before the noise. "
              f"`noisy_mi` with {samples} draws; channel means carry noise variance {NOISE_STD}^2 / (H W) (1/64 "
              f"and 1/16 of it for the conv layers), PCA scores {NOISE_STD}^2. KSG (k = 3) between the 64 "
@@ -257,7 +257,7 @@ def noisy_cnn(args):
             (list(variants)[3:], "finite-noisy-knn-renyi.png", "k-NN and Rényi planes of the same activations")):
         fig = plot.compare([runs[v] for v in names], titles=names)
         fig.suptitle(f"digits | CNN with noise of std {NOISE_STD} after every tanh: {title}", fontsize=10)
-        written.append(common._save(fig, figures / file))
+        written.append(common.save_figure(fig, figures / file))
     lines.append(" ".join(f"![{p.stem}](figures/{p.name})" for p in written) + "\n")
-    common._write_block(Path(args.doc), "\n".join(lines), NOISY_START, NOISY_END)
+    common.write_block(Path(args.doc), "\n".join(lines), NOISY_START, NOISY_END)
     return runs

@@ -13,7 +13,7 @@ BENCHMARKS = [
     ("bench_estimators", "estimators (binning, KDE) vs plain numpy", []),
     ("bench_tracking", "tracking overhead on the 12-bit network", []),
     ("bench_ensemble", "seed ensembles: vectorised vs sequential training", []),
-    ("bench_knn_renyi", "k-NN (KSG) vs scipy cKDTree; Renyi vs numpy eigvalsh", []),  # issue 11
+    ("bench_knn_renyi", "k-NN (KSG) vs scipy cKDTree; Renyi vs numpy eigvalsh", []),
 ]
 
 

@@ -8,6 +8,7 @@ after what was measured has been written. Errors print one line first; --verbose
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 import traceback
@@ -36,6 +37,48 @@ examples:
 
 class UsageError(Exception):
     """A problem with what the user asked for (exit status 2)."""
+
+
+#: The option of ``infoplane track`` that sets each argument of :func:`infoplane.experiment.track`: the library's
+#: errors name the arguments (`lr`, `resume=True`), the command line names its options instead.
+FLAGS = {"data": "--data", "fractions": "--fraction", "split": "--split", "fixed_split": "--fixed-split",
+         "probe": "--probe", "seeds": "--seeds", "seed": "--seed", "epochs": "--epochs", "lr": "--lr",
+         "batch_size": "--batch-size", "optimizer": "--optimizer",
+         "estimators": "--estimator, --bins, --range, --bin-width or --noise-var", "schedule": "--schedule",
+         "device": "--device", "out": "--out", "resume": "--resume", "overwrite": "--overwrite",
+         "keep_activations": "--keep-activations", "vectorize": "--no-vectorize", "reduce": "--reduce",
+         "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus"}
+
+# An argument as the library's messages write it: `name`, `name=True`, `name=value`.
+_ARGUMENT = re.compile(r"`(\w+)(?:=([^`]*))?`")
+
+
+def as_flags(message: str, arguments: Sequence[str] | None = None) -> str:
+    """A library message with the arguments of ``track()`` it names replaced by the command line's options.
+
+    Parameters
+    ----------
+    message : str
+        The message, naming arguments in backquotes: `` `lr` ``, `` `resume=True` ``, `` `probe='train'` ``.
+    arguments : sequence of str, optional
+        Replace only these arguments (an error's ``arguments``); None: every argument in :data:`FLAGS`.
+
+    Returns
+    -------
+    str
+        The message with ``--lr``, ``--resume``, ``--probe train`` in their place.
+    """
+    def option(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in FLAGS or (arguments is not None and name not in arguments):
+            return match.group(0)
+        if value is None or value == "True":
+            return FLAGS[name]
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{FLAGS[name]} {value}"
+
+    return _ARGUMENT.sub(option, message)
 
 
 def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -72,7 +115,7 @@ def _schedule(text: str, epochs: int) -> Any:
     raise UsageError(f"--schedule must be log:N, saxe or every:K; got {text!r}")
 
 
-def _reduce_spec(text):  # issue 10
+def _reduce_spec(text):
     from infoplane.capture.reduce import parse
 
     try:
@@ -163,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bin-width", type=_positive_float, default=0.07, help="binning-width cell (default 0.07)")
     g.add_argument("--noise-var", type=_positive_float, default=1e-3, help="noise variance of kde and noisy (default 1e-3)")
     g.add_argument("--schedule", default="log:400", help="log:N (default log:400), saxe, or every:K")
-    g.add_argument("--reduce", metavar="SPEC", type=_reduce_spec,  # issue 10
+    g.add_argument("--reduce", metavar="SPEC", type=_reduce_spec,
                    help="layer reduction before estimating: flatten (default), channel-mean, pca:K, random:K")
     g = track.add_argument_group("output")
     g.add_argument("--out", help="parent of the run directories (default runs/<model file stem>)")
@@ -173,10 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save raw activations, to re-estimate later without retraining")
     g.add_argument("--no-plot", action="store_true", help="do not write figures")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    # [issue 12] TensorBoard: each finished run is exported under DIR/<run directory name>
+    # TensorBoard: each finished run is exported under DIR/<run directory name>
     g.add_argument("--tensorboard", metavar="DIR",
                    help="also write each run's scalars and plane figure as TensorBoard logs under DIR")
-    _add_ray_options(track)  # issue 13
+    _add_ray_options(track)
 
     plot = sub.add_parser("plot", help="draw the figures of run directories",
                           description="Draw information-plane figures of one or more run directories. A directory "
@@ -185,19 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="file for the main figure (.png, .pdf or .svg)")
     plot.add_argument("--estimator", help="estimator name to plot (default: the run's first)")
-    # [issue 12] infoplane export RUN --tensorboard DIR
+    # infoplane export RUN --tensorboard DIR
     export = sub.add_parser("export", help="write finished runs to TensorBoard",
                             description="Write the scalars and the plane figure of run directories as "
                                         "TensorBoard logs (one subdirectory per run when several are given).",
                             parents=[common])
     export.add_argument("runs", nargs="+", metavar="RUN_DIR")
     export.add_argument("--tensorboard", metavar="DIR", required=True, help="TensorBoard log directory")
-    _add_animate_report(sub, common)  # issue 14
+    _add_animate_report(sub, common)
     return parser
 
 
 def _export_tensorboard(run_dirs, logdir):
-    """[issue 12] Export runs into ``logdir`` (a subdirectory per run when there are several)."""
+    """Export runs into ``logdir`` (a subdirectory per run when there are several)."""
     import os
 
     from infoplane.integrations.tensorboard import export_tensorboard
@@ -215,14 +258,12 @@ def _export_tensorboard(run_dirs, logdir):
     return paths
 
 
-def cmd_export(args):
+def cmd_export(args: argparse.Namespace) -> int:
     for path in _export_tensorboard(args.runs, args.tensorboard):
         print(f"tensorboard: {path}")
     return 0
 
 
-
-# ---- issue 14: `infoplane animate` and `infoplane report` (start) ----
 def _add_animate_report(sub, common):
     anim = sub.add_parser("animate", help="write an animated information plane (.gif, or .mp4 with [video])",
                           description="Animate the information plane of one or more run directories: one frame "
@@ -242,7 +283,6 @@ def _add_animate_report(sub, common):
     rep.add_argument("--frames", type=_positive_int, help="slider positions (default: one per epoch)")
 
 
-# ---- issue 13: `infoplane track --ray` (start) ----
 def _add_ray_options(track):
     g = track.add_argument_group("Ray (needs infoplane[ray]; see docs/scale.md)")
     g.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
@@ -263,7 +303,6 @@ def _ray_kwargs(args):
             raise UsageError(f"{' and '.join(given)} set the resources of Ray tasks: add --ray, or drop them")
         return {}
     return {"ray": args.ray, "ray_cpus": 1.0 if args.ray_cpus is None else args.ray_cpus, "ray_gpus": args.ray_gpus}
-# ---- issue 13 (end) ----
 
 
 def _with_saturation_warnings(fn):
@@ -279,7 +318,7 @@ def _with_saturation_warnings(fn):
     return result
 
 
-def cmd_animate(args):
+def cmd_animate(args: argparse.Namespace) -> int:
     import infoplane.plot as plot
 
     try:
@@ -291,7 +330,7 @@ def cmd_animate(args):
     return 0
 
 
-def cmd_report(args):
+def cmd_report(args: argparse.Namespace) -> int:
     import infoplane
 
     try:
@@ -300,13 +339,12 @@ def cmd_report(args):
         raise UsageError(str(err)) from err
     print(path)
     return 0
-# ---- issue 14 (end) ----
 
 
 def cmd_track(args: argparse.Namespace) -> int:
     """Run ``infoplane track``; returns the exit status."""
     from infoplane.experiment.job import summary, track
-    from infoplane.experiment.raysweep import RaySweepError  # issue 13 (Ray itself is imported only with --ray)
+    from infoplane.experiment.raysweep import RaySweepError  # Ray itself is imported only with --ray
 
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
@@ -315,8 +353,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. --range 1 -1
         raise UsageError(str(err)) from err
     schedule = _schedule(args.schedule, args.epochs)
-    ray_kwargs = _ray_kwargs(args)  # issue 13
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    ray_kwargs = _ray_kwargs(args)
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(as_flags(msg), file=sys.stderr))
     try:
         runs = track(args.model_file, data=args.data, fractions=args.fraction or [0.8], split=args.split,
                      fixed_split=args.fixed_split, probe=args.probe, seeds=args.seeds, seed=args.seed,
@@ -325,12 +363,12 @@ def cmd_track(args: argparse.Namespace) -> int:
                      resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
                      vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
                      caller=["infoplane", *args.argv], log=log, **ray_kwargs)
-    except RaySweepError as err:  # issue 13: the fractions that finished on Ray are summarised before the error
+    except RaySweepError as err:  # the fractions that finished on Ray are summarised before the error
         if err.runs:
             print(summary(err.runs))
         raise
     print(summary(runs))
-    if args.tensorboard:  # [issue 12]
+    if args.tensorboard:
         for path in _export_tensorboard([getattr(r, "path", r) for r in runs], args.tensorboard):
             print(f"tensorboard: {path}")
     if not args.no_plot:
@@ -410,8 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from infoplane.experiment.job import ConfigError
     from infoplane.data.modelfile import ModelFileError
+    from infoplane.experiment.errors import ConfigError
 
     try:
         return {"track": cmd_track, "plot": cmd_plot, "export": cmd_export,
@@ -434,6 +472,9 @@ def _fail(err: BaseException, verbose: bool, hint: bool = False) -> None:
     """Print the error: its first line after ``infoplane: error:``, the rest indented, then the traceback
     with ``--verbose`` (or, for an unexpected failure, a pointer to ``--verbose``)."""
     text = str(err).strip() or type(err).__name__
+    arguments = getattr(err, "arguments", None)
+    if arguments:  # a library error naming the arguments of track(): name the options instead
+        text = as_flags(text, arguments)
     first, _, rest = text.partition("\n")
     print(f"infoplane: error: {first}", file=sys.stderr)
     if rest:

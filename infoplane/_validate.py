@@ -9,19 +9,19 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 __all__ = ["check_int", "check_float", "check_bool", "check_choice"]
 
 
-def _fail(name: str, what: str, value: Any, error: type = ValueError) -> Exception:
+def _fail(name: str, what: str, value: Any, error: Callable[[str], Exception] = ValueError) -> Exception:
     return error(f"{name} must be {what}; got {value!r}")
 
 
 def check_int(value: Any, name: str, *, minimum: Optional[int] = None, maximum: Optional[int] = None,
-              what: Optional[str] = None, error: type = ValueError) -> int:
+              what: Optional[str] = None, error: Callable[[str], Exception] = ValueError) -> int:
     """An integer (Python or numpy, not ``bool``) within ``[minimum, maximum]``, returned as ``int``.
 
     Parameters
@@ -34,8 +34,9 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = None, maximum: 
         Inclusive bounds.
     what : str, optional
         Replaces the generated description in the message (e.g. ``"a positive integer (the number of bins)"``).
-    error : exception class, default ValueError
-        What to raise (``TypeError`` or a caller's own error class where callers expect one).
+    error : exception class or callable, default ValueError
+        Makes what is raised from the message (``TypeError``, or a caller's own error class where callers expect
+        one; a function where that error takes more than the message).
 
     Returns
     -------
@@ -62,7 +63,7 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = None, maximum: 
 
 
 def check_float(value: Any, name: str, *, positive: bool = False, minimum: Optional[float] = None,
-                finite: bool = True, what: Optional[str] = None, error: type = ValueError) -> float:
+                finite: bool = True, what: Optional[str] = None, error: Callable[[str], Exception] = ValueError) -> float:
     """A real number (not ``bool``), returned as ``float``.
 
     Parameters

@@ -127,18 +127,18 @@ def test_frame_epochs_are_log_spaced_for_log_schedules_and_linear_otherwise(runs
 
 
 def test_interpolated_frames_hit_the_recorded_medians_at_recorded_epochs(runs):
-    from infoplane.viz.animation import _tracks
+    from infoplane.viz.drawing import run_tracks
 
     a, _, _ = runs
     run = infoplane.load_run(a)
     times = run.epochs.astype(float)
-    tr = _tracks(run, "binning", times, log=True)
+    tr = run_tracks(run, "binning", times, log=True)
     np.testing.assert_allclose(tr["x"], np.nanmedian(run.get("ixt", "binning"), axis=0))
     np.testing.assert_allclose(tr["y75"], np.nanpercentile(run.get("ity", "binning"), 75, axis=0))
     # Half way between two recorded epochs on the log(epoch + 1) axis: the mean of their medians.
     e0, e1 = times[-2], times[-1]
     mid = math.exp((math.log(e0 + 1) + math.log(e1 + 1)) / 2) - 1
-    half = _tracks(run, "binning", np.array([mid]), log=True)["x"][0]
+    half = run_tracks(run, "binning", np.array([mid]), log=True)["x"][0]
     np.testing.assert_allclose(half, (tr["x"][-2] + tr["x"][-1]) / 2)
 
 

@@ -69,6 +69,30 @@ def test_lr_with_the_model_files_optimizer_is_a_usage_error(tmp_path, capsys):
     assert "--lr" in first and "optimizer()" in first and "lr=" not in first
 
 
+def test_the_library_error_names_the_python_arguments_and_the_cli_its_options(tmp_path):
+    import pytest
+
+    from infoplane.cli.main import as_flags
+    from infoplane.experiment import ConfigError, track as track_fn
+
+    path = write(tmp_path, "net.py", "import torch\nfrom torch import nn\n"
+                                     "def optimizer(p):\n    return torch.optim.SGD(p, lr=0.1)\n"
+                                     "def build_model():\n    return nn.Sequential(nn.Linear(12, 2))\n")
+    with pytest.raises(ConfigError) as info:
+        track_fn(path, epochs=1, lr=0.01, out=tmp_path / "lib", progress=False)
+    err = info.value
+    assert err.argument == "lr" and "`lr`" in str(err) and "--" not in str(err)
+    assert as_flags(str(err), err.arguments).startswith("--lr sets the rate")
+    with pytest.raises(ConfigError) as info:
+        track_fn(path, probe="train", seeds=2, epochs=1, out=tmp_path / "lib2", progress=False)
+    assert info.value.arguments == ("probe", "fixed_split") and "`fixed_split=True`" in str(info.value)
+    # The translation: flags for the arguments an error names, values unquoted, other backquotes kept.
+    assert as_flags("`probe='train'` needs `fixed_split=True`; `model` is fine", ["probe", "fixed_split"]) == \
+        "--probe train needs --fixed-split; `model` is fine"
+    assert as_flags("`seed` and `lr`", ["seed"]) == "--seed and `lr`"
+    assert as_flags("`ray_gpus=0` with `ray=True`") == "--ray-gpus 0 with --ray"
+
+
 def test_resuming_with_other_recorded_settings_is_a_usage_error(tmp_path, capsys):
     assert track(tmp_path, TANH, "--epochs", "2") == 0
     capsys.readouterr()

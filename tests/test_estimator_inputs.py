@@ -86,7 +86,7 @@ def test_bad_labels():
 
 def test_unknown_settings_and_precision():
     with pytest.raises(ValueError, match="unknown estimator settings"):
-        from_settings({"kind": "no-such-kind"})  # issue 11: "knn" is now a kind
+        from_settings({"kind": "no-such-kind"})  # "knn" is a kind; this one is not
     with pytest.raises(ValueError, match="unknown estimator setting"):
         from_settings({"kind": "kde", "noise": 0.1})
     with pytest.raises(ValueError, match="precision"):

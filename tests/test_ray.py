@@ -129,7 +129,7 @@ def test_failed_fraction_is_reported_and_resume_runs_only_it(ray_local, model_fi
     assert [f["fraction"] for f in err.failures] == [0.25] and err.failures[0]["seeds"] == [0, 1]
     assert "RuntimeError: boom: the small fraction fails" in err.failures[0]["error"]
     assert "Traceback" in err.failures[0]["traceback"] and ", in loss" in err.failures[0]["traceback"]
-    assert "fraction 0.25 (seeds 0, 1)" in str(err) and "--resume" in str(err)
+    assert "fraction 0.25 (seeds 0, 1)" in str(err) and "`resume=True`" in str(err)
     assert [r.fraction for r in err.runs] == [0.5]
     small, large = out / "fraction-0.25", out / "fraction-0.5"
     assert infoplane.load_run(large).meta["complete"]
@@ -171,7 +171,7 @@ def test_a_single_model_object_trains_with_the_drivers_weights(ray_local, tmp_pa
 def test_a_task_that_cannot_see_out_says_so(ray_local, model_file, tmp_path):
     check = ray.remote(_check_worker)
     missing = tmp_path / "elsewhere" / ".infoplane-ray-check-x"
-    with pytest.raises(RaySetupError, match=r"cannot see --out .*shared filesystem.*every Ray node"):
+    with pytest.raises(RaySetupError, match=r"cannot see `out=.*shared filesystem.*every Ray node"):
         ray.get(check.remote(str(missing), "token", str(model_file), infoplane.__version__))
     present = tmp_path / ".infoplane-ray-check-y"
     present.write_text("token\n")
@@ -202,8 +202,9 @@ def test_ray_cpus_must_be_positive(model_file, capsys):
     with pytest.raises(SystemExit) as info:
         main(["track", str(model_file), "--ray", "--ray-cpus", "0"])
     assert info.value.code == 2 and "--ray-cpus: expected a positive number" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--ray-cpus must be a positive number"):
+    with pytest.raises(ConfigError, match="`ray_cpus` must be a positive number") as info:
         track(model_file, ray=True, ray_cpus=0, out="unused")
+    assert info.value.argument == "ray_cpus" and "--" not in str(info.value)
 
 
 def test_without_ray_the_error_names_the_extra(model_file, tmp_path, monkeypatch):

@@ -12,12 +12,14 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from infoplane.data import probeset
 from infoplane.data.labels import as_class_indices
+from infoplane.data.probeset import ProbeInputs
 
 __all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "POOLINGS", "resolve_layers", "probe", "model_device",
            "as_probe_tensors"]
@@ -93,7 +95,7 @@ class Layer:
     #: Per-sample shape of the recorded tensor, e.g. (C, H, W), for layer reductions; not in equality or to_json.
     shape: tuple = field(default=None, compare=False)
 
-    def to_json(self):
+    def to_json(self) -> dict:
         out = {"name": self.name, "width": self.width, "kind": self.kind, "transform": self.transform,
                "module": self.module_type}
         # Only selected layers carry these keys, so that the meta.json of plain runs stays as it was.
@@ -104,7 +106,7 @@ class Layer:
         return out
 
 
-def model_device(model):
+def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model without either)."""
     for t in model.parameters():
         return t.device
@@ -113,7 +115,7 @@ def model_device(model):
     return torch.device("cpu")
 
 
-def as_probe_tensors(inputs, labels):
+def as_probe_tensors(inputs: Any, labels: Any) -> tuple[ProbeInputs, torch.Tensor]:
     """Validate and convert the probe set.
 
     Parameters
@@ -314,7 +316,8 @@ def _warn_skipped(model, skipped):
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def resolve_layers(model, example, layers=None, pre_activation=False, device=None):
+def resolve_layers(model: nn.Module, example: ProbeInputs, layers: Any = None, pre_activation: bool = False,
+                   device: Optional[torch.device] = None) -> list[Layer]:
     """Choose the layers to record.
 
     Parameters
@@ -393,7 +396,8 @@ def resolve_layers(model, example, layers=None, pre_activation=False, device=Non
     return out
 
 
-def probe(model, inputs, layers, batch_size=4096, device=None, epoch=None):
+def probe(model: nn.Module, inputs: ProbeInputs, layers: Sequence[Layer], batch_size: int = 4096,
+          device: Optional[torch.device] = None, epoch: Optional[int] = None) -> dict[str, torch.Tensor]:
     """Run the probe set through the model and return the chosen layers' activations.
 
     The model runs in eval mode under ``torch.no_grad``; every module's ``training`` flag is restored and the

@@ -36,6 +36,7 @@ import fnmatch
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -61,7 +62,7 @@ class Reduction:
             return f"random:{self.k}:{self.seed}"
         return f"{self.kind}:{self.k}"
 
-    def width(self, shape) -> int:
+    def width(self, shape: Sequence[int]) -> int:
         """Columns produced for a layer whose per-sample output shape is ``shape``."""
         shape = tuple(int(s) for s in shape)
         if self.kind == "flatten":
@@ -71,7 +72,7 @@ class Reduction:
         return self.k
 
 
-def parse(spec) -> Reduction:
+def parse(spec: Union[str, Reduction]) -> Reduction:
     """Parse one spec string (or pass a :class:`Reduction` through); raises ``ValueError`` naming the problem."""
     if isinstance(spec, Reduction):
         return spec
@@ -95,7 +96,7 @@ def parse(spec) -> Reduction:
     return Reduction(parts[0], k, seed)
 
 
-def spec_to_json(spec):
+def spec_to_json(spec: Union[str, dict, Reduction, None]) -> Union[str, dict, None]:
     """The spec in canonical JSON form (a string, a dict of strings, or None)."""
     if spec is None:
         return None
@@ -104,7 +105,7 @@ def spec_to_json(spec):
     return parse(spec).spec
 
 
-def resolve(spec, layers) -> dict:
+def resolve(spec: Union[str, dict, Reduction, None], layers: Sequence[str]) -> dict:
     """Check a spec (string, dict or None) against the layers and return ``{layer name: Reduction}``.
 
     Parameters
@@ -184,7 +185,9 @@ def _pca_scores(x: torch.Tensor, k: int) -> torch.Tensor:
     return scores * sign
 
 
-def reduce_activations(activations, spec="flatten", *, shape=None, layer="", seed=None) -> torch.Tensor:
+def reduce_activations(activations: torch.Tensor, spec: Union[str, Reduction] = "flatten", *,
+                       shape: Optional[Sequence[int]] = None, layer: str = "",
+                       seed: Optional[int] = None) -> torch.Tensor:
     """Apply a reduction to one layer's activations.
 
     Parameters

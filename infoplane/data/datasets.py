@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
@@ -84,7 +85,7 @@ def _as_patterns(patterns) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def tishby12_labels(patterns) -> np.ndarray:
+def tishby12_labels(patterns: np.ndarray) -> np.ndarray:
     """Labels of 12-bit patterns by the geometric rule.
 
     With ``k`` active bits and ``R`` the length of the sum of their unit vertex
@@ -115,7 +116,7 @@ def _vertex_pairs():
     return (i[edges], j[edges]), (i[antipodes], j[antipodes])
 
 
-def tishby12_labels_integer(patterns) -> np.ndarray:
+def tishby12_labels_integer(patterns: np.ndarray) -> np.ndarray:
     """Labels of 12-bit patterns by the exact integer form of the rule.
 
     Uses only counts: ``k`` active bits, ``n1`` active nearest-neighbour pairs (edges of
@@ -147,7 +148,7 @@ def tishby12_labels_integer(patterns) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def tishby12(dtype: torch.dtype = torch.float32):
+def tishby12(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """The 12-bit data set of Shwartz-Ziv & Tishby (2017), regenerated from its rule.
 
     Parameters
@@ -168,7 +169,7 @@ def tishby12(dtype: torch.dtype = torch.float32):
     return inputs, labels
 
 
-def write_tishby12_csv(path) -> Path:
+def write_tishby12_csv(path: Union[str, os.PathLike]) -> Path:
     """Write the 12-bit data set as CSV text.
 
     The header is ``x0,...,x11,y``; each of the 4096 rows holds the 12 bits and the
@@ -192,7 +193,7 @@ def write_tishby12_csv(path) -> Path:
     return path
 
 
-def digits(dtype: torch.dtype = torch.float32):
+def digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled 8x8 handwritten digits (no download).
 
     Parameters
@@ -221,7 +222,7 @@ def _labels_from_array(labels: np.ndarray, path) -> tuple[np.ndarray, list | Non
     return checked.indices.numpy(), checked.names
 
 
-def load_npz(path, dtype: torch.dtype = torch.float32, return_names: bool = False):
+def load_npz(path: Union[str, os.PathLike], dtype: torch.dtype = torch.float32, return_names: bool = False) -> tuple:
     """Load your own data set from a ``.npz`` file.
 
     Parameters
@@ -283,7 +284,8 @@ def load_npz(path, dtype: torch.dtype = torch.float32, return_names: bool = Fals
 _BUILTIN = {"tishby12": tishby12, "digits": digits}
 
 
-def load(spec, dtype: torch.dtype = torch.float32, *, root=None, download: bool = False):
+def load(spec: Union[str, os.PathLike], dtype: torch.dtype = torch.float32, *,
+         root: Union[str, os.PathLike, None] = None, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a data set by name or path.
 
     Parameters
@@ -354,7 +356,7 @@ def _class_quotas(counts: np.ndarray, n_train: int, rng: np.random.Generator) ->
     return take
 
 
-def stratified_split(labels, fraction: float, seed: int):
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Random training subset that keeps the class proportions; the rest is the test set.
 
     The training set has ``round(fraction * N)`` samples. Each class contributes its
@@ -398,7 +400,7 @@ def stratified_split(labels, fraction: float, seed: int):
     return train, test
 
 
-def original_split(n: int, fraction: float):
+def original_split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """The unshuffled split of the original 12-bit experiments.
 
     Training rows are the first ``round(fraction * n)`` rows in file order; test rows are

@@ -17,7 +17,7 @@ do not match the samples.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def _as_array_or_tensor(labels, what: str):
     raise TypeError(f"{what} must be a tensor, a numpy array or a list of class labels; got {type(labels).__name__}")
 
 
-def as_class_indices(labels, n: Optional[int] = None, *, batch_shape: Sequence[int] = (),
+def as_class_indices(labels: Any, n: Optional[int] = None, *, batch_shape: Sequence[int] = (),
                      what: str = "labels", context: Optional[str] = None) -> ClassLabels:
     """Check class labels and return them as int64 class indices.
 

@@ -9,9 +9,13 @@ of the three they hold.
 from __future__ import annotations
 
 import numbers
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
+
+#: A probe set's inputs: a tensor, a tuple of tensors (``model(*x)``) or a dict of tensors (``model(**x)``).
+ProbeInputs = Union[torch.Tensor, tuple, dict]
 
 __all__ = ["as_probe_set", "collect_loader", "n_samples", "take", "to_device", "cast_floating", "call_model",
            "describe", "leaves", "attention_mask"]
@@ -79,12 +83,12 @@ def _named_leaves(x):
     return [("inputs", x)]
 
 
-def leaves(x):
+def leaves(x: ProbeInputs) -> list[torch.Tensor]:
     """The tensors of a probe structure in a fixed order (a tensor gives ``[x]``)."""
     return [t for _, t in _named_leaves(x)]
 
 
-def n_samples(x) -> int:
+def n_samples(x: ProbeInputs) -> int:
     """Leading sample count N of a probe structure."""
     return int(leaves(x)[0].shape[0])
 
@@ -97,22 +101,22 @@ def _map(x, fn):
     return fn(x)
 
 
-def take(x, start, stop):
+def take(x: ProbeInputs, start: int, stop: int) -> ProbeInputs:
     """Samples ``start:stop`` of every tensor of a probe structure."""
     return _map(x, lambda t: t[start:stop])
 
 
-def to_device(x, device):
+def to_device(x: ProbeInputs, device: Union[str, torch.device, None]) -> ProbeInputs:
     """A probe structure with every tensor moved to ``device``."""
     return _map(x, lambda t: t.to(device))
 
 
-def cast_floating(x, dtype):
+def cast_floating(x: ProbeInputs, dtype: torch.dtype) -> ProbeInputs:
     """Cast the floating-point tensors of a probe structure to ``dtype`` (integer ids and masks stay)."""
     return _map(x, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
-def call_model(model, x):
+def call_model(model: Callable, x: ProbeInputs) -> Any:
     """``model(x)``, ``model(*x)`` or ``model(**x)`` depending on the structure."""
     if isinstance(x, dict):
         return model(**x)
@@ -121,7 +125,7 @@ def call_model(model, x):
     return model(x)
 
 
-def describe(x):
+def describe(x: ProbeInputs) -> str:
     """JSON-able shape of a probe structure: a list for one tensor (as before), else the shape per input."""
     if isinstance(x, torch.Tensor):
         return list(x.shape)
@@ -130,12 +134,12 @@ def describe(x):
     return {"args": [list(t.shape) for t in x]}
 
 
-def describe_sample(x):
+def describe_sample(x: ProbeInputs) -> str:
     """Per-sample shapes and dtypes for error messages."""
     return ", ".join(f"{name} {tuple(t.shape[1:])} {t.dtype}" for name, t in _named_leaves(x))
 
 
-def attention_mask(x):
+def attention_mask(x: ProbeInputs) -> Optional[torch.Tensor]:
     """The ``attention_mask`` of keyword inputs ([N, L]), or None."""
     if isinstance(x, dict):
         m = x.get("attention_mask")
@@ -187,7 +191,7 @@ def _split_batch(batch, i):
                      f"(input_1, ..., input_k, labels), or a dict with 'labels'")
 
 
-def collect_loader(loader):
+def collect_loader(loader: Iterable) -> tuple[ProbeInputs, torch.Tensor]:
     """Collect a probe loader once, in its fixed order.
 
     Parameters
@@ -220,7 +224,7 @@ def collect_loader(loader):
     return _cat(xs), torch.cat(ys)
 
 
-def as_probe_set(inputs, labels):
+def as_probe_set(inputs: Any, labels: Any) -> tuple[ProbeInputs, Any]:
     """The probe inputs as a structure of tensors, with the labels as given (validated by the caller).
 
     Parameters

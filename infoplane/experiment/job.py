@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,95 +24,12 @@ from infoplane.data.modelfile import ModelFile, load_model_file
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
 from infoplane.runs import lifecycle as rundir
 from infoplane.data.labels import as_class_indices
-from infoplane.runs.format import STATE
-from infoplane.runs.writer import META, Run, load_run, read_meta
-from infoplane.tracking.tracker import Tracker
-from infoplane.train import fit, load_state, save_state
+from infoplane.experiment.errors import ConfigError, RunExistsError
+from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
+from infoplane.runs.writer import META, Run, read_meta
 
-STATE_FILE = STATE  # the run directory module knows it as one of infoplane's own files
 SPLITS = ("stratified", "original")
 PROBES = ("all", "train", "test")
-
-
-class ConfigError(ValueError):
-    """A setting of :func:`track` that cannot work (the command line reports it as a usage error)."""
-
-
-class RunExistsError(ConfigError):
-    """The output directory already holds a run and neither resume nor overwrite was asked for."""
-
-
-@dataclass(frozen=True)
-class TrackJob:
-    """The settings shared by every training fraction of one :func:`track` call (checked before any training).
-
-    Attributes
-    ----------
-    model_file : ModelFile
-    inputs, labels : torch.Tensor
-        All samples, shape [N, ...], and their class indices, shape [N].
-    seeds : list of int
-        The seeds trained side by side.
-    epochs : int
-        Training epochs; the schedule always includes this last epoch (the trained network).
-    lr, batch_size, optimizer, device, vectorize
-        Training settings, as for :func:`infoplane.train.fit`.
-    estimators : list
-        Estimator objects.
-    schedule : Schedule
-        Recorded epochs, ending at ``epochs``.
-    resume, overwrite, keep_activations, progress : bool
-    log : callable
-        Receives one line of text per message.
-    reduce : None, str or dict
-        Layer reduction before estimating (see :class:`~infoplane.Tracker`).
-    on_epoch : callable, optional
-        Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
-    """
-
-    model_file: ModelFile
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    seeds: list[int]
-    epochs: int
-    lr: float | None
-    batch_size: int
-    optimizer: str | Callable | None
-    estimators: list
-    schedule: Schedule
-    device: str | torch.device
-    resume: bool
-    overwrite: bool
-    keep_activations: bool
-    vectorize: bool | str
-    progress: bool
-    log: Callable[[str], Any]
-    reduce: str | dict | None = None
-    on_epoch: Callable[[int], Any] | None = None  # [issue 13: Ray]
-
-
-@dataclass(frozen=True)
-class FractionPlan:
-    """One training fraction of a :func:`track` call: where it goes and what it trains and probes on.
-
-    Attributes
-    ----------
-    fraction : float
-    run_dir : pathlib.Path
-    splits : list of (ndarray, ndarray)
-        Per seed, the training and held-out row indices.
-    probe_x, probe_y : torch.Tensor
-        The samples on which the plane is measured.
-    meta : dict
-        Entries for ``meta.json`` (data, model file, caller, training and split settings).
-    """
-
-    fraction: float
-    run_dir: Path
-    splits: list
-    probe_x: torch.Tensor
-    probe_y: torch.Tensor
-    meta: dict
 
 
 def fraction_dir(out: str | os.PathLike, fraction: float) -> Path:
@@ -140,8 +55,8 @@ def _check_fraction_dirs(out: Path, fractions: list[float]) -> None:
     for f in fractions:
         d = fraction_dir(out, f)
         if d in seen:
-            raise ConfigError(f"--fraction {seen[d]!r} and --fraction {f!r} would both be written to {d}; give "
-                              f"fractions that differ within 6 significant digits")
+            raise ConfigError(f"`fractions` {seen[d]!r} and {f!r} would both be written to {d}; give fractions that "
+                              f"differ within 6 significant digits", "fractions")
         seen[d] = f
 
 
@@ -149,7 +64,7 @@ def _load_data(spec: Any, model_file: ModelFile,
                log: Callable[[str], Any]) -> tuple[torch.Tensor, torch.Tensor, str, list | None]:
     npz_names = None  # class names stored in an .npz (its labels arrive here as indices)
     if spec is not None and model_file.data is not None:
-        given = f"--data {spec}" if isinstance(spec, (str, os.PathLike)) else "the data given"
+        given = f"`data={os.fspath(spec)!r}`" if isinstance(spec, (str, os.PathLike)) else "the data given"
         log(f"note: {given} replaces the data() defined in {model_file.path.name}")
     if spec is None:
         if model_file.data is not None:
@@ -172,8 +87,8 @@ def _load_data(spec: Any, model_file: ModelFile,
         except (ValueError, OSError) as err:
             # data.load's messages usually start with the path already: do not say it twice.
             said = str(err)
-            where = "--data" if Path(str(spec)).name in said else f"--data {spec}"
-            raise ConfigError(f"{where}: {said}") from err
+            where = "`data`" if Path(str(spec)).name in said else f"`data={os.fspath(spec)!r}`"
+            raise ConfigError(f"{where}: {said}", "data") from err
         name = str(spec)
     try:  # one label validator everywhere: whole floats become indices, 0.7 is refused, names are mapped
         checked = as_class_indices(labels, what=f"labels of data {name!r}")
@@ -201,7 +116,8 @@ def _probe_set(inputs: torch.Tensor, labels: torch.Tensor, probe: str, splits: l
         return inputs, labels
     index = splits[0][0] if probe == "train" else splits[0][1]
     if len(index) < 2:
-        raise ConfigError(f"--probe {probe} leaves {len(index)} probe samples at this fraction; need at least 2")
+        raise ConfigError(f"`probe={probe!r}` leaves {len(index)} probe samples at this fraction; need at least 2",
+                          "probe")
     return inputs[index], labels[index]
 
 
@@ -225,15 +141,16 @@ def check_outputs(out: str | os.PathLike, fractions: Sequence[float], resume: bo
         d = fraction_dir(out, f)
         if d.exists() and any(d.iterdir()) and not rundir.is_run(d):
             raise ConfigError(f"{d} is not empty and holds no infoplane run; infoplane writes only into new or "
-                              f"empty directories or its own runs: choose another --out")
+                              f"empty directories or its own runs: choose another `out`", "out")
         if overwrite and rundir.is_run(d) and rundir.foreign_entries(d):
             found = ", ".join(rundir.foreign_entries(d)[:10])
-            raise ConfigError(f"{d} holds files that infoplane did not write ({found}); --overwrite replaces only "
-                              f"infoplane's own files: move them out of the run directory or choose another --out")
+            raise ConfigError(f"{d} holds files that infoplane did not write ({found}); `overwrite=True` replaces "
+                              f"only infoplane's own files: move them out of the run directory or choose another "
+                              f"`out`", "out", "overwrite")
         if d.exists() and any(d.iterdir()) and not (resume or overwrite):
             state = "a complete" if (d / "meta.json").exists() and read_meta(d).get("complete") else "an unfinished"
-            raise RunExistsError(f"{d} already holds {state} run; pass --resume to continue it or --overwrite "
-                                 f"to replace it")
+            raise RunExistsError(f"{d} already holds {state} run; pass `resume=True` to continue it or "
+                                 f"`overwrite=True` to replace it", "resume", "overwrite")
 
 
 def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fractions: Sequence[float] = (0.8,),
@@ -310,30 +227,32 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     """
     mf = model_file if isinstance(model_file, ModelFile) else load_model_file(model_file)
     if split not in SPLITS:
-        raise ConfigError(f"--split must be one of {SPLITS}; got {split!r}")
+        raise ConfigError(f"`split={split!r}`: give one of {SPLITS}", "split")
     if probe not in PROBES:
-        raise ConfigError(f"--probe must be one of {PROBES}; got {probe!r}")
+        raise ConfigError(f"`probe={probe!r}`: give one of {PROBES}", "probe")
     fractions = [float(f) for f in fractions]
     for f in fractions:
         if not (0 < f <= 1):
-            raise ConfigError(f"--fraction must satisfy 0 < F <= 1; got {f}")
+            raise ConfigError(f"`fractions`: each must satisfy 0 < F <= 1; got {f}", "fractions")
     if len(set(fractions)) != len(fractions):
-        raise ConfigError(f"--fraction repeats a value: {fractions}")
-    check_int(seeds, "--seeds", minimum=1, what="a positive integer", error=ConfigError)
+        raise ConfigError(f"`fractions` repeats a value: {fractions}", "fractions")
+    check_int(seeds, "`seeds`", minimum=1, what="a positive integer", error=lambda m: ConfigError(m, "seeds"))
     if mf.max_seeds is not None and seeds > mf.max_seeds:
         raise ConfigError(f"{mf.path} defines a single `model` object, so it trains one seed; define "
-                         f"build_model() to train {seeds} seeds")
+                          f"build_model() to train {seeds} seeds (`seeds`)", "seeds")
     if probe != "all" and seeds > 1 and not fixed_split and split == "stratified":
-        raise ConfigError(f"--probe {probe} with several seeds needs one split for all of them (--fixed-split): "
-                         "otherwise each seed would be measured on different samples")
-    check_int(seed, "--seed", minimum=0, error=ConfigError)
+        raise ConfigError(f"`probe={probe!r}` with several seeds needs one split for all of them "
+                          f"(`fixed_split=True`): otherwise each seed would be measured on different samples",
+                          "probe", "fixed_split")
+    check_int(seed, "`seed`", minimum=0, error=lambda m: ConfigError(m, "seed"))
     if mf.max_seeds is not None and seed != 0:
-        raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop --seed (or define "
-                          f"build_model() to train other seeds)")
+        raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop `seed` (or define "
+                          f"build_model() to train other seeds)", "seed")
     if lr is not None and optimizer is None and mf.optimizer is not None:
-        raise ConfigError(f"--lr sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
-                          f"set the rate there, or pass --optimizer adam or sgd to use a built-in one")
-    if ray is not None and ray is not False:  # [issue 13: Ray] checked before any data is loaded
+        raise ConfigError(f"`lr` sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
+                          f"set the rate there, or pass `optimizer='adam'` or `optimizer='sgd'` to use a built-in one",
+                          "lr", "optimizer")
+    if ray is not None and ray is not False:  # checked before any data is loaded
         from infoplane.experiment.raysweep import check_ray_settings
 
         ray_address = check_ray_settings(ray, ray_cpus, ray_gpus, device)
@@ -346,7 +265,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     try:
         schedule = ending_at(log_schedule(epochs, 400) if schedule is None else schedule, epochs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"--schedule: {err}") from err
+        raise ConfigError(f"`schedule`: {err}", "schedule") from err
     layers = _check_model(mf, inputs, labels, seed_list[0])
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
@@ -379,11 +298,11 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         if resume and (run_dir / META).exists():
             _check_same_settings(run_dir, meta, recorded)
         plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
-    if ray is not None and ray is not False:  # [issue 13: Ray] one task per fraction, the same code inside
+    if ray is not None and ray is not False:  # Ray: one task per fraction, the same code inside
         from infoplane.experiment.raysweep import run_on_ray
 
         return run_on_ray(job, plans, ray_address, cpus=ray_cpus, gpus=ray_gpus)
-    return [_track_fraction(job, plan) for plan in plans]
+    return [run_fraction(job, plan) for plan in plans]
 
 
 def _loss_name(loss: Callable | None, mf: ModelFile) -> str:
@@ -441,114 +360,22 @@ def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile
 
 # Settings that change the numbers of a run: a resumed run must keep them.
 _RESUME_KEYS = ("data", "training", "split")
-# What the tracker records: a resumed run must record the same; each with the options that set it.
-_RECORDED_KEYS = {"estimators": "--estimator, --bins, --range, --bin-width or --noise-var",
-                  "schedule": "--schedule or --epochs", "seeds": "--seeds or --seed",
-                  "keep_activations": "--keep-activations", "layers": "`layers` in the model file"}
+# What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.
+_RECORDED_KEYS = {"estimators": ("estimators",), "schedule": ("schedule", "epochs"), "seeds": ("seeds", "seed"),
+                  "keep_activations": ("keep_activations",), "layers": ()}
 
 
 def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
     stored = read_meta(run_dir)
     for key in _RESUME_KEYS:
         if json.loads(json.dumps(meta[key])) != stored.get(key):
-            raise ConfigError(f"{run_dir} was recorded with other {key} settings than this command's; resume it "
-                              f"with the same options, or pass --overwrite to start it again")
-    for key, options in _RECORDED_KEYS.items():
+            raise ConfigError(f"{run_dir} was recorded with other {key} settings than these; resume it with the "
+                              f"same settings, or pass `overwrite=True` to start it again", "overwrite")
+    for key, arguments in _RECORDED_KEYS.items():
         if recorded[key] is not None and json.loads(json.dumps(recorded[key])) != stored.get(key):
-            raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than this command's; resume "
-                              f"it with the same options, or pass --overwrite to start it again")
-
-
-def _track_fraction(job: TrackJob, plan: FractionPlan) -> Run:
-    log, seeds, epochs, run_dir = job.log, job.seeds, job.epochs, plan.run_dir
-    if job.resume and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
-        log(f"{run_dir}: complete, skipped")
-        return load_run(run_dir)
-    if job.overwrite and rundir.is_run(run_dir):
-        # Cleared through the one owner of deletion, under the run's lock: only infoplane's files go.
-        lock, _ = rundir.open_run_dir(run_dir, overwrite=True)
-        lock.release()
-    state_path = run_dir / STATE_FILE
-    state = load_state(state_path) if job.resume and state_path.exists() else None
-    bar = _progress(job.progress, epochs, plan.fraction, state)
-    tracker = None
-    last_save = time.monotonic()
-
-    def make_tracker(members):
-        return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
-                       schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
-                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce)
-
-    def callback(epoch, members, metrics):
-        nonlocal tracker
-        if tracker is None:  # the trainer's member modules stay the same objects for the whole run
-            tracker = make_tracker(members)
-        if epoch in tracker.schedule:
-            values = dict(metrics)
-            tracker.step(epoch, **values)
-            if bar is not None:
-                bar.set_postfix(_postfix(values), refresh=False)
-        if bar is not None:
-            bar.update(1)
-        if job.on_epoch is not None:  # [issue 13: Ray]
-            job.on_epoch(1)
-
-    def should_save(epoch):
-        return time.monotonic() - last_save >= 1.0
-
-    def checkpoint(train_state):
-        nonlocal last_save
-        # The estimates of every epoch up to this state are written before the state is saved, so a resumed run
-        # never skips an epoch whose rows were lost; between checkpoints the tracker batches as it likes.
-        tracker.flush()
-        save_state(state_path, train_state)
-        last_save = time.monotonic()
-
-    test_idx = [s[1] for s in plan.splits]
-    if any(len(t) == 0 for t in test_idx):
-        test_idx = None  # fraction 1: no held-out samples
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
-                         epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
-                         device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
-                         state=state, checkpoint=checkpoint, checkpoint_every=should_save)
-        if tracker is None:  # resumed after the last epoch: nothing left to train
-            tracker = make_tracker(result.members)
-    except BaseException:
-        if tracker is not None:
-            tracker.__exit__(*sys.exc_info())  # keeps what was measured, marks the run unfinished
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    tracker.close()
-    if state_path.exists():
-        os.remove(state_path)
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        log(f"note: {message}")
-    how = "vectorised" if result.vectorized else "one at a time"
-    log(f"{run_dir}: {len(seeds)} seed(s) trained {how} for {epochs} epochs")
-    return load_run(run_dir)
-
-
-def _progress(enabled: bool, epochs: int, fraction: float, state: dict | None) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    done = int(state["epoch"]) if state is not None else -1
-    return tqdm(total=epochs + 1, initial=done + 1, desc=f"fraction {fraction:g}", unit="epoch",
-                dynamic_ncols=True, leave=True)
-
-
-def _postfix(metrics: dict) -> dict[str, str]:
-    post = {}
-    for key in ("train_loss", "train_acc", "test_acc"):
-        if key in metrics:
-            post[key.replace("train_", "").replace("test_acc", "test")] = f"{float(np.mean(metrics[key])):.3g}"
-    return post
+            options = " or ".join(f"`{a}`" for a in arguments) or "`layers` in the model file"
+            raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than these; resume it with the "
+                              f"same settings, or pass `overwrite=True` to start it again", *arguments, "overwrite")
 
 
 def summary(runs: Sequence[Run]) -> str:

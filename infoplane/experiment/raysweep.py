@@ -3,7 +3,7 @@
 The driver (the process that calls ``track(..., ray=...)`` or runs ``infoplane track --ray``) checks every setting,
 loads the data and plans every fraction exactly as the local path does; then each fraction that is not already
 complete becomes one Ray task, which imports the model file again and runs the same per-fraction code as the local
-path (:func:`infoplane.experiment.job._track_fraction`), writing its run directory itself. A fraction's seeds stay in
+path (:func:`infoplane.experiment.fraction.run_fraction`), writing its run directory itself. A fraction's seeds stay in
 one task because they train together as one vectorised ensemble: splitting them would change the numbers.
 
 Run directories come back through a shared filesystem: ``--out`` must be a directory that every Ray node sees at
@@ -51,16 +51,22 @@ class RaySweepError(RuntimeError):
     failures : list of dict
         Per failed fraction: ``fraction`` (float), ``seeds`` (list of int), ``run_dir`` (Path), ``error`` (one line)
         and ``traceback`` (the task's traceback, as text).
+    arguments : tuple of str
+        The arguments of ``track()`` the message names in backquotes (see :class:`ConfigError`).
     """
 
-    def __init__(self, message: str, runs: list, failures: list[dict]):
+    arguments = ("resume", "out")
+
+    def __init__(self, message: str, runs: list, failures: list[dict]) -> None:
         super().__init__(message)
         self.runs = runs
         self.failures = failures
 
 
 class RaySetupError(RuntimeError):
-    """A Ray task cannot work on its node: it cannot see ``--out`` or the model file, or runs another infoplane."""
+    """A Ray task cannot work on its node: it cannot see ``out`` or the model file, or runs another infoplane."""
+
+    arguments = ("out",)
 
 
 def require_ray() -> Any:
@@ -102,34 +108,36 @@ def check_ray_settings(ray: bool | str, cpus: float, gpus: float | None, device:
 
     Raises
     ------
-    infoplane.experiment.job.ConfigError
-        A setting that cannot work, worded in terms of the command-line options.
+    infoplane.experiment.errors.ConfigError
+        A setting that cannot work, naming the arguments of :func:`~infoplane.experiment.track` at fault.
     ImportError
         Ray is not installed (the message names ``pip install 'infoplane[ray]'``).
     """
-    from infoplane.experiment.job import ConfigError
+    from infoplane.experiment.errors import ConfigError
 
     if ray is True:
         address = None
     elif isinstance(ray, str) and (ray == "auto" or _ADDRESS.fullmatch(ray)):
         port = _ADDRESS.fullmatch(ray)
         if port is not None and not 0 < int(port.group(1)) < 65536:
-            raise ConfigError(f"--ray {ray}: the port must be between 1 and 65535")
+            raise ConfigError(f"`ray={ray!r}`: the port must be between 1 and 65535", "ray")
         address = ray
     else:
-        raise ConfigError(f"--ray {ray}: expected no address (a new local Ray instance), auto (the cluster this "
-                          f"machine belongs to), HOST:PORT (the address `ray start --head` prints, port 6379 by "
-                          f"default) or ray://HOST:PORT (Ray Client, port 10001 by default)")
-    check_float(cpus, "--ray-cpus", positive=True, what="a positive number", error=ConfigError)
+        raise ConfigError(f"`ray={ray!r}`: expected no address (`ray=True`: a new local Ray instance), 'auto' (the "
+                          f"cluster this machine belongs to), 'HOST:PORT' (the address `ray start --head` prints, "
+                          f"port 6379 by default) or 'ray://HOST:PORT' (Ray Client, port 10001 by default)", "ray")
+    check_float(cpus, "`ray_cpus`", positive=True, what="a positive number",
+                error=lambda m: ConfigError(m, "ray_cpus"))
     if gpus is not None:
-        check_float(gpus, "--ray-gpus", minimum=0, what="a number >= 0", error=ConfigError)
+        check_float(gpus, "`ray_gpus`", minimum=0, what="a number >= 0", error=lambda m: ConfigError(m, "ray_gpus"))
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or index:
-        raise ConfigError(f"--device {device} with --ray: Ray gives each task its own GPU (CUDA_VISIBLE_DEVICES), so "
-                          f"pass --device cuda (or cpu) and --ray-gpus for how many each task takes")
+        raise ConfigError(f"`device={str(device)!r}` with `ray`: Ray gives each task its own GPU "
+                          f"(CUDA_VISIBLE_DEVICES), so pass `device='cuda'` (or 'cpu') and `ray_gpus` for how many "
+                          f"each task takes", "device", "ray", "ray_gpus")
     if kind == "cuda" and gpus == 0:
-        raise ConfigError("--device cuda with --ray-gpus 0: a task without a GPU cannot train on CUDA; drop "
-                          "--ray-gpus (each task then takes one GPU)")
+        raise ConfigError("`device='cuda'` with `ray_gpus=0`: a task without a GPU cannot train on CUDA; drop "
+                          "`ray_gpus` (each task then takes one GPU)", "device", "ray_gpus")
     require_ray()
     return address
 
@@ -143,15 +151,15 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 def _connect(ray: Any, address: str | None, log: Callable[[str], Any]) -> bool:
     """Attach this process to Ray; return True when it started an instance (and so shuts it down afterwards)."""
-    from infoplane.experiment.job import ConfigError
+    from infoplane.experiment.errors import ConfigError
 
     if ray.is_initialized():  # e.g. the caller's own ray.init(): use it as it is
         if address is not None:
-            log(f"note: Ray is already initialised in this process; --ray {address} is not used")
+            log(f"note: Ray is already initialised in this process; `ray={address!r}` is not used")
         return False
     if address is None and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
-        log(f"note: --ray without an address uses the cluster in RAY_ADDRESS ({address})")
+        log(f"note: `ray=True` (no address) uses the cluster in RAY_ADDRESS ({address})")
     try:
         if address is None:
             # A private local instance: no dashboard (nothing this sweep needs, and one server fewer).
@@ -159,10 +167,10 @@ def _connect(ray: Any, address: str | None, log: Callable[[str], Any]) -> bool:
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        where = f"--ray {address}" if address is not None else "--ray"
+        where = f"`ray={address!r}`" if address is not None else "`ray=True`"
         raise ConfigError(f"{where}: could not connect to Ray ({type(err).__name__}: {err}); start a cluster with "
-                          f"`ray start --head` and give the address it prints, or use --ray alone for a local "
-                          f"instance") from err
+                          f"`ray start --head` and give the address it prints, or use `ray=True` alone for a local "
+                          f"instance", "ray") from err
     return True
 
 
@@ -215,20 +223,20 @@ def _check_worker(check_file: str, token: str, model_file: str, version: str) ->
     except OSError:
         seen = None
     if seen != token:
-        raise RaySetupError(f"the Ray worker on {host} cannot see --out {out} (the check file the driver wrote there "
-                            f"is missing): run directories come back through a shared filesystem, so --out must be "
-                            f"a directory that every Ray node mounts at the same path (e.g. on NFS); give such a "
+        raise RaySetupError(f"the Ray worker on {host} cannot see `out={out!r}` (the check file the driver wrote "
+                            f"there is missing): run directories come back through a shared filesystem, so `out` must "
+                            f"be a directory that every Ray node mounts at the same path (e.g. on NFS); give such a "
                             f"directory as an absolute path")
     if not os.path.isfile(model_file):
         raise RaySetupError(f"the Ray worker on {host} cannot read the model file {model_file}: every Ray node must "
-                            f"see it at the same path; put it on the shared filesystem with --out")
+                            f"see it at the same path; put it on the shared filesystem, as `out`")
 
 
 def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, actor: Any) -> list[str]:
     """One Ray task: train and track one fraction into its run directory; returns the log lines."""
     import ray
 
-    from infoplane.experiment.job import _track_fraction
+    from infoplane.experiment.fraction import run_fraction
     from infoplane.data.modelfile import load_model_file
 
     check_file, token, model_path, version = check
@@ -242,14 +250,14 @@ def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, 
     job = dataclasses.replace(job, model_file=mf, log=lines.append, progress=False, on_epoch=reporter)
     # Arrays from the object store are read-only views; training takes its index tensors from these.
     plan = dataclasses.replace(plan, splits=[(np.array(tr), np.array(te)) for tr, te in plan.splits])
-    _track_fraction(job, plan)
+    run_fraction(job, plan)
     reporter.finish(ray)
     return lines
 
 
 def _initial_epochs(job: Any, plan: Any) -> int:
     """Epochs a resumed fraction has already trained (for the bar), as the local path's bar counts them."""
-    from infoplane.experiment.job import STATE_FILE
+    from infoplane.experiment.errors import STATE_FILE
     from infoplane.train import load_state
 
     path = plan.run_dir / STATE_FILE
@@ -356,7 +364,7 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
         details = "\n".join(f"--- fraction {f['fraction']:g} ({_seeds_text(f['seeds'])}), {f['run_dir']}:\n"
                             f"{f['traceback'].rstrip()}" for f in failures)
         raise RaySweepError(f"{len(failures)} of {len(plans)} fraction(s) failed on Ray: {names}. The other runs are "
-                            f"complete; fix the cause and run the same command with --resume to run only what is "
+                            f"complete; fix the cause and run it again with `resume=True` to run only what is "
                             f"missing\n{details}", done, failures)
     return done
 

@@ -8,5 +8,6 @@ the extra to install:
   (``infoplane[huggingface]``)
 - :mod:`infoplane.integrations.tensorboard`: ``TensorBoardSink`` (``infoplane[tensorboard]``)
 - :mod:`infoplane.integrations.wandb`: ``WandbSink`` (``infoplane[wandb]``)
-- :mod:`infoplane.integrations.sinks`: the sink protocol the tracker writes rows through, and ``as_sinks``
+- :mod:`infoplane.integrations.sinks`: the sink protocol the tracker writes rows through, and ``as_sinks`` (both
+  owned by :mod:`infoplane.tracking.sinks`), with what the backends share (:mod:`infoplane.integrations.backend`)
 """

@@ -9,17 +9,18 @@ or ``"flatten"``. Needs ``pip install 'infoplane[huggingface]'``.
 from __future__ import annotations
 
 import os
+from typing import Any, Optional
 
 from torch import nn
 
-from infoplane.integrations.sinks import require
+from infoplane.integrations.backend import require
 
 __all__ = ["InfoPlaneTrainerCallback", "block_names"]
 
 _transformers = require("transformers", "huggingface", "infoplane.integrations.huggingface")
 
 
-def block_names(model):
+def block_names(model: nn.Module) -> list[str]:
     """Names of the blocks of a model's first ``nn.ModuleList`` that holds parameters (the transformer layers).
 
     Parameters
@@ -75,7 +76,8 @@ class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
 
     _DEFAULT = object()
 
-    def __init__(self, inputs, labels=None, *, layers=None, pool="cls", out=_DEFAULT, **tracker_options):
+    def __init__(self, inputs: Any, labels: Any = None, *, layers: Any = None, pool: str = "cls", out: Any = _DEFAULT,
+                 **tracker_options: Any) -> None:
         from infoplane.capture.hooks import POOLINGS, as_probe_tensors
 
         if pool not in POOLINGS:
@@ -97,7 +99,8 @@ class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
             return layers
         return {name: self.pool for name in layers}
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Optional[nn.Module] = None,
+                       **kwargs: Any) -> None:
         if not state.is_world_process_zero or self.tracker is not None:
             return
         from infoplane.tracking.tracker import Tracker
@@ -108,11 +111,12 @@ class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
         self.path = self.tracker.path
         self.tracker.step(_round_epoch(state.epoch))
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Optional[nn.Module] = None,
+                     **kwargs: Any) -> None:
         if self.tracker is not None:
             self.tracker.step(_round_epoch(state.epoch))
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.tracker is not None:
             tracker, self.tracker = self.tracker, None
             tracker.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 __all__ = ["InfoPlaneCallback"]
 
@@ -85,8 +86,8 @@ class InfoPlaneCallback(*_callback_bases()):
     :meth:`load_state_dict` and continues the same run directory, recording no epoch twice.
     """
 
-    def __init__(self, inputs, labels=None, *, out=_LOG_DIR, log_to_loggers=True, log_metrics=True,
-                 **tracker_options):
+    def __init__(self, inputs: Any, labels: Any = None, *, out: Any = _LOG_DIR, log_to_loggers: bool = True,
+                 log_metrics: bool = True, **tracker_options: Any) -> None:
         super().__init__()
         from infoplane.capture.hooks import as_probe_tensors
 
@@ -114,7 +115,7 @@ class InfoPlaneCallback(*_callback_bases()):
         return None if self.out is None else os.fspath(self.out)
 
     def _sinks(self, trainer):
-        from infoplane.integrations.sinks import as_sinks
+        from infoplane.tracking.sinks import as_sinks
 
         sinks = as_sinks(self.tracker_options.get("loggers"))
         if self.log_to_loggers:
@@ -130,7 +131,7 @@ class InfoPlaneCallback(*_callback_bases()):
         self.tracker.step(int(epoch), **metrics)
 
     # ------------------------------------------------------------------------------------------------ hooks
-    def on_train_start(self, trainer, pl_module):
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Not on_fit_start: a resumed trainer restores its epoch counter only after that hook.
         if not trainer.is_global_zero or self.tracker is not None:
             return
@@ -145,7 +146,7 @@ class InfoPlaneCallback(*_callback_bases()):
         self.path = self.tracker.path
         self._step(trainer, trainer.current_epoch)
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.tracker is not None:
             # current_epoch still counts from 0 here: after it, current_epoch + 1 epochs are complete.
             self._step(trainer, trainer.current_epoch + 1)
@@ -156,26 +157,26 @@ class InfoPlaneCallback(*_callback_bases()):
             tracker.close()
             self.run = tracker.run
 
-    def on_train_end(self, trainer, pl_module):
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._close()
 
-    def on_fit_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._close()
 
-    def on_exception(self, trainer, pl_module, exception):
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         if self.tracker is not None:
             tracker, self.tracker = self.tracker, None
             tracker.__exit__(type(exception), exception, exception.__traceback__)
             self.run = tracker.run
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """The run directory (and the epochs written), after writing every buffered epoch."""
         if self.tracker is not None:
             self.tracker.flush()
         return {"path": self.path, "epochs": [] if self.tracker is None else
                 sorted({int(r.epoch) for r in self.tracker.run.rows})}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         """Continue the run directory stored in a checkpoint."""
         self._restored_path = state_dict.get("path")

@@ -8,10 +8,13 @@ an image under ``infoplane/<estimator>/plane``. Needs ``pip install 'infoplane[t
 from __future__ import annotations
 
 import os
+from typing import Any, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.sinks import as_run, log_run, plane_figure, require, scalar_tags
+from infoplane.integrations.backend import as_run, log_run, plane_figure, require, scalar_tags
+from infoplane.runs.format import Row
+from infoplane.runs.reader import Run
 
 __all__ = ["TensorBoardSink", "export_tensorboard"]
 
@@ -35,7 +38,7 @@ class TensorBoardSink:
         Log the plane figure at :meth:`close`.
     """
 
-    def __init__(self, target, *, figure=True):
+    def __init__(self, target: Any, *, figure: bool = True) -> None:
         if isinstance(target, (str, os.PathLike)):
             self.writer, self._owned = _summary_writer(target), True
         elif hasattr(target, "add_scalar") and hasattr(target, "add_figure"):
@@ -44,7 +47,7 @@ class TensorBoardSink:
             raise TypeError(f"TensorBoardSink needs a SummaryWriter or a log directory, got {type(target).__name__}")
         self.figure = bool(figure)
 
-    def log_rows(self, rows, run):
+    def log_rows(self, rows: Sequence[Row], run: Run) -> None:
         """Write the scalars of ``rows`` (global step = epoch) and flush.
 
         Parameters
@@ -59,7 +62,7 @@ class TensorBoardSink:
                 self.writer.add_scalar(tag, value, global_step=int(row.epoch))
         self.writer.flush()
 
-    def log_figure(self, run, step=None):
+    def log_figure(self, run: Run, step: Optional[int] = None) -> None:
         """Write the plane figure of every estimator of ``run`` now (on demand).
 
         Parameters
@@ -80,7 +83,7 @@ class TensorBoardSink:
                 plt.close(fig)
         self.writer.flush()
 
-    def close(self, run):
+    def close(self, run: Run) -> None:
         """Write the final figure; close the writer if this sink opened it."""
         try:
             if self.figure:
@@ -92,7 +95,7 @@ class TensorBoardSink:
                 self.writer.flush()
 
 
-def export_tensorboard(run, logdir):
+def export_tensorboard(run: Union[Run, str, os.PathLike], logdir: Union[str, os.PathLike]) -> None:
     """Write a finished run's scalars and figure into a TensorBoard log directory.
 
     Parameters

@@ -9,10 +9,14 @@ step counter; the epoch-coloured plane is logged at the end as a ``wandb.Image``
 from __future__ import annotations
 
 import io
+import os
+from typing import Any, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.sinks import as_run, log_run, plane_figure, require, rows_by_epoch, scalar_tags
+from infoplane.integrations.backend import as_run, log_run, plane_figure, require, rows_by_epoch, scalar_tags
+from infoplane.runs.format import Row
+from infoplane.runs.reader import Run
 
 __all__ = ["WandbSink", "export_wandb", "EPOCH_KEY"]
 
@@ -32,7 +36,7 @@ class WandbSink:
         Log the plane figure at :meth:`close`.
     """
 
-    def __init__(self, run, *, figure=True):
+    def __init__(self, run: Any, *, figure: bool = True) -> None:
         if hasattr(run, "experiment") and not hasattr(run, "define_metric"):
             run = run.experiment
         if not (hasattr(run, "log") and hasattr(run, "define_metric")):
@@ -47,7 +51,7 @@ class WandbSink:
             self.run.define_metric("infoplane/*", step_metric=EPOCH_KEY)
             self._defined = True
 
-    def log_rows(self, rows, run):
+    def log_rows(self, rows: Sequence[Row], run: Run) -> None:
         """Log the scalars of ``rows``: one ``run.log`` per epoch, carrying ``infoplane/epoch``.
 
         Parameters
@@ -64,7 +68,7 @@ class WandbSink:
                 values.update(scalar_tags(row, n_seeds))
             self.run.log(values)
 
-    def log_figure(self, run, step=None):
+    def log_figure(self, run: Run, step: Optional[int] = None) -> None:
         """Log the plane figure of every estimator now, as a ``wandb.Image`` (on demand).
 
         Parameters
@@ -93,13 +97,13 @@ class WandbSink:
                                                                  caption=f"information plane ({estimator})")
         self.run.log(values)
 
-    def close(self, run):
+    def close(self, run: Run) -> None:
         """Log the final figure (the W&B run itself stays open: its owner finishes it)."""
         if self.figure:
             self.log_figure(run)
 
 
-def export_wandb(run, wandb_run):
+def export_wandb(run: Union[Run, str, os.PathLike], wandb_run: Any) -> None:
     """Log a finished run's scalars and figure into a W&B run.
 
     Parameters

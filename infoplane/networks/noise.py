@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,14 +63,14 @@ class GaussianNoise(nn.Module):
         Seed of this module's generators.
     """
 
-    def __init__(self, clean: nn.Module, std: float, seed: int = 0):
+    def __init__(self, clean: nn.Module, std: float, seed: int = 0) -> None:
         super().__init__()
         self.clean = clean
         self.std = float(std)
         self.seed = int(seed)
         self._gens = {}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"std={self.std}, seed={self.seed}"
 
     def _generator(self, device, training):
@@ -81,7 +82,7 @@ class GaussianNoise(nn.Module):
             self._gens[key] = g
         return g
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.clean(*args, **kwargs)
         if self.std == 0:
             return out
@@ -127,7 +128,7 @@ def _select(model, layers):
     return list(dict.fromkeys(picked))
 
 
-def add_noise(model: nn.Module, std: float, layers=None, *, seed: int = 0) -> nn.Module:
+def add_noise(model: nn.Module, std: float, layers: Any = None, *, seed: int = 0) -> nn.Module:
     """A copy of ``model`` with Gaussian noise N(0, std^2) added to the output of chosen modules.
 
     The noise is active in training **and** in eval mode (so the tracker's probe passes, which run in eval

@@ -24,7 +24,8 @@ _DEFAULT_RANGES = (
     (nn.Softmax, (0.0, 1.0)),
 )
 
-_CLASSES: dict = {}
+#: The quantised subclass made for each activation class, so that each is made once (and recognised later).
+QUANTIZED_CLASSES: dict = {}
 
 
 def _fake_quantize(x: torch.Tensor, levels: int, low: float, high: float) -> torch.Tensor:
@@ -40,7 +41,7 @@ def _fake_quantize(x: torch.Tensor, levels: int, low: float, high: float) -> tor
 
 def _quantized_class(base: type) -> type:
     """A subclass of the activation's class whose output is fake-quantised (type checks and names unchanged)."""
-    cls = _CLASSES.get(base)
+    cls = QUANTIZED_CLASSES.get(base)
     if cls is None:
         def forward(self, *args, **kwargs):
             out = base.forward(self, *args, **kwargs)
@@ -56,7 +57,7 @@ def _quantized_class(base: type) -> type:
                                    "__qualname__": name})
         # Registered under its name in this module so that pickling (torch.save of the whole model) finds it.
         globals()[name] = cls
-        _CLASSES[base] = cls
+        QUANTIZED_CLASSES[base] = cls
     return cls
 
 
@@ -133,7 +134,7 @@ def quantize(model: nn.Module, bits: int = 8, ranges: dict | None = None) -> nn.
     model = copy.deepcopy(model)
     found = 0
     for name, module in model.named_modules():
-        if not isinstance(module, ACTIVATIONS) or type(module) in _CLASSES.values():
+        if not isinstance(module, ACTIVATIONS) or type(module) in QUANTIZED_CLASSES.values():
             continue
         rng = _range_for(name, module, ranges)
         if rng is None:

@@ -17,6 +17,10 @@ import math
 import os
 from collections import namedtuple
 from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence, Union
+
+#: A file's path, as every function here takes it.
+PathLike = Union[str, os.PathLike]
 
 __all__ = ["Row", "FIELDS", "VALUES", "META", "TABLE", "METRICS", "ACTIVATIONS", "STATE", "LOCK", "FORMAT",
            "FORMAT_VERSION", "NotARunError", "read_meta", "write_meta", "read_table", "read_metrics",
@@ -42,7 +46,7 @@ class NotARunError(ValueError, FileNotFoundError):
     or foreign, as earlier versions raised)."""
 
 
-def now():
+def now() -> str:
     """Current UTC time as an ISO 8601 string (seconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -60,7 +64,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write_bytes(path, data):
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``, so readers see the old or the new
     file, never a mix."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -83,12 +87,12 @@ def _csv_text(rows):
     return buf.getvalue()
 
 
-def write_csv(path, header, rows):
+def write_csv(path: PathLike, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     """Atomically replace ``path`` with a CSV of ``header`` and ``rows`` (lists of strings)."""
     atomic_write_bytes(path, _csv_text([header, *rows]).encode())
 
 
-def append_csv(path, rows):
+def append_csv(path: PathLike, rows: Iterable[Sequence[str]]) -> None:
     """Append rows to an existing CSV, then flush and fsync."""
     if not rows:
         return
@@ -98,7 +102,7 @@ def append_csv(path, rows):
         os.fsync(f.fileno())
 
 
-def read_csv(path):
+def read_csv(path: PathLike) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a CSV, dropping a last line that was cut short (no final newline).
 
     Returns
@@ -123,7 +127,7 @@ def read_csv(path):
     return header, rows
 
 
-def _num(x):
+def format_number(x: float) -> str:
     """A float as a round-trip exact string; NaN becomes the empty cell."""
     x = float(x)
     return "" if math.isnan(x) else repr(x)
@@ -133,20 +137,20 @@ def _parse_num(s):
     return math.nan if s == "" else float(s)
 
 
-def format_row(row):
+def format_row(row: Row) -> list[str]:
     """A :class:`Row` as CSV cells."""
     frac = "" if row.fraction is None else repr(float(row.fraction))
-    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator, *(_num(getattr(row, v))
+    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator, *(format_number(getattr(row, v))
                                                                                          for v in VALUES)]
 
 
-def parse_row(cells):
+def parse_row(cells: Sequence[str]) -> Row:
     """CSV cells of ``infoplane.csv`` as a :class:`Row`."""
     seed, frac, epoch, layer, est, *vals = cells
     return Row(int(seed), None if frac == "" else float(frac), int(epoch), layer, est, *map(_parse_num, vals))
 
 
-def read_table(path):
+def read_table(path: PathLike) -> list[Row]:
     """All complete rows of an ``infoplane.csv`` as :class:`Row` tuples."""
     header, rows = read_csv(path)
     if header is None:
@@ -156,7 +160,7 @@ def read_table(path):
     return [parse_row(r) for r in rows]
 
 
-def read_metrics(path):
+def read_metrics(path: PathLike) -> tuple[list[str], dict]:
     """Metrics of a wide ``metrics.csv`` (``seed,epoch,<names>``).
 
     Returns
@@ -177,7 +181,7 @@ def read_metrics(path):
     return names, values
 
 
-def read_meta(path):
+def read_meta(path: PathLike) -> dict:
     """The ``meta.json`` of a run directory as a dict.
 
     Raises
@@ -201,12 +205,13 @@ def read_meta(path):
     return meta
 
 
-def write_meta(path, meta):
+def write_meta(path: PathLike, meta: dict) -> None:
     """Atomically write ``meta.json`` into the run directory ``path``."""
     atomic_write_bytes(os.path.join(path, META), (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
 
 
-def complete_epochs(rows, seeds, layers, estimators):
+def complete_epochs(rows: Iterable[Row], seeds: Iterable[int], layers: Iterable[str],
+                    estimators: Iterable[str]) -> set[int]:
     """Epochs whose table holds a row for every (seed, layer, estimator)."""
     need = len(seeds) * len(layers) * len(estimators)
     wanted = set(seeds), set(layers), set(estimators)
@@ -217,7 +222,8 @@ def complete_epochs(rows, seeds, layers, estimators):
     return {e for e, s in seen.items() if len(s) == need}
 
 
-def _json_ok(value):
+def json_ok(value: Any) -> bool:
+    """Whether ``value`` can be written to JSON as it is (no NaN, no objects JSON does not know)."""
     try:
         json.dumps(value, allow_nan=False)
         return True
@@ -225,7 +231,8 @@ def _json_ok(value):
         return False
 
 
-def _jsonable(x):
+def jsonable(x: Any) -> Any:
+    """``x`` as it will read back from JSON (tuples become lists, keys strings)."""
     return json.loads(json.dumps(x))
 
 

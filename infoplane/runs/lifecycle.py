@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from infoplane.runs.format import ACTIVATIONS, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
 
@@ -42,7 +42,7 @@ class RunExistsError(ValueError):
     """The directory already holds a run, and neither resuming nor overwriting was asked for."""
 
 
-def is_run(path) -> bool:
+def is_run(path: Union[str, os.PathLike]) -> bool:
     """Whether ``path`` is a directory holding an infoplane run (``meta.json`` with the format marker)."""
     try:
         read_meta(path)
@@ -80,7 +80,7 @@ def _foreign_in_activations(path: str) -> list[str]:
     return found
 
 
-def foreign_entries(path) -> list[str]:
+def foreign_entries(path: Union[str, os.PathLike]) -> list[str]:
     """Paths (relative to ``path``) inside a run directory that infoplane did not write; sorted."""
     path = os.fspath(path)
     found = []
@@ -95,7 +95,7 @@ def foreign_entries(path) -> list[str]:
     return sorted(found)
 
 
-def clear(path) -> None:
+def clear(path: Union[str, os.PathLike]) -> None:
     """Remove infoplane's files from the run directory ``path``; refuse if it holds anything else.
 
     ``meta.json`` goes last, so that a clear cut short by a kill leaves a directory that is still recognised as
@@ -141,7 +141,7 @@ class RunLock:
     naming the holder's pid. The OS releases the lock when its process dies, so a stale lock file is taken over.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: Union[str, os.PathLike]) -> None:
         self.dir = os.fspath(path)
         self.path = os.path.join(self.dir, LOCK)
         self._fd: Optional[int] = None
@@ -237,7 +237,7 @@ def _inspect(path: str, resume: bool, overwrite: bool) -> bool:
     return False
 
 
-def open_run_dir(path, *, resume: bool = False, overwrite: bool = False,
+def open_run_dir(path: Union[str, os.PathLike], *, resume: bool = False, overwrite: bool = False,
                  check: Optional[Callable[[str], None]] = None) -> tuple[RunLock, bool]:
     """Take a directory for writing a run: create it, lock it, and decide between a new run and a resumed one.
 

@@ -6,7 +6,7 @@ import hashlib
 import math
 import platform
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +37,10 @@ def _fingerprint(inputs, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def describe_run(model: nn.Module, inputs, labels: torch.Tensor, layers: Sequence, estimators: Sequence, schedule,
-                 seeds: Sequence[int], fraction: Optional[float], *, pre_activation: bool, keep_activations: bool,
-                 reduce=None, reduced_widths: Optional[dict] = None, class_names: Optional[list] = None) -> dict:
+def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Sequence, estimators: Sequence,
+                 schedule: Any, seeds: Sequence[int], fraction: Optional[float], *, pre_activation: bool,
+                 keep_activations: bool, reduce: Any = None, reduced_widths: Optional[dict] = None,
+                 class_names: Optional[list] = None) -> dict:
     """The measured part of a run's ``meta.json``.
 
     Parameters

@@ -1,13 +1,15 @@
-"""Reading a recorded run: :class:`Run` (the table as numpy arrays) and :func:`load_run`."""
+"""Reading a recorded run: :class:`Run` (the table as numpy arrays), :func:`load_run`, and :func:`as_run` (a Run from
+a Run or a directory, for every function that takes either)."""
 from __future__ import annotations
 
 import os
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from infoplane.runs.format import FIELDS, METRICS, TABLE, VALUES, read_meta, read_metrics, read_table
+from infoplane.runs.format import FIELDS, METRICS, TABLE, VALUES, Row, read_meta, read_metrics, read_table
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "load_run", "as_run"]
 
 
 def _ordered(first, extra):
@@ -56,7 +58,8 @@ class Run:
         The run directory, None for a run held only in memory.
     """
 
-    def __init__(self, meta, rows=(), metrics=None, metric_names=(), path=None):
+    def __init__(self, meta: dict, rows: Iterable[Row] = (), metrics: Optional[dict] = None,
+                 metric_names: Sequence[str] = (), path: Union[str, os.PathLike, None] = None) -> None:
         self.meta = meta
         self.path = None if path is None else os.fspath(path)
         self.rows = list(rows)
@@ -96,7 +99,7 @@ class Run:
             raise ValueError(f"seed {seed!r} is not in this run; seeds: {self.seeds}")
         return self._seed_index[seed]
 
-    def get(self, field="ixt", estimator=None, seed=None):
+    def get(self, field: str = "ixt", estimator: Optional[str] = None, seed: Optional[int] = None) -> np.ndarray:
         """Estimates as an array.
 
         Parameters
@@ -129,17 +132,17 @@ class Run:
         return a[0] if len(self.seeds) == 1 else a
 
     @property
-    def ixt(self):
+    def ixt(self) -> np.ndarray:
         """I(X;T) in bits of the first estimator: ``[n_epochs, n_layers]`` for one seed, else
         ``[n_seeds, n_epochs, n_layers]``."""
         return self._default("ixt")
 
     @property
-    def ity(self):
+    def ity(self) -> np.ndarray:
         """I(T;Y) in bits of the first estimator, shaped like :attr:`ixt`."""
         return self._default("ity")
 
-    def metric(self, name, seed=None):
+    def metric(self, name: str, seed: Optional[int] = None) -> np.ndarray:
         """A reported metric aligned with :attr:`epochs`.
 
         Parameters
@@ -161,7 +164,7 @@ class Run:
                 out[self._seed_index[s], self._epoch_index[e]] = vals[name]
         return out if seed is None else out[self._seed(seed)]
 
-    def to_pandas(self):
+    def to_pandas(self) -> Any:
         """The table as a long-form ``pandas.DataFrame``: one row per seed, epoch, layer and estimator.
 
         Returns
@@ -184,7 +187,7 @@ class Run:
         return df
 
 
-def load_run(path):
+def load_run(path: Union[str, os.PathLike]) -> Run:
     """Read a run directory written by :class:`infoplane.Tracker`.
 
     A last CSV line cut short by a killed process is ignored.
@@ -203,3 +206,34 @@ def load_run(path):
     rows = read_table(os.path.join(path, TABLE))
     names, metrics = read_metrics(os.path.join(path, METRICS))
     return Run(meta, rows, metrics, names, path=path)
+
+
+def as_run(run: Union[Run, str, os.PathLike]) -> Run:
+    """A :class:`Run` from a Run or a run directory, with a clear error for anything else.
+
+    Parameters
+    ----------
+    run : Run, str or os.PathLike
+        A run, or the directory of one.
+
+    Returns
+    -------
+    Run
+        ``run`` itself, or the run loaded from the directory.
+
+    Raises
+    ------
+    ValueError
+        For a path that is not a directory, or a directory that is not a run.
+    TypeError
+        For anything else.
+    """
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        path = os.fspath(run)
+        if not os.path.isdir(path):
+            raise ValueError(f"{path!r} does not exist or is not a directory; give an infoplane run directory "
+                             f"(written by Tracker(out=...) or `infoplane track`)")
+        return load_run(path)  # its NotARunError (a ValueError) says what is missing
+    raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Union
 
 import numpy as np
 import torch
 
 from infoplane.capture import reduce as reduce_mod
+from infoplane.tracking.estimators import as_estimators
 from infoplane.tracking.recorder import estimate_rows, sort_rows
 from infoplane.runs.reader import Run
 from infoplane.runs.format import ACTIVATIONS, METRICS, read_meta, read_metrics
@@ -15,8 +17,9 @@ from infoplane.runs.writer import RunWriter
 __all__ = ["estimate"]
 
 
-def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2**20, device=None,
-             overwrite: bool = False, reduce=None) -> Run:
+def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Union[str, os.PathLike, None] = None, *,
+             buffer_bytes: int = 256 * 2**20, device: Union[str, torch.device, None] = None, overwrite: bool = False,
+             reduce: Union[str, dict, None] = None) -> Run:
     """Recompute a run's information plane from its saved activations, without retraining.
 
     The run must have been recorded with ``keep_activations=True``.
@@ -50,7 +53,6 @@ def estimate(run_dir, estimators=None, out=None, *, buffer_bytes: int = 256 * 2*
         raise ValueError(f"{run_dir!r} has no saved activations; record the run with keep_activations=True")
     if out is not None and os.path.realpath(out) == os.path.realpath(run_dir):
         raise ValueError("out must be a new directory, not the run being re-estimated")
-    from infoplane.tracking.tracker import as_estimators  # the tracker owns the defaults
 
     estimators = as_estimators([e["settings"] for e in meta["estimators"]] if estimators is None else estimators)
     labels = torch.from_numpy(np.load(os.path.join(acts_dir, "labels.npy"), allow_pickle=False))

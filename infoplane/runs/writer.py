@@ -12,8 +12,8 @@ import numpy as np
 
 from infoplane.runs import lifecycle as rundir
 from infoplane.runs.reader import Run, load_run
-from infoplane.runs.format import (ACTIVATIONS, FIELDS, FORMAT, FORMAT_VERSION, META, METRICS, TABLE, Row, _json_ok,
-                       _jsonable, _num, append_csv, atomic_write_bytes, complete_epochs, format_row, now,
+from infoplane.runs.format import (ACTIVATIONS, FIELDS, FORMAT, FORMAT_VERSION, META, METRICS, TABLE, Row, json_ok,
+                       jsonable, format_number, append_csv, atomic_write_bytes, complete_epochs, format_row, now,
                        read_meta, read_metrics, read_table, write_csv, write_meta)
 
 __all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "METRICS", "ACTIVATIONS",
@@ -47,11 +47,11 @@ class RunWriter:
 
     def __init__(self, path, meta, identity=(), resume=False, overwrite=False):
         self.path = None if path is None else os.fspath(path)
-        bad = [k for k, v in dict(meta).items() if not _json_ok(v)]
+        bad = [k for k, v in dict(meta).items() if not json_ok(v)]
         if bad:
             raise ValueError(f"meta entries {bad} cannot be written to meta.json; pass plain numbers (not NaN), "
                              f"strings, lists and dicts (e.g. array.tolist())")
-        self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **_jsonable(meta),
+        self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **jsonable(meta),
                      "start_time": now(), "end_time": None, "complete": False}
         self.rows, self.metric_names, self.metrics = [], [], {}
         self._lock = None
@@ -116,7 +116,7 @@ class RunWriter:
 
     def _metric_cells(self, key):
         vals = self.metrics[key]
-        return [str(key[0]), str(key[1])] + [_num(vals[n]) if n in vals else "" for n in self.metric_names]
+        return [str(key[0]), str(key[1])] + [format_number(vals[n]) if n in vals else "" for n in self.metric_names]
 
     def _rewrite_metrics(self):
         rows = [self._metric_cells(k) for k in sorted(self.metrics)]

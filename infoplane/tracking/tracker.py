@@ -23,16 +23,15 @@ from infoplane.data import probeset
 from infoplane.capture import reduce as reduce_mod
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
-from infoplane.estimators.base import default_estimator, from_settings
+from infoplane.tracking.estimators import as_estimators
 from infoplane.data.labels import as_class_indices
 from infoplane.tracking.recorder import Recorder
 from infoplane.runs.meta import check_extra_meta, describe_run
-from infoplane.runs.reestimate import estimate
 from infoplane.runs.reader import Run
 from infoplane.tracking.schedule import as_schedule
 from infoplane.runs.writer import RunWriter
 
-__all__ = ["Tracker", "estimate", "UnclosedTrackerWarning"]
+__all__ = ["Tracker", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
@@ -41,29 +40,6 @@ _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "prob
 
 class UnclosedTrackerWarning(UserWarning):
     """A Tracker was garbage-collected or left open at exit: its buffer was written, the run marked incomplete."""
-
-
-def as_estimators(estimators) -> list:
-    """Estimator objects from objects or ``settings()`` dicts (default: the original 30-bin grid on [-1, 1])."""
-    if estimators is None:
-        estimators = [default_estimator()]
-    elif isinstance(estimators, dict) or callable(estimators):
-        estimators = [estimators]
-    out = []
-    for est in estimators:
-        if isinstance(est, dict):
-            est = from_settings(est)
-        if not (callable(est) and all(hasattr(est, a) for a in ("name", "settings", "has_lower"))):
-            raise TypeError(f"estimators must be estimator objects such as infoplane.Binning(...) or "
-                            f"infoplane.KDE(...), or their settings() dicts; got {est!r}")
-        out.append(est)
-    if not out:
-        raise ValueError("estimators is empty: give at least one, e.g. [infoplane.Binning(bins=30, range=(-1, 1))]")
-    names = [e.name for e in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"estimator names must be unique, {dupes} repeats; pass name= to tell them apart")
-    return out
 
 
 class _Session:
@@ -174,7 +150,7 @@ class Tracker:
         are still estimated in batches (every epoch recorded within that time goes into one call per layer);
         a larger value batches more and risks more. None: only ``buffer_bytes`` decides.
     keep_activations : bool, default False
-        Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`estimate`.
+        Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`infoplane.estimate`.
     reduce : None, str or dict, default None
         Layer reduction applied to each layer's activations before estimating (see :mod:`infoplane.capture.reduce`):
         ``"flatten"`` (what None does), ``"channel-mean"``, ``"pca:k"``, ``"random:k"``, or a dict mapping
@@ -274,7 +250,7 @@ class Tracker:
                                 reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
         extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
-        from infoplane.integrations.sinks import as_sinks
+        from infoplane.tracking.sinks import as_sinks
         sinks = as_sinks(loggers)
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions)

@@ -10,7 +10,7 @@ from infoplane._validate import check_int
 
 
 
-def _as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
+def as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         seeds = list(range(check_int(seeds, "seeds", minimum=1, what="at least 1")))
     else:
@@ -28,7 +28,7 @@ def _as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     return seeds
 
 
-def _as_index_sets(idx: Any, n_seeds: int, n_rows: int, name: str) -> list[torch.Tensor]:
+def as_index_sets(idx: Any, n_seeds: int, n_rows: int, name: str) -> list[torch.Tensor]:
     """One 1-D int64 CPU tensor of row indices per seed."""
     if isinstance(idx, (list, tuple)) and idx and not np.isscalar(idx[0]):
         sets = [torch.as_tensor(np.asarray(i)) for i in idx]

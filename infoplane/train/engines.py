@@ -8,42 +8,42 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from infoplane.train.fused import _announce, _Fused, _try_fused
-from infoplane.train.sequential import _Sequential
-from infoplane.train.spec import _Spec
-from infoplane.train.stacked_forward import _stacked_sequential, _vmap_forward_loss
-from infoplane.train.state import _cuda_devices
-from infoplane.train.vectorized import _ELEMENTWISE, _Vectorized
+from infoplane.train.fused import announce, FusedEngine, try_fused
+from infoplane.train.sequential import SequentialEngine
+from infoplane.train.spec import TrainSpec
+from infoplane.train.stacked_forward import stacked_sequential, vmap_forward_loss
+from infoplane.train.state import cuda_devices
+from infoplane.train.vectorized import ELEMENTWISE, VectorizedEngine
 
 
-def _choose_engine(vectorize: bool | str, spec: _Spec, members: list[nn.Module], inputs: torch.Tensor,
+def choose_engine(vectorize: bool | str, spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor,
                    labels: torch.Tensor, train_sets: Sequence[torch.Tensor],
-                   batch_size: int, fused: bool | str = "auto") -> _Sequential | _Vectorized | _Fused:
+                   batch_size: int, fused: bool | str = "auto") -> SequentialEngine | VectorizedEngine | FusedEngine:
     """The engine for ``fit``'s ``vectorize`` and ``fused`` choices; raises ValueError when ``vectorize=True`` or
     ``fused=True`` cannot be met."""
     if vectorize is False:
         if fused is True:
             raise ValueError("fused=True needs vectorize='auto' or True (vectorize=False trains on the torch path)")
-        return _Sequential(spec, members, "vectorize=False")
+        return SequentialEngine(spec, members, "vectorize=False")
     if fused is not False:
-        engine = _try_fused(spec, members, inputs, labels, train_sets, batch_size)
+        engine = try_fused(spec, members, inputs, labels, train_sets, batch_size)
         if not isinstance(engine, str):
             return engine
         if fused is True:
             raise ValueError(f"fused=True, but the fused training kernel cannot train this model: {engine}")
-        _announce(engine)
+        announce(engine)
     if len(members) == 1:
-        return _Sequential(spec, members, "a single seed")
+        return SequentialEngine(spec, members, "a single seed")
     engine = _try_vectorize(spec, members, inputs, labels, train_sets, batch_size)
     if isinstance(engine, str):
         if vectorize is True:
             raise ValueError(f"vectorize=True, but the seeds cannot be trained together: {engine}")
-        return _Sequential(spec, members, engine)
+        return SequentialEngine(spec, members, engine)
     return engine
 
 
-def _try_vectorize(spec: _Spec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
-                   train_sets: Sequence[torch.Tensor], batch_size: int) -> _Vectorized | str:
+def _try_vectorize(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+                   train_sets: Sequence[torch.Tensor], batch_size: int) -> VectorizedEngine | str:
     """A vectorised engine, or a string saying why the members cannot be trained together."""
     if spec.train_step is not None:
         return "the model file defines a custom train_step"
@@ -62,7 +62,7 @@ def _try_vectorize(spec: _Spec, members: list[nn.Module], inputs: torch.Tensor, 
     except RuntimeError as exc:
         return f"torch.func.stack_module_state failed: {_first_line(exc)}"
     optimizer = spec.make_optimizer(list(params.values()))
-    if type(optimizer) not in _ELEMENTWISE:
+    if type(optimizer) not in ELEMENTWISE:
         return f"{type(optimizer).__name__} is not known to update each parameter element independently"
     # A factory may group parameters by shape (e.g. no weight decay where p.ndim == 1); stacking adds a
     # dimension, so the stacked optimiser must group the same parameters in the same order as a member's own.
@@ -74,9 +74,9 @@ def _try_vectorize(spec: _Spec, members: list[nn.Module], inputs: torch.Tensor, 
     if stacked_groups != own_groups:
         return "the optimiser groups the stacked parameters differently from a single network's"
 
-    forward_loss, how = _stacked_sequential(members[0], spec.loss, inputs, labels), "batched matrix products"
+    forward_loss, how = stacked_sequential(members[0], spec.loss, inputs, labels), "batched matrix products"
     if forward_loss is None:
-        forward_loss, how = _vmap_forward_loss(members[0], spec.loss), "torch.func.vmap"
+        forward_loss, how = vmap_forward_loss(members[0], spec.loss), "torch.func.vmap"
 
     # Trial step on copies: the real parameters and buffers must not move.
     n = min(batch_size, len(train_sets[0]))
@@ -84,7 +84,7 @@ def _try_vectorize(spec: _Spec, members: list[nn.Module], inputs: torch.Tensor, 
     trial_params = {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in params.items()}
     trial_buffers = {k: v.clone() for k, v in buffers.items()}
     try:
-        with torch.random.fork_rng(devices=_cuda_devices(inputs.device)):
+        with torch.random.fork_rng(devices=cuda_devices(inputs.device)):
             losses, out = forward_loss(trial_params, trial_buffers, inputs[idx], labels[idx])
             if losses.shape != (len(members),):
                 return f"the loss returned shape {tuple(losses.shape[1:])} per seed, expected a scalar"
@@ -98,7 +98,7 @@ def _try_vectorize(spec: _Spec, members: list[nn.Module], inputs: torch.Tensor, 
         reference = members[0](inputs[idx[0]])
     if not torch.allclose(out[0].detach(), reference, rtol=1e-4, atol=1e-5):
         return "the vmapped forward does not reproduce the module's own forward"
-    return _Vectorized(spec, members, optimizer, params, buffers, forward_loss,
+    return VectorizedEngine(spec, members, optimizer, params, buffers, forward_loss,
                        f"vectorised over {len(members)} seeds with {how}")
 
 

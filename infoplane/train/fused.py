@@ -22,7 +22,8 @@ from torch import nn
 
 from infoplane._native import kernels
 from infoplane.train import fused_kernel
-from infoplane.train.vectorized import _swap_tensors
+from infoplane.train.spec import TrainSpec
+from infoplane.train.vectorized import swap_tensors
 
 __all__ = ["FusedFallbackWarning"]
 
@@ -34,7 +35,7 @@ class FusedFallbackWarning(UserWarning):
     """The fused training kernel was not used; the message says why (printed once per reason and process)."""
 
 
-def _announce(reason: str) -> None:
+def announce(reason: str) -> None:
     if reason not in _ANNOUNCED:
         _ANNOUNCED.add(reason)
         warnings.warn(f"infoplane.fit: the fused training kernel is not used ({reason}); training on the torch path",
@@ -52,11 +53,11 @@ class _Plan:
 
 def _activation(module: nn.Module) -> tuple[int, list[float], list[float] | None] | None:
     """(code, two parameters, quantiser or None) of an elementwise activation, or None when unsupported."""
-    from infoplane.networks.quantize import _CLASSES
+    from infoplane.networks.quantize import QUANTIZED_CLASSES
 
     quant = None
     kind = type(module)
-    if kind in _CLASSES.values():
+    if kind in QUANTIZED_CLASSES.values():
         kind = kind.__bases__[0]
         step = (module.quant_high - module.quant_low) / (module.quant_levels - 1)
         quant = [module.quant_low, module.quant_high, step]
@@ -131,8 +132,8 @@ def _optimizer_settings(optimizer: torch.optim.Optimizer, n_params: int) -> tupl
     return f"the kernel implements Adam and plain SGD, not {type(optimizer).__name__}"
 
 
-def _try_fused(spec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
-               train_sets: Sequence[torch.Tensor], batch_size: int) -> _Fused | str:
+def try_fused(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,
+               train_sets: Sequence[torch.Tensor], batch_size: int) -> FusedEngine | str:
     """A fused engine, or a string saying why the kernel cannot train these members."""
     if spec.train_step is not None:
         return "the model file defines a custom train_step"
@@ -171,7 +172,7 @@ def _try_fused(spec, members: list[nn.Module], inputs: torch.Tensor, labels: tor
     lib = fused_kernel.load()
     if isinstance(lib, str):
         return lib
-    engine = _Fused(spec, members, lib, plan, settings, optimizer.state_dict()["param_groups"])
+    engine = FusedEngine(spec, members, lib, plan, settings, optimizer.state_dict()["param_groups"])
     problem = engine.trial(inputs, labels, train_sets, batch_size)
     if problem is not None:
         engine.release()
@@ -179,7 +180,7 @@ def _try_fused(spec, members: list[nn.Module], inputs: torch.Tensor, labels: tor
     return engine
 
 
-class _Fused:
+class FusedEngine:
     """Trains the members with the compiled kernel; they hold views of its flat parameter buffer."""
 
     stacked = True  # the members share the engine's buffers (fit gives them their own storage at the end)
@@ -188,8 +189,8 @@ class _Fused:
     def vectorized(self) -> bool:
         return len(self.members) > 1
 
-    def __init__(self, spec, members: list[nn.Module], lib: ctypes.CDLL, plan: _Plan, settings: tuple[int, dict],
-                 param_groups: list[dict]) -> None:
+    def __init__(self, spec: TrainSpec, members: list[nn.Module], lib: ctypes.CDLL, plan: _Plan,
+                 settings: tuple[int, dict], param_groups: list[dict]) -> None:
         self.spec, self.members, self.lib, self.plan = spec, members, lib, plan
         self.opt_code, self.hyper = settings
         self.param_groups = param_groups
@@ -212,7 +213,7 @@ class _Fused:
         self.step = ctypes.c_double(0.0)
         views = {name: (off, shape) for name, off, shape in self.layout}
         for i, member in enumerate(members):
-            _swap_tensors(member, lambda name, p: nn.Parameter(self._view(self.P, i, *views[name])), lambda n, b: b)
+            swap_tensors(member, lambda name, p: nn.Parameter(self._view(self.P, i, *views[name])), lambda n, b: b)
         # Arguments that stay the same for every call; the tensors must outlive the calls.
         self._dims = torch.tensor(dims, dtype=torch.int64)
         self._acts = torch.tensor(plan.acts or [0], dtype=torch.int32)
@@ -283,7 +284,7 @@ class _Fused:
     def release(self) -> None:
         """Give the members their own parameters back (after a failed trial)."""
         for member in self.members:
-            _swap_tensors(member, lambda name, p: nn.Parameter(p.detach().clone()), lambda n, b: b)
+            swap_tensors(member, lambda name, p: nn.Parameter(p.detach().clone()), lambda n, b: b)
 
     def optimizer_states(self) -> list[dict]:
         out = []

@@ -11,12 +11,12 @@ from torch import nn
 
 from infoplane.data.modelfile import ModelFile
 from infoplane._validate import check_int
-from infoplane.train.arguments import _as_index_sets, _as_seeds
-from infoplane.train.engines import _choose_engine
-from infoplane.train.metrics import _evaluate, _LazyMetrics
-from infoplane.train.spec import _Spec
-from infoplane.train.state import _check_state, _derive, _initial_rng, _restore, _snapshot
-from infoplane.train.vectorized import _unshare
+from infoplane.train.arguments import as_index_sets, as_seeds
+from infoplane.train.engines import choose_engine
+from infoplane.train.metrics import LazyMetrics, evaluate_members
+from infoplane.train.spec import TrainSpec
+from infoplane.train.state import check_state, derive_seed, initial_rng, restore, snapshot
+from infoplane.train.vectorized import unshare
 
 __all__ = ["fit", "FitResult"]
 
@@ -142,8 +142,8 @@ def fit(
     -------
     FitResult
     """
-    spec = _Spec.from_args(model, lr, optimizer, loss)
-    seeds = _as_seeds(seeds, spec.max_seeds)
+    spec = TrainSpec.from_args(model, lr, optimizer, loss)
+    seeds = as_seeds(seeds, spec.max_seeds)
     check_int(epochs, "epochs", minimum=0)
     check_int(batch_size, "batch_size", minimum=1)
     if not callable(checkpoint_every):
@@ -155,7 +155,7 @@ def fit(
     if fused not in ("auto", True, False):
         raise ValueError(f"fused must be 'auto', True or False, got {fused!r}")
     if state is not None:
-        _check_state(state, seeds)
+        check_state(state, seeds)
         if start_epoch is None:
             start_epoch = int(state["epoch"])
         elif start_epoch != state["epoch"]:
@@ -172,29 +172,29 @@ def fit(
         labels = labels.long()  # class indices of any integer dtype; cross-entropy wants int64
     if len(labels) != len(inputs):
         raise ValueError(f"inputs have {len(inputs)} rows but labels have {len(labels)}")
-    train_sets = _as_index_sets(train_idx, len(seeds), len(inputs), "train_idx")
-    test_sets = None if test_idx is None else _as_index_sets(test_idx, len(seeds), len(inputs), "test_idx")
+    train_sets = as_index_sets(train_idx, len(seeds), len(inputs), "train_idx")
+    test_sets = None if test_idx is None else as_index_sets(test_idx, len(seeds), len(inputs), "test_idx")
 
     # Training mode from the start: the trial step and the stacked forward must see what training sees.
     members = [spec.build(seed).to(device).train() for seed in seeds]
-    engine = _choose_engine(vectorize, spec, members, inputs, labels, train_sets, batch_size, fused)
+    engine = choose_engine(vectorize, spec, members, inputs, labels, train_sets, batch_size, fused)
     if not engine.vectorized and vectorize == "auto" and len(seeds) > 1:
         warnings.warn(f"infoplane.fit: training the {len(seeds)} seeds one at a time: {engine.reason}", stacklevel=2)
 
-    generators = [torch.Generator().manual_seed(_derive(s, 1)) for s in seeds]
-    rngs = [_initial_rng(s, device) for s in seeds]
+    generators = [torch.Generator().manual_seed(derive_seed(s, 1)) for s in seeds]
+    rngs = [initial_rng(s, device) for s in seeds]
     if state is not None:
-        rngs = _restore(state, engine, generators)
+        rngs = restore(state, engine, generators)
 
     def current_state(epoch):
-        return _snapshot(epoch, seeds, engine, generators, rngs)
+        return snapshot(epoch, seeds, engine, generators, rngs)
 
     def evaluate():
-        return _evaluate(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
+        return evaluate_members(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
 
     def report(epoch):
         if callback is not None:
-            metrics = _LazyMetrics(evaluate, test_sets is not None)
+            metrics = LazyMetrics(evaluate, test_sets is not None)
             callback(epoch, engine.members, metrics)
             metrics.close()
 
@@ -209,7 +209,7 @@ def fit(
 
     final_state = current_state(epochs)
     return FitResult(
-        members=[_unshare(m) for m in engine.members] if getattr(engine, "stacked", engine.vectorized)
+        members=[unshare(m) for m in engine.members] if getattr(engine, "stacked", engine.vectorized)
         else engine.members,
         seeds=list(seeds),
         epoch=final_state["epoch"],

@@ -10,7 +10,7 @@ from torch import nn
 _EVAL_CHUNK = 8192  # rows per forward pass when computing metrics; bounds memory on large sets
 
 
-class _LazyMetrics(Mapping):
+class LazyMetrics(Mapping):
     """Per-seed metrics computed on first access; valid only while the callback runs."""
 
     def __init__(self, compute: Callable[[], dict], with_test: bool) -> None:
@@ -37,7 +37,7 @@ class _LazyMetrics(Mapping):
 
 
 @torch.no_grad()
-def _evaluate(members: Sequence[nn.Module], loss_fn: Callable, inputs: torch.Tensor, labels: torch.Tensor,
+def evaluate_members(members: Sequence[nn.Module], loss_fn: Callable, inputs: torch.Tensor, labels: torch.Tensor,
               train_sets: Sequence[torch.Tensor], test_sets: Sequence[torch.Tensor] | None) -> dict[str, list[float]]:
     out = {"train_loss": [], "train_acc": []}
     if test_sets is not None:

@@ -6,17 +6,17 @@ import copy
 import torch
 from torch import nn
 
-from infoplane.train.spec import _Spec
-from infoplane.train.state import _cuda_devices, _get_rng, _set_rng
+from infoplane.train.spec import TrainSpec
+from infoplane.train.state import cuda_devices, get_rng, set_rng
 
 
 
-class _Sequential:
+class SequentialEngine:
     """Trains the members one after another, each with its own optimiser."""
 
     vectorized = False
 
-    def __init__(self, spec: _Spec, members: list[nn.Module], reason: str) -> None:
+    def __init__(self, spec: TrainSpec, members: list[nn.Module], reason: str) -> None:
         self.spec, self.members, self.reason = spec, members, reason
         self.optimizers = [spec.make_optimizer(m.parameters()) for m in members]
 
@@ -26,9 +26,9 @@ class _Sequential:
         new_rngs = []
         # Each member draws its in-forward randomness (dropout) from its own saved RNG state, so
         # results do not depend on the order of members and resume exactly.
-        with torch.random.fork_rng(devices=_cuda_devices(device)):
+        with torch.random.fork_rng(devices=cuda_devices(device)):
             for model, opt, order, rng in zip(self.members, self.optimizers, orders, rngs):
-                _set_rng(rng, device)
+                set_rng(rng, device)
                 model.train()
                 for start in range(0, len(order), batch_size):
                     idx = order[start:start + batch_size]
@@ -39,7 +39,7 @@ class _Sequential:
                         opt.zero_grad(set_to_none=True)
                         self.spec.loss(model(batch[0]), batch[1]).backward()
                         opt.step()
-                new_rngs.append(_get_rng(device))
+                new_rngs.append(get_rng(device))
         return new_rngs
 
     def optimizer_states(self) -> list[dict]:

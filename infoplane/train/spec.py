@@ -13,7 +13,7 @@ DEFAULT_LR = 4e-4
 
 
 @dataclass
-class _Spec:
+class TrainSpec:
     build: Callable[[int], nn.Module]
     make_optimizer: Callable
     loss: Callable
@@ -22,7 +22,7 @@ class _Spec:
 
     @classmethod
     def from_args(cls, model: ModelFile | Callable[[], nn.Module], lr: float | None,
-                  optimizer: str | Callable | None, loss: Callable | None) -> _Spec:
+                  optimizer: str | Callable | None, loss: Callable | None) -> TrainSpec:
         if isinstance(model, ModelFile):
             build, max_seeds = model.build, model.max_seeds
             file_optimizer, file_loss, train_step = model.optimizer, model.loss, model.train_step

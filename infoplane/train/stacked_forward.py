@@ -18,7 +18,7 @@ _ELEMENTWISE_ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, 
                             nn.Identity, nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softsign, nn.Tanhshrink)
 
 
-def _stacked_sequential(model: nn.Module, loss: Callable, inputs: torch.Tensor,
+def stacked_sequential(model: nn.Module, loss: Callable, inputs: torch.Tensor,
                         labels: torch.Tensor) -> Callable | None:
     """A forward-and-loss for the stacked ensemble written with batched matrix products, or None.
 
@@ -53,7 +53,7 @@ def _stacked_sequential(model: nn.Module, loss: Callable, inputs: torch.Tensor,
 
 
 
-def _vmap_forward_loss(model: nn.Module, loss: Callable) -> Callable:
+def vmap_forward_loss(model: nn.Module, loss: Callable) -> Callable:
     """A forward-and-loss for the stacked ensemble through ``torch.func.vmap`` (any architecture)."""
     base = copy.deepcopy(model).to("meta")
     loss_fn = loss

@@ -63,7 +63,7 @@ def load_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def _snapshot(epoch: int, seeds: Sequence[int], engine: Any, generators: Sequence[torch.Generator],
+def snapshot(epoch: int, seeds: Sequence[int], engine: Any, generators: Sequence[torch.Generator],
               rngs: Sequence[dict]) -> dict:
     """The training state after ``epoch`` completed epochs (copies: training may go on)."""
     opt_states = engine.optimizer_states()
@@ -85,7 +85,7 @@ def _snapshot(epoch: int, seeds: Sequence[int], engine: Any, generators: Sequenc
     }
 
 
-def _restore(state: dict, engine: Any, generators: Sequence[torch.Generator]) -> list[dict]:
+def restore(state: dict, engine: Any, generators: Sequence[torch.Generator]) -> list[dict]:
     """Load ``state`` into the engine's members, optimisers and the batch-order generators; return the RNG states."""
     for member, saved, gen in zip(engine.members, state["members"], generators):
         _load_tensors(member, saved)
@@ -95,7 +95,7 @@ def _restore(state: dict, engine: Any, generators: Sequence[torch.Generator]) ->
     return rngs
 
 
-def _check_state(state: Any, seeds: Sequence[int]) -> None:
+def check_state(state: Any, seeds: Sequence[int]) -> None:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"state is not an infoplane training state (expected format {STATE_FORMAT!r})")
     if list(state["seeds"]) != list(seeds):
@@ -113,31 +113,31 @@ def _load_tensors(member: nn.Module, saved: dict) -> None:
 
 
 
-def _derive(seed: int, stream: int) -> int:
+def derive_seed(seed: int, stream: int) -> int:
     """A 63-bit seed for one random stream of a member, independent of the other streams."""
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _cuda_devices(device: torch.device) -> list[int]:
+def cuda_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
 
 
-def _get_rng(device: torch.device) -> dict:
+def get_rng(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng(state: dict, device: torch.device) -> None:
+def set_rng(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _initial_rng(seed: int, device: torch.device) -> dict:
+def initial_rng(seed: int, device: torch.device) -> dict:
     # Private generators: torch.manual_seed would also reseed every CUDA device, not only the one restored.
-    x = _derive(seed, 2)
+    x = derive_seed(seed, 2)
     state = {"cpu": torch.Generator().manual_seed(x).get_state()}
     if device.type == "cuda":
         state["cuda"] = torch.Generator(device=device).manual_seed(x).get_state()

@@ -11,11 +11,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from infoplane.train.spec import TrainSpec
+
 # Optimisers whose update of each parameter element depends only on that element's own gradient
 # and state (plus shared scalars such as the step count): one of them over stacked [S, ...]
 # tensors performs exactly the S separate updates. Optimisers using norms over a whole tensor
 # (LARS/LAMB-like) or closures (LBFGS) would mix the members.
-_ELEMENTWISE = (
+ELEMENTWISE = (
     torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
     torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta, torch.optim.Rprop,
 )
@@ -23,7 +25,7 @@ _ELEMENTWISE = (
 _SHARED_STATE = frozenset({"step", "mu_product"})
 
 
-class _Vectorized:
+class VectorizedEngine:
     """Trains the members together: stacked parameters, one vmap call and one optimiser step per batch.
 
     The member modules handed to callbacks hold views into the stacked tensors, so they always
@@ -32,12 +34,12 @@ class _Vectorized:
 
     vectorized = True
 
-    def __init__(self, spec, members: list[nn.Module], optimizer: torch.optim.Optimizer, params: dict, buffers: dict,
-                 forward_loss: Callable, reason: str) -> None:
+    def __init__(self, spec: TrainSpec, members: list[nn.Module], optimizer: torch.optim.Optimizer, params: dict,
+                 buffers: dict, forward_loss: Callable, reason: str) -> None:
         self.spec, self.members, self.optimizer, self.reason = spec, members, optimizer, reason
         self.params, self.buffers, self.forward_loss = params, buffers, forward_loss
         for i, member in enumerate(members):
-            _swap_tensors(
+            swap_tensors(
                 member,
                 lambda name, p: nn.Parameter(params[name].detach()[i], requires_grad=p.requires_grad),
                 lambda name, b: buffers[name][i],
@@ -103,7 +105,7 @@ def _same(a, b):
     return a == b
 
 
-def _swap_tensors(module: nn.Module, new_param: Callable, new_buffer: Callable) -> None:
+def swap_tensors(module: nn.Module, new_param: Callable, new_buffer: Callable) -> None:
     """Replace each parameter and buffer of ``module`` (tied ones consistently) by a new tensor."""
     replace = {}
     for name, p in module.named_parameters():
@@ -117,9 +119,9 @@ def _swap_tensors(module: nn.Module, new_param: Callable, new_buffer: Callable) 
                     table[key] = replace[id(t)]
 
 
-def _unshare(member: nn.Module) -> nn.Module:
+def unshare(member: nn.Module) -> nn.Module:
     """Give a member its own storage (not views into the stacked ensemble tensors)."""
-    _swap_tensors(
+    swap_tensors(
         member,
         lambda name, p: nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad),
         lambda name, b: b.clone(),

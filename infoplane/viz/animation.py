@@ -1,20 +1,25 @@
 """Animated information planes: GIF (core dependencies) or MP4 (the ``[video]`` extra).
 
-:func:`animate` is re-exported as ``infoplane.viz.planes.animate``. The frames follow the static plane's conventions
+:func:`animate` is re-exported as ``infoplane.plot.animate``. The frames follow the static plane's conventions
 (see ``docs/plotting.md``): colour = epoch on the ``gnuplot`` colormap, one marker shape per layer, the layers of
 the current epoch joined by a grey line, seeds as the median with the interquartile range as a faint rectangle,
 axes fixed from 0 to the ceilings log2 N and H(Y).
 
-matplotlib is imported inside the functions, after ``infoplane.viz.planes`` has chosen a headless backend when none is
-configured; ``infoplane.viz.planes`` imports this module at its end, so a module-level import of it here would be
-circular.
+pyplot is imported inside the functions; :mod:`infoplane.viz.drawing`, imported first, chooses a headless backend
+when none is configured.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from infoplane._validate import check_int
+
+from infoplane.viz.drawing import (CMAP, MARKERS, RunsLike, by_fraction, check_same_data, colorbar, data_name,
+                                   epoch_norm, estimator_label, fraction_label, limits, log_axis, run_tracks,
+                                   runs_list, warn_saturation)
+from infoplane.viz.stats import values
 
 __all__ = ["animate", "frame_epochs", "frame_size"]
 
@@ -24,7 +29,7 @@ DPI = 100
 FORMATS = (".gif", ".mp4")
 
 
-def frame_size(n_runs):
+def frame_size(n_runs: int) -> tuple[int, int]:
     """Default frame size ``(width, height)`` in pixels of an animation of ``n_runs`` runs side by side.
 
     Parameters
@@ -39,25 +44,7 @@ def frame_size(n_runs):
     return PANEL_WIDTH * int(n_runs) + COLORBAR_WIDTH, HEIGHT
 
 
-def _runs_list(runs):
-    from infoplane.viz import planes as P
-
-    if isinstance(runs, (P.Run, str, os.PathLike)):
-        runs = [runs]
-    runs = [P._as_run(r) for r in runs]
-    if not runs:
-        raise ValueError("animate needs at least one run")
-    return runs
-
-
-def _log_axis(runs, epochs):
-    from infoplane.viz import planes as P
-
-    kinds = {P._schedule_kind(r) for r in runs}
-    return P._log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None)
-
-
-def frame_epochs(runs, frames=None):
+def frame_epochs(runs: RunsLike, frames: Optional[int] = None) -> np.ndarray:
     """The epoch shown in each frame, shared by all runs (they move in sync).
 
     Parameters
@@ -74,7 +61,7 @@ def frame_epochs(runs, frames=None):
     ndarray of float
         Epochs, increasing.
     """
-    runs = _runs_list(runs)
+    runs = runs_list(runs)
     epochs = np.unique(np.concatenate([r.epochs for r in runs])).astype(float)
     if epochs.size == 0:
         raise ValueError("no recorded epochs yet; nothing to animate")
@@ -84,35 +71,9 @@ def frame_epochs(runs, frames=None):
     lo, hi = epochs[0], epochs[-1]
     if frames == 1:
         return np.array([hi])
-    if _log_axis(runs, epochs):
+    if log_axis(runs, epochs):
         return np.expm1(np.linspace(np.log1p(lo), np.log1p(hi), int(frames)))
     return np.linspace(lo, hi, int(frames))
-
-
-def _interp(u_known, values, u):
-    """``values`` ([n_epochs, n_layers], NaN where absent) at positions ``u`` per layer: linear between recorded
-    epochs, NaN before a layer's first, its last value after its last (a run still being written holds still)."""
-    out = np.full((len(u), values.shape[1]), np.nan)
-    for j in range(values.shape[1]):
-        ok = np.isfinite(values[:, j])
-        if ok.any():
-            out[:, j] = np.interp(u, u_known[ok], values[ok, j], left=np.nan)
-    return out
-
-
-def _tracks(run, estimator, times, log):
-    """Per-frame medians and quartiles of one run: dict of ``[n_frames, n_layers]`` arrays (bits)."""
-    from infoplane.viz import planes as P
-
-    ixt, ity = P._values(run, estimator)
-    axis = np.log1p if log else (lambda e: np.asarray(e, dtype=float))
-    known, u = axis(run.epochs.astype(float)), axis(times)
-    out = {"x": _interp(known, P._median(ixt), u), "y": _interp(known, P._median(ity), u)}
-    if len(run.seeds) > 1:
-        (x25, x75), (y25, y75) = P._quartiles(ixt), P._quartiles(ity)
-        for key, q in (("x25", x25), ("x75", x75), ("y25", y25), ("y75", y75)):
-            out[key] = _interp(known, q, u)
-    return out
 
 
 def _writer(ext, fps):
@@ -140,7 +101,9 @@ def _check_out(out):
     return out, ext
 
 
-def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, trail=8, size=None, titles=None):
+def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estimator: Optional[str] = None,
+            frames: Optional[int] = None, fps: Optional[float] = None, trail: int = 8,
+            size: Optional[tuple[int, int]] = None, titles: Optional[Sequence[str]] = None) -> str:
     """Write an animated information plane: the points move through the recorded epochs.
 
     Each frame shows every layer's point at one epoch (the median over seeds, with the seeds' interquartile range
@@ -188,15 +151,13 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
     ImportError
         For ``.mp4`` without the ``[video]`` extra.
     """
-    from infoplane.viz import planes as P
-
     out, ext = _check_out(out)
-    runs = _runs_list(runs)
+    runs = runs_list(runs)
     for r in runs:
-        P._values(r, estimator)  # an empty run or unknown estimator fails before any drawing
-    P._check_same_data(runs)
+        values(r, estimator)  # an empty run or unknown estimator fails before any drawing
+    check_same_data(runs)
     if titles is None:
-        runs = P._by_fraction(runs)
+        runs = by_fraction(runs)
     elif len(titles) != len(runs):
         raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     check_int(trail, "trail", minimum=0, what="a non-negative integer (frames)")
@@ -215,10 +176,10 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
     from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.lines import Line2D
 
-    log = _log_axis(runs, times)
-    tracks = [_tracks(r, estimator, times, log) for r in runs]
-    norm = P.epoch_norm(runs)
-    cmap = plt.get_cmap(P.CMAP)
+    log = log_axis(runs, times)
+    tracks = [run_tracks(r, estimator, times, log) for r in runs]
+    norm = epoch_norm(runs)
+    cmap = plt.get_cmap(CMAP)
     colours = cmap(norm(np.clip(times, norm.vmin, norm.vmax)))
 
     fig, axes = plt.subplots(1, len(runs), figsize=(width / DPI, height / DPI), dpi=DPI, sharex=True,
@@ -227,11 +188,11 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
     same_layers = all(r.layers == runs[0].layers for r in runs)
     tops, panels = [], []
     for i, (ax, run, tr) in enumerate(zip(axes, runs, tracks)):
-        ixt, ity = P._values(run, estimator)
-        P._limits(ax, run, ixt, ity)
+        ixt, ity = values(run, estimator)
+        limits(ax, run, ixt, ity)
         tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
-        P._warn_saturation(ax, run, estimator)
-        label = P._fraction_label(run) if titles is None else f"{titles[i]} | {P._fraction_label(run)}"
+        warn_saturation(ax, run, estimator)
+        label = fraction_label(run) if titles is None else f"{titles[i]} | {fraction_label(run)}"
         if len(run.seeds) > 1:
             label += f" | median of {len(run.seeds)} seeds"
         if not run.meta.get("complete", False):
@@ -244,10 +205,10 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
         trails = LineCollection([], linewidths=1.6, zorder=2, capstyle="round")
         ax.add_collection(trails)
         (join,) = ax.plot([], [], color="0.5", linewidth=0.8, alpha=0.8, zorder=2.5)
-        points = [ax.scatter([], [], s=40, marker=P.MARKERS[j % len(P.MARKERS)], edgecolors="0.15",
+        points = [ax.scatter([], [], s=40, marker=MARKERS[j % len(MARKERS)], edgecolors="0.15",
                              linewidths=0.4, zorder=3, label=layer) for j, layer in enumerate(run.layers)]
         if i == 0 or not same_layers:
-            handles = [Line2D([], [], linestyle="none", marker=P.MARKERS[j % len(P.MARKERS)],
+            handles = [Line2D([], [], linestyle="none", marker=MARKERS[j % len(MARKERS)],
                               color="0.3", label=layer) for j, layer in enumerate(run.layers)]
             # A fixed place ("best" would move between frames): low I(X;T) with middling I(T;Y) stays empty,
             # since I(T;Y) <= I(X;T); the saturation note takes the top left.
@@ -257,9 +218,9 @@ def animate(runs, out="plane.gif", *, estimator=None, frames=None, fps=None, tra
     xmax, ymax = max(t[0] for t in tops), max(t[1] for t in tops)
     axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
     axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
-    cb = P._colorbar(fig, norm, axes)
+    cb = colorbar(fig, norm, axes)
     marker = cb.ax.axhline(times[0], color="cyan", linewidth=2.5)
-    head = " | ".join([P._data_name(runs[0]) or "data n/a", P._estimator_label(runs[0], estimator)])
+    head = " | ".join([data_name(runs[0]) or "data n/a", estimator_label(runs[0], estimator)])
     approx = frames is not None
     title = fig.suptitle(" ", fontsize=10)
 

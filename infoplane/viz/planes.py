@@ -16,240 +16,44 @@ Visual conventions (see ``docs/plotting.md``):
 """
 from __future__ import annotations
 
-import math
 import os
-import sys
-import textwrap
-import warnings
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
-import matplotlib
 import numpy as np
 
-
-def _choose_backend():
-    # Only when nothing chose a backend: ``_get_backend_or_none`` is None while matplotlib would still pick one
-    # automatically (an interactive one on a desktop, which a batch job must not open).
-    if "matplotlib.pyplot" in sys.modules or os.environ.get("MPLBACKEND"):
-        return
-    get = getattr(matplotlib.rcParams, "_get_backend_or_none", None)
-    if get is not None and get() is None:
-        matplotlib.use("Agg")
-
-
-_choose_backend()
+# drawing chooses a headless backend, when none is configured, before pyplot is imported.
+from infoplane.viz.drawing import (CMAP, MARKERS, SaturationWarning, by_fraction, check_same_data,  # noqa: F401
+                                   class_note, colorbar, data_name, epoch_norm, estimator_label, fraction_label,
+                                   limits, mark_incomplete, plot_title, run_path, warn_saturation)
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import colors as mcolors  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from infoplane.runs.reader import Run  # noqa: E402
+from infoplane.viz.drawing import RunsLike  # noqa: E402
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from infoplane.viz.stats import as_run as _as_run  # noqa: E402
 from infoplane.viz.stats import ceilings as _ceilings  # noqa: E402
-from infoplane.viz.stats import log_spaced as _log_spaced  # noqa: E402
 from infoplane.viz.stats import median as _median  # noqa: E402
 from infoplane.viz.stats import quartiles as _quartiles  # noqa: E402
 from infoplane.viz.stats import values as _values  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+#: A run or its directory.
+RunLike = Union[Run, str, os.PathLike]
+
 __all__ = ["information_plane", "compare", "curves", "write_figures", "saturated_layers", "epoch_norm",
            "SaturationWarning"]
 
-CMAP = "gnuplot"
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 FORMATS = (".png", ".pdf", ".svg")
 
 
-class SaturationWarning(UserWarning):
-    """I(X;T) of a layer sits at its ceiling log2 N for most recorded epochs, so the estimator's resolution
-    (bins, or KDE noise), not the network, sets the plotted value."""
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-def _run_path(run):
-    path = run.path
-    return None if path is None else os.fspath(path)
-
-
-def _data_name(run):
-    data = run.meta.get("data")
-    if isinstance(data, dict):
-        data = data.get("name", data.get("path"))
-    return None if data is None else str(data)
-
-
-def _estimator_entry(run, estimator):
-    name = run.estimators[0] if estimator is None else estimator
-    for entry in run.meta.get("estimators", []) or []:
-        if isinstance(entry, dict) and entry.get("name") == name:
-            return entry
-    return {"name": name}
-
-
-def _estimator_label(run, estimator):
-    entry = _estimator_entry(run, estimator)
-    settings = entry.get("settings") or {}
-    params = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "name"))
-    return f"{entry['name']} ({params})" if params else entry["name"]
-
-
-def _fraction_label(run):
-    return "fraction n/a" if run.fraction is None else f"{100 * run.fraction:g}% training data"
-
-
-def _title(run, estimator):
-    parts = [_data_name(run) or "data n/a", _fraction_label(run), _estimator_label(run, estimator)]
-    if len(run.seeds) > 1:
-        parts.append(f"median of {len(run.seeds)} seeds")
-    if not run.complete:
-        parts.append("INCOMPLETE run")
-    return " | ".join(parts)
-
-
-INCOMPLETE_NOTE = "incomplete run: still being written, or interrupted"
-
-
-def _mark_incomplete(ax, run):
-    """Say on the axes that the run was not closed normally, so a partial plane is never taken for a whole one."""
-    if run.complete:
-        return
-    ax.text(0.98, 0.02, INCOMPLETE_NOTE, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
-
-
-def _class_note(run):
-    """The class names for a legend, when the labels were given as names."""
-    names = run.class_names
-    if not names:
-        return None
-    shown = ", ".join(str(n) for n in names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
-    return f"Y: {shown}"
-
-
-# ------------------------------------------------------------------------------------------ colour scale
-def _schedule_kind(run):
-    schedule = run.meta.get("schedule")
-    return schedule.get("kind") if isinstance(schedule, dict) else None
-
-
-def epoch_norm(runs):
-    """The colour normalisation shared by the given runs' epochs.
-
-    The scale is logarithmic in ``epoch + 1`` (so epoch 0 sits at the bottom of the scale) when the epochs are
-    log-spaced: every run's schedule in ``meta.json`` is ``log_schedule``, or the recorded epochs span at least
-    two decades (``(max + 1) / (min + 1) >= 100``) with at least a quarter of them below the geometric midpoint
-    ``sqrt((min + 1) (max + 1))``. Otherwise it is linear. Either way the limits are the first and last epoch.
-
-    Parameters
-    ----------
-    runs : Run, path, or list of them
-
-    Returns
-    -------
-    matplotlib.colors.Normalize
-        ``Normalize`` or a ``FuncNorm`` of ``log1p``; ``vmin`` / ``vmax`` are the smallest and largest epoch.
-    """
-    runs = [_as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
-    epochs = np.unique(np.concatenate([r.epochs for r in runs])) if runs else np.array([])
-    if epochs.size == 0:
-        raise ValueError("no recorded epochs; nothing to colour")
-    kinds = {_schedule_kind(r) for r in runs}
-    lo, hi = float(epochs[0]), float(epochs[-1])
-    if _log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None):
-        return mcolors.FuncNorm((np.log1p, np.expm1), vmin=lo, vmax=hi)
-    return mcolors.Normalize(vmin=lo, vmax=hi)
-
-
-def _colorbar(fig, norm, ax):
-    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label="Epoch")
-    if isinstance(norm, mcolors.FuncNorm):
-        # Round epochs (0, 10, 100, ...) and the last one, rather than the locator's picks on a function scale.
-        lo, hi = norm.vmin, norm.vmax
-        ticks = [lo] + [10.0**k for k in range(1, 12) if lo < 10.0**k <= hi]
-        if np.log1p(hi) - np.log1p(ticks[-1]) > 0.15 * (np.log1p(hi) - np.log1p(lo)):
-            ticks.append(hi)
-        cb.set_ticks(ticks)
-        cb.set_ticklabels([f"{t:g}" for t in ticks])
-    return cb
-
-
-# ----------------------------------------------------------------------------------------- saturation
-def _kind(run, estimator):
-    settings = _estimator_entry(run, estimator).get("settings") or {}
-    if settings.get("kind") == "with-null":  # a permutation null around another estimator: the inner one's kind
-        settings = settings.get("estimator") or {}
-    return settings.get("kind")
-
-
-def _is_kde(run, estimator):
-    # Both noise-based estimators saturate for the same reason: a noise variance small against the spacing.
-    return _kind(run, estimator) in ("kde", "noisy")
-
-
-# Why a layer sits at log2 N, per estimator kind: the note must not blame a setting the estimator does not have.
-_SATURATION_CAUSES = {
-    "kde": "the noise variance, not the network, drives it",
-    "noisy": "the noise variance, not the network, drives it",
-    "binning": "the bin choice, not the network, drives it",
-    "discrete": "every probe sample keeps its own exact value, so the probe set's size caps it",
-}
-
-
-def _saturation_message(run, estimator, layers):
-    cause = _SATURATION_CAUSES.get(_kind(run, estimator), "the estimator's resolution, not the network, may drive it")
-    names = ", ".join(layers)
-    return f"I(X;T) of layer{'s' if len(layers) > 1 else ''} {names} is saturated at log2 N: {cause}"
-
-
-def _caller_level():
-    """``stacklevel`` that points a warning at the first frame outside this module (the user's call)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename == __file__:
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _warn_saturation(ax, run, estimator):
-    layers = saturated_layers(run, estimator)
-    if not layers:
-        return []
-    msg = _saturation_message(run, estimator, layers)
-    # Top left: I(T;Y) <= I(X;T), so points rarely sit at high I(T;Y) and low I(X;T).
-    ax.text(0.02, 0.9, textwrap.fill(msg, 38), transform=ax.transAxes, ha="left", va="top", fontsize=8,
-            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
-    where = " | ".join(p for p in (_data_name(run), _fraction_label(run)) if p)
-    advice = ("Try a larger noise_var." if _is_kde(run, estimator) else
-              "Try fewer or wider bins, or the KDE estimator.")
-    warnings.warn(f"{where}: {msg} (within {SATURATION_TOL:.0%} of log2 N = {_ceilings(run)[0]:.2f} bits for "
-                  f"most recorded epochs). {advice}", SaturationWarning,
-                  stacklevel=_caller_level())
-    return layers
-
-
 # ---------------------------------------------------------------------------------------------- planes
-def _limits(ax, run, ixt, ity):
-    """Axes from 0 to the ceilings (or the data, when larger or the ceiling is unknown), ceilings dashed."""
-    log2_n, h_y = _ceilings(run)
-    for ceiling, data, set_lim, line in ((log2_n, ixt, ax.set_xlim, ax.axvline),
-                                         (h_y, ity, ax.set_ylim, ax.axhline)):
-        finite = data[np.isfinite(data)]
-        top = max([v for v in (ceiling, finite.max() if finite.size else None) if v is not None] or [1.0])
-        top = top if top > 0 else 1.0
-        set_lim(-0.03 * top, 1.03 * top)
-        if ceiling is not None:
-            line(ceiling, color="0.35", linestyle="--", linewidth=1, zorder=1)
-    if log2_n is not None:
-        ax.annotate("log2 N", (log2_n, 0), xycoords=("data", "axes fraction"), xytext=(-3, 3),
-                    textcoords="offset points", rotation=90, ha="right", va="bottom", fontsize=7, color="0.35")
-    if h_y is not None:
-        ax.annotate("H(Y)", (0, h_y), xycoords=("axes fraction", "data"), xytext=(3, -3),
-                    textcoords="offset points", ha="left", va="top", fontsize=7, color="0.35")
-    ax.set_xlabel("I(X;T) [bits]")
-    ax.set_ylabel("I(T;Y) [bits]")
-
-
 def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
     ixt, ity = _values(run, estimator)
     cmap = plt.get_cmap(CMAP)
@@ -286,18 +90,19 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
         ax.scatter(mx[ok, j], my[ok, j], c=epochs[ok], cmap=cmap, norm=norm, s=22, marker=marker,
                    edgecolors="none", zorder=3, label=layer)
         handles.append(Line2D([], [], linestyle="none", marker=marker, color="0.3", label=layer))
-    _limits(ax, run, ixt, ity)
+    limits(ax, run, ixt, ity)
     if legend:
-        note = _class_note(run)
+        note = class_note(run)
         if note:
             handles.append(Line2D([], [], linestyle="none", label=note))
         ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="best",
                   framealpha=0.8)
-    _mark_incomplete(ax, run)
-    return _warn_saturation(ax, run, estimator)
+    mark_incomplete(ax, run)
+    return warn_saturation(ax, run, estimator)
 
 
-def information_plane(run, estimator=None, ax=None, *, all_seeds=False):
+def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optional[Axes] = None, *,
+                      all_seeds: bool = False) -> Figure:
     """Draw one run's information plane.
 
     Parameters
@@ -329,32 +134,13 @@ def information_plane(run, estimator=None, ax=None, *, all_seeds=False):
         fig = ax.figure
     norm = epoch_norm(run)
     _draw_plane(ax, run, estimator, norm, all_seeds)
-    ax.set_title(_title(run, estimator), fontsize=9)
-    _colorbar(fig, norm, ax)
+    ax.set_title(plot_title(run, estimator), fontsize=9)
+    colorbar(fig, norm, ax)
     return fig
 
 
-def _check_same_data(runs):
-    """Raise ValueError naming the first two runs (in the order given) whose data or probe set differ."""
-    labels = [_run_path(r) or f"run #{i} ({_fraction_label(r)})" for i, r in enumerate(runs)]
-    first = runs[0]
-    for label, other in zip(labels[1:], runs[1:]):
-        a, b = _data_name(first), _data_name(other)
-        if a is not None and b is not None and a != b:
-            raise ValueError(f"cannot compare runs on different data sets: {labels[0]} has data {a!r}, "
-                             f"{label} has data {b!r}")
-        for what, x, y in (("N", first.n, other.n), ("H(Y)", first.h_y, other.h_y)):
-            if x is not None and y is not None and not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
-                raise ValueError(f"cannot compare runs on different probe sets: {labels[0]} has {what} = "
-                                 f"{x:g}, {label} has {what} = {y:g}; their axes would not match")
-
-
-def _by_fraction(runs):
-    # Stable sort: runs without a fraction go last, in the order given.
-    return sorted(runs, key=lambda r: (r.fraction is None, r.fraction or 0.0))
-
-
-def compare(runs, estimator=None, *, all_seeds=False, titles=None):
+def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool = False,
+            titles: Optional[Sequence[str]] = None) -> Figure:
     """Information planes of several runs side by side (e.g. 5% vs 85% training data).
 
     One panel per run, ordered by training fraction (or as given, with ``titles``), with shared axes and one
@@ -388,9 +174,9 @@ def compare(runs, estimator=None, *, all_seeds=False, titles=None):
         raise ValueError("compare needs at least one run")
     for r in runs:
         _values(r, estimator)
-    _check_same_data(runs)
+    check_same_data(runs)
     if titles is None:
-        runs = _by_fraction(runs)
+        runs = by_fraction(runs)
     elif len(titles) != len(runs):
         raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     norm = epoch_norm(runs)
@@ -404,7 +190,7 @@ def compare(runs, estimator=None, *, all_seeds=False, titles=None):
         # Read each panel's limits now: the axes are shared, so the next panel overwrites them.
         tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
         seeds = f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else ""
-        label = _fraction_label(run) if titles is None else f"{titles[i]} | {_fraction_label(run)}"
+        label = fraction_label(run) if titles is None else f"{titles[i]} | {fraction_label(run)}"
         ax.set_title(label + seeds, fontsize=9)
         if i:
             ax.set_ylabel("")
@@ -413,9 +199,9 @@ def compare(runs, estimator=None, *, all_seeds=False, titles=None):
     ymax = max(t[1] for t in tops)
     axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
     axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
-    fig.suptitle(" | ".join([_data_name(runs[0]) or "data n/a", _estimator_label(runs[0], estimator)]),
+    fig.suptitle(" | ".join([data_name(runs[0]) or "data n/a", estimator_label(runs[0], estimator)]),
                  fontsize=10)
-    _colorbar(fig, norm, list(axes))
+    colorbar(fig, norm, list(axes))
     return fig
 
 
@@ -438,7 +224,7 @@ def _band(ax, x, values, label, color, marker=None):
         ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.2, linewidth=0)
 
 
-def curves(run, estimator=None):
+def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
     """I(X;T) and I(T;Y) of each layer, and the recorded metrics, against epoch.
 
     Top row: I(X;T) and I(T;Y) per layer with their ceilings log2 N and H(Y) dashed. Bottom row (only when the
@@ -489,7 +275,7 @@ def curves(run, estimator=None):
         ax.set_ylabel("loss" if groups[k] is losses else "metric")
         ax.legend(fontsize=8)
         _epoch_axis(ax)
-    fig.suptitle(_title(run, estimator), fontsize=10)
+    fig.suptitle(plot_title(run, estimator), fontsize=10)
     return fig
 
 
@@ -532,7 +318,8 @@ def _file_tag(run, estimator):
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def write_figures(runs, out=None, estimator=None):
+def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
+                  estimator: Optional[str] = None) -> list[str]:
     """Write the standard figures of one or more runs (what ``infoplane plot`` does).
 
     For each run: ``plane-<estimator>.png`` (information plane) and ``curves-<estimator>.png`` (quantities and
@@ -575,11 +362,11 @@ def write_figures(runs, out=None, estimator=None):
     kind, out = _check_out(out)
     out_dir = out if kind == "dir" else (os.path.dirname(out) or "." if kind == "file" else None)
     if len(runs) > 1:
-        _check_same_data(runs)
+        check_same_data(runs)
 
     targets = []  # (run, plane path or None, curves path)
     for i, run in enumerate(runs):
-        run_dir = _run_path(run)
+        run_dir = run_path(run)
         if run_dir is None:
             if out_dir is None:
                 raise ValueError(f"run {i} ({run!r}) has no directory; pass out= (a directory or a .png/.pdf/.svg "
@@ -602,7 +389,7 @@ def write_figures(runs, out=None, estimator=None):
         elif kind == "dir":
             target = os.path.join(out, name)
         else:
-            first = _run_path(runs[0])
+            first = run_path(runs[0])
             target = os.path.join(os.path.dirname(os.path.abspath(first)), name)
         _save(compare(runs, estimator), target, written)
     return written

@@ -13,15 +13,19 @@ import json
 import math
 import os
 import shlex
+from typing import Optional, Sequence, Union
 
 import numpy as np
+
+from infoplane.runs.reader import Run
+from infoplane.viz import stats as S
 
 __all__ = ["report"]
 
 #: Layer colours (matplotlib's tab10, as in the static curves figure), cycled.
 TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
          "#17becf")
-#: Plotly marker symbols matching infoplane.viz.planes.MARKERS.
+#: Plotly marker symbols matching infoplane.viz.drawing.MARKERS.
 SYMBOLS = ("circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star",
            "triangle-left", "triangle-right", "hexagon", "pentagon")
 PLANE_H, SLIDER_H, ROW_H, ROW_GAP, TOP, BOTTOM = 470, 160, 210, 70, 120, 50
@@ -64,7 +68,7 @@ def _command(meta):
     return "n/a" if caller is None else str(caller)
 
 
-def _settings_rows(runs, P):
+def _settings_rows(runs, D):
     """(label, [cell per run]) rows of the settings panel, as plain text."""
     from infoplane._version import __version__
 
@@ -111,13 +115,13 @@ def _settings_rows(runs, P):
         return f"{v.get('infoplane')} (torch {v.get('torch')})" if isinstance(v, dict) else "n/a"
 
     def ceilings(r):
-        log2_n, h_y = P._ceilings(r)
+        log2_n, h_y = S.ceilings(r)
         fmt = (lambda v: "n/a" if v is None else f"{v:.4g} bits")
         return f"N = {r.n}, log2 N = {fmt(log2_n)}, H(Y) = {fmt(h_y)}"
 
     training = (lambda r: json.dumps(r.meta["training"]) if isinstance(r.meta.get("training"), dict) else "n/a")
     rows = [("run directory", lambda r: r.path or "(in memory)"), ("status", status),
-            ("data", lambda r: P._data_name(r) or "n/a"), ("training fraction", P._fraction_label),
+            ("data", lambda r: D.data_name(r) or "n/a"), ("training fraction", D.fraction_label),
             ("split", split), ("seeds", lambda r: ", ".join(map(str, r.seeds))), ("schedule", schedule),
             ("estimators", estimators), ("probe set", ceilings), ("model", model), ("training", training),
             ("command", lambda r: _command(r.meta)), ("infoplane version of the run", version)]
@@ -126,22 +130,24 @@ def _settings_rows(runs, P):
     return table
 
 
-def _settings_html(runs, labels, P):
+def _settings_html(runs, labels, D):
     head = "".join(f"<th>{html.escape(l)}</th>" for l in labels)
     body = "".join(f"<tr><th>{html.escape(label)}</th>"
                    + "".join(f"<td><pre>{html.escape(str(c))}</pre></td>" for c in cells) + "</tr>"
-                   for label, cells in _settings_rows(runs, P))
+                   for label, cells in _settings_rows(runs, D))
     return (f'<section id="settings"><h2>Settings</h2><table class="settings"><tr><th></th>{head}</tr>{body}'
             f"</table></section>")
 
 
-def _run_labels(runs, titles, P):
+def _run_labels(runs, titles, D):
     if titles is None:
-        return [P._fraction_label(r) for r in runs]
-    return [f"{t} | {P._fraction_label(r)}" for t, r in zip(titles, runs)]
+        return [D.fraction_label(r) for r in runs]
+    return [f"{t} | {D.fraction_label(r)}" for t, r in zip(titles, runs)]
 
 
-def report(runs, out="report.html", *, frames=None, trail=8, titles=None, title=None):
+def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLike]]],
+           out: Union[str, os.PathLike] = "report.html", *, frames: Optional[int] = None, trail: int = 8,
+           titles: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
     """Write one self-contained interactive HTML report of one or more runs.
 
     The page opens offline: plotly.js is inlined (about 5 MB) and nothing is fetched from the network. It holds:
@@ -188,28 +194,28 @@ def report(runs, out="report.html", *, frames=None, trail=8, titles=None, title=
         Without Plotly (``pip install 'infoplane[report]'``).
     """
     from infoplane.viz import animation as A
-    from infoplane.viz import planes as P
+    from infoplane.viz import drawing as D
 
     out = os.fspath(out)
     if os.path.isdir(out):
         raise ValueError(f"out={out!r} is a directory; give an .html file name")
-    runs = A._runs_list(runs)
+    runs = D.runs_list(runs)
     for r in runs:
-        P._values(r, None)  # a run without epochs fails with the static figures' message
-    P._check_same_data(runs)
+        S.values(r, None)  # a run without epochs fails with the static figures' message
+    D.check_same_data(runs)
     if titles is None:
-        runs = P._by_fraction(runs)
+        runs = D.by_fraction(runs)
     elif len(titles) != len(runs):
         raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     plotly, go, pio = _plotly()
-    fig, notes = _figure(runs, _run_labels(runs, titles, P), frames, trail, go, A, P)
-    page_title = title or " | ".join([P._data_name(runs[0]) or "data n/a",
-                                      ", ".join(P._fraction_label(r) for r in runs)])
+    fig, notes = _figure(runs, _run_labels(runs, titles, D), frames, trail, go, A, D)
+    page_title = title or " | ".join([D.data_name(runs[0]) or "data n/a",
+                                      ", ".join(D.fraction_label(r) for r in runs)])
     # include_plotlyjs=True writes plotly.js into the page itself; full_html=False lets us add the panels.
     # auto_play=False: the page opens on the last epoch and moves only when asked (Play or the slider).
     body = pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id="plane", auto_play=False,
                        config={"displaylogo": False, "responsive": True})
-    incomplete = [l for r, l in zip(runs, _run_labels(runs, titles, P)) if not r.meta.get("complete", False)]
+    incomplete = [l for r, l in zip(runs, _run_labels(runs, titles, D)) if not r.meta.get("complete", False)]
     banner = "".join(f'<p class="incomplete">Incomplete run ({html.escape(l)}): it is still being written or '
                      f"was interrupted; this report shows the epochs recorded so far.</p>" for l in incomplete)
     warn = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
@@ -230,7 +236,7 @@ table.settings pre {{ margin: 0; white-space: pre-wrap; font-family: inherit; ma
 {banner}
 {body}
 {warn_html}
-{_settings_html(runs, _run_labels(runs, titles, P), P)}
+{_settings_html(runs, _run_labels(runs, titles, D), D)}
 <p>Made by infoplane {html.escape(_version())} with Plotly {html.escape(plotly.__version__)}.</p>
 </body></html>
 """
@@ -246,12 +252,12 @@ def _version():
     return __version__
 
 
-def _figure(runs, labels, frames, trail, go, A, P):
+def _figure(runs, labels, frames, trail, go, A, D):
     """The Plotly figure (planes, curves, slider, play button, estimator menu) and the saturation notes."""
     R = len(runs)
     estimators = _estimator_names(runs)
     times = A.frame_epochs(runs, frames)
-    log = A._log_axis(runs, times)
+    log = D.log_axis(runs, times)
     approx = frames is not None
     epoch_text = [f"{t:.0f}" if not approx or float(t).is_integer() else f"{t:.1f}" for t in times]
     metric_names = []
@@ -275,8 +281,8 @@ def _figure(runs, labels, frames, trail, go, A, P):
     # Axes: the planes are 1..R; curve row i, column c is R + i * R + c + 1.
     plane_top = 1.0
     plane_bottom = 1 - PLANE_H / total
-    log2_ns = [P._ceilings(r)[0] for r in runs]
-    h_ys = [P._ceilings(r)[1] for r in runs]
+    log2_ns = [S.ceilings(r)[0] for r in runs]
+    h_ys = [S.ceilings(r)[1] for r in runs]
     xmax = max([v for v in log2_ns if v] + [1.0])
     ymax = max([v for v in h_ys if v] + [1.0e-9])
     for r in runs:
@@ -299,7 +305,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
         layout[_layout_key("y", n)] = {"domain": [plane_bottom, plane_top], "anchor": _axis("x", n),
                                        "range": [-0.03 * ymax, 1.03 * ymax], "zeroline": False,
                                        "title": {"text": "I(T;Y) [bits]" if n == 1 else ""}}
-        log2_n, h_y = P._ceilings(run)
+        log2_n, h_y = S.ceilings(run)
         text = label + (f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else "")
         if not run.meta.get("complete", False):
             text += f"<br><span style='color:darkred'>incomplete: recorded up to epoch {int(run.epochs[-1])}</span>"
@@ -323,7 +329,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
     xs = np.concatenate([_epoch_x(r.epochs, log) for r in runs])
     pad = 0.02 * (xs.max() - xs.min() or 1.0)
     x_range = [float(xs.min() - pad), float(xs.max() + pad)]
-    y_ranges = [_row_range(runs, rows, i, metric_groups, P) for i in range(n_rows)]
+    y_ranges = [_row_range(runs, rows, i, metric_groups, D) for i in range(n_rows)]
     for i, row in enumerate(rows):
         top = 1 - (PLANE_H + SLIDER_H + i * (ROW_H + ROW_GAP)) / total
         for c, run in enumerate(runs):
@@ -333,7 +339,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
                 "title": {"text": ("epoch (log scale)" if log else "epoch") if i == n_rows - 1 else ""}}
             layout[_layout_key("y", n)] = {"domain": [top - ROW_H / total, top], "anchor": _axis("x", n),
                                            "title": {"text": row if c == 0 else ""}, "range": y_ranges[i]}
-            ceiling = P._ceilings(run)[0] if i == 0 else (P._ceilings(run)[1] if i == 1 else None)
+            ceiling = S.ceilings(run)[0] if i == 0 else (S.ceilings(run)[1] if i == 1 else None)
             if ceiling is not None:
                 shapes.append({"type": "line", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
                                "x0": 0, "x1": 1, "y0": ceiling, "y1": ceiling,
@@ -352,7 +358,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
             if est not in run.estimators:
                 continue
             n = c + 1
-            tr = A._tracks(run, est, times, log)
+            tr = D.run_tracks(run, est, times, log)
             seeds = len(run.seeds) > 1
             k_end = len(times) - 1
 
@@ -415,7 +421,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
             ex = _epoch_x(run.epochs, log)
             for i, field in enumerate(("ixt", "ity")):
                 a = run.get(field, estimator=est)
-                med, (q1, q3) = P._median(a), P._quartiles(a)
+                med, (q1, q3) = S.median(a), S.quartiles(a)
                 n_ax = R + i * R + c + 1
                 name = "I(X;T)" if field == "ixt" else "I(T;Y)"
                 for j, layer in enumerate(run.layers):
@@ -440,9 +446,9 @@ def _figure(runs, labels, frames, trail, go, A, P):
                                                         "%{customdata[2]:.3f}]" if seeds else "")
                                                      + "<extra></extra>")})
                     owner.append(est)
-            sat = P.saturated_layers(run, est)
+            sat = S.saturated_layers(run, est)
             if sat:
-                msg = P._saturation_message(run, est, sat)
+                msg = D.saturation_message(run, est, sat)
                 notes.append(f"{labels[c]}, estimator {est}: {msg}")
                 sat_ann[est].append({"text": _wrap(msg), "xref": f"{_axis('x', n)} domain",
                                      "yref": f"{_axis('y', n)} domain", "x": 0.02, "y": 0.97, "xanchor": "left",
@@ -459,7 +465,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
                 if name not in run.metric_names:
                     continue
                 a = run.metric(name)
-                med, (q1, q3) = P._median(a), P._quartiles(a)
+                med, (q1, q3) = S.median(a), S.quartiles(a)
                 ok = np.isfinite(med)
                 colour = TAB10[m_i % 10]
                 if seeds and ok.any():
@@ -525,7 +531,7 @@ def _figure(runs, labels, frames, trail, go, A, P):
     return fig, notes
 
 
-def _row_range(runs, rows, i, metric_groups, P):
+def _row_range(runs, rows, i, metric_groups, D):
     """y range of curve row ``i``, shared by the runs (and estimators): from 0 (or the lowest value) to the
     largest value or ceiling, with a margin."""
     values = []
@@ -533,7 +539,7 @@ def _row_range(runs, rows, i, metric_groups, P):
         if i < 2:
             field = ("ixt", "ity")[i]
             values += [r.get(field, estimator=e) for e in r.estimators]
-            ceiling = P._ceilings(r)[i]
+            ceiling = S.ceilings(r)[i]
             if ceiling is not None:
                 values.append(np.array([ceiling]))
         else:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from infoplane.runs.reader import Run, load_run
+from infoplane.runs.reader import Run, as_run
 
 __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced",
            "SATURATION_TOL", "SATURATION_SHARE"]
@@ -20,19 +20,6 @@ __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_lay
 SATURATION_TOL = 0.05
 #: ... at more than this share of its recorded epochs.
 SATURATION_SHARE = 0.5
-
-
-def as_run(run: Union[Run, str, os.PathLike]) -> Run:
-    """A :class:`Run` from a Run or a run directory, with a clear error for anything else."""
-    if isinstance(run, Run):
-        return run
-    if isinstance(run, (str, os.PathLike)):
-        path = os.fspath(run)
-        if not os.path.isdir(path):
-            raise ValueError(f"{path!r} does not exist or is not a directory; give an infoplane run directory "
-                             f"(written by Tracker(out=...) or `infoplane track`)")
-        return load_run(path)  # its NotARunError (a ValueError) says what is missing
-    raise TypeError(f"expected an infoplane Run or the path of a run directory, got {type(run).__name__}")
 
 
 def values(run: Run, estimator: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +51,7 @@ def ceilings(run: Run) -> tuple[Optional[float], Optional[float]]:
     return log2_n, run.h_y
 
 
-def saturated_layers(run, estimator: Optional[str] = None) -> list[str]:
+def saturated_layers(run: Union[Run, str, os.PathLike], estimator: Optional[str] = None) -> list[str]:
     """Layers whose I(X;T) sits at its ceiling log2 N for most recorded epochs.
 
     A layer is saturated when its I(X;T) (the median over seeds) is within 5% of log2 N at more than half of the
@@ -96,7 +83,7 @@ def saturated_layers(run, estimator: Optional[str] = None) -> list[str]:
     return out
 
 
-def log_spaced(epochs, schedule_kind: Optional[str] = None) -> bool:
+def log_spaced(epochs: Union[np.ndarray, Sequence[float]], schedule_kind: Optional[str] = None) -> bool:
     """Whether epochs call for a log colour/time scale (the rule of :func:`infoplane.viz.planes.epoch_norm`)."""
     e1 = np.unique(np.asarray(epochs, dtype=float)) + 1.0
     if e1.size < 2:

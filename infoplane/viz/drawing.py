@@ -1,0 +1,312 @@
+"""What the static figures, the animations and the HTML report share: labels and titles, the colour scale of
+epochs, the ceilings and axis limits, the saturation note, the checks on several runs, and the per-frame tracks.
+
+When no matplotlib backend is configured (no ``MPLBACKEND``, none in ``matplotlibrc``, ``matplotlib.use`` not
+called, pyplot not yet imported), importing this module selects the non-interactive ``Agg`` backend, so that
+figures and animations work on headless machines; a backend chosen by the user is never replaced.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import textwrap
+import warnings
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import matplotlib
+import numpy as np
+
+
+def _choose_backend():
+    # Only when nothing chose a backend: ``_get_backend_or_none`` is None while matplotlib would still pick one
+    # automatically (an interactive one on a desktop, which a batch job must not open).
+    if "matplotlib.pyplot" in sys.modules or os.environ.get("MPLBACKEND"):
+        return
+    get = getattr(matplotlib.rcParams, "_get_backend_or_none", None)
+    if get is not None and get() is None:
+        matplotlib.use("Agg")
+
+
+_choose_backend()
+
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colorbar import Colorbar
+    from matplotlib.figure import Figure
+
+from infoplane.runs.reader import Run  # noqa: E402
+from infoplane.viz.stats import (SATURATION_TOL, as_run, ceilings, log_spaced, median, quartiles,  # noqa: E402
+                                 saturated_layers, values)
+
+CMAP = "gnuplot"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+#: What the drawing functions take for runs: a Run, a run directory, or a list of them.
+RunsLike = Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLike]]]
+
+
+class SaturationWarning(UserWarning):
+    """I(X;T) of a layer sits at its ceiling log2 N for most recorded epochs, so the estimator's resolution
+    (bins, or KDE noise), not the network, sets the plotted value."""
+
+
+def run_path(run: Run) -> Optional[str]:
+    """The run's directory, or None for an in-memory run."""
+    path = run.path
+    return None if path is None else os.fspath(path)
+
+
+def data_name(run: Run) -> Optional[str]:
+    """The data set's name (or path) from ``meta.json``, or None when the run does not say."""
+    data = run.meta.get("data")
+    if isinstance(data, dict):
+        data = data.get("name", data.get("path"))
+    return None if data is None else str(data)
+
+
+def estimator_entry(run: Run, estimator: Optional[str]) -> dict:
+    """The estimator's entry in ``meta["estimators"]`` (``{"name": ...}`` alone when the run does not list it)."""
+    name = run.estimators[0] if estimator is None else estimator
+    for entry in run.meta.get("estimators", []) or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
+    return {"name": name}
+
+
+def estimator_label(run: Run, estimator: Optional[str]) -> str:
+    """The estimator's name with its settings, e.g. ``binning (bins=30, range=[-1, 1])``."""
+    entry = estimator_entry(run, estimator)
+    settings = entry.get("settings") or {}
+    params = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "name"))
+    return f"{entry['name']} ({params})" if params else entry["name"]
+
+
+def fraction_label(run: Run) -> str:
+    """The training fraction as a label, e.g. ``85% training data``."""
+    return "fraction n/a" if run.fraction is None else f"{100 * run.fraction:g}% training data"
+
+
+def plot_title(run: Run, estimator: Optional[str]) -> str:
+    """A figure's title: data, fraction, estimator, seeds, and whether the run is incomplete."""
+    parts = [data_name(run) or "data n/a", fraction_label(run), estimator_label(run, estimator)]
+    if len(run.seeds) > 1:
+        parts.append(f"median of {len(run.seeds)} seeds")
+    if not run.complete:
+        parts.append("INCOMPLETE run")
+    return " | ".join(parts)
+
+
+INCOMPLETE_NOTE = "incomplete run: still being written, or interrupted"
+
+
+def mark_incomplete(ax: Axes, run: Run) -> None:
+    """Say on the axes that the run was not closed normally, so a partial plane is never taken for a whole one."""
+    if run.complete:
+        return
+    ax.text(0.98, 0.02, INCOMPLETE_NOTE, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
+
+
+def class_note(run: Run) -> Optional[str]:
+    """The class names for a legend, when the labels were given as names."""
+    names = run.class_names
+    if not names:
+        return None
+    shown = ", ".join(str(n) for n in names[:6]) + (f", ... ({len(names)})" if len(names) > 6 else "")
+    return f"Y: {shown}"
+
+
+def schedule_kind(run: Run) -> Optional[str]:
+    """The recording schedule's kind from ``meta.json`` (``"log"``, ...), or None."""
+    schedule = run.meta.get("schedule")
+    return schedule.get("kind") if isinstance(schedule, dict) else None
+
+
+def epoch_norm(runs: RunsLike) -> mcolors.Normalize:
+    """The colour normalisation shared by the given runs' epochs.
+
+    The scale is logarithmic in ``epoch + 1`` (so epoch 0 sits at the bottom of the scale) when the epochs are
+    log-spaced: every run's schedule in ``meta.json`` is ``log_schedule``, or the recorded epochs span at least
+    two decades (``(max + 1) / (min + 1) >= 100``) with at least a quarter of them below the geometric midpoint
+    ``sqrt((min + 1) (max + 1))``. Otherwise it is linear. Either way the limits are the first and last epoch.
+
+    Parameters
+    ----------
+    runs : Run, path, or list of them
+
+    Returns
+    -------
+    matplotlib.colors.Normalize
+        ``Normalize`` or a ``FuncNorm`` of ``log1p``; ``vmin`` / ``vmax`` are the smallest and largest epoch.
+    """
+    runs = [as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
+    epochs = np.unique(np.concatenate([r.epochs for r in runs])) if runs else np.array([])
+    if epochs.size == 0:
+        raise ValueError("no recorded epochs; nothing to colour")
+    kinds = {schedule_kind(r) for r in runs}
+    lo, hi = float(epochs[0]), float(epochs[-1])
+    if log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None):
+        return mcolors.FuncNorm((np.log1p, np.expm1), vmin=lo, vmax=hi)
+    return mcolors.Normalize(vmin=lo, vmax=hi)
+
+
+def colorbar(fig: Figure, norm: mcolors.Normalize, ax: Union[Axes, Sequence[Axes]]) -> Colorbar:
+    """The epoch colour bar beside ``ax``; on a log scale its ticks are round epochs and the last one."""
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label="Epoch")
+    if isinstance(norm, mcolors.FuncNorm):
+        # Round epochs (0, 10, 100, ...) and the last one, rather than the locator's picks on a function scale.
+        lo, hi = norm.vmin, norm.vmax
+        ticks = [lo] + [10.0**k for k in range(1, 12) if lo < 10.0**k <= hi]
+        if np.log1p(hi) - np.log1p(ticks[-1]) > 0.15 * (np.log1p(hi) - np.log1p(lo)):
+            ticks.append(hi)
+        cb.set_ticks(ticks)
+        cb.set_ticklabels([f"{t:g}" for t in ticks])
+    return cb
+
+
+def estimator_kind(run: Run, estimator: Optional[str]) -> Optional[str]:
+    """The estimator's kind (``"binning"``, ``"kde"``, ...) from its settings; the inner one for a permutation null."""
+    settings = estimator_entry(run, estimator).get("settings") or {}
+    if settings.get("kind") == "with-null":  # a permutation null around another estimator: the inner one's kind
+        settings = settings.get("estimator") or {}
+    return settings.get("kind")
+
+
+def is_noise_based(run: Run, estimator: Optional[str]) -> bool:
+    """Whether the estimator adds noise (KDE or noisy), so that its noise variance sets its resolution."""
+    # Both noise-based estimators saturate for the same reason: a noise variance small against the spacing.
+    return estimator_kind(run, estimator) in ("kde", "noisy")
+
+
+# Why a layer sits at log2 N, per estimator kind: the note must not blame a setting the estimator does not have.
+_SATURATION_CAUSES = {
+    "kde": "the noise variance, not the network, drives it",
+    "noisy": "the noise variance, not the network, drives it",
+    "binning": "the bin choice, not the network, drives it",
+    "discrete": "every probe sample keeps its own exact value, so the probe set's size caps it",
+}
+
+
+def saturation_message(run: Run, estimator: Optional[str], layers: Sequence[str]) -> str:
+    """The note on saturated ``layers``, with the cause that fits the estimator."""
+    cause = _SATURATION_CAUSES.get(estimator_kind(run, estimator),
+                                   "the estimator's resolution, not the network, may drive it")
+    names = ", ".join(layers)
+    return f"I(X;T) of layer{'s' if len(layers) > 1 else ''} {names} is saturated at log2 N: {cause}"
+
+
+def _caller_level() -> int:
+    """``stacklevel`` that points a warning at the first frame outside :mod:`infoplane.viz` (the user's call), since
+    the planes, the animations and the report all warn through here."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_saturation(ax: Axes, run: Run, estimator: Optional[str]) -> list[str]:
+    """Note saturated layers on ``ax`` and warn (:class:`SaturationWarning`); returns those layers."""
+    layers = saturated_layers(run, estimator)
+    if not layers:
+        return []
+    msg = saturation_message(run, estimator, layers)
+    # Top left: I(T;Y) <= I(X;T), so points rarely sit at high I(T;Y) and low I(X;T).
+    ax.text(0.02, 0.9, textwrap.fill(msg, 38), transform=ax.transAxes, ha="left", va="top", fontsize=8,
+            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
+    where = " | ".join(p for p in (data_name(run), fraction_label(run)) if p)
+    advice = ("Try a larger noise_var." if is_noise_based(run, estimator) else
+              "Try fewer or wider bins, or the KDE estimator.")
+    warnings.warn(f"{where}: {msg} (within {SATURATION_TOL:.0%} of log2 N = {ceilings(run)[0]:.2f} bits for "
+                  f"most recorded epochs). {advice}", SaturationWarning,
+                  stacklevel=_caller_level())
+    return layers
+
+
+def limits(ax: Axes, run: Run, ixt: np.ndarray, ity: np.ndarray) -> None:
+    """Axes from 0 to the ceilings (or the data, when larger or the ceiling is unknown), ceilings dashed."""
+    log2_n, h_y = ceilings(run)
+    for ceiling, data, set_lim, line in ((log2_n, ixt, ax.set_xlim, ax.axvline),
+                                         (h_y, ity, ax.set_ylim, ax.axhline)):
+        finite = data[np.isfinite(data)]
+        top = max([v for v in (ceiling, finite.max() if finite.size else None) if v is not None] or [1.0])
+        top = top if top > 0 else 1.0
+        set_lim(-0.03 * top, 1.03 * top)
+        if ceiling is not None:
+            line(ceiling, color="0.35", linestyle="--", linewidth=1, zorder=1)
+    if log2_n is not None:
+        ax.annotate("log2 N", (log2_n, 0), xycoords=("data", "axes fraction"), xytext=(-3, 3),
+                    textcoords="offset points", rotation=90, ha="right", va="bottom", fontsize=7, color="0.35")
+    if h_y is not None:
+        ax.annotate("H(Y)", (0, h_y), xycoords=("axes fraction", "data"), xytext=(3, -3),
+                    textcoords="offset points", ha="left", va="top", fontsize=7, color="0.35")
+    ax.set_xlabel("I(X;T) [bits]")
+    ax.set_ylabel("I(T;Y) [bits]")
+
+
+def check_same_data(runs: Sequence[Run]) -> None:
+    """Raise ValueError naming the first two runs (in the order given) whose data or probe set differ."""
+    labels = [run_path(r) or f"run #{i} ({fraction_label(r)})" for i, r in enumerate(runs)]
+    first = runs[0]
+    for label, other in zip(labels[1:], runs[1:]):
+        a, b = data_name(first), data_name(other)
+        if a is not None and b is not None and a != b:
+            raise ValueError(f"cannot compare runs on different data sets: {labels[0]} has data {a!r}, "
+                             f"{label} has data {b!r}")
+        for what, x, y in (("N", first.n, other.n), ("H(Y)", first.h_y, other.h_y)):
+            if x is not None and y is not None and not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(f"cannot compare runs on different probe sets: {labels[0]} has {what} = "
+                                 f"{x:g}, {label} has {what} = {y:g}; their axes would not match")
+
+
+def by_fraction(runs: Sequence[Run]) -> list[Run]:
+    """The runs by training fraction, those without one last."""
+    # Stable sort: runs without a fraction go last, in the order given.
+    return sorted(runs, key=lambda r: (r.fraction is None, r.fraction or 0.0))
+
+
+# ---------------------------------------------------------------------------------------------- frames
+def runs_list(runs: RunsLike) -> list[Run]:
+    """A non-empty list of runs from a run, a path, or a list of them."""
+    if isinstance(runs, (Run, str, os.PathLike)):
+        runs = [runs]
+    runs = [as_run(r) for r in runs]
+    if not runs:
+        raise ValueError("animate needs at least one run")
+    return runs
+
+
+def log_axis(runs: Sequence[Run], epochs: np.ndarray) -> bool:
+    """Whether frames move along ``log(epoch + 1)``: the rule of :func:`epoch_norm`."""
+    kinds = {schedule_kind(r) for r in runs}
+    return log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None)
+
+
+def _interp(u_known, values, u):
+    """``values`` ([n_epochs, n_layers], NaN where absent) at positions ``u`` per layer: linear between recorded
+    epochs, NaN before a layer's first, its last value after its last (a run still being written holds still)."""
+    out = np.full((len(u), values.shape[1]), np.nan)
+    for j in range(values.shape[1]):
+        ok = np.isfinite(values[:, j])
+        if ok.any():
+            out[:, j] = np.interp(u, u_known[ok], values[ok, j], left=np.nan)
+    return out
+
+
+def run_tracks(run: Run, estimator: Optional[str], times: np.ndarray, log: bool) -> dict[str, np.ndarray]:
+    """Per-frame medians and quartiles of one run: dict of ``[n_frames, n_layers]`` arrays (bits)."""
+    ixt, ity = values(run, estimator)
+    axis = np.log1p if log else (lambda e: np.asarray(e, dtype=float))
+    known, u = axis(run.epochs.astype(float)), axis(times)
+    out = {"x": _interp(known, median(ixt), u), "y": _interp(known, median(ity), u)}
+    if len(run.seeds) > 1:
+        (x25, x75), (y25, y75) = quartiles(ixt), quartiles(ity)
+        for key, q in (("x25", x25), ("x75", x75), ("y25", y25), ("y75", y75)):
+            out[key] = _interp(known, q, u)
+    return out
+
+
