@@ -16,27 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = (("infoplane", "infoplane"), ("cli", "infoplane.cli"))
 MAX_TOP_LEVEL_MODULES = 8
 
-# Exceptions still allowed while other work removes them, limited to the estimators and the compiled-kernel
-# wrappers (see OWNED_ELSEWHERE). The test prints each one it uses; once they are gone, empty both.
-ALLOWED_CYCLES: list[frozenset[str]] = [
-    frozenset({"infoplane.estimators.config", "infoplane.estimators.knn_renyi_config"}),
-]
-ALLOWED_PRIVATE: set[tuple[str, str, str]] = {
-    ("infoplane.estimators.config", "infoplane.estimators.binning", "_flag"),
-    ("infoplane.estimators.config", "infoplane.estimators.binning", "_grid"),
-    ("infoplane.estimators.config", "infoplane.estimators.kde", "_PRECISIONS"),
-    ("infoplane.estimators.discrete", "infoplane.estimators.binning", "_ExactValues"),
-    ("infoplane.estimators.discrete", "infoplane.estimators.binning", "_flag"),
-    ("infoplane.estimators.discrete", "infoplane.estimators.binning", "_plugin_mi"),
-}
-OWNED_ELSEWHERE = ("infoplane.estimators", "infoplane._native", "infoplane.train.fused_kernel",
-                   "infoplane.train.fused_source")
-
-
-def _owned_elsewhere(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in OWNED_ELSEWHERE)
-
-
 def _modules() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the package."""
     out = {}
@@ -196,26 +175,13 @@ def test_the_scan_finds_cycles_and_private_names(tmp_path):
 
 def test_no_import_cycles():
     cycles = _cycles(GRAPH)
-    allowed = [c for c in cycles if frozenset(c) in ALLOWED_CYCLES]
-    for c in allowed:
-        print(f"allowed for now (owned elsewhere): cycle {_a_cycle(c)}")
-    bad = [c for c in cycles if frozenset(c) not in ALLOWED_CYCLES]
-    assert not bad, "import cycles:\n" + "\n".join(_a_cycle(c) for c in bad)
+    assert not cycles, "import cycles:\n" + "\n".join(_a_cycle(c) for c in cycles)
 
 
 def test_no_private_names_across_modules():
-    for entry in sorted(set(PRIVATE) & ALLOWED_PRIVATE):
-        print("allowed for now (owned elsewhere): %s imports %s.%s" % (entry[0], entry[1], entry[2]))
-    bad = sorted(set(PRIVATE) - ALLOWED_PRIVATE)
+    bad = sorted(set(PRIVATE))
     assert not bad, "private names used from another module (give them a public name in the module that owns " \
                     "them):\n" + "\n".join(f"{m} uses {owner}.{attr}" for m, owner, attr in bad)
-
-
-def test_exceptions_are_only_for_code_owned_elsewhere():
-    for cycle in ALLOWED_CYCLES:
-        assert all(_owned_elsewhere(m) for m in cycle), cycle
-    for importer, owner, _ in ALLOWED_PRIVATE:
-        assert _owned_elsewhere(importer) and _owned_elsewhere(owner), (importer, owner)
 
 
 def test_top_level_stays_small():
