@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -360,3 +361,16 @@ def test_track_resume_after_kills_equals_the_uninterrupted_run(tmp_path):
     for name in b.metric_names:
         np.testing.assert_array_equal(a.metric(name), b.metric(name))
     assert json.loads((killed / "fraction-0.8" / "meta.json").read_text())["complete"] is True
+
+
+def test_the_budget_can_be_changed_while_open(tmp_path, monkeypatch):
+    t, clock, slow = tracker(tmp_path, monkeypatch, cost=1.0)
+    t.step(0)
+    t.step(1)
+    assert len(t._recorder.buffer) == 1
+    t.flush_seconds = 0  # from now on every epoch is written at once
+    t.step(2)
+    assert infoplane.load_run(tmp_path / "r").epochs.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="flush_seconds must be a number >= 0 or None"):
+        t.flush_seconds = -1
+    t.close()

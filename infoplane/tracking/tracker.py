@@ -100,7 +100,9 @@ class _Session:
         if not self.recorder.buffer or self.flush_seconds is None:
             return False
         cost = self.recorder.cost()
-        return cost is None or self.clock() - self.since + ahead + cost >= self.flush_seconds
+        now = self.clock()
+        since = now if self.since is None else self.since
+        return cost is None or now - since + ahead + cost >= self.flush_seconds
 
     def batch(self) -> Optional[int]:
         """How many buffered epochs (oldest first) to estimate in the next write: as many as the predicted cost
@@ -309,7 +311,6 @@ class Tracker:
         self.seeds = seeds
         self.fraction = None if fraction is None else float(fraction)
         self.buffer_bytes = int(buffer_bytes)
-        self.flush_seconds = flush_seconds
         self.keep_activations = bool(keep_activations)
         self.schedule = as_schedule(schedule)
         self.estimators = as_estimators(estimators)
@@ -371,6 +372,17 @@ class Tracker:
         return self._writer.run()
 
     @property
+    def flush_seconds(self) -> Optional[float]:
+        """The budget of unwritten work in seconds (see the class docstring); None: only ``buffer_bytes``
+        decides. It may be changed while the tracker is open."""
+        return self._session.flush_seconds
+
+    @flush_seconds.setter
+    def flush_seconds(self, value: Optional[float]) -> None:
+        _check_flush_seconds(value)
+        self._session.flush_seconds = value
+
+    @property
     def closed(self) -> bool:
         return self._session is None or self._session.closed
 
@@ -430,6 +442,7 @@ class Tracker:
         # Already late: write before probing. An epoch not recorded is the last check until the next step.
         if session.due(ahead=0.0 if recorded else session.gap):
             self.flush()
+            entered = session.clock()  # what is unwritten now began after that write
         if not recorded:
             return False
         epoch = int(epoch)
@@ -527,6 +540,10 @@ def _check_options(fraction, keep_activations, out, probe_batch_size, buffer_byt
         raise ValueError("keep_activations=True needs a run directory: pass out=")
     if int(probe_batch_size) < 1 or int(buffer_bytes) < 0:
         raise ValueError("probe_batch_size must be >= 1 and buffer_bytes >= 0")
+    _check_flush_seconds(flush_seconds)
+
+
+def _check_flush_seconds(flush_seconds) -> None:
     if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
         raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
 
