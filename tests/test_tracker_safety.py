@@ -102,26 +102,32 @@ class FakeClock:
 
 
 def test_default_flush_policy_writes_within_ten_seconds(tmp_path, monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(tracker_mod.time, "monotonic", clock)
+    clock = FakeClock()  # the estimators cost nothing on it: only the caller's time between steps counts
+    monkeypatch.setattr(tracker_mod, "_clock", clock)
     out = tmp_path / "run"
     t = make(out)
     assert t.flush_seconds == 10
     t.step(0)
-    clock.now += 4
+    assert epochs_on_disk(out) == [0]  # the first epoch is written at once: that times the estimators
+    clock.now += 2
     t.step(1)
-    assert epochs_on_disk(out) == []  # still batching: fast epochs share one estimator call
-    clock.now += 6.5
-    t.step(2)  # the oldest buffered epoch is 10.5 s old: what was buffered is written first
-    assert epochs_on_disk(out) == [0, 1]
-    clock.now += 3
+    clock.now += 2
+    t.step(2)
+    clock.now += 2
     t.step(3)
-    assert epochs_on_disk(out) == [0, 1]
-    clock.now += 7
-    t.step(4)
-    assert epochs_on_disk(out) == [0, 1, 2, 3]
+    assert epochs_on_disk(out) == [0]  # still batching: fast epochs share one estimator call
+    clock.now += 2
+    t.step(4)  # 6 s since epoch 1, and the next step is due in about 2 s: fine
+    clock.now += 3
+    t.step(5)  # 9 s since epoch 1: waiting for the next step (about 3 s) would pass 10 s, so write now
+    assert epochs_on_disk(out) == [0, 1, 2, 3, 4, 5]
+    clock.now += 12
+    t.step(6)  # the caller took longer than the budget: this epoch is written at once
+    assert epochs_on_disk(out) == list(range(7))
+    clock.now += 1
+    t.step(7)
     t.close()
-    assert epochs_on_disk(out) == [0, 1, 2, 3, 4]
+    assert epochs_on_disk(out) == list(range(8))
 
 
 KILL_SCRIPT = """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from infoplane.data import probeset
@@ -133,6 +133,14 @@ class Recorder:
         Where buffered activations are kept and estimated (default: each model's device).
     reductions : dict or None
         Layer name -> :class:`~infoplane.capture.reduce.Reduction` applied before buffering (see :meth:`reduce`).
+    clock : callable, default ``time.monotonic``
+        Seconds on the clock that times each estimator call for :attr:`costs`.
+
+    Attributes
+    ----------
+    costs : dict
+        ``(layer, estimator name)`` -> seconds per layer-epoch (one item of a batch) of that estimator on that
+        layer, as measured by its latest call; :meth:`cost` predicts from it.
     """
 
     models: list
@@ -149,6 +157,8 @@ class Recorder:
     buffered_bytes: int = 0
     timings: dict = field(default_factory=lambda: {"capture": 0.0, "estimate": 0.0, "store": 0.0,
                                                     "layer_epochs": 0})
+    clock: Callable[[], float] = time.monotonic
+    costs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
@@ -199,9 +209,14 @@ class Recorder:
         self.buffer.append(Buffered(int(epoch), acts, metrics))
         self.buffered_bytes += sum(a.numel() * a.element_size() for per in acts for a in per.values())
 
-    def estimate(self) -> tuple[list[Row], list]:
-        """Rows and metrics of everything buffered; the buffer is kept until :meth:`drop` (so a failure to
-        estimate or to write loses nothing).
+    def estimate(self, count: Optional[int] = None) -> tuple[list[Row], list]:
+        """Rows and metrics of the ``count`` epochs buffered first (default: all); the buffer is kept until
+        :meth:`drop` (so a failure to estimate or to write loses nothing).
+
+        Parameters
+        ----------
+        count : int, optional
+            How many of the buffered epochs, in the order they were added; None: all of them.
 
         Returns
         -------
@@ -209,7 +224,7 @@ class Recorder:
         metrics : list of ``((seed, epoch), {name: value})``
         """
         t0 = time.perf_counter()
-        buffer = sorted(self.buffer, key=lambda b: b.epoch)
+        buffer = sorted(self.buffer[:count], key=lambda b: b.epoch)
         epochs = [b.epoch for b in buffer]
         names = self.layer_names
         rows = []
@@ -221,13 +236,31 @@ class Recorder:
             keys = [(self.seeds[i], e) for i in members for e in epochs]
             for layer in names:
                 acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
-                rows += estimate_rows(acts, self.labels, self.estimators, self.fraction, keys, layer,
-                                      inputs=self.inputs)
+                for est in self.estimators:  # one at a time, so that each one's cost is known
+                    t1 = self.clock()
+                    rows += estimate_rows(acts, self.labels, [est], self.fraction, keys, layer, inputs=self.inputs)
+                    self.costs[(layer, est.name)] = (self.clock() - t1) / len(keys)
         metrics = [((seed, b.epoch), vals) for b in buffer for seed, vals in zip(self.seeds, b.metrics) if vals]
         self.timings["estimate"] += time.perf_counter() - t0
         return sort_rows(rows, self.seeds, names, self.estimators), metrics
 
-    def drop(self) -> None:
-        """Forget the buffer (after its rows were written)."""
-        self.timings["layer_epochs"] += len(self.buffer) * len(self.layers) * len(self.seeds)
-        self.buffer, self.buffered_bytes = [], 0
+    def cost(self, count: Optional[int] = None) -> Optional[float]:
+        """Predicted seconds to estimate the ``count`` epochs buffered first (default: all), from :attr:`costs`.
+
+        Returns
+        -------
+        float or None
+            Seconds; None while some estimator has not yet been timed on some layer.
+        """
+        items = len(self.buffer if count is None else self.buffer[:count]) * len(self.seeds)
+        try:
+            per_item = sum(self.costs[(l, e.name)] for l in self.layer_names for e in self.estimators)
+        except KeyError:
+            return None
+        return per_item * items
+
+    def drop(self, count: Optional[int] = None) -> None:
+        """Forget the ``count`` epochs buffered first (default: all), after their rows were written."""
+        gone, self.buffer = (self.buffer, []) if count is None else (self.buffer[:count], self.buffer[count:])
+        self.timings["layer_epochs"] += len(gone) * len(self.layers) * len(self.seeds)
+        self.buffered_bytes -= sum(a.numel() * a.element_size() for b in gone for per in b.acts for a in per.values())

@@ -2,8 +2,9 @@
 
 :class:`Tracker` composes the I/O-free :class:`~infoplane.tracking.recorder.Recorder` (probe passes, buffer, batched
 estimation) with a :class:`~infoplane.runs.writer.RunWriter` (the run directory), and decides when the buffer is
-estimated and written: when it is large, when its oldest epoch is ``flush_seconds`` old, at :meth:`close`, and
-when an unclosed tracker is collected or the interpreter exits.
+estimated and written: when it is large, when waiting longer would leave more than about ``flush_seconds`` of work
+unwritten (counting what estimating the buffer will cost), at :meth:`close`, and when an unclosed tracker is
+collected or the interpreter exits. A large buffer is estimated and written in batches that each fit that budget.
 """
 from __future__ import annotations
 
@@ -38,31 +39,78 @@ _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "prob
              "keep_activations", "reduce")
 
 
+def _clock() -> float:
+    """Seconds on the clock that the flush policy reads (``time.monotonic``).
+
+    A tracker reads this module attribute when it is constructed; tests replace it with a fake clock so that
+    "time since the last write" and the estimators' measured cost are deterministic.
+    """
+    return time.monotonic()
+
+
 class UnclosedTrackerWarning(UserWarning):
     """A Tracker was garbage-collected or left open at exit: its buffer was written, the run marked incomplete."""
 
 
 class _Session:
     """What must outlive a forgotten Tracker: the recorder's buffer and the writer. The finaliser holds this,
-    never the Tracker, so that the Tracker can be collected."""
+    never the Tracker, so that the Tracker can be collected.
 
-    def __init__(self, recorder: Recorder, writer: RunWriter, sinks: list):
+    It also keeps the flush policy's clock readings: ``since``, when the unwritten work began (the first epoch
+    buffered after a write, or the last write while epochs are still buffered), and ``gap``, the seconds the
+    caller last spent between two ``step`` calls (training), which predicts when the next check comes.
+    """
+
+    def __init__(self, recorder: Recorder, writer: RunWriter, sinks: list, flush_seconds: Optional[float],
+                 clock=time.monotonic):
         self.recorder, self.writer, self.sinks = recorder, writer, sinks
+        self.flush_seconds, self.clock = flush_seconds, clock
         self.closed = False
-        self.buffer_since: Optional[float] = None
+        self.since: Optional[float] = None
+        self.gap = 0.0
+        self.left: Optional[float] = None  # when the last step() returned
+
+    def due(self, ahead: float = 0.0) -> bool:
+        """Whether the buffer must be written now: estimating it, ``ahead`` seconds from now, would end more than
+        ``flush_seconds`` after the unwritten work began. An estimator never timed yet makes it due at once, so
+        that its cost is known before a second epoch is buffered."""
+        if not self.recorder.buffer or self.flush_seconds is None:
+            return False
+        cost = self.recorder.cost()
+        now = self.clock()
+        since = now if self.since is None else self.since
+        return cost is None or now - since + ahead + cost >= self.flush_seconds
+
+    def batch(self) -> Optional[int]:
+        """How many buffered epochs (oldest first) to estimate in the next write: as many as the predicted cost
+        lets finish within ``flush_seconds`` of when the unwritten work began, at least one; None for all."""
+        if self.flush_seconds is None:
+            return None
+        one = self.recorder.cost(1)
+        if one is None:  # an estimator not timed yet: one epoch measures it
+            return 1
+        if one <= 0:
+            return None
+        left = self.flush_seconds - (self.clock() - self.since)
+        return max(1, int(left // one))
 
     def flush(self) -> None:
-        if not self.recorder.buffer:
-            return
-        rows, metrics = self.recorder.estimate()
+        """Estimate and write the whole buffer, in batches that each fit the flush budget."""
+        while self.recorder.buffer:
+            if self.since is None:
+                self.since = self.clock()
+            self.write(self.batch())
+
+    def write(self, count: Optional[int]) -> None:
+        rows, metrics = self.recorder.estimate(count)
         t0 = time.perf_counter()
         # Metrics go first: if the process dies in between, the epochs are incomplete in the table, so a
         # resumed run drops their metrics and records them again.
         self.writer.add_metrics_many(metrics)
         self.writer.add_rows(rows)
-        # Only now is the buffer safe to drop: a failure above keeps it for another flush.
-        self.recorder.drop()
-        self.buffer_since = None
+        # Only now are these epochs safe to drop: a failure above keeps them for another flush.
+        self.recorder.drop(count)
+        self.since = self.clock() if self.recorder.buffer else None
         # Loggers (TensorBoard, W&B, ...) after the buffer is dropped, so that a failing one never writes twice.
         if self.sinks:
             run = self.writer.run()  # one snapshot for every sink, only when there are sinks
@@ -142,13 +190,18 @@ class Tracker:
         Where buffered activations are kept and estimated (e.g. ``"cpu"`` to spare GPU memory); default: each
         model's own device. The probe pass always runs on the model's device.
     buffer_bytes : int, default 256 MiB
-        Activations are buffered until they take this much memory, then estimated in one batched call per
+        Activations are buffered until they take this much memory, then estimated in batched calls per
         layer. A kill loses at most the buffered epochs.
     flush_seconds : float or None, default 10
-        Also estimate and write the buffer once its oldest epoch is this old (wall clock, checked at each
-        ``step``), so a kill loses at most the epochs recorded in about the last ``flush_seconds``. Fast epochs
-        are still estimated in batches (every epoch recorded within that time goes into one call per layer);
-        a larger value batches more and risks more. None: only ``buffer_bytes`` decides.
+        The budget of unwritten work, in seconds of wall time: a kill at any moment loses at most about this
+        much of the time spent since the last write (training, probing and estimating together), whatever the
+        estimators cost. At each ``step`` the tracker writes the buffer if waiting for the next step would
+        finish its estimation later than that, predicting the estimation from each estimator's measured cost
+        per layer-epoch (the first recorded epoch is written at once, which measures it); a buffer too costly
+        for the budget is estimated and written in batches that each fit it. Fast estimators still batch every
+        epoch recorded within the budget into one call per layer; a larger value batches more and risks more.
+        One estimator call on one layer-epoch cannot be cut: with estimators slower than this per layer-epoch,
+        every epoch is written on its own. None: only ``buffer_bytes`` decides (and a write is never cut).
     keep_activations : bool, default False
         Also save raw activations under ``out/activations/<seed>/<epoch>.npz`` for :func:`infoplane.estimate`.
     reduce : None, str or dict, default None
@@ -235,7 +288,6 @@ class Tracker:
         self.seeds = seeds
         self.fraction = None if fraction is None else float(fraction)
         self.buffer_bytes = int(buffer_bytes)
-        self.flush_seconds = flush_seconds
         self.keep_activations = bool(keep_activations)
         self.schedule = as_schedule(schedule)
         self.estimators = as_estimators(estimators)
@@ -252,8 +304,10 @@ class Tracker:
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
         sinks = as_sinks(loggers)
+        clock = _clock  # read once, so that a test's fake clock serves the whole tracker
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
-                            int(probe_batch_size), None if device is None else torch.device(device), reductions)
+                            int(probe_batch_size), None if device is None else torch.device(device), reductions,
+                            clock=clock)
         # -- torch.distributed (infoplane.tracking.distributed): each rank probes its shard; rank 0 alone writes --
         self._dist, self.rank, self.world_size = None, 0, 1
         if distributed_active():
@@ -276,7 +330,7 @@ class Tracker:
             self._done = self._dist.broadcast("sharing the resumed run's epochs", self._done)
         self._seen = set()
         self.timings = recorder.timings
-        self._session = _Session(recorder, writer, sinks)
+        self._session = _Session(recorder, writer, sinks, flush_seconds, clock)
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
         self._finalizer = weakref.finalize(self, _Session.abandon, self._session)
         try:
@@ -293,6 +347,17 @@ class Tracker:
         """The estimates written so far as an in-memory :class:`~infoplane.runs.reader.Run` (complete after
         :meth:`close`)."""
         return self._writer.run()
+
+    @property
+    def flush_seconds(self) -> Optional[float]:
+        """The budget of unwritten work in seconds (see the class docstring); None: only ``buffer_bytes``
+        decides. It may be changed while the tracker is open."""
+        return self._session.flush_seconds
+
+    @flush_seconds.setter
+    def flush_seconds(self, value: Optional[float]) -> None:
+        _check_flush_seconds(value)
+        self._session.flush_seconds = value
 
     @property
     def closed(self) -> bool:
@@ -330,25 +395,33 @@ class Tracker:
         """
         if self.closed:
             raise RuntimeError("this Tracker is closed; create a new one (resume=True continues its run)")
+        session = self._session
+        entered = session.clock()
+        if session.left is not None:  # the caller's time between two steps predicts when the next check comes
+            session.gap = entered - session.left
         try:
-            return self._step(epoch, metrics)
+            return self._step(epoch, metrics, entered)
         except Exception:
             # Whatever went wrong with this epoch, the epochs already recorded must not be lost with it.
             try:
-                self._session.flush()
+                session.flush()
             except Exception:
                 pass
             raise
+        finally:
+            session.left = session.clock()
 
-    def _step(self, epoch, metrics):
+    def _step(self, epoch, metrics, entered):
         check_int(epoch, "epoch", error=TypeError)
-        if self._recorder.buffer and self._stale():
+        session = self._session
+        recorded = epoch in self.schedule and int(epoch) not in self._done
+        # Already late: write before probing. An epoch not recorded is the last check until the next step.
+        if session.due(ahead=0.0 if recorded else session.gap):
             self.flush()
-        if epoch not in self.schedule:
+            entered = session.clock()  # what is unwritten now began after that write
+        if not recorded:
             return False
         epoch = int(epoch)
-        if epoch in self._done:
-            return False
         if epoch in self._seen:
             raise ValueError(f"epoch {epoch} was already recorded by this tracker; pass each epoch once")
         values = self._metric_values(metrics)
@@ -367,14 +440,17 @@ class Tracker:
             self.timings["store"] += time.perf_counter() - t0
         self._seen.add(epoch)
         self._recorder.add(epoch, self._recorder.reduce(per_seed), values)
-        if self._session.buffer_since is None:
-            self._session.buffer_since = time.monotonic()
-        if self._recorder.buffered_bytes >= self.buffer_bytes or self._stale():
+        if session.since is None:  # the unwritten work began when this step did (probe pass included)
+            session.since = entered
+        # The next chance to write is the next step, about `gap` from now: write now if that would be too late.
+        if self._recorder.buffered_bytes >= self.buffer_bytes or session.due(ahead=session.gap):
             self.flush()
         return True
 
     def flush(self) -> None:
-        """Estimate every buffered epoch (one estimator call per layer and estimator) and write the rows."""
+        """Estimate every buffered epoch and write the rows: in one estimator call per layer and estimator, or,
+        when that would take longer than ``flush_seconds`` allows, in batches of epochs (oldest first) each
+        written as soon as it is estimated."""
         if self._session is not None:
             self._session.flush()
 
@@ -412,11 +488,6 @@ class Tracker:
             self._session.end(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
-    def _stale(self) -> bool:
-        since = self._session.buffer_since
-        return self.flush_seconds is not None and since is not None and \
-            time.monotonic() - since >= self.flush_seconds
-
     def _metric_values(self, metrics):
         per_seed = [{} for _ in self.seeds]
         for name, value in metrics.items():
@@ -445,6 +516,10 @@ def _check_options(fraction, keep_activations, out, probe_batch_size, buffer_byt
         raise ValueError("keep_activations=True needs a run directory: pass out=")
     if int(probe_batch_size) < 1 or int(buffer_bytes) < 0:
         raise ValueError("probe_batch_size must be >= 1 and buffer_bytes >= 0")
+    _check_flush_seconds(flush_seconds)
+
+
+def _check_flush_seconds(flush_seconds) -> None:
     if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
         raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
 
