@@ -38,6 +38,26 @@ MOVED: dict[str, str] = {
 }
 
 
+# Names an old module offered that its new home cannot re-export without an import cycle: the alias of the old path
+# is then a thin module that looks names up in the new module first, then here.
+EXTRA: dict[str, dict[str, str]] = {
+    "infoplane.tracker": {"estimate": "infoplane.runs.reestimate"},
+}
+
+
+def _proxy(old: str, new: types.ModuleType) -> types.ModuleType:
+    module = types.ModuleType(old, new.__doc__)
+    extra = EXTRA[old]
+
+    def __getattr__(name: str) -> object:
+        if name in extra:
+            return getattr(importlib.import_module(extra[name]), name)
+        return getattr(new, name)
+
+    module.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return module
+
+
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old path in :data:`MOVED` and loads it as the module at its new path."""
 
@@ -50,7 +70,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = MOVED[spec.name]
         warnings.warn(f"{spec.name} is deprecated and will be removed in the next release; import {new} instead",
                       DeprecationWarning, stacklevel=6)
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        return _proxy(spec.name, module) if spec.name in EXTRA else module
 
     def exec_module(self, module):  # noqa: D102 (the module is already executed at its new path)
         pass
