@@ -23,6 +23,8 @@ def python_blocks(path):
 def test_documentation_examples_run(path, tmp_path, monkeypatch):
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
+    # W&B's examples start its service, which gets 90 s by default; a loaded machine can miss that.
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3600")
     for name in ("examples", "data"):  # docs may name repository files by relative path
         (tmp_path / name).symlink_to(REPO / name)
     namespace = {"__name__": "__docs__"}

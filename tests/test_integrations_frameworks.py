@@ -245,7 +245,9 @@ def test_wandb_offline_run_holds_the_scalars_and_figure(tmp_path, monkeypatch):
     x, y = data()
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 2))
-    wb = wandb.init(project="infoplane-test", dir=str(tmp_path), mode="offline")
+    # W&B gives its service 90 s to start by default, which a loaded CI machine can miss: no clock to race here.
+    wb = wandb.init(project="infoplane-test", dir=str(tmp_path), mode="offline",
+                    settings=wandb.Settings(init_timeout=3600))
     try:
         with infoplane.Tracker(net, x, y, estimators=[BIN], schedule=[0, 1, 2], loggers=wb) as t:
             for epoch in range(3):
