@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import re
 import socket
+from types import ModuleType
 from typing import Callable, Optional, Union
 
 from infoplane.runs.format import ACTIVATIONS, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
 
+fcntl: Optional[ModuleType]
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -187,6 +189,7 @@ class RunLock:
                 f"stop it, or write to another directory")
 
     def _write_pid(self) -> None:
+        assert self._fd is not None  # called right after the lock is taken
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
 

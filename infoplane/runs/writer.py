@@ -7,14 +7,35 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
 from infoplane.runs import lifecycle as rundir
+from infoplane.runs.format import (
+    ACTIVATIONS,
+    FIELDS,
+    FORMAT,
+    FORMAT_VERSION,
+    META,
+    METRICS,
+    TABLE,
+    Row,
+    append_csv,
+    atomic_write_bytes,
+    complete_epochs,
+    format_number,
+    format_row,
+    json_ok,
+    jsonable,
+    now,
+    read_meta,
+    read_metrics,
+    read_table,
+    write_csv,
+    write_meta,
+)
 from infoplane.runs.reader import Run, load_run
-from infoplane.runs.format import (ACTIVATIONS, FIELDS, FORMAT, FORMAT_VERSION, META, METRICS, TABLE, Row, json_ok,
-                       jsonable, format_number, append_csv, atomic_write_bytes, complete_epochs, format_row, now,
-                       read_meta, read_metrics, read_table, write_csv, write_meta)
 
 __all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "METRICS", "ACTIVATIONS",
            "read_meta", "read_metrics", "read_table"]
@@ -23,7 +44,7 @@ __all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "ME
 class ResumeMismatchError(ValueError):
     """A run cannot be resumed because its stored settings differ (``keys`` lists which)."""
 
-    def __init__(self, message, keys=()):
+    def __init__(self, message: str, keys: Iterable[str] = ()):
         super().__init__(message)
         self.keys = list(keys)
 
@@ -45,7 +66,8 @@ class RunWriter:
         Replace the run already in ``path``.
     """
 
-    def __init__(self, path, meta, identity=(), resume=False, overwrite=False):
+    def __init__(self, path: Union[str, os.PathLike, None], meta: dict, identity: Sequence[str] = (),
+                 resume: bool = False, overwrite: bool = False):
         self.path = None if path is None else os.fspath(path)
         bad = [k for k, v in dict(meta).items() if not json_ok(v)]
         if bad:
@@ -53,7 +75,9 @@ class RunWriter:
                              f"strings, lists and dicts (e.g. array.tolist())")
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **jsonable(meta),
                      "start_time": now(), "end_time": None, "complete": False}
-        self.rows, self.metric_names, self.metrics = [], [], {}
+        self.rows: list[Row] = []
+        self.metric_names: list[str] = []
+        self.metrics: dict[tuple[int, int], dict[str, float]] = {}
         self._lock = None
         if self.path is None:
             return
@@ -102,12 +126,12 @@ class RunWriter:
         write_csv(self._file(TABLE), FIELDS, [format_row(r) for r in self.rows])
         self._rewrite_metrics()
 
-    def done_epochs(self):
+    def done_epochs(self) -> set[int]:
         """Epochs complete in the table for every seed, layer and estimator of this run."""
         return complete_epochs(self.rows, self.meta["seeds"], [l["name"] for l in self.meta["layers"]],
                                [e["name"] for e in self.meta["estimators"]])
 
-    def add_rows(self, rows):
+    def add_rows(self, rows: Iterable[Row]) -> None:
         """Record table rows (and append them to ``infoplane.csv``, fsynced)."""
         rows = list(rows)
         self.rows.extend(rows)
@@ -122,11 +146,11 @@ class RunWriter:
         rows = [self._metric_cells(k) for k in sorted(self.metrics)]
         write_csv(self._file(METRICS), ["seed", "epoch", *self.metric_names], rows)
 
-    def add_metrics(self, seed, epoch, values):
+    def add_metrics(self, seed: int, epoch: int, values: dict[str, float]) -> None:
         """Record one ``(seed, epoch)`` line of metrics (``values``: name -> float)."""
         self.add_metrics_many([((seed, epoch), values)])
 
-    def add_metrics_many(self, items):
+    def add_metrics_many(self, items: Iterable[tuple[tuple[int, int], dict[str, float]]]) -> None:
         """Record metrics lines, given as ``((seed, epoch), {name: value})`` pairs, with one write.
 
         A name not seen before widens the file's header (the file is rewritten); so does a line for a
@@ -146,25 +170,30 @@ class RunWriter:
         else:
             append_csv(self._file(METRICS), [self._metric_cells(k) for k in keys])
 
-    def activation_path(self, seed, epoch):
-        return os.path.join(self.path, ACTIVATIONS, str(int(seed)), f"{int(epoch)}.npz")
+    def activation_path(self, seed: int, epoch: int) -> str:
+        return os.path.join(self._dir(), ACTIVATIONS, str(int(seed)), f"{int(epoch)}.npz")
 
-    def save_activations(self, seed, epoch, arrays):
+    def _dir(self) -> str:
+        if self.path is None:
+            raise ValueError("this run is kept in memory only (no run directory): there is nowhere to save files")
+        return self.path
+
+    def save_activations(self, seed: int, epoch: int, arrays: dict[str, np.ndarray]) -> None:
         """Save one epoch's layer activations (float32 arrays keyed by layer name) as an ``.npz``."""
         path = self.activation_path(seed, epoch)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds against allow_pickle
         atomic_write_bytes(path, buf.getvalue())
 
-    def save_labels(self, labels):
+    def save_labels(self, labels: Any) -> None:
         """Save the probe labels next to the activations (needed to estimate again later)."""
-        os.makedirs(os.path.join(self.path, ACTIVATIONS), exist_ok=True)
+        os.makedirs(os.path.join(self._dir(), ACTIVATIONS), exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, np.asarray(labels, dtype=np.int64))
-        atomic_write_bytes(os.path.join(self.path, ACTIVATIONS, "labels.npy"), buf.getvalue())
+        atomic_write_bytes(os.path.join(self._dir(), ACTIVATIONS, "labels.npy"), buf.getvalue())
 
-    def finish(self, complete=True, release=True):
+    def finish(self, complete: bool = True, release: bool = True) -> None:
         """Stamp the end time (and ``complete``) into ``meta.json``, then (with ``release``) give up the lock."""
         self.meta["end_time"] = now()
         self.meta["complete"] = bool(complete)
@@ -173,12 +202,12 @@ class RunWriter:
         if release:
             self.release()
 
-    def release(self):
+    def release(self) -> None:
         """Give up the run directory's lock; the writer writes nothing more. Safe to call twice."""
         if self._lock is not None:
             self._lock.release()
 
-    def run(self):
+    def run(self) -> Run:
         """The current contents as an in-memory :class:`Run`."""
         return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path)
 

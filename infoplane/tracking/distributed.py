@@ -20,10 +20,11 @@ Layer names may be given with or without the wrapper's ``module.`` prefix and ar
 from __future__ import annotations
 
 import datetime
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
 from infoplane._validate import check_float
 
 __all__ = ["active", "shard_range", "unwrap", "strip_prefix", "Sharded", "DistributedStepError",
@@ -91,7 +92,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def strip_prefix(layers, model: nn.Module):
+def strip_prefix(layers: Any, model: nn.Module) -> Any:
     """Layer selectors of a wrapped model with the wrapper's ``module.`` prefix removed.
 
     Parameters
@@ -170,7 +171,7 @@ class Sharded:
                 f"tracker.step(...)`), and raise dist_timeout= if rank 0's estimation takes longer than that"
             ) from err
 
-    def agree(self, what: str, value) -> None:
+    def agree(self, what: str, value: Any) -> None:
         """Check that every rank holds the same ``value`` (JSON-like); raise on every rank if not."""
         values = [None] * self.world_size
         self._collective(f"the check that all ranks agree on {what}", torch.distributed.all_gather_object,
@@ -182,13 +183,13 @@ class Sharded:
                              f"probe set, layers, estimators, schedule and seeds on every rank (each rank probes "
                              f"its own shard of the full probe set)")
 
-    def broadcast(self, what: str, value=None):
+    def broadcast(self, what: str, value: Any = None) -> Any:
         """Rank 0's ``value`` on every rank (pickled)."""
         box = [value]
         self._collective(what, torch.distributed.broadcast_object_list, box, src=0, group=self.group)
         return box[0]
 
-    def open_writer(self, make):
+    def open_writer(self, make: Callable[[bool], Any]) -> Any:
         """``make(on_rank_0)`` on every rank; an error on rank 0 (a locked or mismatched run directory) is
         raised on every rank instead of leaving the others waiting."""
         writer, failure = None, None
@@ -205,7 +206,8 @@ class Sharded:
             raise RuntimeError(f"rank 0 could not open the run directory: {message}")
         return writer if self.is_writer else make(False)
 
-    def record(self, epoch: int, capture, metrics: list[dict], devices: Sequence) -> tuple[Optional[list], list]:
+    def record(self, epoch: int, capture: Callable[[int], Any], metrics: list[dict],
+               devices: Sequence) -> tuple[Optional[list], list]:
         """One recorded epoch (a collective): probe this rank's shard, gather the activations to rank 0.
 
         Parameters
@@ -231,7 +233,7 @@ class Sharded:
         except (ValueError, TypeError) as err:  # e.g. non-finite activations in this rank's shard
             local, error = None, f"{type(err).__name__}: {err}"
         names = sorted({k for m in metrics for k in m})
-        header = [None] * self.world_size
+        header: list[Any] = [None] * self.world_size
         self._collective(f"step(epoch={epoch})", torch.distributed.all_gather_object, header,
                          (int(epoch), names, error), group=self.group)
         epochs = [h[0] for h in header]
@@ -291,7 +293,7 @@ class Sharded:
             self.group = None
 
 
-def check_options(timeout, reduce_metrics) -> None:
+def check_options(timeout: float, reduce_metrics: Optional[str]) -> None:
     """Validate ``dist_timeout`` and ``reduce_metrics`` (also outside a distributed job, so typos show early)."""
     check_float(timeout, "dist_timeout", positive=True, finite=False, what="a number of seconds > 0")
     if reduce_metrics not in REDUCTIONS:

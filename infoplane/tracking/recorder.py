@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
-from infoplane.data import probeset
+
 from infoplane.capture.hooks import model_device, probe
 from infoplane.capture.reduce import reduce_activations
+from infoplane.data import probeset
 from infoplane.estimators.base import protocol_attribute
 from infoplane.runs.format import VALUES, Row
 
@@ -47,7 +48,7 @@ def _result_values(est, res, count: int) -> list[list[float]]:
 
 
 def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence, fraction: Optional[float],
-                  keys: Sequence[tuple[int, int]], layer: str, inputs=None) -> list[Row]:
+                  keys: Sequence[tuple[int, int]], layer: str, inputs: Optional[torch.Tensor] = None) -> list[Row]:
     """Rows of one layer for a batch of ``(seed, epoch)`` items.
 
     Parameters
@@ -229,7 +230,7 @@ class Recorder:
         names = self.layer_names
         rows = []
         # One estimator call per layer covers every buffered epoch of every seed that shares a device.
-        by_device = {}
+        by_device: dict[torch.device, list[int]] = {}
         for i in range(len(self.seeds)):
             by_device.setdefault(buffer[0].acts[i][names[0]].device, []).append(i)
         for members in by_device.values():

@@ -10,10 +10,9 @@ network.
 from __future__ import annotations
 
 import json
+from typing import Callable, Iterable, Optional
 
 import numpy as np
-
-from typing import Callable, Iterable
 
 from infoplane._validate import check_int
 
@@ -45,7 +44,7 @@ class Schedule:
         if epochs is not None:
             epochs = np.unique(np.asarray(epochs, dtype=np.int64))
             epochs.flags.writeable = False  # np.asarray(schedule) hands this array out
-            self._set = frozenset(epochs.tolist())
+            self._set: Optional[frozenset[int]] = frozenset(epochs.tolist())
         else:
             self._set = None
         self._epochs = epochs
@@ -226,7 +225,8 @@ def from_json(d: dict) -> Schedule:
     """
     d = dict(d)
     kind = d.pop("kind", None)
-    builders = {"log": log_schedule, "every": every, "saxe": saxe_schedule, "list": as_schedule}
+    builders: dict[str, Callable[..., Schedule]] = {"log": log_schedule, "every": every, "saxe": saxe_schedule,
+                                                    "list": as_schedule}
     if kind not in builders:
         raise ValueError(f"unknown schedule kind {kind!r}; expected one of {sorted(builders)}")
     if kind == "list":

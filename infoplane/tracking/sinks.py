@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol, Sequence
 
-from infoplane.runs.reader import Run
 from infoplane.runs.format import Row
+from infoplane.runs.reader import Run
 
 __all__ = ["Sink", "as_sinks"]
 

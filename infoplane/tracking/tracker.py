@@ -9,28 +9,29 @@ collected or the interpreter exits. A large buffer is estimated and written in b
 from __future__ import annotations
 
 import numbers
+import os
 import time
 import warnings
 import weakref
-from typing import Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from infoplane._validate import check_int
+from infoplane.capture import reduce as reduce_mod
 from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_layers
 from infoplane.data import probeset
-from infoplane.capture import reduce as reduce_mod
+from infoplane.data.labels import as_class_indices
+from infoplane.runs.meta import check_extra_meta, describe_run
+from infoplane.runs.reader import Run
+from infoplane.runs.writer import RunWriter
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
 from infoplane.tracking.estimators import as_estimators
-from infoplane.data.labels import as_class_indices
 from infoplane.tracking.recorder import Recorder
-from infoplane.runs.meta import check_extra_meta, describe_run
-from infoplane.runs.reader import Run
 from infoplane.tracking.schedule import as_schedule
-from infoplane.runs.writer import RunWriter
 
 __all__ = ["Tracker", "UnclosedTrackerWarning"]
 
@@ -129,7 +130,7 @@ class _Session:
             try:  # after a failure: release them, never hiding the first error
                 sink.close(run)
             except Exception as err:
-                warnings.warn(f"infoplane: a logger could not be closed: {err!r}", RuntimeWarning)
+                warnings.warn(f"infoplane: a logger could not be closed: {err!r}", RuntimeWarning, stacklevel=2)
 
     def abandon(self) -> None:
         """The Tracker was collected, or the interpreter exits, without close(): keep what was measured."""
@@ -142,7 +143,7 @@ class _Session:
         try:
             self.flush()
         except Exception as err:
-            warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning)
+            warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning, stacklevel=2)
         finally:
             self.end(complete=False)
 
@@ -259,13 +260,17 @@ class Tracker:
         (writing files), and ``"layer_epochs"`` estimated.
     """
 
-    def __init__(self, model, inputs, labels, *, layers=None, estimators=None, schedule=None, out=None,
-                 seeds=None, seed=None, fraction=None, meta=None, pre_activation=False, probe_batch_size=4096,
-                 device=None, buffer_bytes=256 * 2**20, flush_seconds=10.0, keep_activations=False,
-                 resume=False, overwrite=False, reduce=None, loggers=None, dist_timeout=DEFAULT_TIMEOUT,
-                 reduce_metrics=None):
-        self._session = None  # until construction succeeds
-        models = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
+    def __init__(self, model: Union[nn.Module, Sequence[nn.Module]], inputs: Any, labels: Any, *,
+                 layers: Any = None, estimators: Any = None, schedule: Any = None,
+                 out: Union[str, os.PathLike, None] = None, seeds: Optional[Sequence[int]] = None,
+                 seed: Optional[int] = None, fraction: Optional[float] = None, meta: Optional[dict] = None,
+                 pre_activation: bool = False, probe_batch_size: int = 4096,
+                 device: Union[str, torch.device, None] = None, buffer_bytes: int = 256 * 2**20,
+                 flush_seconds: Optional[float] = 10.0, keep_activations: bool = False, resume: bool = False,
+                 overwrite: bool = False, reduce: Any = None, loggers: Any = None,
+                 dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None):
+        self._session: Optional[_Session] = None  # until construction succeeds
+        models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
             raise TypeError("model must be a torch.nn.Module or a non-empty list of them (one per seed)")
         seeds = _check_seeds(models, seeds, seed)
@@ -328,7 +333,7 @@ class Tracker:
         self._done = writer.done_epochs()
         if self._dist is not None:  # every rank skips the epochs that rank 0's resumed run holds
             self._done = self._dist.broadcast("sharing the resumed run's epochs", self._done)
-        self._seen = set()
+        self._seen: set[int] = set()
         self.timings = recorder.timings
         self._session = _Session(recorder, writer, sinks, flush_seconds, clock)
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
@@ -352,18 +357,25 @@ class Tracker:
     def flush_seconds(self) -> Optional[float]:
         """The budget of unwritten work in seconds (see the class docstring); None: only ``buffer_bytes``
         decides. It may be changed while the tracker is open."""
-        return self._session.flush_seconds
+        return self._live.flush_seconds
 
     @flush_seconds.setter
     def flush_seconds(self, value: Optional[float]) -> None:
         _check_flush_seconds(value)
-        self._session.flush_seconds = value
+        self._live.flush_seconds = value
+
+    @property
+    def _live(self) -> _Session:
+        """The session of a constructed tracker (construction that failed leaves none)."""
+        if self._session is None:
+            raise RuntimeError("this Tracker was not constructed (its construction raised); make a new one")
+        return self._session
 
     @property
     def closed(self) -> bool:
         return self._session is None or self._session.closed
 
-    def step(self, epoch: int, **metrics) -> bool:
+    def step(self, epoch: int, **metrics: Any) -> bool:
         """Record ``epoch`` if the schedule contains it; otherwise return at once.
 
         Parameters
@@ -395,7 +407,7 @@ class Tracker:
         """
         if self.closed:
             raise RuntimeError("this Tracker is closed; create a new one (resume=True continues its run)")
-        session = self._session
+        session = self._live
         entered = session.clock()
         if session.left is not None:  # the caller's time between two steps predicts when the next check comes
             session.gap = entered - session.left
@@ -413,7 +425,7 @@ class Tracker:
 
     def _step(self, epoch, metrics, entered):
         check_int(epoch, "epoch", error=TypeError)
-        session = self._session
+        session = self._live
         recorded = epoch in self.schedule and int(epoch) not in self._done
         # Already late: write before probing. An epoch not recorded is the last check until the next step.
         if session.due(ahead=0.0 if recorded else session.gap):
@@ -452,7 +464,7 @@ class Tracker:
         when that would take longer than ``flush_seconds`` allows, in batches of epochs (oldest first) each
         written as soon as it is estimated."""
         if self._session is not None:
-            self._session.flush()
+            self._live.flush()
 
     def close(self) -> None:
         """Estimate what is buffered, write it, and mark the run complete. Safe to call twice; after a failure it
@@ -460,12 +472,12 @@ class Tracker:
         if self.closed:
             return
         try:
-            self._session.flush()
+            self._live.flush()
         except BaseException:
             self._writer.finish(complete=False, release=False)
             raise
         self._finalizer.detach()
-        self._session.end(complete=True)
+        self._live.end(complete=True)
         if self._dist is not None:  # torch.distributed: release the tracker's own gloo group
             self._dist.close()
 
@@ -481,11 +493,11 @@ class Tracker:
         self._finalizer.detach()
         # Keep what was already measured, but never let a second error hide the first one.
         try:
-            self._session.flush()
+            self._live.flush()
         except Exception as err:
-            warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning)
+            warnings.warn(f"infoplane: the buffered epochs could not be estimated: {err!r}", RuntimeWarning, stacklevel=2)
         finally:
-            self._session.end(complete=False)
+            self._live.end(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _metric_values(self, metrics):
@@ -510,7 +522,7 @@ class Tracker:
 
 
 def _check_options(fraction, keep_activations, out, probe_batch_size, buffer_bytes, flush_seconds) -> None:
-    if fraction is not None and not (isinstance(fraction, numbers.Real) and 0 < fraction <= 1):
+    if fraction is not None and not (isinstance(fraction, numbers.Real) and 0 < float(fraction) <= 1):
         raise ValueError(f"fraction must be a number in (0, 1] or None, got {fraction!r}")
     if keep_activations and out is None:
         raise ValueError("keep_activations=True needs a run directory: pass out=")
@@ -520,7 +532,7 @@ def _check_options(fraction, keep_activations, out, probe_batch_size, buffer_byt
 
 
 def _check_flush_seconds(flush_seconds) -> None:
-    if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and flush_seconds >= 0):
+    if flush_seconds is not None and not (isinstance(flush_seconds, numbers.Real) and float(flush_seconds) >= 0):
         raise ValueError(f"flush_seconds must be a number >= 0 or None, got {flush_seconds!r}")
 
 
