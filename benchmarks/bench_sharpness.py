@@ -5,11 +5,13 @@
 
 Networks: the 12-10-7-5-4-3-2 tanh network of examples/tishby_tanh.py on the 4096 patterns of the 12-bit task,
 and a CIFAR-sized CNN (three 3x3 convolutions of 16, 32, 64 channels with ReLU and 2x2 max-pooling, then a linear
-layer to 10 classes) on random 3x32x32 images. Both are untrained (sharpness costs do not depend on training).
-For each measure the table gives the median wall time of one call (after a warm-up call), the work it did
-(Hessian-vector products, loss-and-gradient evaluations or forward passes), the time per unit of work and the
-value. Each Hessian-vector
-product costs about a forward, a backward and a double backward; ``batch_size`` chunks the data (same value).
+layer to 10 classes) on random 3x32x32 images. Both are untrained: the cost of a unit of work does not depend on
+the weights, only the number of units an iterative measure needs does. For each measure the table gives the median
+wall time of one call (after a warm-up call), the work it did (Hessian-vector products, loss-and-gradient
+evaluations or forward passes), the time per unit of work and the value. A Hessian-vector product costs a
+forward, a backward and a double backward, about four forward passes; ``--batch-size`` chunks the data (same
+values, less memory). On a machine shared with other jobs, torch's intra-op threads can slow small networks by
+tens of times: compare figures taken with the same OMP_NUM_THREADS on an idle machine.
 """
 from __future__ import annotations
 
