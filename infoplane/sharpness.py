@@ -38,6 +38,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+__all__ = ["hessian_top_eigenvalue", "hessian_trace", "sam_sharpness", "adaptive_sharpness", "random_sharpness",
+           "TopEigenvalue", "HessianTrace", "AscentSharpness", "RandomSharpness"]
+
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 

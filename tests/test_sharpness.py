@@ -145,6 +145,35 @@ def test_sam_sharpness_matches_a_grid_search_over_the_disc(w, rho):
     assert res.multi_step <= grid.max() + 1e-4 * abs(grid.max())
 
 
+@pytest.mark.parametrize("w, rho, eta", [((0.8, -0.3), 0.5, 0.01), ((2.0, 0.4), 0.3, 0.0)])
+def test_adaptive_sharpness_matches_a_grid_search_over_the_rescaled_disc(w, rho, eta):
+    # The feasible set is e = T u with ||u|| <= rho, T = diag(|w| + eta): an ellipse in e.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, 60)
+    y = np.sin(1.5 * x) + 0.1 * rng.standard_normal(60)
+    res = adaptive_sharpness(TwoParameters(w), nn.MSELoss(), torch.tensor(x), torch.tensor(y), rho=rho, eta=eta,
+                             steps=100)
+    angles = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+    radii = np.linspace(0, rho, 401)
+    t0, t1 = abs(w[0]) + eta, abs(w[1]) + eta
+    e0 = t0 * radii[:, None] * np.cos(angles)[None, :]
+    e1 = t1 * radii[:, None] * np.sin(angles)[None, :]
+    base = two_parameter_loss_numpy(np.array(w[0]), np.array(w[1]), x, y)
+    grid = two_parameter_loss_numpy(w[0] + e0, w[1] + e1, x, y) - base
+    assert res.one_step <= res.multi_step == res.value
+    assert res.multi_step == pytest.approx(grid.max(), rel=1e-4, abs=1e-8)
+
+
+def test_adaptive_one_step_is_asams_ascent_step():
+    model, a, x, y = quadratic([4.0, 1.0, 0.5])
+    w = model.w.detach().numpy()
+    g, t = a @ w, np.abs(w) + 0.1
+    e = 0.3 * t ** 2 * g / np.linalg.norm(t * g)
+    expected = 0.5 * (w + e) @ a @ (w + e) - 0.5 * w @ a @ w
+    res = adaptive_sharpness(model, identity_loss, x, y, rho=0.3, eta=0.1, steps=1)
+    assert res.one_step == pytest.approx(expected, rel=1e-10)
+
+
 def test_sam_one_step_is_the_loss_at_rho_times_the_normalised_gradient():
     model, a, x, y = quadratic([4.0, 1.0, 0.5])
     w = model.w.detach().numpy()
