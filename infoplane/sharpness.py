@@ -187,7 +187,13 @@ def _chunks(x: Any, y: Any, batch_size: Optional[int]) -> list[tuple[Any, Any, f
 # A "vector" is a list of tensors shaped like the trainable parameters.
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    return float(sum((u.double() * v.double()).sum() for u, v in zip(a, b)))
+    # Accumulated in float64 where the device has it (MPS does not), so that sums over millions of parameters of
+    # a float32 network stay accurate.
+    return float(sum((u.to(_wide(u)) * v.to(_wide(u))).sum().cpu() for u, v in zip(a, b)))
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.device.type == "mps" else torch.float64
 
 
 def _norm(a: Sequence[torch.Tensor]) -> float:
@@ -214,7 +220,7 @@ def _draw(kind: str, like: Sequence[torch.Tensor], generator: torch.Generator) -
             z = torch.randn(p.shape, generator=generator, dtype=torch.float64)
         else:
             z = torch.randint(0, 2, p.shape, generator=generator, dtype=torch.int64).to(torch.float64) * 2 - 1
-        out.append(z.to(device=p.device, dtype=p.dtype))
+        out.append(z.to(p.dtype).to(p.device))
     return out
 
 
