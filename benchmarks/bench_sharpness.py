@@ -1,0 +1,102 @@
+"""Cost per call of each sharpness measure of infoplane.sharpness, on two networks.
+
+    python benchmarks/bench_sharpness.py                  # defaults below
+    python benchmarks/bench_sharpness.py --quick          # small settings, a smoke run
+
+Networks: the 12-10-7-5-4-3-2 tanh network of examples/tishby_tanh.py on the 4096 patterns of the 12-bit task,
+and a CIFAR-sized CNN (three 3x3 convolutions of 16, 32, 64 channels with ReLU and 2x2 max-pooling, then a linear
+layer to 10 classes) on random 3x32x32 images. Both are untrained: the cost of a unit of work does not depend on
+the weights, only the number of units an iterative measure needs does. For each measure the table gives the median
+wall time of one call (after a warm-up call), the work it did (Hessian-vector products, loss-and-gradient
+evaluations or forward passes), the time per unit of work and the value. A Hessian-vector product costs a
+forward, a backward and a double backward, about four forward passes; ``--batch-size`` chunks the data (same
+values, less memory). On a machine shared with other jobs, torch's intra-op threads can slow small networks by
+tens of times: compare figures taken with the same OMP_NUM_THREADS on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import median_time, print_table  # noqa: E402
+
+from infoplane.data.modelfile import load_model_file  # noqa: E402
+from infoplane.sharpness import (adaptive_sharpness, hessian_top_eigenvalue, hessian_trace,  # noqa: E402
+                                 random_sharpness, sam_sharpness)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tishby_network():
+    from infoplane.data import tishby12
+
+    x, y = tishby12()
+    model = load_model_file(str(ROOT / "examples" / "tishby_tanh.py")).build(seed=0)
+    return "12-10-7-5-4-3-2 tanh, 4096 x 12", model, x.float(), y
+
+
+def cifar_cnn(n):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+    return f"CNN 3x32x32 -> 10, {n} images", model, x, y
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small settings: a smoke run in seconds")
+    parser.add_argument("--cnn-images", type=int, default=512, help="random images for the CNN (default 512)")
+    parser.add_argument("--batch-size", type=int, default=None, help="chunk size for every measure (default: none)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure, after a warm-up")
+    args = parser.parse_args(argv)
+
+    iters, samples, steps, repeats = (10, 10, 5, 1) if args.quick else (20, 20, 10, args.repeats)
+    images = min(args.cnn_images, 128) if args.quick else args.cnn_images
+    measures = [
+        ("hessian_top_eigenvalue", lambda *a, **kw: hessian_top_eigenvalue(*a, **kw, tol=1e-3, max_iter=iters),
+         lambda r: (r.iterations, "HVP")),
+        ("hessian_trace", lambda *a, **kw: hessian_trace(*a, **kw, samples=samples), lambda r: (r.samples, "HVP")),
+        ("sam_sharpness", lambda *a, **kw: sam_sharpness(*a, **kw, rho=0.05, steps=steps),
+         lambda r: (r.evaluations, "grad")),
+        ("adaptive_sharpness", lambda *a, **kw: adaptive_sharpness(*a, **kw, rho=0.05, steps=steps),
+         lambda r: (r.evaluations, "grad")),
+        ("random_sharpness", lambda *a, **kw: random_sharpness(*a, **kw, rho=0.05, samples=samples),
+         lambda r: (r.samples + 1, "fwd")),
+    ]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; batch_size={args.batch_size}")
+    for name, model, x, y in (tishby_network(), cifar_cnn(images)):
+        n_params = sum(p.numel() for p in model.parameters())
+        loss = nn.CrossEntropyLoss()
+        rows = []
+        for label, call, work in measures:
+            result = {}
+
+            def run():
+                result["r"] = call(model, loss, x, y, batch_size=args.batch_size)
+
+            seconds = median_time(run, repeats=repeats)
+            r = result["r"]
+            count, unit = work(r)
+            rows.append((label, f"{seconds * 1e3:.1f}", f"{count} {unit}", f"{seconds * 1e3 / count:.1f}",
+                         f"{r.value:.4g}"))
+        print_table(f"{name}, {n_params} parameters", ("measure", "ms/call", "work", "ms/unit", "value"), rows)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"\n{time.perf_counter() - t0:.1f} s in all")
