@@ -162,7 +162,7 @@ class SAM(torch.optim.Optimizer):
             if group["adaptive"]:
                 t = p.abs().add_(group["eta"])
                 scaled = t * g  # T g, whose norm normalises the step
-                square = scaled.double().pow_(2).sum()
+                square = scaled.double().pow(2).sum()  # not in place: .double() of float64 is the same tensor
                 direction = scaled.mul_(t)  # T^2 g, the direction of the step
             else:
                 direction = g
