@@ -144,6 +144,10 @@ def test_label_forms_come_back_as_given():
     assert out.y.shape == (9, 4) and out.y.dtype == torch.float32
     assert torch.equal(out.y.sum(1), torch.ones(9)) and torch.equal(out.clean_labels, one_hot)
 
+    rows = [[1, 0], [0, 1], [1, 0]]  # one-hot rows as a plain list
+    out = corrupt(x[:3], rows, random_labels=True, seed=1)
+    assert out.y.shape == (3, 2) and out.clean_labels.tolist() == rows and out.settings["n_classes"] == 2
+
     names = ["cat", "dog", "eel"] * 3
     out = corrupt(x, names, random_labels=True, seed=2)
     assert set(out.y.tolist()) <= set(names) and out.clean_labels.tolist() == names

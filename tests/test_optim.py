@@ -160,11 +160,11 @@ def test_batch_size_one_and_full_batch(batch_size):
     x, y = make_data()
     model = make_model()
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.05)
-    before = float(F.cross_entropy(model(x), y))
+    before = F.cross_entropy(model(x), y).item()
     for _ in range(5):
         for i in range(0, len(x), batch_size):
             opt.step(closure_for(model, opt, x[i:i + batch_size], y[i:i + batch_size]))
-    after = float(F.cross_entropy(model(x), y))
+    after = F.cross_entropy(model(x), y).item()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert after < before
 
@@ -178,7 +178,7 @@ def test_training_a_tiny_model_decreases_the_loss(adaptive):
     for _ in range(60):
         closure = closure_for(model, opt, x, y)
         loss = closure()
-        losses.append(float(loss))
+        losses.append(loss.item())
         opt.step(closure)
     assert losses[-1] < 0.5 * losses[0]
 

@@ -207,7 +207,7 @@ def corrupt(x: Any, y: Any, *, label_noise: float = 0.0, random_labels: bool = F
     if form[0] == "names":
         n_seen = len(labels.names)
     elif form[0] == "onehot":
-        n_seen = int(y.shape[1])
+        n_seen = int(np.shape(y)[1])
     if n_classes is None:
         n_classes = n_seen
     elif isinstance(n_classes, (bool, np.bool_)) or not isinstance(n_classes, Integral):
