@@ -66,7 +66,8 @@ class SAM(torch.optim.Optimizer):
       weights.
     - ``first_step()``, a second forward and backward pass, then ``second_step()``: for loops that cannot pass a
       closure. With a gradient scaler (mixed precision) call ``restore()`` instead of ``second_step()`` and then
-      ``scaler.step(sam.base_optimizer)``: the ascent direction does not depend on the scale.
+      ``scaler.step(sam.base_optimizer)``: the ascent direction does not depend on the scale. Build learning-rate
+      schedulers for such loops on ``sam.base_optimizer``, whose ``step`` is the one that runs.
 
     Parameters without a gradient (frozen, or unused by the loss) are neither perturbed nor counted in the norm.
     The norm is accumulated in float64; the perturbation is applied in each parameter's dtype, and ``w`` is

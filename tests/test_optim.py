@@ -229,6 +229,20 @@ def test_scheduler_and_deepcopy_act_on_the_base_optimizer():
     assert clone.param_groups is clone.base_optimizer.param_groups
 
 
+def test_scheduler_on_the_base_optimizer_for_first_step_loops(recwarn):
+    x, y = make_data()
+    model = make_model()
+    opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt.base_optimizer, step_size=1, gamma=0.5)
+    F.cross_entropy(model(x), y).backward()
+    opt.first_step(zero_grad=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.second_step(zero_grad=True)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
+
+
 def test_param_groups_carry_their_own_rho():
     x, y = make_data()
     model = make_model()
