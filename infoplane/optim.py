@@ -81,7 +81,7 @@ class SAM(torch.optim.Optimizer):
         self._sam_defaults = dict(rho=float(rho), adaptive=adaptive, eta=float(eta))
         self._held: Dict[torch.Tensor, torch.Tensor] = {}
         super().__init__(params, dict(self._sam_defaults))
-        if isinstance(base_optimizer, SAM):
+        if isinstance(base_optimizer, SAM) or (isinstance(base_optimizer, type) and issubclass(base_optimizer, SAM)):
             raise TypeError("base_optimizer is itself a SAM; pass the optimiser that should take the step "
                             "(e.g. torch.optim.SGD)")
         if isinstance(base_optimizer, torch.optim.Optimizer):

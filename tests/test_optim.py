@@ -289,6 +289,8 @@ def test_errors():
         SAM([{"params": params, "rho": -1.0}], torch.optim.SGD, lr=0.1)
     with pytest.raises(TypeError, match="adaptive must be True"):
         SAM(params, torch.optim.SGD, adaptive="yes", lr=0.1)
+    with pytest.raises(TypeError, match="itself a SAM"):
+        SAM(params, SAM, lr=0.1)
     with pytest.raises(TypeError, match="torch.optim.Optimizer class"):
         SAM(params, "sgd", lr=0.1)
     with pytest.raises(TypeError, match="already constructed"):
