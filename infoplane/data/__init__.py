@@ -3,3 +3,4 @@ validator (:mod:`~infoplane.data.labels`), probe sets (:mod:`~infoplane.data.pro
 (:mod:`~infoplane.data.modelfile`)."""
 from infoplane.data.datasets import *  # noqa: F401,F403  (the data-set API is infoplane.data's own)
 from infoplane.data.datasets import __all__  # noqa: F401
+from infoplane.data.corrupt import Corruption, corrupt  # noqa: F401  (randomisation tests: noisy labels, inputs)
