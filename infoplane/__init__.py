@@ -5,10 +5,12 @@ The package reads as the flow of its data: :mod:`infoplane.data` (data sets, lab
 (when to record, the tracker) -> :mod:`infoplane.runs` (the run directory) -> :mod:`infoplane.viz` (figures,
 animations, the report; :mod:`infoplane.plot` is their public face). :mod:`infoplane.experiment` and
 :mod:`infoplane.train` run whole studies; :mod:`infoplane.networks` makes networks whose information is finite.
+Beside the plane: :mod:`infoplane.bounds` (the information-bottleneck curve, the data-processing inequality),
+:mod:`infoplane.sharpness` (flatness of the loss) and :mod:`infoplane.optim` (SAM and ASAM).
 """
 import sys
 
-from infoplane import _compat
+from infoplane import _compat, optim, sharpness
 from infoplane._version import __version__
 from infoplane.bounds import IBCurve, ib_curve
 from infoplane.estimators import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull
