@@ -47,10 +47,19 @@ def test_correlated_pair_and_independence():
     assert 0.0 <= float(gaussian_mi(x, z).mi) < 1e-3
 
 
-def test_a_deterministic_relation_is_refused_with_the_reason():
-    x = torch.randn(300, 3, dtype=torch.float64)
+@pytest.mark.parametrize("seed", range(40))
+def test_a_deterministic_relation_is_refused_with_the_reason(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64)
     with pytest.raises(ValueError, match="singular.*infinite.*add_noise"):
-        gaussian_mi(x, x[:, :2] @ torch.ones(2, 2, dtype=torch.float64))
+        gaussian_mi(x, x[:, :2] @ torch.ones(2, 2, dtype=torch.float64))  # two equal units: b is singular
+    with pytest.raises(ValueError, match="a and b together"):
+        gaussian_mi(x, x[:, :2] @ torch.randn(2, 2, generator=g, dtype=torch.float64))  # b a function of a
+    with pytest.raises(ValueError, match="singular"):
+        gaussian_mi(x, torch.ones(300, 1, dtype=torch.float64))  # a constant unit
+
+
+def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="more samples than dimensions"):
         gaussian_mi(torch.randn(4, 3), torch.randn(4, 2))
     with pytest.raises(ValueError, match="paired sample by sample"):

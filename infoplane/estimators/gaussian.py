@@ -46,16 +46,26 @@ def _items(a: Batch, b: Batch) -> tuple[int, tuple]:
                      f"both the same leading dimensions, or give one of them none")
 
 
+# A covariance counts as singular when its correlation matrix has an eigenvalue this small (relative to 1): the
+# smallest eigenvalue of an exactly singular matrix comes out at rounding level, not at 0, and a Cholesky factor
+# can succeed on it.
+_SINGULAR = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
 def _logdet_pd(c: torch.Tensor, what: str, item: int) -> torch.Tensor:
-    chol, info = torch.linalg.cholesky_ex(c)
-    if int(info) != 0:
+    var = torch.diagonal(c)
+    ev = None
+    if bool((var > 0).all()):
+        scale = torch.sqrt(var)
+        ev = torch.linalg.eigvalsh(c / (scale[:, None] * scale[None, :]))
+    if ev is None or float(ev.min()) <= _SINGULAR.get(c.dtype, 1e-5) * c.shape[0]:
         raise ValueError(
             f"gaussian_mi: the sample covariance of {what} (batch item {item}) is singular: some direction is, to "
             f"rounding, a fixed linear function of the others. The mutual information of continuous variables is "
             f"then infinite. Typical causes: a layer without noise (add Gaussian noise inside the network with "
             f"infoplane.add_noise), more units than independent directions (reduce the layer, e.g. reduce='pca:k'), "
             f"constant units, or fewer samples than dimensions (N must exceed d_a + d_b).")
-    return 2.0 * torch.log(torch.diagonal(chol)).sum()
+    return torch.log(var).sum() + torch.log(ev).sum()
 
 
 def gaussian_mi(a: torch.Tensor, b: torch.Tensor) -> GaussianResult:
