@@ -14,11 +14,25 @@ import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from infoplane._validate import check_int
 
-from infoplane.viz.drawing import (CMAP, MARKERS, RunsLike, by_fraction, check_same_data, colorbar, data_name,
-                                   epoch_norm, estimator_label, fraction_label, limits, log_axis, run_tracks,
-                                   runs_list, warn_saturation)
+from infoplane._validate import check_int
+from infoplane.viz.drawing import (
+    CMAP,
+    MARKERS,
+    RunsLike,
+    by_fraction,
+    check_same_data,
+    colorbar,
+    data_name,
+    epoch_norm,
+    estimator_label,
+    fraction_label,
+    limits,
+    log_axis,
+    run_tracks,
+    runs_list,
+    warn_saturation,
+)
 from infoplane.viz.stats import values
 
 __all__ = ["animate", "frame_epochs", "frame_size"]

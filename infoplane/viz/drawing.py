@@ -39,8 +39,16 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from infoplane.runs.reader import Run  # noqa: E402
-from infoplane.viz.stats import (SATURATION_TOL, as_run, ceilings, log_spaced, median, quartiles,  # noqa: E402
-                                 saturated_layers, values)
+from infoplane.viz.stats import (  # noqa: E402
+    SATURATION_TOL,
+    as_run,
+    ceilings,
+    log_spaced,
+    median,
+    quartiles,
+    saturated_layers,
+    values,
+)
 
 CMAP = "gnuplot"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")

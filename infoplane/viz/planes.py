@@ -19,20 +19,34 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
-import numpy as np
-
-# drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import (CMAP, MARKERS, SaturationWarning, by_fraction, check_same_data,  # noqa: F401
-                                   class_note, colorbar, data_name, epoch_norm, estimator_label, fraction_label,
-                                   limits, mark_incomplete, plot_title, run_path, warn_saturation)
-
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from infoplane.runs.reader import Run  # noqa: E402
-from infoplane.viz.drawing import RunsLike  # noqa: E402
+
+# drawing chooses a headless backend, when none is configured, before pyplot is imported.
+from infoplane.viz.drawing import (  # noqa: F401
+    CMAP,
+    MARKERS,
+    RunsLike,  # noqa: E402
+    SaturationWarning,
+    by_fraction,
+    check_same_data,
+    class_note,
+    colorbar,
+    data_name,
+    epoch_norm,
+    estimator_label,
+    fraction_label,
+    limits,
+    mark_incomplete,
+    plot_title,
+    run_path,
+    warn_saturation,
+)
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from infoplane.viz.stats import as_run as _as_run  # noqa: E402
 from infoplane.viz.stats import ceilings as _ceilings  # noqa: E402
