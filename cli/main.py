@@ -13,7 +13,10 @@ import sys
 import textwrap
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+
+if TYPE_CHECKING:
+    from infoplane.estimators.base import Estimator
 
 MODEL_FILE_HELP = """\
 model file contract:
@@ -124,11 +127,11 @@ def _reduce_spec(text):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _estimators(args: argparse.Namespace) -> list:
+def _estimators(args: argparse.Namespace) -> list[Estimator]:
     from infoplane import KDE, KNN, Binning, Discrete, Noisy, Renyi
 
     names = args.estimator or ["binning"]
-    made = []
+    made: list[Estimator] = []
     for name in dict.fromkeys(names):
         if name == "binning":
             made.append(Binning(bins=args.bins, range=(args.range[0], args.range[1])))
@@ -150,7 +153,7 @@ def _estimators(args: argparse.Namespace) -> list:
 class _Parser(argparse.ArgumentParser):
     """Prints the one-line error before the usage text, and exits with status 2."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         self.print_usage(sys.stderr)
         sys.exit(2)
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="infoplane", description="Information planes of neural networks while they train.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="on an error, also print the traceback")
 
     track = sub.add_parser(

@@ -4,8 +4,17 @@
 >>> P.information_plane("runs/demo/fraction-0.85")   # doctest: +SKIP
 """
 from infoplane.viz.animation import animate
-from infoplane.viz.planes import (CMAP, FORMATS, MARKERS, SaturationWarning, compare, curves, epoch_norm,
-                                  information_plane, write_figures)
+from infoplane.viz.planes import (
+    CMAP,
+    FORMATS,
+    MARKERS,
+    SaturationWarning,
+    compare,
+    curves,
+    epoch_norm,
+    information_plane,
+    write_figures,
+)
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers
 
 __all__ = ["information_plane", "compare", "curves", "write_figures", "saturated_layers", "epoch_norm",

@@ -160,9 +160,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         save_state(state_path, train_state)
         last_save = time.monotonic()
 
-    test_idx = [s[1] for s in plan.splits]
-    if any(len(t) == 0 for t in test_idx):
-        test_idx = None  # fraction 1: no held-out samples
+    held_out = [s[1] for s in plan.splits]
+    test_idx = None if any(len(t) == 0 for t in held_out) else held_out  # fraction 1: no held-out samples
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

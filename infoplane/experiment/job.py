@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from infoplane._validate import check_int
 from infoplane import data as data_mod
+from infoplane._validate import check_int
 from infoplane.capture.hooks import resolve_layers
-from infoplane.estimators.base import default_estimator
-from infoplane.data.modelfile import ModelFile, load_model_file
-from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
-from infoplane.runs import lifecycle as rundir
 from infoplane.data.labels import as_class_indices
+from infoplane.data.modelfile import ModelFile, load_model_file
+from infoplane.estimators.base import default_estimator
 from infoplane.experiment.errors import ConfigError, RunExistsError
 from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
+from infoplane.runs import lifecycle as rundir
 from infoplane.runs.writer import META, Run, read_meta
+from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
 
 SPLITS = ("stratified", "original")
 PROBES = ("all", "train", "test")

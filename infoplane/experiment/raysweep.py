@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
 from infoplane._validate import check_float
 
 __all__ = ["RaySweepError", "RaySetupError", "require_ray", "check_ray_settings", "run_on_ray"]
@@ -236,8 +237,8 @@ def _run_fraction(job: Any, plan: Any, model_bytes: bytes | None, check: tuple, 
     """One Ray task: train and track one fraction into its run directory; returns the log lines."""
     import ray
 
-    from infoplane.experiment.fraction import run_fraction
     from infoplane.data.modelfile import load_model_file
+    from infoplane.experiment.fraction import run_fraction
 
     check_file, token, model_path, version = check
     _check_worker(check_file, token, model_path, version)

@@ -10,8 +10,8 @@ import os
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
-from infoplane.runs.reader import Run, as_run
 from infoplane.runs.format import Row
+from infoplane.runs.reader import Run, as_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

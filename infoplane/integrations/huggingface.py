@@ -9,15 +9,21 @@ or ``"flatten"``. Needs ``pip install 'infoplane[huggingface]'``.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from torch import nn
 
 from infoplane.integrations.backend import require
 
+if TYPE_CHECKING:
+    from infoplane.runs.reader import Run
+    from infoplane.tracking.tracker import Tracker
+
 __all__ = ["InfoPlaneTrainerCallback", "block_names"]
 
 _transformers = require("transformers", "huggingface", "infoplane.integrations.huggingface")
+# The base class comes from the transformers installed at run time; its type is unknown here.
+_TrainerCallback: Any = _transformers.TrainerCallback
 
 
 def block_names(model: nn.Module) -> list[str]:
@@ -45,7 +51,7 @@ def _round_epoch(value):
     return int(e)
 
 
-class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
+class InfoPlaneTrainerCallback(_TrainerCallback):
     """A ``transformers.TrainerCallback`` recording the information plane of the model being trained.
 
     Parameters
@@ -85,9 +91,9 @@ class InfoPlaneTrainerCallback(_transformers.TrainerCallback):
         self.inputs, self.labels = as_probe_tensors(inputs, labels)
         self.layers, self.pool, self.out = layers, pool, out
         self.tracker_options = dict(tracker_options)
-        self.tracker = None
-        self.run = None
-        self.path = None
+        self.tracker: Optional[Tracker] = None
+        self.run: Optional[Run] = None
+        self.path: Optional[str] = None
 
     def _layers(self, model):
         layers = self.layers

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from infoplane.runs.reader import Run
+    from infoplane.tracking.tracker import Tracker
 
 __all__ = ["InfoPlaneCallback"]
 
@@ -44,7 +48,8 @@ def _numeric_metrics(metrics):
     return out
 
 
-class InfoPlaneCallback(*_callback_bases()):
+# mypy cannot follow bases unpacked at run time (from whichever Lightning is installed).
+class InfoPlaneCallback(*_callback_bases()):  # type: ignore[misc]
     """Record the information plane of the LightningModule being fitted.
 
     Epoch ``e`` is the network after ``e`` epochs of training, as everywhere in infoplane: epoch 0 is recorded
@@ -100,9 +105,9 @@ class InfoPlaneCallback(*_callback_bases()):
         for key in ("out", "model", "inputs", "labels"):
             if key in self.tracker_options:
                 raise TypeError(f"InfoPlaneCallback sets {key!r} itself")
-        self.tracker = None
-        self.run = None
-        self.path = None
+        self.tracker: Optional[Tracker] = None
+        self.run: Optional[Run] = None
+        self.path: Optional[str] = None
         self._restored_path = None
 
     # --------------------------------------------------------------------------------------------- helpers

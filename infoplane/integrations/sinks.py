@@ -6,8 +6,15 @@ gathers both under the name users import.
 """
 from __future__ import annotations
 
-from infoplane.integrations.backend import (FIELDS, as_run, log_run, plane_figure, require,  # noqa: F401 (re-exports)
-                                            rows_by_epoch, scalar_tags)
+from infoplane.integrations.backend import (
+    FIELDS,  # noqa: F401 (re-exported)
+    as_run,
+    log_run,
+    plane_figure,
+    require,
+    rows_by_epoch,
+    scalar_tags,
+)
 from infoplane.tracking.sinks import Sink, as_sinks
 
 __all__ = ["as_sinks", "Sink", "scalar_tags", "plane_figure", "rows_by_epoch", "log_run", "require", "as_run"]

@@ -95,7 +95,7 @@ class TensorBoardSink:
                 self.writer.flush()
 
 
-def export_tensorboard(run: Union[Run, str, os.PathLike], logdir: Union[str, os.PathLike]) -> None:
+def export_tensorboard(run: Union[Run, str, os.PathLike], logdir: Union[str, os.PathLike]) -> str:
     """Write a finished run's scalars and figure into a TensorBoard log directory.
 
     Parameters

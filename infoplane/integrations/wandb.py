@@ -63,7 +63,7 @@ class WandbSink:
         self._define()
         n_seeds = max(1, len(run.seeds))
         for epoch, group in rows_by_epoch(rows):
-            values = {EPOCH_KEY: epoch}
+            values: dict[str, float] = {EPOCH_KEY: epoch}
             for row in group:
                 values.update(scalar_tags(row, n_seeds))
             self.run.log(values)

@@ -15,9 +15,8 @@ import io
 import json
 import math
 import os
-from collections import namedtuple
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Collection, Iterable, NamedTuple, Optional, Sequence, Union
 
 #: A file's path, as every function here takes it.
 PathLike = Union[str, os.PathLike]
@@ -37,8 +36,26 @@ VALUES = ("ixt", "ity", "ixt_lower", "ity_lower", "ixt_se", "ity_se", "ity_null"
 FIELDS = ("seed", "fraction", "epoch", "layer", "estimator") + VALUES
 _FIELDS_V1 = FIELDS[:9]
 
-#: One line of ``infoplane.csv``; absent values are NaN (an empty cell), an absent fraction is None.
-Row = namedtuple("Row", FIELDS, defaults=(math.nan,) * (len(FIELDS) - len(_FIELDS_V1)))
+
+class Row(NamedTuple):
+    """One line of ``infoplane.csv``; absent values are NaN (an empty cell), an absent fraction is None.
+
+    The fields are :data:`FIELDS` in order; estimates are in bits. The columns that version-1 tables lack
+    default to NaN.
+    """
+    seed: int
+    fraction: Optional[float]
+    epoch: int
+    layer: str
+    estimator: str
+    ixt: float
+    ity: float
+    ixt_lower: float
+    ity_lower: float
+    ixt_se: float = math.nan
+    ity_se: float = math.nan
+    ity_null: float = math.nan
+    ity_null_sd: float = math.nan
 
 
 class NotARunError(ValueError, FileNotFoundError):
@@ -102,7 +119,7 @@ def append_csv(path: PathLike, rows: Iterable[Sequence[str]]) -> None:
         os.fsync(f.fileno())
 
 
-def read_csv(path: PathLike) -> tuple[list[str], list[list[str]]]:
+def read_csv(path: PathLike) -> tuple[Optional[list[str]], list[list[str]]]:
     """Header and rows of a CSV, dropping a last line that was cut short (no final newline).
 
     Returns
@@ -210,12 +227,12 @@ def write_meta(path: PathLike, meta: dict) -> None:
     atomic_write_bytes(os.path.join(path, META), (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
 
 
-def complete_epochs(rows: Iterable[Row], seeds: Iterable[int], layers: Iterable[str],
-                    estimators: Iterable[str]) -> set[int]:
+def complete_epochs(rows: Iterable[Row], seeds: Collection[int], layers: Collection[str],
+                    estimators: Collection[str]) -> set[int]:
     """Epochs whose table holds a row for every (seed, layer, estimator)."""
     need = len(seeds) * len(layers) * len(estimators)
     wanted = set(seeds), set(layers), set(estimators)
-    seen = {}
+    seen: dict[int, set[tuple[int, str, str]]] = {}
     for r in rows:
         if r.seed in wanted[0] and r.layer in wanted[1] and r.estimator in wanted[2]:
             seen.setdefault(r.epoch, set()).add((r.seed, r.layer, r.estimator))

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from infoplane._version import __version__
-from infoplane.data import probeset
 from infoplane.capture import reduce as reduce_mod
+from infoplane.data import probeset
 
 __all__ = ["describe_run", "check_extra_meta", "entropy_bits"]
 

@@ -80,7 +80,7 @@ class Run:
         self._values = np.full(shape, np.nan)
         for r in self.rows:
             at = (idx[0][r.seed], idx[1][r.epoch], idx[2][r.layer], idx[3][r.estimator])
-            self._values[(slice(None), *at)] = [getattr(r, v) for v in VALUES]
+            self._values[(slice(None),) + at] = [getattr(r, v) for v in VALUES]
         self._seed_index, self._epoch_index = idx[0], idx[1]
         names = [n for vals in self._metrics.values() for n in vals]
         self.metric_names = _ordered(metric_names, names)

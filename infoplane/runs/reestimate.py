@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from infoplane.capture import reduce as reduce_mod
+from infoplane.runs.format import ACTIVATIONS, METRICS, read_meta, read_metrics
+from infoplane.runs.reader import Run
+from infoplane.runs.writer import RunWriter
 from infoplane.tracking.estimators import as_estimators
 from infoplane.tracking.recorder import estimate_rows, sort_rows
-from infoplane.runs.reader import Run
-from infoplane.runs.format import ACTIVATIONS, METRICS, read_meta, read_metrics
-from infoplane.runs.writer import RunWriter
 
 __all__ = ["estimate"]
 

@@ -14,11 +14,25 @@ import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from infoplane._validate import check_int
 
-from infoplane.viz.drawing import (CMAP, MARKERS, RunsLike, by_fraction, check_same_data, colorbar, data_name,
-                                   epoch_norm, estimator_label, fraction_label, limits, log_axis, run_tracks,
-                                   runs_list, warn_saturation)
+from infoplane._validate import check_int
+from infoplane.viz.drawing import (
+    CMAP,
+    MARKERS,
+    RunsLike,
+    by_fraction,
+    check_same_data,
+    colorbar,
+    data_name,
+    epoch_norm,
+    estimator_label,
+    fraction_label,
+    limits,
+    log_axis,
+    run_tracks,
+    runs_list,
+    warn_saturation,
+)
 from infoplane.viz.stats import values
 
 __all__ = ["animate", "frame_epochs", "frame_size"]
@@ -103,7 +117,7 @@ def _check_out(out):
 
 def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estimator: Optional[str] = None,
             frames: Optional[int] = None, fps: Optional[float] = None, trail: int = 8,
-            size: Optional[tuple[int, int]] = None, titles: Optional[Sequence[str]] = None) -> str:
+            size: Optional[tuple[int, int]] = None, titles: Optional[Sequence[str]] = None) -> Union[str, os.PathLike]:
     """Write an animated information plane: the points move through the recorded epochs.
 
     Each frame shows every layer's point at one epoch (the median over seeds, with the seeds' interquartile range
@@ -140,8 +154,8 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
 
     Returns
     -------
-    str
-        The path written.
+    str or os.PathLike
+        The path written (``out`` as given).
 
     Raises
     ------
@@ -182,9 +196,9 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     cmap = plt.get_cmap(CMAP)
     colours = cmap(norm(np.clip(times, norm.vmin, norm.vmax)))
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(width / DPI, height / DPI), dpi=DPI, sharex=True,
+    fig, grid = plt.subplots(1, len(runs), figsize=(width / DPI, height / DPI), dpi=DPI, sharex=True,
                              sharey=True, layout="constrained", squeeze=False)
-    axes = list(axes[0])
+    axes = list(grid[0])
     same_layers = all(r.layers == runs[0].layers for r in runs)
     tops, panels = [], []
     for i, (ax, run, tr) in enumerate(zip(axes, runs, tracks)):
@@ -264,7 +278,7 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
         with matplotlib.rc_context(rc):
-            anim.save(out, writer=writer, dpi=DPI)
+            anim.save(os.fspath(out), writer=writer, dpi=DPI)
     finally:
         plt.close(fig)
     return out

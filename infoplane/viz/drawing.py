@@ -12,7 +12,8 @@ import os
 import sys
 import textwrap
 import warnings
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from types import FrameType
+from typing import TYPE_CHECKING, Optional, Sequence, Union, cast
 
 import matplotlib
 import numpy as np
@@ -36,11 +37,19 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colorbar import Colorbar
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 from infoplane.runs.reader import Run  # noqa: E402
-from infoplane.viz.stats import (SATURATION_TOL, as_run, ceilings, log_spaced, median, quartiles,  # noqa: E402
-                                 saturated_layers, values)
+from infoplane.viz.stats import (  # noqa: E402
+    SATURATION_TOL,
+    as_run,
+    ceilings,
+    log_spaced,
+    median,
+    quartiles,
+    saturated_layers,
+    values,
+)
 
 CMAP = "gnuplot"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
@@ -143,23 +152,26 @@ def epoch_norm(runs: RunsLike) -> mcolors.Normalize:
     matplotlib.colors.Normalize
         ``Normalize`` or a ``FuncNorm`` of ``log1p``; ``vmin`` / ``vmax`` are the smallest and largest epoch.
     """
-    runs = [as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
-    epochs = np.unique(np.concatenate([r.epochs for r in runs])) if runs else np.array([])
+    # Only a list or tuple is taken as several runs; anything else is one run (as_run names what it cannot read).
+    items = runs if isinstance(runs, (list, tuple)) else [cast(Union[Run, str, os.PathLike], runs)]
+    loaded = [as_run(r) for r in items]
+    epochs = np.unique(np.concatenate([r.epochs for r in loaded])) if loaded else np.array([])
     if epochs.size == 0:
         raise ValueError("no recorded epochs; nothing to colour")
-    kinds = {schedule_kind(r) for r in runs}
+    kinds = {schedule_kind(r) for r in loaded}
     lo, hi = float(epochs[0]), float(epochs[-1])
     if log_spaced(epochs, kinds.pop() if len(kinds) == 1 else None):
         return mcolors.FuncNorm((np.log1p, np.expm1), vmin=lo, vmax=hi)
     return mcolors.Normalize(vmin=lo, vmax=hi)
 
 
-def colorbar(fig: Figure, norm: mcolors.Normalize, ax: Union[Axes, Sequence[Axes]]) -> Colorbar:
+def colorbar(fig: Union[Figure, SubFigure], norm: mcolors.Normalize, ax: Union[Axes, Sequence[Axes]]) -> Colorbar:
     """The epoch colour bar beside ``ax``; on a log scale its ticks are round epochs and the last one."""
     cb = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, label="Epoch")
     if isinstance(norm, mcolors.FuncNorm):
         # Round epochs (0, 10, 100, ...) and the last one, rather than the locator's picks on a function scale.
         lo, hi = norm.vmin, norm.vmax
+        assert lo is not None and hi is not None  # epoch_norm gives its FuncNorm both limits
         ticks = [lo] + [10.0**k for k in range(1, 12) if lo < 10.0**k <= hi]
         if np.log1p(hi) - np.log1p(ticks[-1]) > 0.15 * (np.log1p(hi) - np.log1p(lo)):
             ticks.append(hi)
@@ -183,7 +195,7 @@ def is_noise_based(run: Run, estimator: Optional[str]) -> bool:
 
 
 # Why a layer sits at log2 N, per estimator kind: the note must not blame a setting the estimator does not have.
-_SATURATION_CAUSES = {
+_SATURATION_CAUSES: dict[Optional[str], str] = {
     "kde": "the noise variance, not the network, drives it",
     "noisy": "the noise variance, not the network, drives it",
     "binning": "the bin choice, not the network, drives it",
@@ -203,7 +215,8 @@ def _caller_level() -> int:
     """``stacklevel`` that points a warning at the first frame outside :mod:`infoplane.viz` (the user's call), since
     the planes, the animations and the report all warn through here."""
     here = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
+    frame: Optional[FrameType] = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
         frame, level = frame.f_back, level + 1
     return level
@@ -270,14 +283,24 @@ def by_fraction(runs: Sequence[Run]) -> list[Run]:
 
 
 # ---------------------------------------------------------------------------------------------- frames
-def runs_list(runs: RunsLike) -> list[Run]:
-    """A non-empty list of runs from a run, a path, or a list of them."""
-    if isinstance(runs, (Run, str, os.PathLike)):
-        runs = [runs]
-    runs = [as_run(r) for r in runs]
-    if not runs:
-        raise ValueError("animate needs at least one run")
-    return runs
+def runs_list(runs: RunsLike, caller: str = "animate") -> list[Run]:
+    """A non-empty list of runs from a run, a path, or a list of them.
+
+    Parameters
+    ----------
+    runs : Run, path, or list of them
+    caller : str, default "animate"
+        The function named in the error for an empty list.
+
+    Returns
+    -------
+    list of Run
+    """
+    items = [runs] if isinstance(runs, (Run, str, os.PathLike)) else runs
+    loaded = [as_run(r) for r in items]
+    if not loaded:
+        raise ValueError(f"{caller} needs at least one run")
+    return loaded
 
 
 def log_axis(runs: Sequence[Run], epochs: np.ndarray) -> bool:

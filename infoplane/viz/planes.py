@@ -17,16 +17,18 @@ Visual conventions (see ``docs/plotting.md``):
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union, overload
 
 import numpy as np
 
+# isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
 from infoplane.viz.drawing import (CMAP, MARKERS, SaturationWarning, by_fraction, check_same_data,  # noqa: F401
                                    class_note, colorbar, data_name, epoch_norm, estimator_label, fraction_label,
-                                   limits, mark_incomplete, plot_title, run_path, warn_saturation)
+                                   limits, mark_incomplete, plot_title, run_path, runs_list, warn_saturation)
 
 import matplotlib.pyplot as plt  # noqa: E402
+# isort: on
 from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
@@ -42,7 +44,7 @@ from infoplane.viz.stats import values as _values  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 #: A run or its directory.
 RunLike = Union[Run, str, os.PathLike]
@@ -101,8 +103,14 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
     return warn_saturation(ax, run, estimator)
 
 
+@overload
+def information_plane(run: RunLike, estimator: Optional[str] = ..., ax: None = ..., *,
+                      all_seeds: bool = ...) -> Figure: ...
+@overload
+def information_plane(run: RunLike, estimator: Optional[str] = ..., ax: Optional[Axes] = ..., *,
+                      all_seeds: bool = ...) -> Union[Figure, SubFigure]: ...
 def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optional[Axes] = None, *,
-                      all_seeds: bool = False) -> Figure:
+                      all_seeds: bool = False) -> Union[Figure, SubFigure]:
     """Draw one run's information plane.
 
     Parameters
@@ -119,6 +127,7 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
     Returns
     -------
     matplotlib.figure.Figure
+        The new figure, or the one holding ``ax`` (a ``SubFigure`` when ``ax`` sits in one).
 
     Warns
     -----
@@ -128,6 +137,7 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
     """
     run = _as_run(run)
     _values(run, estimator)  # fail on an empty run or unknown estimator before creating a figure
+    fig: Union[Figure, SubFigure]
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
     else:
@@ -167,11 +177,7 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     ValueError
         When the runs' data sets (``meta["data"]``), N or H(Y) differ.
     """
-    if isinstance(runs, (Run, str, os.PathLike)):
-        runs = [runs]
-    runs = [_as_run(r) for r in runs]
-    if not runs:
-        raise ValueError("compare needs at least one run")
+    runs = runs_list(runs, "compare")
     for r in runs:
         _values(r, estimator)
     check_same_data(runs)
@@ -280,7 +286,7 @@ def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
 
 
 # ------------------------------------------------------------------------------------------ write files
-def _check_out(out):
+def _check_out(out: Union[str, os.PathLike, None]) -> tuple[Optional[str], Optional[str]]:
     """``(kind, path)``: ``("file", path)`` for a .png/.pdf/.svg name, ``("dir", path)``, or ``(None, None)``."""
     if out is None:
         return None, None
@@ -354,13 +360,10 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
         For a directory that is not a run, an in-memory run without ``out``, mismatched data sets, or an
         unsupported file extension.
     """
-    if isinstance(runs, (Run, str, os.PathLike)):
-        runs = [runs]
-    runs = [_as_run(r) for r in runs]
-    if not runs:
-        raise ValueError("write_figures needs at least one run")
+    runs = runs_list(runs, "write_figures")
     kind, out = _check_out(out)
-    out_dir = out if kind == "dir" else (os.path.dirname(out) or "." if kind == "file" else None)
+    # _check_out gives a path with every kind, None only with none.
+    out_dir = out if kind == "dir" else (os.path.dirname(out) or "." if kind == "file" and out is not None else None)
     if len(runs) > 1:
         check_same_data(runs)
 
@@ -378,7 +381,7 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
         plane = None if (kind == "file" and len(runs) == 1) else os.path.join(run_dir, f"plane-{tag}{suffix}.png")
         targets.append((run, plane, os.path.join(run_dir, f"curves-{tag}{suffix}.png")))
 
-    written = []
+    written: list[str] = []
     for run, plane, curve_path in targets:
         _save(information_plane(run, estimator), plane or out, written)
         _save(curves(run, estimator), curve_path, written)
@@ -387,9 +390,11 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
         if kind == "file":
             target = out
         elif kind == "dir":
+            assert out is not None
             target = os.path.join(out, name)
         else:
             first = run_path(runs[0])
+            assert first is not None  # without out, a run that has no directory was refused above
             target = os.path.join(os.path.dirname(os.path.abspath(first)), name)
         _save(compare(runs, estimator), target, written)
     return written

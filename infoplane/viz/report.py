@@ -353,7 +353,7 @@ def _figure(runs, labels, frames, trail, go, A, D):
     traces, owner, plane_idx = [], [], []  # owner: estimator name, or None for traces shown with every one
     notes, sat_ann = [], {e: [] for e in estimators}
     frame_data = [[] for _ in times]
-    for ei, est in enumerate(estimators):
+    for est in estimators:
         for c, run in enumerate(runs):
             if est not in run.estimators:
                 continue
@@ -362,7 +362,8 @@ def _figure(runs, labels, frames, trail, go, A, D):
             seeds = len(run.seeds) > 1
             k_end = len(times) - 1
 
-            def point(j, k, layer):
+            # The helpers are called within this iteration; the defaults bind this run's tracks all the same.
+            def point(j, k, layer, tr=tr, seeds=seeds):
                 x, y = tr["x"][k, j], tr["y"][k, j]
                 q = [tr[key][k, j] if seeds else np.nan for key in ("x25", "x75", "y25", "y75")]
                 d = {"x": _clean([x]), "y": _clean([y]), "customdata": [[epoch_text[k]] + _clean(q)]}
@@ -373,14 +374,14 @@ def _figure(runs, labels, frames, trail, go, A, D):
                                     "arrayminus": _clean([y - q[2]]), "thickness": 1, "width": 0}
                 return d
 
-            def trail_of(j, k):
+            def trail_of(j, k, tr=tr):
                 f0 = max(0, k - trail)
                 ages = np.arange(f0, k + 1)
                 return {"x": _clean(tr["x"][f0:k + 1, j]), "y": _clean(tr["y"][f0:k + 1, j]),
                         "marker": {"opacity": _clean(0.15 + 0.6 * (ages - f0 + 1) / (k - f0 + 1)),
                                    "color": TAB10[j % 10], "size": 6}}
 
-            def join_of(k):
+            def join_of(k, tr=tr):
                 ok = np.isfinite(tr["x"][k]) & np.isfinite(tr["y"][k])
                 return {"x": _clean(tr["x"][k][ok]), "y": _clean(tr["y"][k][ok])}
 

@@ -93,4 +93,4 @@ def log_spaced(epochs: Union[np.ndarray, Sequence[float]], schedule_kind: Option
     lo, hi = e1[0], e1[-1]
     # Evenly spaced epochs put about 1/sqrt(hi/lo) of their points below the geometric midpoint (< 10% when they
     # span two decades); log-spaced ones put about half there.
-    return hi / lo >= 100 and np.mean(e1 < math.sqrt(lo * hi)) >= 0.25
+    return bool(hi / lo >= 100 and np.mean(e1 < math.sqrt(lo * hi)) >= 0.25)
