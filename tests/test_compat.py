@@ -5,7 +5,6 @@ import subprocess
 import sys
 import warnings
 
-
 import infoplane
 from infoplane._compat import MOVED
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import mutual_info_score
+from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 from infoplane.estimators import binned_mi, ksg_mi
 from infoplane.estimators._cpu import count_kernel as _count_kernel
 from infoplane.estimators._cpu import range_rows as _range_rows
-from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 
 def binned_oracle(a, labels, bins, lo, hi):

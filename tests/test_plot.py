@@ -13,8 +13,8 @@ import torch
 
 import infoplane
 import infoplane.plot as ip
-from infoplane.tracking.schedule import every, log_schedule
 from infoplane.runs.writer import Row, Run, RunWriter
+from infoplane.tracking.schedule import every, log_schedule
 
 LAYERS = ["h1", "h2", "h3", "out"]
 N = 1000

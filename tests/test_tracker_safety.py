@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import infoplane
-from infoplane.tracking import tracker as tracker_mod
 from infoplane.runs.writer import read_table
+from infoplane.tracking import tracker as tracker_mod
 from infoplane.tracking.tracker import UnclosedTrackerWarning
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
 from infoplane._validate import check_int
 
 __all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build"]

@@ -24,11 +24,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from infoplane._validate import check_bool, check_float, check_int
 from infoplane.estimators._cpu import count_kernel as _count_kernel
 from infoplane.estimators._cpu import range_rows as _range_rows
 from infoplane.estimators._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
 from infoplane.estimators._entropy import miller_madow as _miller_madow
-from infoplane._validate import check_bool, check_float, check_int
 from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, result_dtype
 from infoplane.estimators.base import PlaneResult
 

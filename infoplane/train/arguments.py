@@ -9,7 +9,6 @@ import torch
 from infoplane._validate import check_int
 
 
-
 def as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         seeds = list(range(check_int(seeds, "seeds", minimum=1, what="at least 1")))

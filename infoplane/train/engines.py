@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from infoplane.train.fused import announce, FusedEngine, try_fused
+from infoplane.train.fused import FusedEngine, announce, try_fused
 from infoplane.train.sequential import SequentialEngine
 from infoplane.train.spec import TrainSpec
 from infoplane.train.stacked_forward import stacked_sequential, vmap_forward_loss
