@@ -41,8 +41,8 @@ class VectorizedEngine:
         for i, member in enumerate(members):
             swap_tensors(
                 member,
-                lambda name, p: nn.Parameter(params[name].detach()[i], requires_grad=p.requires_grad),
-                lambda name, b: buffers[name][i],
+                lambda name, p, i=i: nn.Parameter(params[name].detach()[i], requires_grad=p.requires_grad),
+                lambda name, b, i=i: buffers[name][i],
             )
 
     def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
