@@ -394,8 +394,14 @@ def binned_mi(activations: Any, labels: Any, *, bins: Optional[int] = None, rang
     miller_madow = check_bool(miller_madow, "miller_madow")
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
-    grid = {"range": lambda: _RangeGrid(bins, *rng), "width": lambda: _WidthGrid(width),
-            "adaptive": lambda: _AdaptiveGrid(bins)}[kind]()
+    grid: _RangeGrid | _WidthGrid | _AdaptiveGrid
+    if kind == "range":
+        assert rng is not None  # grid_arguments gives the range grid its (lo, hi)
+        grid = _RangeGrid(bins, *rng)
+    elif kind == "width":
+        grid = _WidthGrid(width)
+    else:
+        grid = _AdaptiveGrid(bins)
     ixt, ity = plugin_mi(batch, y, n_classes, grid, miller_madow)
     return BinnedResult(ixt=ixt, ity=ity)
 

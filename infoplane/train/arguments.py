@@ -14,6 +14,8 @@ def as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
         seeds = list(range(check_int(seeds, "seeds", minimum=1, what="at least 1")))
     else:
         try:
+            if isinstance(seeds, bool):
+                raise TypeError("a bool is not a sequence of seeds")
             seeds = [int(s) for s in seeds]
         except (TypeError, ValueError):
             raise TypeError(f"seeds must be a count or a sequence of ints, got {seeds!r}") from None

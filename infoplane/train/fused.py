@@ -138,7 +138,8 @@ def try_fused(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, l
     if spec.train_step is not None:
         return "the model file defines a custom train_step"
     loss = spec.loss
-    if type(loss) is not nn.CrossEntropyLoss or loss.weight is not None or loss.reduction != "mean" \
+    if not isinstance(loss, nn.CrossEntropyLoss) or type(loss) is not nn.CrossEntropyLoss \
+            or loss.weight is not None or loss.reduction != "mean" \
             or loss.label_smoothing != 0.0 or loss.ignore_index != -100:
         return "the loss is not the default cross-entropy"
     if inputs.device.type != "cpu":
@@ -195,7 +196,8 @@ class FusedEngine:
         self.opt_code, self.hyper = settings
         self.param_groups = param_groups
         dims = plan.dims
-        self.layout = []  # (name, offset, shape) in the kernel's order: weight then bias, layer by layer
+        # (name, offset, shape) in the kernel's order: weight then bias, layer by layer
+        self.layout: list[tuple[str, int, tuple[int, ...]]] = []
         offset = 0
         names = [k for k, _ in members[0].named_parameters()]
         for layer, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):

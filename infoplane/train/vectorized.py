@@ -6,7 +6,7 @@ or ``torch.func.vmap``); :mod:`infoplane.train.engines` decides whether this eng
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ class VectorizedEngine:
 
     def load_optimizer_states(self, states: list[dict]) -> None:
         shapes = [p.shape[1:] for p in self.params.values()]
-        merged = {}
+        merged: dict[Any, dict[str, Any]] = {}
         for k in states[0]["state"]:
             entries = [s["state"][k] for s in states]
             merged[k] = {}
