@@ -138,6 +138,7 @@ def try_fused(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, l
     if spec.train_step is not None:
         return "the model file defines a custom train_step"
     loss = spec.loss
+    # isinstance lets the type checker see the loss's attributes; the exact type check rules out subclasses.
     if not isinstance(loss, nn.CrossEntropyLoss) or type(loss) is not nn.CrossEntropyLoss \
             or loss.weight is not None or loss.reduction != "mean" \
             or loss.label_smoothing != 0.0 or loss.ignore_index != -100:
