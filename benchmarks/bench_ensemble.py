@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import warnings
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch

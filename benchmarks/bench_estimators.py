@@ -72,7 +72,7 @@ def bench_discrete(widths, n, n_epochs, n_numpy, bits=8, repeats=3):
     step = 2.0 / (2**bits - 1)
     for w in widths:
         acts = torch.round((tanh_activations(n_epochs, n, w, seed=w) + 1.0) / step) * step - 1.0
-        ours.append(median_time(lambda: discrete_mi(acts, yt), repeats) / n_epochs)
+        ours.append(median_time(lambda acts=acts: discrete_mi(acts, yt), repeats) / n_epochs)
         r = discrete_mi(acts, yt)
         host = acts.numpy()
         times = []
@@ -114,7 +114,8 @@ def bench_binning(widths, n, n_epochs, n_numpy, device, repeats=3):
     for w in widths:
         acts = tanh_activations(n_epochs, n, w, seed=w).to(device)
         sync = torch.cuda.synchronize if device.type == "cuda" else None
-        ours.append(median_time(lambda: binned_mi(acts, yt, bins=30, range=(-1, 1)), repeats, sync) / n_epochs)
+        ours.append(median_time(lambda acts=acts: binned_mi(acts, yt, bins=30, range=(-1, 1)), repeats, sync)
+                    / n_epochs)
         r = binned_mi(acts, yt, bins=30, range=(-1, 1))
         host = acts.cpu().numpy()
         picks = np.linspace(0, n_epochs - 1, n_numpy).astype(int)
@@ -140,7 +141,7 @@ def bench_binning_per_width(widths, n, n_epochs, repeats=5):
         picks = np.linspace(0, n_epochs - 1, 8).astype(int)
         ours, theirs = [], []
         for _ in range(repeats):  # interleaved, so that both sides see the same machine load
-            ours.append(median_time(lambda: binned_mi(acts, yt, bins=30, range=(-1, 1)), 1) / n_epochs)
+            ours.append(median_time(lambda acts=acts: binned_mi(acts, yt, bins=30, range=(-1, 1)), 1) / n_epochs)
             t0 = time.perf_counter()
             for e in picks:
                 numpy_binning_keys(host[e], y, edges)
@@ -167,7 +168,7 @@ def bench_kde(widths, n, n_epochs, n_numpy, noise_var, device, repeats=1):
     for w in widths:
         acts = tanh_activations(n_epochs, n, w, seed=w).to(device)
         sync = torch.cuda.synchronize if device.type == "cuda" else None
-        ours.append(median_time(lambda: kde_mi(acts, yt, noise_var=noise_var), repeats, sync) / n_epochs)
+        ours.append(median_time(lambda acts=acts: kde_mi(acts, yt, noise_var=noise_var), repeats, sync) / n_epochs)
         r = kde_mi(acts, yt, noise_var=noise_var)
         host = acts.cpu().numpy()
         times = []

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from infoplane.estimators import ksg_mi, renyi_entropy, ross_mi  # noqa: E402
 from infoplane.capture.reduce import reduce_activations  # noqa: E402
+from infoplane.estimators import ksg_mi, renyi_entropy, ross_mi  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = dict(d=(1, 2, 4, 8, 16, 32, 64), mi=(0.1, 0.5, 1.0, 2.0, 5.0), n=(1000, 4096, 10_000),

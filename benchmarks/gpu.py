@@ -168,7 +168,7 @@ def bench_estimator(est, workload, widths, n, n_epochs, device, repeats):
         t0 = time.perf_counter()
         ref = _fields(est, est(acts, labels))
         t_cpu += time.perf_counter() - t0
-        result, seconds = _timed(lambda: est(dev_acts, dev_labels), device, repeats)
+        result, seconds = _timed(lambda dev_acts=dev_acts: est(dev_acts, dev_labels), device, repeats)
         t_dev += seconds
         diff = max(diff, _max_diff(_fields(est, result), ref))
         with tf32_enabled():

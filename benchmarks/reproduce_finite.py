@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import reproduce_common as common
 
 NOISY_START, NOISY_END = common.markers("finite-noisy")
@@ -69,7 +68,7 @@ def quantized(args):
              f"--epochs {epochs} --schedule log:{schedule.params.get('n_points', '')} --estimator discrete "
              f"--estimator binning --bins 30`: "
              + ", ".join(f"{r.fraction:g}: {common.wall_seconds(r):.0f} s" for r in q_runs)
-             + f" of training and tracking (the unquantised runs: "
+             + " of training and tracking (the unquantised runs: "
              + ", ".join(f"{r.fraction:g}: {common.wall_seconds(r):.0f} s" for r in f_runs) + ").\n",
              f"Every tanh output rounded to {2 ** BITS} levels on [-1, 1] (`quantize(model, bits={BITS})`, "
              f"straight-through gradients); the softmax output is not quantised (the loss reads the logits), so "
@@ -164,10 +163,10 @@ def noisy_cnn(args):
 
     import infoplane.plot as plot
     from infoplane import log_schedule
-    from infoplane.estimators import KNN, Renyi, binned_mi, noisy_mi
     from infoplane.capture.reduce import reduce_activations
-    from infoplane.runs.reader import Run
+    from infoplane.estimators import KNN, Renyi, binned_mi, noisy_mi
     from infoplane.runs.format import Row
+    from infoplane.runs.reader import Run
 
     quick = args.quick
     n_seeds, epochs, samples = (2, 2, 64) if quick else (3, 60, 1024)

@@ -6,7 +6,6 @@ writes the run directory. On GPUs, use the nccl backend and move the model to ``
 own traffic still goes through a gloo group of its own.
 """
 import argparse
-import os
 
 import torch
 import torch.distributed as dist

@@ -17,10 +17,10 @@ from torch import nn
 
 import infoplane
 import infoplane.plot as ip
-from infoplane.viz.stats import median as _median
-from infoplane.viz.animation import frame_epochs, frame_size
 from infoplane.cli.main import main
 from infoplane.data import stratified_split, tishby12
+from infoplane.viz.animation import frame_epochs, frame_size
+from infoplane.viz.stats import median as _median
 
 CHROMIUM = "/usr/bin/chromium"
 EPOCHS = 10

@@ -73,7 +73,8 @@ def test_the_library_error_names_the_python_arguments_and_the_cli_its_options(tm
     import pytest
 
     from infoplane.cli.main import as_flags
-    from infoplane.experiment import ConfigError, track as track_fn
+    from infoplane.experiment import ConfigError
+    from infoplane.experiment import track as track_fn
 
     path = write(tmp_path, "net.py", "import torch\nfrom torch import nn\n"
                                      "def optimizer(p):\n    return torch.optim.SGD(p, lr=0.1)\n"

@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import infoplane
-from infoplane.tracking.distributed import DistributedStepError, shard_range, strip_prefix, unwrap
 from infoplane.estimators import KDE, Binning
 from infoplane.runs.writer import read_metrics, read_table
+from infoplane.tracking.distributed import DistributedStepError, shard_range, strip_prefix, unwrap
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 

@@ -11,10 +11,32 @@ import pytest
 import torch
 
 from infoplane._validate import check_bool, check_choice, check_float, check_int
-from infoplane.estimators import (KDE, KNN, BinnedResult, Binning, Discrete, DiscreteResult, Estimator, KDEResult,
-                                  Noisy, NoisyResult, PlaneResult, Renyi, WithNull, binned_mi, default_estimator,
-                                  discrete_mi, from_settings, kde_mi, ksg_mi, noisy_mi, permutation_null, renyi_entropy,
-                                  renyi_mi, ross_mi)
+from infoplane.estimators import (
+    KDE,
+    KNN,
+    BinnedResult,
+    Binning,
+    Discrete,
+    DiscreteResult,
+    Estimator,
+    KDEResult,
+    Noisy,
+    NoisyResult,
+    PlaneResult,
+    Renyi,
+    WithNull,
+    binned_mi,
+    default_estimator,
+    discrete_mi,
+    from_settings,
+    kde_mi,
+    ksg_mi,
+    noisy_mi,
+    permutation_null,
+    renyi_entropy,
+    renyi_mi,
+    ross_mi,
+)
 from infoplane.estimators.base import PROTOCOL_DEFAULTS, protocol_attribute
 from infoplane.estimators.renyi import renyi_plane
 

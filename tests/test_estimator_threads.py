@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import mutual_info_score
+from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 from infoplane.estimators import binned_mi, ksg_mi
 from infoplane.estimators._cpu import count_kernel as _count_kernel
 from infoplane.estimators._cpu import range_rows as _range_rows
-from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
 
 def binned_oracle(a, labels, bins, lo, hi):
@@ -59,7 +59,7 @@ def test_binning_is_the_same_with_any_number_of_workers(threads, monkeypatch, ro
         threads(k)
         for mm in (False, True):
             results.append((k, mm, binned_mi(a, labels, bins=bins, range=(-1, 1), miller_madow=mm)))
-    for k, mm, r in results:
+    for _k, mm, r in results:
         same = next(r0 for k0, mm0, r0 in results if k0 == 1 and mm0 == mm)
         assert torch.equal(r.ixt, same.ixt) and torch.equal(r.ity, same.ity)
     plain = results[0][2]

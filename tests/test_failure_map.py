@@ -2,8 +2,7 @@
 import math
 
 import numpy as np
-
-from _benchmark_scripts import REPO, load
+from _benchmark_scripts import load
 
 
 def load_script():

@@ -6,8 +6,8 @@ from torch import nn
 
 import infoplane
 from infoplane.data import load_npz
-from infoplane.estimators import binned_mi
 from infoplane.data.labels import as_class_indices
+from infoplane.estimators import binned_mi
 
 ACCEPTED = [
     ([0, 1, 1, 2], [0, 1, 1, 2], None),

@@ -82,6 +82,13 @@ def test_missing_file(tmp_path):
     assert "nope.py" in str(info.value)
 
 
+def test_file_python_cannot_import(tmp_path):
+    path = tmp_path / "model.txt"
+    path.write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
+    with pytest.raises(ModelFileError, match="model.txt.*save the model definition in a .py file"):
+        load_model_file(path)
+
+
 def test_import_error_names_exception_file_and_line(tmp_path):
     path = write(tmp_path, """
         import torch

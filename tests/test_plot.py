@@ -13,8 +13,8 @@ import torch
 
 import infoplane
 import infoplane.plot as ip
-from infoplane.tracking.schedule import every, log_schedule
 from infoplane.runs.writer import Row, Run, RunWriter
+from infoplane.tracking.schedule import every, log_schedule
 
 LAYERS = ["h1", "h2", "h3", "out"]
 N = 1000
@@ -32,7 +32,7 @@ def _rows(seeds, fraction, epochs, rng, ixt=None, layers=LAYERS, n=N):
     rows = []
     for s in seeds:
         for e in epochs:
-            for j, layer in enumerate(layers):
+            for layer in layers:
                 x = rng.uniform(0, math.log2(n)) if ixt is None else ixt
                 rows.append(Row(s, fraction, int(e), layer, "binning", x, rng.uniform(0, H_Y), math.nan, math.nan))
     return rows

@@ -65,7 +65,9 @@ def test_multi_input_tuple_and_list():
 
     def train():
         loss = nn.functional.cross_entropy(net(xa, xb), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
     t = infoplane.Tracker(net, (xa, xb), y, layers=["act", "out"], estimators=[BIN])
     hidden0 = torch.tanh(net.a(xa) + net.b(xb)).detach()

@@ -117,7 +117,7 @@ def test_discrete_mi_of_quantised_layers_is_exact(seed):
     x, y = inputs(10 + seed, n=400)
     q = infoplane.quantize(make_net(seed), bits=2)
     acts = hidden_layers(q, x)
-    for name, a in acts.items():
+    for a in acts.values():
         r = discrete_mi(a, y)
         codes = np.unique(a.numpy(), axis=0, return_inverse=True)[1].ravel()
         assert math.isfinite(float(r.ixt)) and math.isfinite(float(r.ity))

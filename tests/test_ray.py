@@ -12,8 +12,8 @@ import ray  # the test extra installs it (infoplane[ray]): a missing Ray fails h
 
 import infoplane
 from infoplane.cli.main import main
-from infoplane.experiment import ConfigError, track
 from infoplane.data.modelfile import load_model_file
+from infoplane.experiment import ConfigError, track
 from infoplane.experiment.raysweep import RaySetupError, RaySweepError, _check_worker
 
 # A small task (256 rows of the 12-bit task, a 12-6-2 tanh network) whose loss fails on 64 rows (fraction 0.25: 64

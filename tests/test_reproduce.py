@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-
 from _benchmark_scripts import REPO, load
 
 

@@ -3,7 +3,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 from _benchmark_scripts import REPO, load
 
 

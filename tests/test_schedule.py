@@ -35,7 +35,7 @@ def test_every_finite_and_open_ended():
     assert not s.finite
     assert 300 in s and 301 not in s and -3 not in s
     with pytest.raises(ValueError, match="n_epochs"):
-        s.epochs
+        _ = s.epochs
 
 
 def test_saxe_schedule_rule():

@@ -17,8 +17,7 @@ from torch import nn
 from infoplane._native import build as _native
 from infoplane.networks import quantize
 from infoplane.networks.quantize import _fake_quantize
-from infoplane.train import fit
-from infoplane.train import fused, fused_kernel
+from infoplane.train import fit, fused, fused_kernel
 
 N_ROWS, N_FEATURES, N_CLASSES, BATCH = 120, 5, 3, 16
 TOL = dict(rtol=1e-5, atol=1e-6)

@@ -62,7 +62,8 @@ def source(filename: str) -> str:
     -------
     str
     """
-    return importlib.resources.files("infoplane._native").joinpath("csrc", filename).read_text(encoding="utf-8")
+    source = importlib.resources.files("infoplane._native").joinpath("csrc").joinpath(filename)
+    return source.read_text(encoding="utf-8")
 
 
 def cpu_key() -> str:

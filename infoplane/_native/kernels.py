@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 
 Array = Union[torch.Tensor, np.ndarray]
+# What ``argtypes`` lists: C scalars and pointers (the ctypes base classes documented as _SimpleCData, _Pointer).
+ArgTypes = Sequence[Union[type[ctypes._SimpleCData], type[ctypes._Pointer]]]
 
 _p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
 
@@ -24,7 +26,7 @@ _p, _i32, _i64, _f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_d
 #                   const int64_t *labels, int labels_per_item, int label_bits,
 #                   int bins, double scale, double offset, const void *edges, const double *table,
 #                   double *s_t, double *s_ty, int64_t *k_t, int64_t *k_ty, int64_t *bad, int threads)
-COUNT_ROWS_ARGTYPES = [_p, _i32, _i32, _i64, _i64, _i64,
+COUNT_ROWS_ARGTYPES: ArgTypes = [_p, _i32, _i32, _i64, _i64, _i64,
                        _p, _i32, _i32,
                        _i32, _f64, _f64, _p, _p,
                        _p, _p, _p, _p, _p, _i32]
@@ -33,15 +35,15 @@ COUNT_ROWS_ARGTYPES = [_p, _i32, _i32, _i64, _i64, _i64,
 #                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
 #                    const float *X, const int64_t *Y, const int64_t *order, int64_t n, int64_t batch,
 #                    int opt, const double *hyper, double *step, int update_params, int threads)
-FUSED_EPOCH_ARGTYPES = [_i32, _i32, _p, _p, _p,
+FUSED_EPOCH_ARGTYPES: ArgTypes = [_i32, _i32, _p, _p, _p,
                         _p, _p, _p, _p, _p, _p,
                         _p, _p, _p, _i64, _i64,
                         _i32, _p, ctypes.POINTER(ctypes.c_double), _i32, _i32]
 
 # void ip_activate(int code, const float *p, const float *z, float *out, int64_t n)
 # void ip_quantize(const float *q, const float *a, float *out, int64_t n)
-ACTIVATE_ARGTYPES = [_i32, _p, _p, _p, _i64]
-QUANTIZE_ARGTYPES = [_p, _p, _p, _i64]
+ACTIVATE_ARGTYPES: ArgTypes = [_i32, _p, _p, _p, _i64]
+QUANTIZE_ARGTYPES: ArgTypes = [_p, _p, _p, _i64]
 
 _INT32_MAX = 2**31 - 1
 

@@ -52,7 +52,7 @@ _PASSIVE = (
 POOLINGS = ("cls", "mean", "flatten")
 
 # Skip warnings already given in this process (the default choice "warns once" per distinct message).
-_WARNED = set()
+_WARNED: set[str] = set()
 
 _TRANSFORMS = {
     None: lambda t: t,
@@ -93,7 +93,7 @@ class Layer:
     pool: str | None = None
     select: object = field(default=None, compare=False, repr=False)
     #: Per-sample shape of the recorded tensor, e.g. (C, H, W), for layer reductions; not in equality or to_json.
-    shape: tuple = field(default=None, compare=False)
+    shape: tuple | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         out = {"name": self.name, "width": self.width, "kind": self.kind, "transform": self.transform,
@@ -423,7 +423,7 @@ def probe(model: nn.Module, inputs: ProbeInputs, layers: Sequence[Layer], batch_
     """
     device = model_device(model) if device is None else torch.device(device)
     modules = dict(model.named_modules())
-    store = {layer.name: [] for layer in layers}
+    store: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
     handles = []
     current = {"mask": None}  # the attention mask of the batch being probed, for "mean" pooling
 

@@ -69,6 +69,7 @@ class Reduction:
             return math.prod(shape)
         if self.kind == "channel-mean":
             return shape[0]
+        assert self.k is not None  # parse gives pca and random their k
         return self.k
 
 
@@ -105,7 +106,7 @@ def spec_to_json(spec: Union[str, dict, Reduction, None]) -> Union[str, dict, No
     return parse(spec).spec
 
 
-def resolve(spec: Union[str, dict, Reduction, None], layers: Sequence[str]) -> dict:
+def resolve(spec: Union[str, dict, Reduction, None], layers: Sequence[tuple[str, Optional[Sequence[int]]]]) -> dict:
     """Check a spec (string, dict or None) against the layers and return ``{layer name: Reduction}``.
 
     Parameters
@@ -144,7 +145,7 @@ def resolve(spec: Union[str, dict, Reduction, None], layers: Sequence[str]) -> d
         plan = {name: r for name in names}
     for name, shape in layers:
         r = plan[name]
-        if not isinstance(spec, dict) and r.kind in ("pca", "random") and shape is not None \
+        if not isinstance(spec, dict) and r.kind in ("pca", "random") and shape is not None and r.k is not None \
                 and math.prod(shape) <= r.k:
             # One spec for all layers: layers already this narrow are kept as they are.
             plan[name] = r = Reduction("flatten")
@@ -154,7 +155,7 @@ def resolve(spec: Union[str, dict, Reduction, None], layers: Sequence[str]) -> d
                                  f"run did not record; record the run again with this version of infoplane")
             continue
         width = math.prod(shape)
-        if r.kind in ("pca", "random") and r.k > width:
+        if r.kind in ("pca", "random") and r.k is not None and r.k > width:
             raise ValueError(f"layer {name!r} has {width} units, fewer than {r.spec!r} asks for; use K <= {width}")
     return plan
 
@@ -234,6 +235,7 @@ def reduce_activations(activations: torch.Tensor, spec: Union[str, Reduction] = 
         if len(shape) == 1:
             return flat
         return x.reshape(*lead, shape[0], -1).mean(dim=-1)
+    assert r.k is not None  # parse gives pca and random their k
     if r.k > d:
         raise ValueError(f"{r.spec!r} asks for {r.k} columns but the layer has {d} units; use K <= {d}")
     if r.kind == "random":

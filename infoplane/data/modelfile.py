@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
 from infoplane._validate import check_int
 
 __all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build"]
@@ -196,6 +197,9 @@ def _import(path: Path) -> dict:
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     name = f"infoplane_modelfile_{path.stem.replace('-', '_')}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelFileError(f"could not import model file {path.name}: Python imports only files such as .py; "
+                             f"save the model definition in a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     # The file's folder goes on sys.path while it runs so that it can import its neighbours.

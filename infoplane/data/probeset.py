@@ -125,7 +125,7 @@ def call_model(model: Callable, x: ProbeInputs) -> Any:
     return model(x)
 
 
-def describe(x: ProbeInputs) -> str:
+def describe(x: ProbeInputs) -> Union[list, dict]:
     """JSON-able shape of a probe structure: a list for one tensor (as before), else the shape per input."""
     if isinstance(x, torch.Tensor):
         return list(x.shape)
@@ -224,7 +224,7 @@ def collect_loader(loader: Iterable) -> tuple[ProbeInputs, torch.Tensor]:
     return _cat(xs), torch.cat(ys)
 
 
-def as_probe_set(inputs: Any, labels: Any) -> tuple[ProbeInputs, Any]:
+def as_probe_set(inputs: Any, labels: Any) -> tuple[ProbeInputs, Any, int]:
     """The probe inputs as a structure of tensors, with the labels as given (validated by the caller).
 
     Parameters

@@ -8,17 +8,17 @@
 >>> tuple(r.ixt.shape)
 (5,)
 """
+from infoplane.estimators._cpu.count_kernel import KernelFallbackWarning
 from infoplane.estimators.base import Estimator, PlaneResult, default_estimator, from_settings
 from infoplane.estimators.binning import BinnedResult, binned_mi
-from infoplane.estimators.kde import KDEResult, kde_mi
+from infoplane.estimators.config import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull
 from infoplane.estimators.discrete import DiscreteResult, discrete_mi
+from infoplane.estimators.gaussian import GaussianResult, gaussian_mi
+from infoplane.estimators.kde import KDEResult, kde_mi
+from infoplane.estimators.knn import KNNResult, ksg_mi, ross_mi
 from infoplane.estimators.noisy import NoisyResult, noisy_mi
 from infoplane.estimators.null import NullResult, permutation_null
-from infoplane.estimators.knn import KNNResult, ksg_mi, ross_mi
-from infoplane.estimators.gaussian import GaussianResult, gaussian_mi
 from infoplane.estimators.renyi import RenyiResult, renyi_entropy, renyi_mi
-from infoplane.estimators.config import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull
-from infoplane.estimators._cpu.count_kernel import KernelFallbackWarning
 
 __all__ = ["binned_mi", "kde_mi", "discrete_mi", "noisy_mi", "permutation_null", "BinnedResult", "KDEResult",
            "NoisyResult", "NullResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "Estimator",

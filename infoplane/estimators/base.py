@@ -104,7 +104,11 @@ class Estimator:
     has_lower: bool = False
     needs_inputs: bool = False
     fields: tuple = ("ixt", "ity")
-    default_name: str = ""
+
+    @property
+    def default_name(self) -> str:
+        """The name when none is given; subclasses set it as a class attribute or a property."""
+        return ""
 
     def __init__(self, name: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name or "," in name or "\n" in name):

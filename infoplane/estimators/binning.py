@@ -24,11 +24,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from infoplane._validate import check_bool, check_float, check_int
 from infoplane.estimators._cpu import count_kernel as _count_kernel
 from infoplane.estimators._cpu import range_rows as _range_rows
 from infoplane.estimators._entropy import dense_rank, plugin_counts, ranks_from_runs, sorted_runs
 from infoplane.estimators._entropy import miller_madow as _miller_madow
-from infoplane._validate import check_bool, check_float, check_int
 from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, result_dtype
 from infoplane.estimators.base import PlaneResult
 
@@ -394,8 +394,14 @@ def binned_mi(activations: Any, labels: Any, *, bins: Optional[int] = None, rang
     miller_madow = check_bool(miller_madow, "miller_madow")
     batch = as_batch(activations)
     y, n_classes = as_labels(labels, batch)
-    grid = {"range": lambda: _RangeGrid(bins, *rng), "width": lambda: _WidthGrid(width),
-            "adaptive": lambda: _AdaptiveGrid(bins)}[kind]()
+    grid: _RangeGrid | _WidthGrid | _AdaptiveGrid
+    if kind == "range":
+        assert rng is not None  # grid_arguments gives the range grid its (lo, hi)
+        grid = _RangeGrid(bins, *rng)
+    elif kind == "width":
+        grid = _WidthGrid(width)
+    else:
+        grid = _AdaptiveGrid(bins)
     ixt, ity = plugin_mi(batch, y, n_classes, grid, miller_madow)
     return BinnedResult(ixt=ixt, ity=ity)
 

@@ -66,11 +66,13 @@ class Binning(Estimator):
         return base + ("-mm" if self.miller_madow else "")
 
     def _kwargs(self) -> dict:
+        kw: dict[str, Any]
         if self.grid == "width":
             kw = {"width": self.width}
         elif self.grid == "adaptive":
             kw = {"bins": self.bins, "adaptive": True}
         else:
+            assert self.range is not None  # grid_arguments gives the range grid its (lo, hi)
             kw = {"bins": self.bins, "range": list(self.range)}
         if self.miller_madow:  # only when set, so that settings written before the option read back unchanged
             kw["miller_madow"] = True
@@ -267,7 +269,7 @@ class KNN(Estimator):
                 "the knn estimator needs the probe inputs for I(X;T) (KSG between inputs and layer): construct "
                 "it as KNN(inputs=probe_x) or call it as est(acts, labels, inputs=probe_x).")
         device = activations.device if isinstance(activations, torch.Tensor) else torch.device("cpu")
-        kw = {"k": self.k, "memory_budget": self.memory_budget}
+        kw: dict[str, Any] = {"k": self.k, "memory_budget": self.memory_budget}
         return PlaneResult(ixt=ksg_mi(x.to(device), activations, **kw).mi, ity=ross_mi(activations, labels, **kw).mi)
 
 

@@ -38,8 +38,8 @@ from typing import Any, Optional
 
 import torch
 
-from infoplane.estimators._cpu import ksg as _ksg_cpu
 from infoplane._validate import check_float, check_int
+from infoplane.estimators._cpu import ksg as _ksg_cpu
 from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, result_dtype
 
 DEFAULT_MEMORY_BUDGET = 64 * 2**20  # bytes for the [rows, N] buffers of one block

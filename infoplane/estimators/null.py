@@ -120,6 +120,7 @@ def permutation_null(estimator: Callable[..., Any], activations: Any, labels: An
             real = {k: v.reshape(k1 - k0, b)[0] for k, v in _result_fields(res).items()}
             ity = ity[1:]
         null_ity.append(ity)
+    assert real is not None  # the first chunk (k0 = 0) always runs
     null_ity = torch.cat(null_ity).to(real["ity"].dtype)
     shape = batch.batch_shape
     out = {k: v.reshape(shape) for k, v in real.items()}

@@ -421,7 +421,7 @@ def renyi_mi(a: Any, b: Any, *, alpha: float = 1.01, sigma_a: Union[str, float] 
     eng = _Engine(alpha, method, int(probes), int(steps), seed, budget)
     items = max(len(ka), len(kb))
     shape = shape_a if len(ka) >= len(kb) else shape_b
-    s_shared = {}
+    s_shared: dict[str, torch.Tensor] = {}
     out = []
     for i in range(items):
         a_i, b_i = ka[i if len(ka) > 1 else 0], kb[i if len(kb) > 1 else 0]

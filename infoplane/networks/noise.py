@@ -68,7 +68,7 @@ class GaussianNoise(nn.Module):
         self.clean = clean
         self.std = float(std)
         self.seed = int(seed)
-        self._gens = {}
+        self._gens: dict[tuple[str, bool], torch.Generator] = {}
 
     def extra_repr(self) -> str:
         return f"std={self.std}, seed={self.seed}"

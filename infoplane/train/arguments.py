@@ -9,12 +9,13 @@ import torch
 from infoplane._validate import check_int
 
 
-
 def as_seeds(seeds: int | Sequence[int], max_seeds: int | None) -> list[int]:
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
         seeds = list(range(check_int(seeds, "seeds", minimum=1, what="at least 1")))
     else:
         try:
+            if isinstance(seeds, bool):
+                raise TypeError("a bool is not a sequence of seeds")
             seeds = [int(s) for s in seeds]
         except (TypeError, ValueError):
             raise TypeError(f"seeds must be a count or a sequence of ints, got {seeds!r}") from None

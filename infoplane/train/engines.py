@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from infoplane.train.fused import announce, FusedEngine, try_fused
+from infoplane.train.fused import FusedEngine, announce, try_fused
 from infoplane.train.sequential import SequentialEngine
 from infoplane.train.spec import TrainSpec
 from infoplane.train.stacked_forward import stacked_sequential, vmap_forward_loss
@@ -34,12 +34,12 @@ def choose_engine(vectorize: bool | str, spec: TrainSpec, members: list[nn.Modul
         announce(engine)
     if len(members) == 1:
         return SequentialEngine(spec, members, "a single seed")
-    engine = _try_vectorize(spec, members, inputs, labels, train_sets, batch_size)
-    if isinstance(engine, str):
+    vectorized = _try_vectorize(spec, members, inputs, labels, train_sets, batch_size)
+    if isinstance(vectorized, str):
         if vectorize is True:
-            raise ValueError(f"vectorize=True, but the seeds cannot be trained together: {engine}")
-        return SequentialEngine(spec, members, engine)
-    return engine
+            raise ValueError(f"vectorize=True, but the seeds cannot be trained together: {vectorized}")
+        return SequentialEngine(spec, members, vectorized)
+    return vectorized
 
 
 def _try_vectorize(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor,

@@ -138,7 +138,9 @@ def try_fused(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tensor, l
     if spec.train_step is not None:
         return "the model file defines a custom train_step"
     loss = spec.loss
-    if type(loss) is not nn.CrossEntropyLoss or loss.weight is not None or loss.reduction != "mean" \
+    # isinstance lets the type checker see the loss's attributes; the exact type check rules out subclasses.
+    if not isinstance(loss, nn.CrossEntropyLoss) or type(loss) is not nn.CrossEntropyLoss \
+            or loss.weight is not None or loss.reduction != "mean" \
             or loss.label_smoothing != 0.0 or loss.ignore_index != -100:
         return "the loss is not the default cross-entropy"
     if inputs.device.type != "cpu":
@@ -195,7 +197,8 @@ class FusedEngine:
         self.opt_code, self.hyper = settings
         self.param_groups = param_groups
         dims = plan.dims
-        self.layout = []  # (name, offset, shape) in the kernel's order: weight then bias, layer by layer
+        # (name, offset, shape) in the kernel's order: weight then bias, layer by layer
+        self.layout: list[tuple[str, int, tuple[int, ...]]] = []
         offset = 0
         names = [k for k, _ in members[0].named_parameters()]
         for layer, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
@@ -207,13 +210,13 @@ class FusedEngine:
         self.P = torch.empty(S, T)
         for i, m in enumerate(members):
             own = dict(m.named_parameters())
-            for name, off, shape in self.layout:
+            for name, off, _shape in self.layout:
                 self.P[i, off:off + own[name].numel()] = own[name].detach().reshape(-1)
         self.G, self.M, self.V = torch.zeros(S, T), torch.zeros(S, T), torch.zeros(S, T)
         self.step = ctypes.c_double(0.0)
         views = {name: (off, shape) for name, off, shape in self.layout}
         for i, member in enumerate(members):
-            swap_tensors(member, lambda name, p: nn.Parameter(self._view(self.P, i, *views[name])), lambda n, b: b)
+            swap_tensors(member, lambda name, p, i=i: nn.Parameter(self._view(self.P, i, *views[name])), lambda n, b: b)
         # Arguments that stay the same for every call; the tensors must outlive the calls.
         self._dims = torch.tensor(dims, dtype=torch.int64)
         self._acts = torch.tensor(plan.acts or [0], dtype=torch.int32)
@@ -272,7 +275,7 @@ class FusedEngine:
             rows = order[i].to(inputs.device)
             params = list(member.parameters())
             grads = torch.autograd.grad(self.spec.loss(member(inputs[rows]), labels[rows]), params)
-            for (name, off, shape), g in zip(self.layout, grads):
+            for (_name, off, shape), g in zip(self.layout, grads):
                 mine = self._view(self.G, i, off, shape)
                 scale = float(g.abs().max()) + 1e-12
                 worst = max(worst, float((mine - g).abs().max()) / scale)
@@ -292,7 +295,7 @@ class FusedEngine:
         for i in range(len(self.members)):
             state = {}
             if self.opt_code == 0 and step > 0:
-                for k, (name, off, shape) in enumerate(self.layout):
+                for k, (_name, off, shape) in enumerate(self.layout):
                     state[k] = {"step": torch.tensor(step, dtype=torch.float32),
                                 "exp_avg": self._view(self.M, i, off, shape).clone(),
                                 "exp_avg_sq": self._view(self.V, i, off, shape).clone()}
@@ -310,7 +313,7 @@ class FusedEngine:
                 self.M[i].zero_()
                 self.V[i].zero_()
                 continue
-            for k, (name, off, shape) in enumerate(self.layout):
+            for k, (_name, off, shape) in enumerate(self.layout):
                 entry = entries[k]
                 steps.add(float(entry["step"]))
                 self._view(self.M, i, off, shape).copy_(entry["exp_avg"])

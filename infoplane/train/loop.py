@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from infoplane.data.modelfile import ModelFile
 from infoplane._validate import check_int
+from infoplane.data.modelfile import ModelFile
 from infoplane.train.arguments import as_index_sets, as_seeds
 from infoplane.train.engines import choose_engine
 from infoplane.train.metrics import LazyMetrics, evaluate_members

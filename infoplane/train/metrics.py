@@ -39,7 +39,7 @@ class LazyMetrics(Mapping):
 @torch.no_grad()
 def evaluate_members(members: Sequence[nn.Module], loss_fn: Callable, inputs: torch.Tensor, labels: torch.Tensor,
               train_sets: Sequence[torch.Tensor], test_sets: Sequence[torch.Tensor] | None) -> dict[str, list[float]]:
-    out = {"train_loss": [], "train_acc": []}
+    out: dict[str, list[float]] = {"train_loss": [], "train_acc": []}
     if test_sets is not None:
         out.update(test_loss=[], test_acc=[])
     for i, model in enumerate(members):

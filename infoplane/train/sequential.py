@@ -10,7 +10,6 @@ from infoplane.train.spec import TrainSpec
 from infoplane.train.state import cuda_devices, get_rng, set_rng
 
 
-
 class SequentialEngine:
     """Trains the members one after another, each with its own optimiser."""
 

@@ -42,7 +42,7 @@ class TrainSpec:
             rate = DEFAULT_LR if lr is None else float(lr)
             if not rate > 0:
                 raise ValueError(f"lr must be positive, got {lr!r}")
-            make_optimizer = _BuiltinOptimizer(torch.optim.Adam if name == "adam" else torch.optim.SGD, rate)
+            make_optimizer: Callable = _BuiltinOptimizer(torch.optim.Adam if name == "adam" else torch.optim.SGD, rate)
         elif callable(optimizer):
             if lr is not None:
                 raise ValueError("lr only applies to optimizer='adam' or 'sgd'; set the rate inside the optimizer factory")

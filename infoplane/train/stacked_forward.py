@@ -28,7 +28,9 @@ def stacked_sequential(model: nn.Module, loss: Callable, inputs: torch.Tensor,
     """
     if not isinstance(model, nn.Sequential) or inputs.ndim != 2 or labels.is_floating_point():
         return None
-    if type(loss) is not nn.CrossEntropyLoss or loss.weight is not None or loss.reduction != "mean" \
+    # isinstance lets the type checker see the loss's attributes; the exact type check rules out subclasses.
+    if not isinstance(loss, nn.CrossEntropyLoss) or type(loss) is not nn.CrossEntropyLoss \
+            or loss.weight is not None or loss.reduction != "mean" \
             or loss.label_smoothing != 0.0 or loss.ignore_index != -100:
         return None
     layers = list(model.named_children())

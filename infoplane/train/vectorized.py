@@ -6,7 +6,7 @@ or ``torch.func.vmap``); :mod:`infoplane.train.engines` decides whether this eng
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -41,8 +41,8 @@ class VectorizedEngine:
         for i, member in enumerate(members):
             swap_tensors(
                 member,
-                lambda name, p: nn.Parameter(params[name].detach()[i], requires_grad=p.requires_grad),
-                lambda name, b: buffers[name][i],
+                lambda name, p, i=i: nn.Parameter(params[name].detach()[i], requires_grad=p.requires_grad),
+                lambda name, b, i=i: buffers[name][i],
             )
 
     def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -77,7 +77,7 @@ class VectorizedEngine:
 
     def load_optimizer_states(self, states: list[dict]) -> None:
         shapes = [p.shape[1:] for p in self.params.values()]
-        merged = {}
+        merged: dict[Any, dict[str, Any]] = {}
         for k in states[0]["state"]:
             entries = [s["state"][k] for s in states]
             merged[k] = {}
