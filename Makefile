@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check infoplane cli tests benchmarks examples
 	$(PY) -m mypy
 
-test: $(STAMP)
+test: lint
 	MPLBACKEND=Agg $(PY) -m pytest -q
 
 # The C kernels built with AddressSanitizer and UndefinedBehaviorSanitizer (a separate cache key), and the tests of

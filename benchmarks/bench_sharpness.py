@@ -28,8 +28,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import median_time, print_table  # noqa: E402
 
 from infoplane.data.modelfile import load_model_file  # noqa: E402
-from infoplane.sharpness import (adaptive_sharpness, hessian_top_eigenvalue, hessian_trace,  # noqa: E402
-                                 random_sharpness, sam_sharpness)
+from infoplane.sharpness import (  # noqa: E402
+    adaptive_sharpness,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    random_sharpness,
+    sam_sharpness,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +90,7 @@ def main(argv=None):
         for label, call, work in measures:
             result = {}
 
-            def run():
+            def run(result=result, call=call, model=model, loss=loss, x=x, y=y):
                 result["r"] = call(model, loss, x, y, batch_size=args.batch_size)
 
             seconds = median_time(run, repeats=repeats)

@@ -27,4 +27,4 @@ sys.modules[__name__].__class__ = _compat.Package
 
 __all__ = ["Binning", "KDE", "Discrete", "Noisy", "WithNull", "KNN", "Renyi", "quantize", "add_noise", "Tracker",
            "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate", "UnclosedTrackerWarning", "report",
-           "ib_curve", "IBCurve", "__version__"]
+           "ib_curve", "IBCurve", "optim", "sharpness", "__version__"]

@@ -74,6 +74,8 @@ class SAM(torch.optim.Optimizer):
     restored from an exact copy.
     """
 
+    param_groups: list[dict[str, Any]]  # set by torch.optim.Optimizer.__init__
+
     def __init__(self, params: Iterable[Union[torch.Tensor, Dict[str, Any]]],
                  base_optimizer: Union[Type[torch.optim.Optimizer], torch.optim.Optimizer], *, rho: float = 0.05,
                  adaptive: bool = False, eta: float = 0.01, **base_kwargs: Any) -> None:

@@ -335,7 +335,8 @@ class _Loss:
 
 
 def _graph(root: Any, limit: int = 100_000) -> set:
-    seen, stack = set(), [root]
+    seen: set[int] = set()
+    stack = [root]
     while stack and len(seen) < limit:
         node = stack.pop()
         if node is None or node in seen:

@@ -7,8 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane.sharpness import (adaptive_sharpness, hessian_top_eigenvalue, hessian_trace, random_sharpness,
-                                 sam_sharpness)
+from infoplane.sharpness import (
+    adaptive_sharpness,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    random_sharpness,
+    sam_sharpness,
+)
 
 
 class Quadratic(nn.Module):

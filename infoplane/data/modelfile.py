@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ class ModelFile:
         return built
 
 
-def load_model_file(path: str | Path) -> ModelFile:
+def load_model_file(path: str | os.PathLike) -> ModelFile:
     """Import a model file and check it against the model-file contract.
 
     Parameters
