@@ -179,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=MODEL_FILE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     track.add_argument("model_file", metavar="MODEL_FILE", help="Python file defining build_model() or model")
     g = track.add_argument_group("data")
-    g.add_argument("--data", help="tishby12, digits, or a .npz file with arrays inputs and labels "
-                                  "(default: the file's data(), else tishby12)")
+    g.add_argument("--data", help="tishby12, digits, mnist, fashion-mnist, cifar10 (their distribution files, "
+                                  "in $INFOPLANE_DATA or ~/.cache/infoplane/datasets), or a .npz file with arrays "
+                                  "inputs and labels (default: the file's data(), else tishby12)")
     g.add_argument("--fraction", type=_fraction, action="append",
                    help="training fraction 0 < F <= 1; repeat for several (default 0.8)")
     g.add_argument("--split", choices=["stratified", "original"], default="stratified",
