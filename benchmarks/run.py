@@ -14,6 +14,7 @@ BENCHMARKS = [
     ("bench_tracking", "tracking overhead on the 12-bit network", []),
     ("bench_ensemble", "seed ensembles: vectorised vs sequential training", []),
     ("bench_knn_renyi", "k-NN (KSG) vs scipy cKDTree; Renyi vs numpy eigvalsh", []),
+    ("bench_sharpness", "sharpness measures on the 12-bit network and a CIFAR-sized CNN", []),
 ]
 
 
