@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -37,6 +36,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from infoplane._validate import check_float, check_int
 
 __all__ = ["hessian_top_eigenvalue", "hessian_trace", "sam_sharpness", "adaptive_sharpness", "random_sharpness",
            "TopEigenvalue", "HessianTrace", "AscentSharpness", "RandomSharpness"]
@@ -144,32 +145,10 @@ class RandomSharpness:
 
 # ---------------------------------------------------------------------------------------------------- validation
 
-def _check_positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite real number; got {value!r}")
-    value = float(value)
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}; got {value!r}")
-    return value
-
-
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
-    return int(seed)
-
-
 def _chunks(x: Any, y: Any, batch_size: Optional[int]) -> list[tuple[Any, Any, float]]:
     if batch_size is None:
         return [(x, y, 1.0)]
-    batch_size = _check_count("batch_size", batch_size, 1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     try:
         n = len(x)
     except TypeError:
@@ -457,9 +436,9 @@ def hessian_top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *,
     TopEigenvalue
         ``value`` (loss units per squared parameter unit), ``iterations``, ``converged``, ``loss``.
     """
-    tol = _check_positive("tol", tol)
-    max_iter = _check_count("max_iter", max_iter, 1)
-    seed = _check_seed(seed)
+    tol = check_float(tol, "tol", positive=True, what="> 0")
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    seed = check_int(seed, "seed")
     loss = _Loss(model, loss_fn, x, y, batch_size)
     with _untouched(model):
         base = _base_loss(loss)
@@ -515,18 +494,24 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *, samples:
     HessianTrace
         ``value`` (loss units per squared parameter unit), ``stderr``, ``samples``, ``loss``.
     """
-    samples = _check_count("samples", samples, 2)
-    seed = _check_seed(seed)
+    samples = check_int(samples, "samples", minimum=2)
+    seed = check_int(seed, "seed")
     loss = _Loss(model, loss_fn, x, y, batch_size)
+    base, mean, stderr = _sampled(model, loss, "rademacher", samples, seed,
+                                  lambda z, base: _dot(z, loss.hvp(loss.params, z)))
+    return HessianTrace(value=mean, stderr=stderr, samples=samples, loss=base)
+
+
+def _sampled(model: nn.Module, loss: _Loss, kind: str, samples: int, seed: int,
+             each: Callable[[list[torch.Tensor], float], float]) -> tuple[float, float, float]:
+    """The loss at ``w``, then ``each(z, base)`` for ``samples`` random directions ``z`` of ``kind`` from a
+    generator seeded with ``seed``: (base loss, mean, standard error of the mean)."""
     with _untouched(model):
         base = _base_loss(loss)
         g = torch.Generator().manual_seed(seed)
-        draws = []
-        for _ in range(samples):
-            z = _draw("rademacher", loss.params, g)
-            draws.append(_dot(z, loss.hvp(loss.params, z)))
+        draws = [each(_draw(kind, loss.params, g), base) for _ in range(samples)]
     mean, stderr = _mean_stderr(draws)
-    return HessianTrace(value=mean, stderr=stderr, samples=samples, loss=base)
+    return base, mean, stderr
 
 
 def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -563,9 +548,9 @@ def sam_sharpness(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *, rho: flo
     AscentSharpness
         ``value`` (= ``multi_step``), ``one_step``, ``multi_step`` (loss units), ``rho``, ``evaluations``, ``loss``.
     """
-    rho = _check_positive("rho", rho)
-    steps = _check_count("steps", steps, 1)
-    seed = _check_seed(seed)
+    rho = check_float(rho, "rho", positive=True, what="> 0")
+    steps = check_int(steps, "steps", minimum=1)
+    seed = check_int(seed, "seed")
     loss = _Loss(model, loss_fn, x, y, batch_size)
     with _untouched(model):
         _base_loss(loss)
@@ -602,10 +587,10 @@ def adaptive_sharpness(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *, rho
     AscentSharpness
         ``value`` (= ``multi_step``), ``one_step``, ``multi_step`` (loss units), ``rho``, ``evaluations``, ``loss``.
     """
-    rho = _check_positive("rho", rho)
-    steps = _check_count("steps", steps, 1)
-    eta = _check_positive("eta", eta, allow_zero=True)
-    seed = _check_seed(seed)
+    rho = check_float(rho, "rho", positive=True, what="> 0")
+    steps = check_int(steps, "steps", minimum=1)
+    eta = check_float(eta, "eta", minimum=0.0, what=">= 0")
+    seed = check_int(seed, "seed")
     loss = _Loss(model, loss_fn, x, y, batch_size)
     with _untouched(model):
         _base_loss(loss)
@@ -680,16 +665,10 @@ def random_sharpness(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *, rho: 
     RandomSharpness
         ``value`` and ``stderr`` (loss units), ``samples``, ``rho``, ``loss``.
     """
-    rho = _check_positive("rho", rho)
-    samples = _check_count("samples", samples, 2)
-    seed = _check_seed(seed)
+    rho = check_float(rho, "rho", positive=True, what="> 0")
+    samples = check_int(samples, "samples", minimum=2)
+    seed = check_int(seed, "seed")
     loss = _Loss(model, loss_fn, x, y, batch_size)
-    with _untouched(model):
-        base = _base_loss(loss)
-        g = torch.Generator().manual_seed(seed)
-        draws = []
-        for _ in range(samples):
-            z = _draw("gaussian", loss.params, g)
-            draws.append(loss.value(_axpy(rho / _norm(z), z, loss.params)) - base)
-    mean, stderr = _mean_stderr(draws)
+    base, mean, stderr = _sampled(model, loss, "gaussian", samples, seed,
+                                  lambda z, base: loss.value(_axpy(rho / _norm(z), z, loss.params)) - base)
     return RandomSharpness(value=mean, stderr=stderr, samples=samples, rho=rho, loss=base)
