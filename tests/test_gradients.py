@@ -312,3 +312,69 @@ def test_track_records_gradients_by_default_and_reads_a_full_batch_from_the_mode
         main(args + ["--out", str(tmp_path / "c"), "--batch-size", "half"])
     assert exited.value.code == 2
     assert "a positive integer or full" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------- figures, loggers, report
+def test_figures_loggers_and_report_show_the_statistics_and_the_transition(tmp_path):
+    import glob
+
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import infoplane
+    from infoplane import plot
+    from infoplane.runs.gradfile import GradientRecord
+    from infoplane.runs.reader import Run
+    from infoplane.tracking.gradients import phase_transition
+    from infoplane.viz.drawing import transition_points
+
+    x, y = data()
+    models = [_mlp(0), _mlp(1)]
+    with infoplane.Tracker(models, x, y, gradients=True, schedule=[0, 1, 2], out=tmp_path / "run",
+                           loggers=str(tmp_path / "tb")) as t:
+        t.step(0)
+        opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in models]
+        for epoch in (1, 2):
+            for m, opt in zip(models, opts):
+                for i0 in (0, 32):
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(m(x[i0:i0 + 32]), y[i0:i0 + 32]).backward()
+                    opt.step()
+            t.step(epoch)
+    run = infoplane.load_run(tmp_path / "run")
+    scalars = {}
+    for path in glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True):
+        acc = EventAccumulator(path, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    assert scalars["infoplane/gradients/snr/3/seed1"][2] == pytest.approx(run.gradients.get("snr", seed=1)[2, 1],
+                                                                          rel=1e-6)
+    assert 0 not in scalars["infoplane/gradients/mean_norm/1/seed0"]  # epoch 0 has no values to log
+    written = plot.write_figures(run)
+    assert str(tmp_path / "run" / "gradients.png") in written
+    infoplane.Tracker(_mlp(), x, y, out=tmp_path / "run", overwrite=True).close()  # its own figure: replaceable
+
+    # A run whose layer "1" is diffusive from epoch 1 on: the rule, the figures and the report agree.
+    snr = {"1": [math.nan, 0.5, 0.4], "3": [math.nan, 5.0, 4.0], "4": [math.nan, 3.0, 2.0]}
+    records = [GradientRecord(s, e, layer, 1.0 if e else math.nan, (1.0 / v[i]) if e else math.nan, v[i], 2 * (e > 0),
+                              False) for s in (0, 1) for layer, v in snr.items() for i, e in enumerate((0, 1, 2))]
+    fake = Run(t.run.meta, t.run.rows, gradients=records)
+    assert plot.transitions(fake, window=1) == {"1": phase_transition([1, 2], [0.5, 0.4], window=1), "3": None,
+                                               "4": None} == {"1": 1, "3": None, "4": None}
+    assert plot.transitions(fake, window=1, threshold=4.5) == {"1": 1, "3": 2, "4": 1}
+    marks = transition_points(fake)
+    assert [(j, e) for j, e, _, _ in marks] == [(0, 1)]
+    assert marks[0][2:] == (np.median(fake.get("ixt")[:, 1, 0]), np.median(fake.get("ity")[:, 1, 0]))
+    fig = plot.information_plane(fake)
+    assert "drift to diffusion" in [tx.get_text() for tx in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    fig = plot.gradients(fake, window=1)
+    assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
+    assert any(list(line.get_xdata()) == [1, 1] for line in fig.axes[0].get_lines())  # the transition, marked
+    plt.close(fig)
+    assert plot.animate(fake, tmp_path / "a.gif", frames=2, size=(240, 180)).endswith("a.gif")
+    page = open(infoplane.report(fake, tmp_path / "r.html"), encoding="utf-8").read()
+    assert "<h2>Gradients</h2>" in page and "drift to diffusion" in page
+    with pytest.raises(ValueError, match="no gradient statistics"):
+        plot.gradients(Run(t.run.meta, t.run.rows))
