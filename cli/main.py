@@ -50,7 +50,7 @@ FLAGS = {"data": "--data", "fractions": "--fraction", "split": "--split", "fixed
          "estimators": "--estimator, --bins, --range, --bin-width or --noise-var", "schedule": "--schedule",
          "device": "--device", "out": "--out", "resume": "--resume", "overwrite": "--overwrite",
          "keep_activations": "--keep-activations", "vectorize": "--no-vectorize", "reduce": "--reduce",
-         "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus"}
+         "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus", "gradients": "--no-gradients"}
 
 # An argument as the library's messages write it: `name`, `name=True`, `name=value`.
 _ARGUMENT = re.compile(r"`(\w+)(?:=([^`]*))?`")
@@ -100,6 +100,14 @@ def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a number with 0 < F <= 1 (a training fraction)")
+
+
+_batch_int = _checked(int, lambda v: v >= 1, "a positive integer or full")
+
+
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive integer, or ``full``."""
+    return "full" if text.strip().lower() == "full" else _batch_int(text)
 
 
 def _schedule(text: str, epochs: int) -> Any:
@@ -196,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default 8000; epoch e is the network after e epochs, 0 the initialisation, and every "
                         "schedule ends with the trained network (epoch --epochs)")
     g.add_argument("--lr", type=_positive_float, help="learning rate (default 4e-4)")
-    g.add_argument("--batch-size", type=_positive_int, default=256, help="default 256")
+    g.add_argument("--batch-size", type=_batch_size, metavar="N|full",
+                   help="mini-batch size, or full for one batch of the whole training set per epoch (full-batch "
+                        "gradient descent); default: the file's batch_size, else 256")
     g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam (or the file's optimizer())")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--no-vectorize", action="store_true", help="train seeds one at a time")
@@ -219,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-activations", action="store_true",
                    help="also save raw activations, to re-estimate later without retraining")
     g.add_argument("--no-plot", action="store_true", help="do not write figures")
+    g.add_argument("--no-gradients", action="store_true",
+                   help="do not record the per-layer gradient statistics (gradients.csv; recorded by default)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     # TensorBoard: each finished run is exported under DIR/<run directory name>
     g.add_argument("--tensorboard", metavar="DIR",
@@ -366,7 +378,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                      estimators=estimators, schedule=schedule, device=args.device, out=args.out,
                      resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
                      vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
-                     caller=["infoplane", *args.argv], log=log, **ray_kwargs)
+                     caller=["infoplane", *args.argv], log=log, gradients=not args.no_gradients, **ray_kwargs)
     except RaySweepError as err:  # the fractions that finished on Ray are summarised before the error
         if err.runs:
             print(summary(err.runs))

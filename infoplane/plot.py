@@ -4,6 +4,7 @@
 >>> P.information_plane("runs/demo/fraction-0.85")   # doctest: +SKIP
 """
 from infoplane.viz.animation import animate
+from infoplane.viz.gradients import gradients
 from infoplane.viz.planes import (
     CMAP,
     FORMATS,
@@ -15,7 +16,8 @@ from infoplane.viz.planes import (
     information_plane,
     write_figures,
 )
-from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers
+from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers, transitions
 
-__all__ = ["information_plane", "compare", "curves", "write_figures", "saturated_layers", "epoch_norm",
+__all__ = ["information_plane", "compare", "curves", "gradients", "transitions", "write_figures", "saturated_layers",
+           "epoch_norm",
            "SaturationWarning", "animate", "CMAP", "MARKERS", "FORMATS", "SATURATION_SHARE", "SATURATION_TOL"]

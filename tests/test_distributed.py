@@ -9,6 +9,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -42,6 +43,24 @@ def data():
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, 2, (N, 12), generator=g).float()
     return x, (x[:, :6].sum(1) > x[:, 6:].sum(1)).long()
+
+
+def gradient_epochs(net, x, y, tracker, parts):
+    """Two SGD steps per epoch, each on ``parts(step)``: the rows a rank trains on, or (single process) the mean
+    of both ranks' losses, which is what DDP's averaged gradient descends."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    tracker.step(0)
+    for epoch in (1, 2):
+        for k in range(2):
+            opt.zero_grad()
+            loss = sum(nn.functional.cross_entropy(net(x[q]), y[q]) for q in parts(k)) / len(parts(k))
+            loss.backward()
+            opt.step()
+        tracker.step(epoch)
+
+
+def _quarter(rank, k):
+    return slice(50 * rank + 25 * k, 50 * rank + 25 * (k + 1))
 
 
 def train_epoch(net, opt, x, y):
@@ -120,6 +139,12 @@ def _scenario(rank, tmp):
             report["timeout"] = str(err)
     dist.barrier()
     d.close()
+
+    # Gradient statistics: each rank steps on its own rows; the stored ones are those of DDP's averaged gradient.
+    g_net = nn.parallel.DistributedDataParallel(make_net())
+    with infoplane.Tracker(g_net, x, y, schedule=[1, 2], out=tmp / "g", gradients=True) as g:
+        gradient_epochs(g_net, x, y, g, lambda k: [_quarter(rank, k)])
+    report["g_path"] = g.path
     return report
 
 
@@ -131,6 +156,9 @@ def _single_process(tmp):
     with infoplane.Tracker(net, x, y, estimators=ESTIMATORS, schedule=SCHEDULE, out=tmp / "ref") as t:
         for epoch in range(EPOCHS):
             t.step(epoch, loss=train_epoch(net, opt, x, y))
+    g_net = make_net()
+    with infoplane.Tracker(g_net, x, y, schedule=[1, 2], out=tmp / "gref", gradients=True) as g:
+        gradient_epochs(g_net, x, y, g, lambda k: [_quarter(0, k), _quarter(1, k)])
     return t.layers
 
 
@@ -148,7 +176,7 @@ def test_two_gloo_ranks_write_the_single_process_rows(tmp_path):
     # Only rank 0 writes: rank 1 has no path, and its own out= was never created.
     assert r0["a_path"] == str(tmp_path / "a") and r1["a_path"] is None and r1["b_path"] is None
     assert not r1["b_rank1_exists"]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["a", "b", "ref"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["a", "b", "g", "gref", "ref"]
 
     # Both ranks agree on what was recorded and on what the resumed run already held.
     expected = [[e in SCHEDULE] * 2 for e in range(EPOCHS)]
@@ -185,6 +213,13 @@ def test_two_gloo_ranks_write_the_single_process_rows(tmp_path):
             r["probe_failure"]
     assert "step(epoch=0)" in r0["timeout"] and "dist_timeout=3" in r0["timeout"]
     assert "every rank must call it" in r0["timeout"]
+
+    # Gradient statistics of the global mini-batch gradient (not rank 0's own), written by rank 0 alone.
+    assert r0["g_path"] == str(tmp_path / "g") and r1["g_path"] is None
+    got, ref = (infoplane.load_run(tmp_path / d).gradients for d in ("g", "gref"))
+    assert got.epochs.tolist() == ref.epochs.tolist() == [1, 2] and np.all(got.get("batches") == 2)
+    for field in ("mean_norm", "std_norm", "snr"):
+        assert np.allclose(got.get(field), ref.get(field), rtol=1e-5, atol=0)
 
 
 # ------------------------------------------------------------------------------------------ pure helpers

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.optim import optimizer as optim_hooks
 
 from infoplane.tracking.gradients import GradientStats
 
@@ -161,3 +162,219 @@ def test_the_transition_is_the_first_epoch_after_which_the_smoothed_snr_stays_be
         phase_transition([0, 2, 1], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="window must be a positive integer"):
         phase_transition(epochs, snr, window=0)
+
+
+# ------------------------------------------------------------------------------- through the Tracker and the run
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def _epochs(net, x, y, epochs, tracker=None, collect=None, frozen_first=False):
+    """Three mini-batches per epoch; ``collect[e]`` gets the weight gradients of each step of epoch e."""
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01)
+    if tracker is not None:
+        tracker.step(0)
+    for epoch in range(1, epochs + 1):
+        for i0 in range(0, len(x), 22):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[i0:i0 + 22]), y[i0:i0 + 22]).backward()
+            if collect is not None:
+                collect.setdefault(epoch, []).append([net[k].weight.grad.clone() for k in (0, 2, 4)])
+            opt.step()
+        if tracker is not None:
+            tracker.step(epoch)
+
+
+def test_tracker_records_each_recorded_epochs_own_steps_and_the_run_reads_them_back(tmp_path):
+    from infoplane import Tracker, load_run
+    from infoplane.runs.gradfile import GRADIENT_FIELDS
+
+    x, y = data()
+    plain, tracked = _mlp(), _mlp()
+    _epochs(plain, x, y, 3)
+    hooks = len(optim_hooks._global_optimizer_pre_hooks)
+    collected = {}
+    with Tracker(tracked, x, y, gradients=True, schedule=[0, 1, 3], out=tmp_path / "run") as t:
+        assert len(optim_hooks._global_optimizer_pre_hooks) == hooks + 1
+        _epochs(tracked, x, y, 3, tracker=t, collect=collected)
+    assert len(optim_hooks._global_optimizer_pre_hooks) == hooks  # removed on close
+    for pa, pb in zip(plain.parameters(), tracked.parameters()):  # training unchanged to the bit
+        assert torch.equal(pa, pb)
+    run = load_run(tmp_path / "run")
+    g = run.gradients
+    assert g.layers == run.layers == ["1", "3", "4"] and g.seeds == [0] and g.epochs.tolist() == [0, 1, 3]
+    # epoch 0: no optimiser step yet, so no values (empty cells, not zeros)
+    assert np.all(g.get("batches", seed=0)[0] == 0) and np.all(np.isnan(g.get("snr", seed=0)[0]))
+    for row, epoch in ((1, 1), (2, 3)):  # epoch 3: its own three steps, not epoch 2's
+        for j in range(3):  # the Tanh layers "1", "3" are fed by the Linear layers 0 and 2; "4" is its own
+            mean_norm, std_norm = oracle([step[j:j + 1] for step in collected[epoch]])
+            assert g.get("batches", seed=0)[row, j] == 3
+            assert g.get("mean_norm", seed=0)[row, j] == pytest.approx(mean_norm, rel=1e-12)
+            assert g.get("std_norm", seed=0)[row, j] == pytest.approx(std_norm, rel=1e-12)
+            assert g.get("snr", seed=0)[row, j] == pytest.approx(mean_norm / std_norm, rel=1e-12)
+    header = (tmp_path / "run" / "gradients.csv").read_text().splitlines()[0]
+    assert tuple(header.split(",")) == GRADIENT_FIELDS
+    assert np.array_equal(t.run.gradients.get("snr"), g.get("snr"), equal_nan=True)
+    df = run.to_pandas()
+    assert {"grad_mean_norm", "grad_std_norm", "grad_snr", "grad_batches"} <= set(df.columns)
+    # resuming after a cut-short epoch: its table rows are gone, its gradient lines are dropped, then recorded once
+    table = (tmp_path / "run" / "infoplane.csv").read_text().splitlines()
+    (tmp_path / "run" / "infoplane.csv").write_text("\n".join(l for l in table if l.split(",")[2] != "3") + "\n")
+    again = _mlp()
+    with Tracker(again, x, y, gradients=True, schedule=[0, 1, 3], out=tmp_path / "run", resume=True) as t2:
+        _epochs(again, x, y, 3, tracker=t2)
+    lines = (tmp_path / "run" / "gradients.csv").read_text().splitlines()[1:]
+    assert len(lines) == len({tuple(l.split(",")[:3]) for l in lines}) == 9
+    # a run recorded without them has none
+    with Tracker(_mlp(), x, y, schedule=[0], out=tmp_path / "plain") as t3:
+        t3.step(0)
+    assert not load_run(tmp_path / "plain").gradients and not (tmp_path / "plain" / "gradients.csv").exists()
+
+
+def test_tracker_refuses_gradients_of_untrainable_layers_and_reports_frozen_ones(tmp_path):
+    from infoplane import Tracker
+
+    x, y = data()
+    net = _mlp()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no tracked layer has a trainable weight"):
+        Tracker(net, x, y, gradients=True, out=tmp_path / "frozen")
+    assert not (tmp_path / "frozen").exists()
+    net = _mlp()
+    net[0].weight.requires_grad_(False)
+    with Tracker(net, x, y, gradients=True, schedule=[1]) as t:
+        _epochs(net, x, y, 1, tracker=t)
+    g = t.run.gradients
+    assert g.frozen == ["1"]
+    assert np.isnan(g.get("mean_norm", seed=0)[0, 0]) and g.get("batches", seed=0)[0, 0] == 0
+    assert g.get("batches", seed=0)[0, 1] == 3
+
+
+# ------------------------------------------------------------------------------------ the trainer and the CLI
+def test_fit_gives_each_epochs_statistics_per_seed_on_the_stacked_and_the_one_by_one_engines():
+    from infoplane.train import fit
+
+    x, y = data()
+    build = lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))  # noqa: E731
+    momentum = lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)  # noqa: E731
+    got = {}
+    for vectorize in (True, False):
+        seen = []
+        result = fit(build, x, y, np.arange(64), seeds=2, epochs=2, batch_size=16, optimizer=momentum,
+                     vectorize=vectorize, fused=False, gradients={"1": ["0.weight"], "2": ["2.weight"]},
+                     callback=lambda e, m, metrics, seen=seen: seen.append(metrics.gradients))
+        assert result.vectorized is vectorize
+        got[vectorize] = seen
+    stacked, single = got[True], got[False]
+    assert all(r.batches == 0 and r.mean_norm is None for rows in stacked[0] for r in rows)  # epoch 0
+    for epoch in (1, 2):
+        for seed in (0, 1):
+            for a, b in zip(stacked[epoch][seed], single[epoch][seed]):
+                assert a.layer == b.layer and a.batches == b.batches == 4
+                assert a.mean_norm == pytest.approx(b.mean_norm, rel=1e-4)
+                assert a.std_norm == pytest.approx(b.std_norm, rel=1e-4)
+    assert stacked[1][0][0].mean_norm != pytest.approx(stacked[1][1][0].mean_norm, rel=1e-3)  # seeds differ
+    # full-batch descent: one step per epoch, no spread, and the same training as a batch of every row
+    seen = []
+    full = fit(build, x, y, np.arange(64), seeds=1, epochs=2, batch_size="full", gradients={"1": ["0.weight"]},
+               fused=False, callback=lambda e, m, metrics: seen.append(metrics.gradients))
+    whole = fit(build, x, y, np.arange(64), seeds=1, epochs=2, batch_size=64, fused=False)
+    for pa, pb in zip(full.members[0].parameters(), whole.members[0].parameters()):
+        assert torch.equal(pa, pb)
+    row = seen[2][0][0]
+    assert row.batches == 1 and row.std_norm == 0.0 and row.snr == math.inf
+    with pytest.raises(ValueError, match='"full"'):
+        fit(build, x, y, np.arange(64), seeds=1, epochs=1, batch_size="half")
+
+
+def test_track_records_gradients_by_default_and_reads_a_full_batch_from_the_model_file(tmp_path, capsys):
+    from infoplane import load_run
+    from infoplane.cli.main import main
+
+    model = tmp_path / "net.py"
+    model.write_text("import torch\nfrom torch import nn\nbatch_size = 'full'\n"
+                     "def build_model():\n    return nn.Sequential(nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 2))\n"
+                     "def optimizer(params):\n    return torch.optim.SGD(params, lr=0.1, momentum=0.9)\n")
+    args = ["track", str(model), "--epochs", "2", "--seeds", "2", "--quiet", "--no-plot", "--fraction", "0.1"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    run = load_run(tmp_path / "a" / "fraction-0.1")
+    assert run.meta["training"]["batch_size"] == "full"
+    g = run.gradients
+    assert g.seeds == [0, 1] and g.layers == ["1", "2"] and g.epochs.tolist() == [0, 1, 2]
+    assert g.get("batches")[:, 0].max() == 0 and np.all(g.get("batches")[:, 1:] == 1)
+    assert np.all(g.get("mean_norm")[:, 1:] > 0) and np.all(g.get("std_norm")[:, 1:] == 0)
+    assert main(args + ["--out", str(tmp_path / "b"), "--no-gradients", "--batch-size", "100"]) == 0
+    run = load_run(tmp_path / "b" / "fraction-0.1")
+    assert not run.gradients and run.meta["training"]["batch_size"] == 100
+    with pytest.raises(SystemExit) as exited:
+        main(args + ["--out", str(tmp_path / "c"), "--batch-size", "half"])
+    assert exited.value.code == 2
+    assert "a positive integer or full" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------- figures, loggers, report
+def test_figures_loggers_and_report_show_the_statistics_and_the_transition(tmp_path):
+    import glob
+
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import infoplane
+    from infoplane import plot
+    from infoplane.runs.gradfile import GradientRecord
+    from infoplane.runs.reader import Run
+    from infoplane.tracking.gradients import phase_transition
+    from infoplane.viz.drawing import transition_points
+
+    x, y = data()
+    models = [_mlp(0), _mlp(1)]
+    with infoplane.Tracker(models, x, y, gradients=True, schedule=[0, 1, 2], out=tmp_path / "run",
+                           loggers=str(tmp_path / "tb")) as t:
+        t.step(0)
+        opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in models]
+        for epoch in (1, 2):
+            for m, opt in zip(models, opts):
+                for i0 in (0, 32):
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(m(x[i0:i0 + 32]), y[i0:i0 + 32]).backward()
+                    opt.step()
+            t.step(epoch)
+    run = infoplane.load_run(tmp_path / "run")
+    scalars = {}
+    for path in glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True):
+        acc = EventAccumulator(path, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    assert scalars["infoplane/gradients/snr/3/seed1"][2] == pytest.approx(run.gradients.get("snr", seed=1)[2, 1],
+                                                                          rel=1e-6)
+    assert 0 not in scalars["infoplane/gradients/mean_norm/1/seed0"]  # epoch 0 has no values to log
+    written = plot.write_figures(run)
+    assert str(tmp_path / "run" / "gradients.png") in written
+    infoplane.Tracker(_mlp(), x, y, out=tmp_path / "run", overwrite=True).close()  # its own figure: replaceable
+
+    # A run whose layer "1" is diffusive from epoch 1 on: the rule, the figures and the report agree.
+    snr = {"1": [math.nan, 0.5, 0.4], "3": [math.nan, 5.0, 4.0], "4": [math.nan, 3.0, 2.0]}
+    records = [GradientRecord(s, e, layer, 1.0 if e else math.nan, (1.0 / v[i]) if e else math.nan, v[i], 2 * (e > 0),
+                              False) for s in (0, 1) for layer, v in snr.items() for i, e in enumerate((0, 1, 2))]
+    fake = Run(t.run.meta, t.run.rows, gradients=records)
+    assert plot.transitions(fake, window=1) == {"1": phase_transition([1, 2], [0.5, 0.4], window=1), "3": None,
+                                               "4": None} == {"1": 1, "3": None, "4": None}
+    assert plot.transitions(fake, window=1, threshold=4.5) == {"1": 1, "3": 2, "4": 1}
+    marks = transition_points(fake)
+    assert [(j, e) for j, e, _, _ in marks] == [(0, 1)]
+    assert marks[0][2:] == (np.median(fake.get("ixt")[:, 1, 0]), np.median(fake.get("ity")[:, 1, 0]))
+    fig = plot.information_plane(fake)
+    assert "drift to diffusion" in [tx.get_text() for tx in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    fig = plot.gradients(fake, window=1)
+    assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == fig.axes[0].get_yscale() == "log"
+    assert any(list(line.get_xdata()) == [1, 1] for line in fig.axes[0].get_lines())  # the transition, marked
+    plt.close(fig)
+    assert plot.animate(fake, tmp_path / "a.gif", frames=2, size=(240, 180)).endswith("a.gif")
+    page = open(infoplane.report(fake, tmp_path / "r.html"), encoding="utf-8").read()
+    assert "<h2>Gradients</h2>" in page and "drift to diffusion" in page
+    with pytest.raises(ValueError, match="no gradient statistics"):
+        plot.gradients(Run(t.run.meta, t.run.rows))

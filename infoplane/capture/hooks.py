@@ -21,7 +21,7 @@ from infoplane.data import probeset
 from infoplane.data.labels import as_class_indices
 from infoplane.data.probeset import ProbeInputs
 
-__all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "POOLINGS", "resolve_layers", "probe", "model_device",
+__all__ = ["Layer", "ACTIVATIONS", "PARAMETRIC", "POOLINGS", "resolve_layers", "weight_names", "probe", "model_device",
            "as_probe_tensors"]
 
 #: Module types counted as a layer's nonlinearity when choosing layers by default.
@@ -394,6 +394,53 @@ def resolve_layers(model: nn.Module, example: ProbeInputs, layers: Any = None, p
         shape = (width,) if transform is not None else tuple(t.shape[1:])
         out.append(Layer(name, width, kind, transform, type(modules[name]).__name__, pool, select, shape))
     return out
+
+
+
+def weight_names(model: nn.Module, example: ProbeInputs, layer_names: Sequence[str]) -> dict[str, list[str]]:
+    """The weights that produce each recorded layer, as parameter names of ``model``.
+
+    A layer that holds weights itself (a Linear, a block) is described by them (every parameter with at least
+    two dimensions in it and its submodules); a parameter-free layer (an activation) by the weights of the
+    modules that ran after the previous recorded layer and before it (the Linear that feeds a Tanh).
+
+    Parameters
+    ----------
+    model : nn.Module
+    example : tensor, tuple of tensors or dict of tensors
+        A few probe samples, for one forward pass that gives the execution order.
+    layer_names : sequence of str
+        Recorded module names (as :func:`resolve_layers` gives them).
+
+    Returns
+    -------
+    dict of str to list of str
+        Per layer, parameter names in ``model.named_parameters()`` spelling (empty for a layer no weight feeds).
+    """
+    calls, _ = _trace(model, example, model_device(model))
+    modules = dict(model.named_modules())
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied weight under its first name
+
+    def weights(name, recurse):
+        return [names[id(p)] for p in modules[name].parameters(recurse=recurse) if p.ndim >= 2 and id(p) in names]
+
+    first: dict[str, int] = {}
+    for i, name in enumerate(calls):
+        first.setdefault(name, i)
+    order = sorted(layer_names, key=lambda n: first.get(n, len(calls)))
+    out: dict[str, list[str]] = {}
+    previous = -1
+    for name in order:
+        at = first.get(name)
+        if at is None:
+            out[name] = []
+            continue
+        own = weights(name, recurse=True)
+        if not own:
+            own = [w for n in calls[previous + 1:at] for w in weights(n, recurse=False)]
+        out[name] = list(dict.fromkeys(own))
+        previous = at
+    return {name: out[name] for name in layer_names}
 
 
 def probe(model: nn.Module, inputs: ProbeInputs, layers: Sequence[Layer], batch_size: int = 4096,

@@ -2,8 +2,9 @@
 
 The contract (see ``docs/training.md``): the file defines ``build_model()`` returning a fresh
 ``torch.nn.Module`` (called once per seed), or a ready ``model`` (then only one seed can be trained).
-It may also define ``data()``, ``optimizer(parameters)``, ``loss``, ``layers`` and
-``train_step(model, batch, optimizer)``, each replacing infoplane's default.
+It may also define ``data()``, ``optimizer(parameters)``, ``loss``, ``layers``, ``batch_size`` (a positive int, or
+``"full"`` for one batch of the whole training set per epoch) and ``train_step(model, batch, optimizer)``, each
+replacing infoplane's default.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from infoplane._validate import check_int
 
-__all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build"]
+__all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build", "is_batch_size"]
 
 # Optional names a model file may define, with what each must be.
 _OPTIONAL_CALLABLES = ("data", "optimizer", "loss", "train_step")
@@ -78,6 +79,8 @@ class ModelFile:
         Overrides of the default data, optimiser factory, loss and training step.
     layers : object or None
         Layer selection for the tracker (names, glob patterns or module types).
+    batch_size : int, "full" or None
+        Mini-batch size for training (``"full"``: the whole training set, one batch per epoch).
     max_seeds : int or None
         1 when the file defines a single ``model``; ``None`` (no limit) with ``build_model``.
     """
@@ -91,6 +94,7 @@ class ModelFile:
     loss: Callable[..., torch.Tensor] | None = None
     layers: Any = None
     train_step: Callable[..., Any] | None = None
+    batch_size: int | str | None = None
     _pristine: nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -183,13 +187,25 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
         value = namespace.get(name)
         if value is not None and not callable(value):
             raise ModelFileError(f"{name} in {path.name} must be callable, got {type(value).__name__}")
+    batch_size = namespace.get("batch_size")
+    if batch_size is not None and not is_batch_size(batch_size):
+        raise ModelFileError(f"batch_size in {path.name} must be a positive int or \"full\" (one batch of the "
+                             f"whole training set per epoch), got {batch_size!r}")
     return ModelFile(
         path=path,
         stem=path.stem,
         build_model=build_model,
         model=model if build_model is None else None,
+        batch_size=batch_size,
         **{name: namespace.get(name) for name in (*_OPTIONAL_CALLABLES, "layers")},
     )
+
+
+def is_batch_size(value: Any) -> bool:
+    """Whether ``value`` is a valid mini-batch size: a positive int, or ``"full"`` (the whole training set)."""
+    if value == "full" and isinstance(value, str):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _import(path: Path) -> dict:

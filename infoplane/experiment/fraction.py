@@ -15,6 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from infoplane.capture.hooks import resolve_layers, weight_names
+from infoplane.data import probeset
 from infoplane.data.modelfile import ModelFile
 from infoplane.experiment.errors import STATE_FILE
 from infoplane.runs import lifecycle as rundir
@@ -53,6 +55,8 @@ class TrackJob:
         Layer reduction before estimating (see :class:`~infoplane.Tracker`).
     on_epoch : callable, optional
         Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
+    gradients : bool
+        Record the per-layer gradient statistics of every recorded epoch's mini-batches (``gradients.csv``).
     """
 
     model_file: ModelFile
@@ -61,7 +65,7 @@ class TrackJob:
     seeds: list[int]
     epochs: int
     lr: float | None
-    batch_size: int
+    batch_size: int | str
     optimizer: str | Callable | None
     estimators: list
     schedule: Schedule
@@ -74,6 +78,7 @@ class TrackJob:
     log: Callable[[str], Any]
     reduce: str | dict | None = None
     on_epoch: Callable[[int], Any] | None = None
+    gradients: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,14 +134,22 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     bar = _progress(job.progress, epochs, plan.fraction, state)
     tracker = None
     last_save = time.monotonic()
+    grad_layers = _gradient_layers(job, plan) if job.gradients else None
+    latest: list = [None]  # the gradient statistics of the epoch just trained, per seed
 
     def make_tracker(members):
+        given = grad_layers is not None and latest[0] is not None
+        if grad_layers is not None and not given:
+            log("note: gradient statistics are not recorded: the fused training kernel does not gather them "
+                "(`vectorize=False` trains on the torch path, which does)")
         return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
                        schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
-                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce)
+                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
+                       gradients=(lambda: latest[0]) if given else False)
 
     def callback(epoch, members, metrics):
         nonlocal tracker
+        latest[0] = metrics.gradients
         if tracker is None:  # the trainer's member modules stay the same objects for the whole run
             tracker = make_tracker(members)
         if epoch in tracker.schedule:
@@ -168,7 +181,7 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
             result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
                          epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
                          device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
-                         state=state, checkpoint=checkpoint, checkpoint_every=should_save)
+                         state=state, checkpoint=checkpoint, checkpoint_every=should_save, gradients=grad_layers)
         if tracker is None:  # resumed after the last epoch: nothing left to train
             tracker = make_tracker(result.members)
     except BaseException:
@@ -186,6 +199,24 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     how = "vectorised" if result.vectorized else "one at a time"
     log(f"{run_dir}: {len(seeds)} seed(s) trained {how} for {epochs} epochs")
     return load_run(run_dir)
+
+
+def _gradient_layers(job: TrackJob, plan: FractionPlan) -> dict[str, list[str]] | None:
+    """Per tracked layer, the names of the weights whose gradients describe it; None (with a note) when no tracked
+    layer has a trainable weight."""
+    model = job.model_file.build(job.seeds[0])
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    example = probeset.take(plan.probe_x, 0, 2)
+    if weight is not None:
+        example = probeset.cast_floating(example, weight.dtype)
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.simplefilter("ignore")  # the tracker says which modules the default choice passes over
+        names = [layer.name for layer in resolve_layers(model, example, job.model_file.layers)]
+        found = weight_names(model, example, names)
+    if not any(model.get_parameter(n).requires_grad for v in found.values() for n in v):
+        job.log("note: gradient statistics are not recorded: no tracked layer has a trainable weight")
+        return None
+    return found
 
 
 def _progress(enabled: bool, epochs: int, fraction: float, state: dict | None) -> Any:

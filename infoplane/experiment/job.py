@@ -20,7 +20,7 @@ from infoplane import data as data_mod
 from infoplane._validate import check_int
 from infoplane.capture.hooks import resolve_layers
 from infoplane.data.labels import as_class_indices
-from infoplane.data.modelfile import ModelFile, load_model_file
+from infoplane.data.modelfile import ModelFile, is_batch_size, load_model_file
 from infoplane.estimators.base import default_estimator
 from infoplane.experiment.errors import ConfigError, RunExistsError
 from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
@@ -155,13 +155,15 @@ def check_outputs(out: str | os.PathLike, fractions: Sequence[float], resume: bo
 
 def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fractions: Sequence[float] = (0.8,),
           split: str = "stratified", fixed_split: bool = False, probe: str = "all", seeds: int = 1, seed: int = 0,
-          epochs: int = 8000, lr: float | None = None, batch_size: int = 256, optimizer: str | Callable | None = None,
+          epochs: int = 8000, lr: float | None = None, batch_size: int | str | None = None,
+          optimizer: str | Callable | None = None,
           estimators: Sequence | None = None, schedule: Schedule | Sequence[int] | None = None,
           device: str | torch.device = "cpu", out: str | os.PathLike | None = None, resume: bool = False,
           overwrite: bool = False, keep_activations: bool = False, vectorize: bool | str = "auto",
           progress: bool = True, caller: list[str] | str | None = None,
           log: Callable[[str], Any] = print, reduce: str | dict | None = None,
-          ray: bool | str | None = None, ray_cpus: float = 1.0, ray_gpus: float | None = None) -> list[Run]:
+          ray: bool | str | None = None, ray_cpus: float = 1.0, ray_gpus: float | None = None,
+          gradients: bool = True) -> list[Run]:
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -180,8 +182,11 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         Samples on which the plane is measured; ``train``/``test`` need a split shared by all seeds.
     seeds : int
         Number of independent initialisations, seeds ``seed .. seed + seeds - 1``.
-    epochs, lr, batch_size, optimizer, device, vectorize
+    epochs, lr, optimizer, device, vectorize
         Training settings (see :func:`infoplane.train.fit`).
+    batch_size : int, "full" or None
+        Mini-batch size; ``"full"`` trains with one batch of the whole training set per epoch (full-batch
+        gradient descent); None: the model file's ``batch_size``, else 256.
     estimators : list, optional
         Estimator objects; default ``[Binning(bins=30, range=(-1, 1))]``.
     schedule : Schedule or list, optional
@@ -205,6 +210,10 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         the local path. None or False: train here.
     ray_cpus, ray_gpus : float
         Resources each Ray task reserves; ``ray_gpus`` None means 1 with a CUDA ``device``, else 0.
+    gradients : bool
+        Also record, per tracked layer and recorded epoch, the statistics of that epoch's mini-batch gradients
+        (``gradients.csv``, ``run.gradients``; see :mod:`infoplane.tracking.gradients`), per seed. The fused
+        training kernel does not gather them yet: its runs say so in a note.
 
     Returns
     -------
@@ -245,6 +254,11 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
                           f"(`fixed_split=True`): otherwise each seed would be measured on different samples",
                           "probe", "fixed_split")
     check_int(seed, "`seed`", minimum=0, error=lambda m: ConfigError(m, "seed"))
+    if batch_size is None:
+        batch_size = mf.batch_size if mf.batch_size is not None else 256
+    elif not is_batch_size(batch_size):
+        raise ConfigError(f"`batch_size={batch_size!r}`: give a positive integer, or \"full\" for one batch of the "
+                          f"whole training set per epoch", "batch_size")
     if mf.max_seeds is not None and seed != 0:
         raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop `seed` (or define "
                           f"build_model() to train other seeds)", "seed")
@@ -270,7 +284,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
-                   vectorize=vectorize, progress=progress, log=log, reduce=reduce)
+                   vectorize=vectorize, progress=progress, log=log, reduce=reduce, gradients=bool(gradients))
     recorded = {"estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                for e in estimators],
                 "schedule": schedule.to_json(), "seeds": seed_list, "keep_activations": bool(keep_activations),

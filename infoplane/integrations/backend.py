@@ -1,5 +1,6 @@
 """What the logger backends (:mod:`~infoplane.integrations.tensorboard`, :mod:`~infoplane.integrations.wandb`)
-share, so that every backend logs the same things: the scalar tags of a row (:func:`scalar_tags`), the figure
+share, so that every backend logs the same things: the scalar tags of a row (:func:`scalar_tags`) and of a line
+of gradient statistics (:func:`gradient_tags`), the figure
 (:func:`plane_figure`), rows grouped by epoch, logging a finished run (:func:`log_run`), and :func:`require`, the
 ImportError that names the extra to install.
 """
@@ -11,15 +12,19 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from infoplane.runs.format import Row
+from infoplane.runs.gradfile import GradientRecord
 from infoplane.runs.reader import Run, as_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["scalar_tags", "plane_figure", "rows_by_epoch", "log_run", "require", "as_run", "FIELDS"]
+__all__ = ["scalar_tags", "gradient_tags", "plane_figure", "rows_by_epoch", "log_run", "require", "as_run", "FIELDS",
+           "GRADIENT_FIELDS"]
 
 #: Fields logged as scalars (lower bounds only when the estimator gives them).
 FIELDS = ("ixt", "ity", "ixt_lower", "ity_lower")
+#: Gradient statistics logged as scalars.
+GRADIENT_FIELDS = ("mean_norm", "std_norm", "snr")
 
 
 def require(module: str, extra: str, what: str) -> Any:
@@ -71,8 +76,32 @@ def scalar_tags(row: Row, n_seeds: int = 1) -> list[tuple[str, float]]:
     return out
 
 
-def rows_by_epoch(rows: Iterable[Row]) -> list[tuple[int, list[Row]]]:
-    """Rows grouped by epoch, in epoch order: ``[(epoch, [rows])]``."""
+def gradient_tags(record: GradientRecord, n_seeds: int = 1) -> list[tuple[str, float]]:
+    """The scalar tags and values of one line of gradient statistics.
+
+    Parameters
+    ----------
+    record : GradientRecord
+    n_seeds : int
+        With several seeds, each tag ends in ``/seed<seed>``.
+
+    Returns
+    -------
+    list of (str, float)
+        ``("infoplane/gradients/<field>/<layer>", value)`` for ``mean_norm``, ``std_norm`` and ``snr``; absent
+        values (a frozen layer, an epoch without steps) and an infinite SNR (no spread) are left out.
+    """
+    suffix = f"/seed{record.seed}" if n_seeds > 1 else ""
+    out = []
+    for field in GRADIENT_FIELDS:
+        value = float(getattr(record, field))
+        if math.isfinite(value):
+            out.append((f"infoplane/gradients/{field}/{record.layer}{suffix}", value))
+    return out
+
+
+def rows_by_epoch(rows: Iterable[Any]) -> list[tuple[int, list[Any]]]:
+    """Rows (or gradient records) grouped by epoch, in epoch order: ``[(epoch, [rows])]``."""
     groups = defaultdict(list)
     for r in rows:
         groups[int(r.epoch)].append(r)
@@ -95,8 +124,10 @@ def plane_figure(run: Run, estimator: Optional[str]) -> Figure:
 
 
 def log_run(run: Union[Run, str, os.PathLike], sink: Any) -> None:
-    """Log a finished run (a Run or its directory) through a sink: every row, then the figure (what
-    ``infoplane export`` does)."""
+    """Log a finished run (a Run or its directory) through a sink: every row, its gradient statistics (for a
+    sink with ``log_gradients``), then the figure (what ``infoplane export`` does)."""
     run = as_run(run)
     sink.log_rows(list(run.rows), run)
+    if run.gradients and hasattr(sink, "log_gradients"):
+        sink.log_gradients(list(run.gradients.records), run)
     sink.close(run)

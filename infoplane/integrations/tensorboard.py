@@ -3,7 +3,8 @@
 Per recorded epoch (global step = epoch), the scalars ``infoplane/<estimator>/ixt/<layer>`` and
 ``infoplane/<estimator>/ity/<layer>`` in bits (``.../seed<k>`` appended with several seeds, lower bounds under
 ``ixt_lower``/``ity_lower`` when the estimator gives them); at the end, the epoch-coloured information plane as
-an image under ``infoplane/<estimator>/plane``. Needs ``pip install 'infoplane[tensorboard]'``.
+an image under ``infoplane/<estimator>/plane``. Gradient statistics, when recorded, under
+``infoplane/gradients/<mean_norm|std_norm|snr>/<layer>``. Needs ``pip install 'infoplane[tensorboard]'``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.backend import as_run, log_run, plane_figure, require, scalar_tags
+from infoplane.integrations.backend import as_run, gradient_tags, log_run, plane_figure, require, scalar_tags
 from infoplane.runs.format import Row
+from infoplane.runs.gradfile import GradientRecord
 from infoplane.runs.reader import Run
 
 __all__ = ["TensorBoardSink", "export_tensorboard"]
@@ -60,6 +62,20 @@ class TensorBoardSink:
         for row in rows:
             for tag, value in scalar_tags(row, n_seeds):
                 self.writer.add_scalar(tag, value, global_step=int(row.epoch))
+        self.writer.flush()
+
+    def log_gradients(self, records: Sequence[GradientRecord], run: Run) -> None:
+        """Write the scalars of gradient statistics (global step = epoch) and flush.
+
+        Parameters
+        ----------
+        records : list of GradientRecord
+        run : Run
+        """
+        n_seeds = max(1, len(run.seeds))
+        for record in records:
+            for tag, value in gradient_tags(record, n_seeds):
+                self.writer.add_scalar(tag, value, global_step=int(record.epoch))
         self.writer.flush()
 
     def log_figure(self, run: Run, step: Optional[int] = None) -> None:

@@ -3,7 +3,8 @@
 The same tags as TensorBoard (``infoplane/<estimator>/ixt/<layer>``, ``.../ity/<layer>``), logged against a
 custom x-axis ``infoplane/epoch`` (declared with ``define_metric``), so that they never fight the trainer's own
 step counter; the epoch-coloured plane is logged at the end as a ``wandb.Image`` under
-``infoplane/<estimator>/plane``. Needs ``pip install 'infoplane[wandb]'``. Offline runs
+``infoplane/<estimator>/plane``; gradient statistics, when recorded, under
+``infoplane/gradients/<mean_norm|std_norm|snr>/<layer>``. Needs ``pip install 'infoplane[wandb]'``. Offline runs
 (``WANDB_MODE=offline`` or ``wandb.init(mode="offline")``) work the same and touch no network.
 """
 from __future__ import annotations
@@ -14,8 +15,17 @@ from typing import Any, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.backend import as_run, log_run, plane_figure, require, rows_by_epoch, scalar_tags
+from infoplane.integrations.backend import (
+    as_run,
+    gradient_tags,
+    log_run,
+    plane_figure,
+    require,
+    rows_by_epoch,
+    scalar_tags,
+)
 from infoplane.runs.format import Row
+from infoplane.runs.gradfile import GradientRecord
 from infoplane.runs.reader import Run
 
 __all__ = ["WandbSink", "export_wandb", "EPOCH_KEY"]
@@ -66,6 +76,22 @@ class WandbSink:
             values: dict[str, float] = {EPOCH_KEY: epoch}
             for row in group:
                 values.update(scalar_tags(row, n_seeds))
+            self.run.log(values)
+
+    def log_gradients(self, records: Sequence[GradientRecord], run: Run) -> None:
+        """Log gradient statistics (``infoplane/gradients/<field>/<layer>``): one ``run.log`` per epoch.
+
+        Parameters
+        ----------
+        records : list of GradientRecord
+        run : Run
+        """
+        self._define()
+        n_seeds = max(1, len(run.seeds))
+        for epoch, group in rows_by_epoch(records):
+            values: dict[str, float] = {EPOCH_KEY: epoch}
+            for record in group:
+                values.update(gradient_tags(record, n_seeds))
             self.run.log(values)
 
     def log_figure(self, run: Run, step: Optional[int] = None) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from infoplane.runs.format import FIELDS, METRICS, TABLE, VALUES, Row, read_meta, read_metrics, read_table
+from infoplane.runs.gradfile import GRADIENTS, GradientRecord, Gradients, read_gradients
 
 __all__ = ["Run", "load_run", "as_run"]
 
@@ -31,6 +32,8 @@ class Run:
         ``(seed, epoch) -> {name: value}``.
     metric_names : sequence of str, optional
         Column order of the metrics (names found only in ``metrics`` follow).
+    gradients : iterable of GradientRecord, optional
+        Lines of ``gradients.csv``.
 
     Attributes
     ----------
@@ -54,12 +57,15 @@ class Run:
     complete : bool
         Whether the run was closed normally.
     rows : list of Row
+    gradients : Gradients
+        The per-layer gradient statistics (``gradients.csv``); empty for a run recorded without them.
     path : str or None
         The run directory, None for a run held only in memory.
     """
 
     def __init__(self, meta: dict, rows: Iterable[Row] = (), metrics: Optional[dict] = None,
-                 metric_names: Sequence[str] = (), path: Union[str, os.PathLike, None] = None) -> None:
+                 metric_names: Sequence[str] = (), path: Union[str, os.PathLike, None] = None,
+                 gradients: Iterable[GradientRecord] = ()) -> None:
         self.meta = meta
         self.path = None if path is None else os.fspath(path)
         self.rows = list(rows)
@@ -84,6 +90,7 @@ class Run:
         self._seed_index, self._epoch_index = idx[0], idx[1]
         names = [n for vals in self._metrics.values() for n in vals]
         self.metric_names = _ordered(metric_names, names)
+        self.gradients = Gradients(gradients, self.layers)
 
     @property
     def complete(self) -> bool:
@@ -172,7 +179,8 @@ class Run:
         pandas.DataFrame
             Columns ``seed, fraction, epoch, layer, estimator, ixt, ity`` (bits), then the optional columns
             (``ixt_lower, ity_lower``, standard errors, permutation null) that an estimator of the run gives,
-            then the metrics joined on ``(seed, epoch)``. Needs ``pip install 'infoplane[pandas]'``.
+            then the metrics joined on ``(seed, epoch)``, then the gradient statistics joined on ``(seed, epoch,
+            layer)`` as ``grad_mean_norm, grad_std_norm, grad_snr, grad_batches`` when the run has them. Needs ``pip install 'infoplane[pandas]'``.
         """
         try:
             import pandas as pd
@@ -184,6 +192,10 @@ class Run:
         if self._metrics:
             m = pd.DataFrame([{"seed": s, "epoch": e, **v} for (s, e), v in self._metrics.items()])
             df = df.merge(m, on=["seed", "epoch"], how="left")
+        if self.gradients:
+            g = self.gradients.to_pandas().drop(columns=["frozen"])
+            g = g.rename(columns={c: f"grad_{c}" for c in ("mean_norm", "std_norm", "snr", "batches")})
+            df = df.merge(g, on=["seed", "epoch", "layer"], how="left")
         return df
 
 
@@ -205,7 +217,7 @@ def load_run(path: Union[str, os.PathLike]) -> Run:
     meta = read_meta(path)
     rows = read_table(os.path.join(path, TABLE))
     names, metrics = read_metrics(os.path.join(path, METRICS))
-    return Run(meta, rows, metrics, names, path=path)
+    return Run(meta, rows, metrics, names, path=path, gradients=read_gradients(os.path.join(path, GRADIENTS)))
 
 
 def as_run(run: Union[Run, str, os.PathLike]) -> Run:

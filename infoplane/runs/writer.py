@@ -35,6 +35,7 @@ from infoplane.runs.format import (
     write_csv,
     write_meta,
 )
+from infoplane.runs.gradfile import GRADIENT_FIELDS, GRADIENTS, GradientRecord, format_record, read_gradients
 from infoplane.runs.reader import Run, load_run
 
 __all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "METRICS", "ACTIVATIONS",
@@ -78,6 +79,7 @@ class RunWriter:
         self.rows: list[Row] = []
         self.metric_names: list[str] = []
         self.metrics: dict[tuple[int, int], dict[str, float]] = {}
+        self.gradients: list[GradientRecord] = []
         self._lock = None
         if self.path is None:
             return
@@ -125,6 +127,28 @@ class RunWriter:
         self.metric_names = names
         write_csv(self._file(TABLE), FIELDS, [format_row(r) for r in self.rows])
         self._rewrite_metrics()
+        self._resume_gradients(done)
+
+    def _resume_gradients(self, done):
+        if not os.path.exists(self._file(GRADIENTS)):
+            return
+        self.gradients = [g for g in read_gradients(self._file(GRADIENTS)) if g.epoch in done]
+        write_csv(self._file(GRADIENTS), GRADIENT_FIELDS, [format_record(g) for g in self.gradients])
+
+    def add_gradients(self, records: Iterable[GradientRecord]) -> None:
+        """Record gradient statistics (and append them to ``gradients.csv``, fsynced; the file is created with
+        the first ones). Write them before the table rows of their epochs: a resumed run drops the lines of
+        epochs its table does not complete, and records them again."""
+        records = list(records)
+        if not records:
+            return
+        self.gradients.extend(records)
+        if self.path is None:
+            return
+        if os.path.exists(self._file(GRADIENTS)):
+            append_csv(self._file(GRADIENTS), [format_record(g) for g in records])
+        else:
+            write_csv(self._file(GRADIENTS), GRADIENT_FIELDS, [format_record(g) for g in self.gradients])
 
     def done_epochs(self) -> set[int]:
         """Epochs complete in the table for every seed, layer and estimator of this run."""
@@ -209,6 +233,6 @@ class RunWriter:
 
     def run(self) -> Run:
         """The current contents as an in-memory :class:`Run`."""
-        return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path)
+        return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path, gradients=self.gradients)
 
 

@@ -7,6 +7,9 @@ A sink is any object with two methods:
   :class:`~infoplane.runs.reader.Run`), which tells the sink the seeds, layers and estimators.
 - ``close(run)``: called once when the tracker closes, with the complete run (draw the final figure here).
 
+A sink may also have ``log_gradients(records, run)``: called with the gradient statistics
+(:class:`infoplane.runs.gradfile.GradientRecord` lines) written with those rows, when the tracker records them.
+
 :func:`as_sinks` turns what users pass as ``Tracker(loggers=...)`` into sinks; the TensorBoard and W&B sinks
 themselves live in :mod:`infoplane.integrations`, imported only when such a logger is given.
 """

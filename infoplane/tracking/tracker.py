@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 import weakref
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,15 +21,17 @@ from torch import nn
 
 from infoplane._validate import check_int
 from infoplane.capture import reduce as reduce_mod
-from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_layers
+from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_layers, weight_names
 from infoplane.data import probeset
 from infoplane.data.labels import as_class_indices
+from infoplane.runs.gradfile import record
 from infoplane.runs.meta import check_extra_meta, describe_run
 from infoplane.runs.reader import Run
 from infoplane.runs.writer import RunWriter
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
 from infoplane.tracking.estimators import as_estimators
+from infoplane.tracking.gradients import GradientRow, GradientStats
 from infoplane.tracking.recorder import Recorder
 from infoplane.tracking.schedule import as_schedule
 
@@ -70,6 +72,8 @@ class _Session:
         self.since: Optional[float] = None
         self.gap = 0.0
         self.left: Optional[float] = None  # when the last step() returned
+        self.gradients: Optional[_Gradients] = None
+        self.pending: dict[int, list] = {}  # gradient records per recorded epoch, written with its table rows
 
     def due(self, ahead: float = 0.0) -> bool:
         """Whether the buffer must be written now: estimating it, ``ahead`` seconds from now, would end more than
@@ -108,19 +112,28 @@ class _Session:
         # Metrics go first: if the process dies in between, the epochs are incomplete in the table, so a
         # resumed run drops their metrics and records them again.
         self.writer.add_metrics_many(metrics)
+        epochs = sorted({r.epoch for r in rows} & set(self.pending))
+        grads = [g for e in epochs for g in self.pending[e]]
+        self.writer.add_gradients(grads)  # before the rows, like the metrics
         self.writer.add_rows(rows)
         # Only now are these epochs safe to drop: a failure above keeps them for another flush.
         self.recorder.drop(count)
+        for e in epochs:
+            del self.pending[e]
         self.since = self.clock() if self.recorder.buffer else None
         # Loggers (TensorBoard, W&B, ...) after the buffer is dropped, so that a failing one never writes twice.
         if self.sinks:
             run = self.writer.run()  # one snapshot for every sink, only when there are sinks
             for sink in self.sinks:
                 sink.log_rows(rows, run)
+                if grads and hasattr(sink, "log_gradients"):
+                    sink.log_gradients(grads, run)
         self.recorder.timings["store"] += time.perf_counter() - t0
 
     def end(self, complete: bool) -> None:
         self.closed = True
+        if self.gradients is not None:  # the optimiser hook goes first, whatever happens next
+            self.gradients.close()
         self.writer.finish(complete=complete)
         run = self.writer.run() if self.sinks else None
         for sink in self.sinks:  # the final figure; sinks opened from a path are closed
@@ -227,6 +240,18 @@ class Tracker:
     reduce_metrics : None or "mean", default None
         Under ``torch.distributed`` only: None stores the metrics rank 0 passes to :meth:`step`; ``"mean"``
         stores their mean over ranks (every rank must then pass the same metric names).
+    gradients : bool or callable, default False
+        True: also record, per tracked layer, the statistics of the mini-batch gradients of its weights
+        (:mod:`infoplane.tracking.gradients`: norm of the mean, norm of the element-wise standard deviation, their
+        ratio, the number of optimiser steps) over the optimiser steps since the previous :meth:`step` call,
+        stored at each recorded epoch in ``gradients.csv`` (``run.gradients``). A layer's weights are its own,
+        or for a parameter-free layer (an activation) those of the modules that feed it since the previous
+        tracked layer. One sample per ``optimizer.step()``, read when the step starts (accumulated micro-batches
+        make one sample; a ``GradScaler`` has unscaled them; under ``DistributedDataParallel`` they are the
+        all-reduced, global mini-batch gradients). Training is unchanged to the bit. A callable instead is
+        called at each recorded epoch and returns the rows itself, one list of
+        :class:`~infoplane.tracking.gradients.GradientRow` per model in ``layers`` order (for trainers that
+        gather the statistics themselves).
 
     Notes
     -----
@@ -268,7 +293,8 @@ class Tracker:
                  device: Union[str, torch.device, None] = None, buffer_bytes: int = 256 * 2**20,
                  flush_seconds: Optional[float] = 10.0, keep_activations: bool = False, resume: bool = False,
                  overwrite: bool = False, reduce: Any = None, loggers: Any = None,
-                 dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None):
+                 dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None,
+                 gradients: Union[bool, Callable[[], Sequence[Sequence[GradientRow]]]] = False):
         self._session: Optional[_Session] = None  # until construction succeeds
         models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -299,6 +325,7 @@ class Tracker:
         self.layer_info = _resolve_all(models, inputs, layers, pre_activation, seeds)
         self.layers = [l.name for l in self.layer_info]
         reductions = reduce_mod.resolve(reduce, [(l.name, l.shape) for l in self.layer_info])
+        grads = _Gradients.make(gradients, models, inputs, self.layers)  # its errors come before any run exists
         self.reduced_widths = {l.name: reductions[l.name].width(l.shape or (l.width,)) for l in self.layer_info}
 
         labels_np = labels.numpy()
@@ -336,6 +363,7 @@ class Tracker:
         self._seen: set[int] = set()
         self.timings = recorder.timings
         self._session = _Session(recorder, writer, sinks, flush_seconds, clock)
+        self._session.gradients = grads
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
         self._finalizer = weakref.finalize(self, _Session.abandon, self._session)
         try:
@@ -345,6 +373,8 @@ class Tracker:
             self._finalizer.detach()
             writer.finish(complete=False)
             raise
+        if grads is not None:  # last: a failed construction leaves no hook behind
+            grads.attach()
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -427,6 +457,11 @@ class Tracker:
         check_int(epoch, "epoch", error=TypeError)
         session = self._live
         recorded = epoch in self.schedule and int(epoch) not in self._done
+        grads = session.gradients
+        gradient_rows = None
+        if grads is not None:  # a new period starts at every step; a recorded epoch keeps the one that ends here
+            gradient_rows = grads.read(self.seeds, self.layers) if recorded and int(epoch) not in self._seen \
+                else grads.reset()
         # Already late: write before probing. An epoch not recorded is the last check until the next step.
         if session.due(ahead=0.0 if recorded else session.gap):
             self.flush()
@@ -451,6 +486,8 @@ class Tracker:
                 self._writer.save_activations(seed, epoch, {k: v.cpu().numpy() for k, v in acts.items()})
             self.timings["store"] += time.perf_counter() - t0
         self._seen.add(epoch)
+        if gradient_rows is not None:
+            session.pending[epoch] = [record(s, epoch, r) for s, rows in zip(self.seeds, gradient_rows) for r in rows]
         self._recorder.add(epoch, self._recorder.reduce(per_seed), values)
         if session.since is None:  # the unwritten work began when this step did (probe pass included)
             session.since = entered
@@ -519,6 +556,49 @@ class Tracker:
             for d, v in zip(per_seed, arr.tolist()):
                 d[name] = v
         return per_seed
+
+
+class _Gradients:
+    """Where a tracker's gradient statistics come from: its own hooks on every model, or a caller's function."""
+
+    def __init__(self, stats: Optional[list[GradientStats]], given: Optional[Callable] = None) -> None:
+        self.stats, self.given = stats, given
+
+    @classmethod
+    def make(cls, gradients, models, inputs, layers) -> Optional["_Gradients"]:
+        if gradients is False or gradients is None:
+            return None
+        if callable(gradients):
+            return cls(None, gradients)
+        if gradients is not True:
+            raise TypeError(f"gradients must be True, False or a function returning the rows; got {gradients!r}")
+        example = probeset.take(inputs, 0, 2)
+        stats = []
+        for m in models:
+            names = weight_names(m, example, layers)
+            stats.append(GradientStats({layer: [m.get_parameter(n) for n in names[layer]] for layer in layers}))
+        return cls(stats)
+
+    def attach(self) -> None:
+        for s in self.stats or ():
+            s.attach()
+
+    def close(self) -> None:
+        for s in self.stats or ():
+            s.detach()
+
+    def reset(self) -> None:
+        for s in self.stats or ():
+            s.reset()
+
+    def read(self, seeds, layers) -> list[list[GradientRow]]:
+        if self.stats is not None:
+            return [s.read() for s in self.stats]
+        rows = [list(r) for r in self.given()]  # type: ignore[misc]
+        if len(rows) != len(seeds) or any([r.layer for r in per] != list(layers) for per in rows):
+            raise ValueError(f"the gradients function must return one list of GradientRow per model ({len(seeds)}), "
+                             f"each with one row per layer in the order {list(layers)}")
+        return rows
 
 
 def _check_options(fraction, keep_activations, out, probe_batch_size, buffer_bytes, flush_seconds) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,12 +11,14 @@ from torch import nn
 
 from infoplane._validate import check_int
 from infoplane.data.modelfile import ModelFile
+from infoplane.tracking.gradients import GradientRow, GradientStats, rows_from_moments
 from infoplane.train.arguments import as_index_sets, as_seeds
 from infoplane.train.engines import choose_engine
 from infoplane.train.metrics import LazyMetrics, evaluate_members
+from infoplane.train.sequential import SequentialEngine
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import check_state, derive_seed, initial_rng, restore, snapshot
-from infoplane.train.vectorized import unshare
+from infoplane.train.vectorized import VectorizedEngine, unshare
 
 __all__ = ["fit", "FitResult"]
 
@@ -61,7 +63,7 @@ def fit(
     *,
     seeds: int | Sequence[int],
     epochs: int,
-    batch_size: int = 256,
+    batch_size: int | str = 256,
     lr: float | None = None,
     optimizer: str | Callable | None = None,
     loss: Callable | None = None,
@@ -74,6 +76,7 @@ def fit(
     state: dict | None = None,
     checkpoint: Callable[[dict], Any] | None = None,
     checkpoint_every: int | Callable[[int], bool] = 100,
+    gradients: Mapping[str, Sequence[str]] | None = None,
 ) -> FitResult:
     """Train one network per seed and report every epoch.
 
@@ -95,9 +98,10 @@ def fit(
         the minibatch order and any randomness inside ``forward`` (e.g. dropout).
     epochs : int
         Total number of epochs (counting those done before ``start_epoch``).
-    batch_size : int, default=256
+    batch_size : int or "full", default=256
         Minibatch size; each epoch visits every training row once in a fresh random order, and
-        the last batch holds the remaining ``n % batch_size`` rows.
+        the last batch holds the remaining ``n % batch_size`` rows. ``"full"``: one batch of the whole
+        training set per epoch (full-batch gradient descent).
     lr : float, optional
         Learning rate for ``optimizer="adam"`` or ``"sgd"`` (default 4e-4).
     optimizer : {"adam", "sgd"} or callable, optional
@@ -137,6 +141,12 @@ def fit(
     checkpoint_every : int or callable, default=100
         Epoch interval, or ``checkpoint_every(epoch) -> bool`` deciding after each epoch (the state is only
         built when it says yes).
+    gradients : dict of str to list of str, optional
+        Layer name -> names of the parameters (``named_parameters()`` spelling) whose mini-batch gradient
+        statistics describe it (:mod:`infoplane.tracking.gradients`). The callback's ``metrics`` then has an
+        attribute ``gradients``: per seed, one :class:`~infoplane.tracking.gradients.GradientRow` per layer over
+        the optimiser steps of the epoch just trained (none at epoch 0), or None where the engine gathers none
+        (the fused kernel, until it hands its moments over); without it, ``metrics.gradients`` is None.
 
     Returns
     -------
@@ -145,7 +155,8 @@ def fit(
     spec = TrainSpec.from_args(model, lr, optimizer, loss)
     seeds = as_seeds(seeds, spec.max_seeds)
     check_int(epochs, "epochs", minimum=0)
-    check_int(batch_size, "batch_size", minimum=1)
+    if batch_size != "full" or not isinstance(batch_size, str):
+        check_int(batch_size, "batch_size", minimum=1, what='a positive int or "full"')
     if not callable(checkpoint_every):
         check_int(checkpoint_every, "checkpoint_every", minimum=1)
         interval = checkpoint_every
@@ -174,6 +185,9 @@ def fit(
         raise ValueError(f"inputs have {len(inputs)} rows but labels have {len(labels)}")
     train_sets = as_index_sets(train_idx, len(seeds), len(inputs), "train_idx")
     test_sets = None if test_idx is None else as_index_sets(test_idx, len(seeds), len(inputs), "test_idx")
+    if batch_size == "full":
+        batch_size = max(1, *(len(s) for s in train_sets))
+    assert isinstance(batch_size, int)
 
     # Training mode from the start: the trial step and the stacked forward must see what training sees.
     members = [spec.build(seed).to(device).train() for seed in seeds]
@@ -192,9 +206,12 @@ def fit(
     def evaluate():
         return evaluate_members(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
 
+    grads = None if gradients is None else _EpochGradients(engine, gradients)
+
     def report(epoch):
         if callback is not None:
             metrics = LazyMetrics(evaluate, test_sets is not None)
+            metrics.gradients = None if grads is None else grads.read()
             callback(epoch, engine.members, metrics)
             metrics.close()
 
@@ -202,7 +219,11 @@ def fit(
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
         orders = [idx[torch.randperm(len(idx), generator=g)].to(device) for idx, g in zip(train_sets, generators)]
-        rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
+        if grads is None:
+            rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
+        else:
+            with grads:  # the optimiser hook lives for this epoch's steps only
+                rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         report(epoch)
         if checkpoint is not None and (epoch == epochs or checkpoint_every(epoch)):
             checkpoint(current_state(epoch))
@@ -218,3 +239,52 @@ def fit(
         state=final_state,
         metrics=evaluate(),
     )
+
+
+class _EpochGradients:
+    """The gradient statistics of each epoch's optimiser steps, per seed, for any engine.
+
+    The torch engines are read through optimiser hooks (:class:`~infoplane.tracking.gradients.GradientStats`: one
+    per member, or one over the stacked parameters). An engine that trains without torch optimisers hands its
+    moments over instead, through ``engine.gradient_moments(names)``: for each parameter name, ``(count,
+    mean_sq, var_sum)`` over the epoch just trained, the two sums per seed over the parameter's elements (see
+    :func:`~infoplane.tracking.gradients.rows_from_moments`); an engine with neither gives None.
+    """
+
+    def __init__(self, engine: Any, layers: Mapping[str, Sequence[str]]) -> None:
+        self.engine, self.layers = engine, {k: list(v) for k, v in layers.items()}
+        self.stats: list[GradientStats] = []
+        if isinstance(engine, VectorizedEngine):
+            self.stats = [GradientStats({k: [engine.params[n] for n in v] for k, v in self.layers.items()},
+                                        stacked=len(engine.members))]
+        elif isinstance(engine, SequentialEngine):  # one optimiser per member
+            self.stats = [GradientStats({k: [m.get_parameter(n) for n in v] for k, v in self.layers.items()})
+                          for m in engine.members]
+
+    def __enter__(self) -> _EpochGradients:
+        for s in self.stats:
+            s.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.stats:
+            s.detach()
+
+    def read(self) -> list[list[GradientRow]] | None:
+        if self.stats:
+            return [rows for s in self.stats for rows in s.read_seeds()]
+        moments = getattr(self.engine, "gradient_moments", None)
+        if moments is None:
+            return None
+        names = list(self.layers)
+        frozen = [not any(self.engine.members[0].get_parameter(n).requires_grad for n in self.layers[k])
+                  for k in names]
+        given = moments([n for k in names for n in self.layers[k]])
+        seeds = len(self.engine.members)
+        out = []
+        for s in range(seeds):
+            count = [max((int(given[n][0]) for n in self.layers[k]), default=0) for k in names]
+            mean_sq = [sum(float(given[n][1][s]) for n in self.layers[k]) for k in names]
+            var_sum = [sum(float(given[n][2][s]) for n in self.layers[k]) for k in names]
+            out.append(rows_from_moments(names, count, mean_sq, var_sum, frozen))
+        return out

@@ -11,10 +11,14 @@ _EVAL_CHUNK = 8192  # rows per forward pass when computing metrics; bounds memor
 
 
 class LazyMetrics(Mapping):
-    """Per-seed metrics computed on first access; valid only while the callback runs."""
+    """Per-seed metrics computed on first access; valid only while the callback runs.
+
+    ``gradients`` holds the epoch's gradient statistics when ``fit`` was asked for them (see its ``gradients``).
+    """
 
     def __init__(self, compute: Callable[[], dict], with_test: bool) -> None:
         self._compute, self._values, self._open = compute, None, True
+        self.gradients: list | None = None
         self._keys = ("train_loss", "train_acc") + (("test_loss", "test_acc") if with_test else ())
 
     def __getitem__(self, key):

@@ -19,6 +19,8 @@ from infoplane._validate import check_int
 from infoplane.viz.drawing import (
     CMAP,
     MARKERS,
+    TRANSITION_LABEL,
+    TRANSITION_STYLE,
     RunsLike,
     by_fraction,
     check_same_data,
@@ -31,6 +33,7 @@ from infoplane.viz.drawing import (
     log_axis,
     run_tracks,
     runs_list,
+    transition_points,
     warn_saturation,
 )
 from infoplane.viz.stats import values
@@ -221,14 +224,21 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
         (join,) = ax.plot([], [], color="0.5", linewidth=0.8, alpha=0.8, zorder=2.5)
         points = [ax.scatter([], [], s=40, marker=MARKERS[j % len(MARKERS)], edgecolors="0.15",
                              linewidths=0.4, zorder=3, label=layer) for j, layer in enumerate(run.layers)]
+        # each layer's drift-to-diffusion transition, shown on its trajectory from the frame that reaches it
+        marks = [(epoch, ax.scatter([x], [y], **TRANSITION_STYLE)) for _, epoch, x, y in transition_points(run, estimator)]
+        for _, ring in marks:
+            ring.set_visible(False)
         if i == 0 or not same_layers:
             handles = [Line2D([], [], linestyle="none", marker=MARKERS[j % len(MARKERS)],
                               color="0.3", label=layer) for j, layer in enumerate(run.layers)]
+            if marks:
+                handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
+                                      markeredgecolor="black", label=TRANSITION_LABEL))
             # A fixed place ("best" would move between frames): low I(X;T) with middling I(T;Y) stays empty,
             # since I(T;Y) <= I(X;T); the saturation note takes the top left.
             ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="center left",
                       framealpha=0.8)
-        panels.append((tr, boxes, trails, join, points))
+        panels.append((tr, boxes, trails, join, points, marks))
     xmax, ymax = max(t[0] for t in tops), max(t[1] for t in tops)
     axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
     axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
@@ -244,7 +254,9 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
         title.set_text(f"{head}\n{shown}")
         marker.set_ydata([epoch, epoch])
         first = max(0, k - trail)
-        for tr, boxes, trails, join, points in panels:
+        for tr, boxes, trails, join, points, marks in panels:
+            for at, ring in marks:
+                ring.set_visible(bool(epoch >= at))
             x, y = tr["x"][k], tr["y"][k]
             ok = np.isfinite(x) & np.isfinite(y)
             for j, sc in enumerate(points):

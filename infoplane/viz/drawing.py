@@ -48,6 +48,7 @@ from infoplane.viz.stats import (  # noqa: E402
     median,
     quartiles,
     saturated_layers,
+    transitions,
     values,
 )
 
@@ -333,3 +334,27 @@ def run_tracks(run: Run, estimator: Optional[str], times: np.ndarray, log: bool)
     return out
 
 
+
+
+#: How a layer's drift-to-diffusion transition is marked on its trajectory (planes and animations).
+TRANSITION_STYLE = dict(s=110, facecolors="none", edgecolors="black", linewidths=1.3, zorder=4)
+TRANSITION_LABEL = "drift to diffusion"
+
+
+def transition_points(run: Run, estimator: Optional[str] = None) -> list[tuple[int, int, float, float]]:
+    """Where each layer's gradient transition sits on its plane trajectory: ``(layer index, epoch, I(X;T),
+    I(T;Y))`` at the first recorded plane epoch at or after the transition (seed medians; default rule of
+    :func:`infoplane.viz.stats.transitions`). Empty for a run without gradient statistics."""
+    marks = transitions(run)
+    if not marks:
+        return []
+    ixt, ity = (median(a) for a in values(run, estimator))
+    out = []
+    for j, layer in enumerate(run.layers):
+        epoch = marks.get(layer)
+        if epoch is None:
+            continue
+        at = np.flatnonzero((run.epochs >= epoch) & np.isfinite(ixt[:, j]) & np.isfinite(ity[:, j]))
+        if len(at):
+            out.append((j, int(run.epochs[at[0]]), float(ixt[at[0], j]), float(ity[at[0], j])))
+    return out

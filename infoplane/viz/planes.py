@@ -23,9 +23,10 @@ import numpy as np
 
 # isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import (CMAP, MARKERS, SaturationWarning, by_fraction, check_same_data,  # noqa: F401
-                                   class_note, colorbar, data_name, epoch_norm, estimator_label, fraction_label,
-                                   limits, mark_incomplete, plot_title, run_path, runs_list, warn_saturation)
+from infoplane.viz.drawing import (CMAP, MARKERS, TRANSITION_LABEL, TRANSITION_STYLE,  # noqa: F401
+                                   SaturationWarning, by_fraction, check_same_data, class_note, colorbar, data_name,
+                                   epoch_norm, estimator_label, fraction_label, limits, mark_incomplete, plot_title,
+                                   run_path, runs_list, transition_points, warn_saturation)
 
 import matplotlib.pyplot as plt  # noqa: E402
 # isort: on
@@ -35,6 +36,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from infoplane.runs.reader import Run  # noqa: E402
 from infoplane.viz.drawing import RunsLike  # noqa: E402
+from infoplane.viz.gradients import gradients  # noqa: E402
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from infoplane.viz.stats import as_run as _as_run  # noqa: E402
 from infoplane.viz.stats import ceilings as _ceilings  # noqa: E402
@@ -92,6 +94,11 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
         ax.scatter(mx[ok, j], my[ok, j], c=epochs[ok], cmap=cmap, norm=norm, s=22, marker=marker,
                    edgecolors="none", zorder=3, label=layer)
         handles.append(Line2D([], [], linestyle="none", marker=marker, color="0.3", label=layer))
+    marks = transition_points(run, estimator)  # each layer's drift-to-diffusion epoch on its trajectory
+    if marks:
+        ax.scatter([m[2] for m in marks], [m[3] for m in marks], **TRANSITION_STYLE)
+        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="black",
+                              label=TRANSITION_LABEL))
     limits(ax, run, ixt, ity)
     if legend:
         note = class_note(run)
@@ -329,7 +336,8 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
     """Write the standard figures of one or more runs (what ``infoplane plot`` does).
 
     For each run: ``plane-<estimator>.png`` (information plane) and ``curves-<estimator>.png`` (quantities and
-    metrics against epoch) in its run directory. With two or more runs, also ``compare-<estimator>.png`` (side
+    metrics against epoch) in its run directory, and ``gradients.png`` (:func:`infoplane.viz.gradients.gradients`)
+    when the run has gradient statistics. With two or more runs, also ``compare-<estimator>.png`` (side
     by side, by training fraction) in the parent directory of the first run given. The estimator's name in each
     file name keeps the figures of several estimators apart; an incomplete run says so on its figures.
 
@@ -379,12 +387,15 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
             suffix = ""
         tag = _file_tag(run, estimator)
         plane = None if (kind == "file" and len(runs) == 1) else os.path.join(run_dir, f"plane-{tag}{suffix}.png")
-        targets.append((run, plane, os.path.join(run_dir, f"curves-{tag}{suffix}.png")))
+        targets.append((run, plane, os.path.join(run_dir, f"curves-{tag}{suffix}.png"),
+                        os.path.join(run_dir, f"gradients{suffix}.png")))
 
     written: list[str] = []
-    for run, plane, curve_path in targets:
+    for run, plane, curve_path, gradient_path in targets:
         _save(information_plane(run, estimator), plane or out, written)
         _save(curves(run, estimator), curve_path, written)
+        if run.gradients:
+            _save(gradients(run), gradient_path, written)
     if len(runs) > 1:
         name = f"compare-{_file_tag(runs[0], estimator)}.png"
         if kind == "file":

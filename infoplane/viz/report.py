@@ -160,6 +160,9 @@ def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLi
     - below, per run, I(X;T) and I(T;Y) of each layer against epoch (median and interquartile band), and the
       metrics (loss, then the others, e.g. accuracy);
     - a **dropdown** switching every panel between the estimators the runs hold (shown when there are several);
+    - for runs with gradient statistics, a **gradients** section: the norm of the mean and of the standard
+      deviation of each layer's mini-batch gradients against epoch (log-log, seed medians) and a table of each
+      layer's drift-to-diffusion transition epoch (:func:`infoplane.viz.stats.transitions`, default rule);
     - the saturation warnings of :func:`infoplane.viz.planes.saturated_layers` (on the planes and in a list), a
       banner for runs still being written (incomplete), and a **settings** panel: data, training fraction,
       split, seeds, schedule, estimators with their settings, probe size and ceilings, model, training
@@ -235,6 +238,7 @@ table.settings pre {{ margin: 0; white-space: pre-wrap; font-family: inherit; ma
 <h1>{html.escape(page_title)}</h1>
 {banner}
 {body}
+{_gradients_html(runs, _run_labels(runs, titles, D), go, pio)}
 {warn_html}
 {_settings_html(runs, _run_labels(runs, titles, D), D)}
 <p>Made by infoplane {html.escape(_version())} with Plotly {html.escape(plotly.__version__)}.</p>
@@ -244,6 +248,48 @@ table.settings pre {{ margin: 0; white-space: pre-wrap; font-family: inherit; ma
     with open(out, "w", encoding="utf-8") as f:
         f.write(page)
     return out
+
+
+def _gradients_html(runs, labels, go, pio):
+    """The gradients section: one log-log panel per run that has gradient statistics, and the transitions."""
+    have = [(r, l) for r, l in zip(runs, labels) if r.gradients]
+    if not have:
+        return ""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(have), subplot_titles=[l for _, l in have], shared_yaxes=True)
+    rows = []
+    for c, (run, label) in enumerate(have, 1):
+        g = run.gradients
+        marks = S.transitions(run)
+        x = g.epochs.astype(float)
+        for j, layer in enumerate(g.layers):
+            if layer in g.frozen:
+                continue
+            colour = TAB10[j % len(TAB10)]
+            for field, dash, what in (("mean_norm", "solid", "norm of mean"), ("std_norm", "dash", "norm of std")):
+                med = S.median(np.where(np.isfinite(g.get(field)), g.get(field), np.nan))[:, j]
+                ok = np.isfinite(med) & (x > 0)
+                fig.add_trace(go.Scatter(x=x[ok].tolist(), y=_clean(med[ok]), mode="lines", name=f"{layer}: {what}",
+                                         line=dict(color=colour, dash=dash), legendgroup=layer,
+                                         showlegend=c == 1), row=1, col=c)
+            epoch = marks.get(layer)
+            if epoch:
+                fig.add_vline(x=epoch, line=dict(color=colour, dash="dot", width=1), row=1, col=c)
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(layer)}</td>"
+                        f"<td>{'none yet' if epoch is None else epoch}</td></tr>")
+    fig.update_xaxes(type="log", title_text="Epoch")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="Gradient norm", col=1)
+    fig.update_layout(height=420, margin=dict(t=60, b=40))
+    body = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id="gradients",
+                       config={"displaylogo": False, "responsive": True})
+    table = ('<table class="settings"><tr><th>run</th><th>layer</th><th>drift to diffusion (epoch)</th></tr>'
+             + "".join(rows) + "</table>")
+    return (f'<section id="gradients-section"><h2>Gradients</h2><p>Norm of the mean (solid) and of the '
+            f"element-wise standard deviation (dashed) of each layer's mini-batch gradients over each recorded "
+            f"epoch; dotted lines mark the transition (running median of 5 recorded epochs, SNR below 1 to the "
+            f"end).</p>{body}{table}</section>")
 
 
 def _version():

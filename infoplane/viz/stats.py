@@ -12,8 +12,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from infoplane.runs.reader import Run, as_run
+from infoplane.tracking.gradients import phase_transition
 
-__all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced",
+__all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced", "transitions",
            "SATURATION_TOL", "SATURATION_SHARE"]
 
 #: A layer is saturated when I(X;T) >= (1 - SATURATION_TOL) * log2 N ...
@@ -94,3 +95,36 @@ def log_spaced(epochs: Union[np.ndarray, Sequence[float]], schedule_kind: Option
     # Evenly spaced epochs put about 1/sqrt(hi/lo) of their points below the geometric midpoint (< 10% when they
     # span two decades); log-spaced ones put about half there.
     return bool(hi / lo >= 100 and np.mean(e1 < math.sqrt(lo * hi)) >= 0.25)
+
+
+def transitions(run: Run, *, window: int = 5, threshold: float = 1.0) -> dict[str, Optional[int]]:
+    """Per layer, the epoch at which the gradients pass from drift to diffusion.
+
+    :func:`~infoplane.tracking.gradients.phase_transition` applied to the seed median of each layer's SNR over the
+    recorded epochs that have one (epochs without optimiser steps, such as 0, are left out).
+
+    Parameters
+    ----------
+    run : Run
+    window : int, default 5
+        Recorded epochs per running-median window.
+    threshold : float, default 1.0
+        SNR below which the fluctuations dominate.
+
+    Returns
+    -------
+    dict of str to int or None
+        Layer name -> transition epoch, None where the SNR never settles below ``threshold``; empty for a run
+        without gradient statistics. Frozen layers are left out.
+    """
+    g = run.gradients
+    if not g:
+        return {}
+    snr = median(g.get("snr"))  # [n_epochs, n_layers]
+    out: dict[str, Optional[int]] = {}
+    for j, layer in enumerate(g.layers):
+        if layer in g.frozen:
+            continue
+        ok = ~np.isnan(snr[:, j])
+        out[layer] = phase_transition(g.epochs[ok], snr[ok, j], window=window, threshold=threshold)
+    return out
