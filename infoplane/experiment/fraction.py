@@ -18,6 +18,7 @@ import torch
 from infoplane.data.modelfile import ModelFile
 from infoplane.experiment.errors import STATE_FILE
 from infoplane.runs import lifecycle as rundir
+from infoplane.runs.format import save_corruption
 from infoplane.runs.writer import META, Run, load_run, read_meta
 from infoplane.tracking.schedule import Schedule
 from infoplane.tracking.tracker import Tracker
@@ -53,6 +54,8 @@ class TrackJob:
         Layer reduction before estimating (see :class:`~infoplane.Tracker`).
     on_epoch : callable, optional
         Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
+    corruption : dict, optional
+        The corruption the data went through (``settings`` and the ``arrays`` of ``corruption.npz``), or None.
     """
 
     model_file: ModelFile
@@ -74,6 +77,7 @@ class TrackJob:
     log: Callable[[str], Any]
     reduce: str | dict | None = None
     on_epoch: Callable[[int], Any] | None = None
+    corruption: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class FractionPlan:
         The samples on which the plane is measured.
     meta : dict
         Entries for ``meta.json`` (data, model file, caller, training and split settings).
+    targets : dict, optional
+        Side variables of the probe set (``Tracker(targets=...)``), e.g. the clean labels of corrupted data.
     """
 
     fraction: float
@@ -98,6 +104,7 @@ class FractionPlan:
     probe_x: torch.Tensor
     probe_y: torch.Tensor
     meta: dict
+    targets: dict | None = None
 
 
 def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
@@ -131,9 +138,17 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     last_save = time.monotonic()
 
     def make_tracker(members):
-        return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
+        made = Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
                        schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
-                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce)
+                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
+                       targets=plan.targets)
+        if job.corruption is not None:  # under the tracker's lock of the run directory
+            try:
+                save_corruption(run_dir, job.corruption["arrays"])
+            except BaseException:
+                made.__exit__(*sys.exc_info())
+                raise
+        return made
 
     def callback(epoch, members, metrics):
         nonlocal tracker
