@@ -27,6 +27,7 @@ from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
 from infoplane.runs import lifecycle as rundir
 from infoplane.runs.writer import META, Run, read_meta
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
+from infoplane.viz.stats import chain_summary
 
 SPLITS = ("stratified", "original")
 PROBES = ("all", "train", "test")
@@ -378,7 +379,7 @@ def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile
 
 
 # Settings that change the numbers of a run: a resumed run must keep them.
-_RESUME_KEYS = ("data", "training", "split", "corruption")
+_RESUME_KEYS = ("corruption", "data", "training", "split")  # corruption first: it changes the split too
 
 _CORRUPTION_ARGS = ("label_noise", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_inputs")
 
@@ -427,7 +428,9 @@ def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
 
 
 def summary(runs: Sequence[Run]) -> str:
-    """A short text table: per run, final train/test accuracy and per layer the final I(X;T), I(T;Y) (bits).
+    """A short text table: per run, final train/test accuracy and per layer the final I(X;T), I(T;Y) (bits), the
+    final I(T;Z) of each side variable Z, and the data-processing check along the layers (a count of violations
+    at the recorded epochs, or why it does not apply).
 
     Parameters
     ----------
@@ -456,4 +459,12 @@ def summary(runs: Sequence[Run]) -> str:
         for j, layer in enumerate(run.layers):
             lines.append(f"  {layer.ljust(width)}  {np.nanmedian(ixt[:, -1, j]):6.3f}  "
                          f"{np.nanmedian(ity[:, -1, j]):6.3f}")
+        for target in run.targets:  # side variables, e.g. the clean labels of corrupted data
+            measured = [t.get("estimators") for t in run.meta.get("targets") or [] if t.get("name") == target]
+            if measured and measured[0] is not None and est not in measured[0]:
+                continue
+            itz = run.get("ity", est, target=target)
+            lines.append(f"  I(T;{target}) per layer: " + ", ".join(f"{np.nanmedian(itz[:, -1, j]):.3f}"
+                                                               for j in range(len(run.layers))))
+        lines.append("  " + chain_summary(run, est))
     return "\n".join(lines)

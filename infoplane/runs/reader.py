@@ -235,7 +235,8 @@ class Run:
         pandas.DataFrame
             Columns ``seed, fraction, epoch, layer, estimator, ixt, ity`` (bits), then the optional columns
             (``ixt_lower, ity_lower``, standard errors, permutation null) that an estimator of the run gives,
-            then ``target`` ("" for the labels Y, else the side variable whose I(T;Z) the row's ``ity`` holds),
+            then ``target`` ("" for the labels Y, else the side variable whose I(T;Z) the row's ``ity`` holds;
+            only for runs with side variables),
             then the metrics joined on ``(seed, epoch)``. Needs ``pip install 'infoplane[pandas]'``.
         """
         try:
@@ -244,7 +245,7 @@ class Run:
             raise ImportError("Run.to_pandas needs pandas: pip install 'infoplane[pandas]'") from None
         df = pd.DataFrame(self.rows, columns=list(FIELDS))
         # Optional columns only when present: seaborn/plotnine users get no all-NaN columns.
-        df = df.drop(columns=[c for c in VALUES[2:] if df[c].isna().all()])
+        df = df.drop(columns=[c for c in VALUES[2:] if df[c].isna().all()] + ([] if self.targets else ["target"]))
         if self._metrics:
             m = pd.DataFrame([{"seed": s, "epoch": e, **v} for (s, e), v in self._metrics.items()])
             df = df.merge(m, on=["seed", "epoch"], how="left")
