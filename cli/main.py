@@ -50,7 +50,10 @@ FLAGS = {"data": "--data", "fractions": "--fraction", "split": "--split", "fixed
          "estimators": "--estimator, --bins, --range, --bin-width or --noise-var", "schedule": "--schedule",
          "device": "--device", "out": "--out", "resume": "--resume", "overwrite": "--overwrite",
          "keep_activations": "--keep-activations", "vectorize": "--no-vectorize", "reduce": "--reduce",
-         "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus", "gradients": "--no-gradients"}
+         "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus", "gradients": "--no-gradients",
+         "label_noise": "--label-noise",
+         "random_labels": "--random-labels", "shuffled_pixels": "--shuffled-pixels",
+         "random_pixels": "--random-pixels", "gaussian_inputs": "--gaussian-inputs"}
 
 # An argument as the library's messages write it: `name`, `name=True`, `name=value`.
 _ARGUMENT = re.compile(r"`(\w+)(?:=([^`]*))?`")
@@ -100,6 +103,7 @@ def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a number with 0 < F <= 1 (a training fraction)")
+_probability = _checked(float, lambda v: 0 <= v <= 1, "a probability P with 0 <= P <= 1")
 
 
 _batch_int = _checked(int, lambda v: v >= 1, "a positive integer or full")
@@ -197,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed-split", action="store_true", help="one split for all seeds (default: one per seed)")
     g.add_argument("--probe", choices=["all", "train", "test"], default="all",
                    help="samples on which the plane is measured (default: all)")
+    g = track.add_argument_group("corrupted data (drawn once from --seed; the clean labels are tracked as y_clean)")
+    g.add_argument("--label-noise", metavar="P", type=_probability, default=0.0,
+                   help="redraw each label with probability P in [0, 1], uniformly from all classes")
+    g.add_argument("--random-labels", action="store_true", help="redraw every label (--label-noise 1)")
+    g.add_argument("--shuffled-pixels", action="store_true",
+                   help="reorder the input features by one permutation, the same for every sample")
+    g.add_argument("--random-pixels", action="store_true",
+                   help="reorder the input features of each sample by its own permutation")
+    g.add_argument("--gaussian-inputs", action="store_true",
+                   help="replace the inputs by Gaussian samples with the data's mean and covariance")
     g = track.add_argument_group("training")
     g.add_argument("--seeds", type=_positive_int, default=1, help="independent initialisations (default 1)")
     g.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -378,7 +392,9 @@ def cmd_track(args: argparse.Namespace) -> int:
                      estimators=estimators, schedule=schedule, device=args.device, out=args.out,
                      resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
                      vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
-                     caller=["infoplane", *args.argv], log=log, gradients=not args.no_gradients, **ray_kwargs)
+                     caller=["infoplane", *args.argv], log=log, gradients=not args.no_gradients, label_noise=args.label_noise,
+                     random_labels=args.random_labels, shuffled_pixels=args.shuffled_pixels,
+                     random_pixels=args.random_pixels, gaussian_inputs=args.gaussian_inputs, **ray_kwargs)
     except RaySweepError as err:  # the fractions that finished on Ray are summarised before the error
         if err.runs:
             print(summary(err.runs))

@@ -42,7 +42,8 @@ class PlaneResult:
 
 
 # The protocol attributes and their defaults, for objects that do not set them.
-PROTOCOL_DEFAULTS: dict[str, Any] = {"has_lower": False, "needs_inputs": False, "fields": ("ixt", "ity")}
+PROTOCOL_DEFAULTS: dict[str, Any] = {"has_lower": False, "needs_inputs": False, "fields": ("ixt", "ity"),
+                                     "target_kinds": ("discrete",)}
 
 
 def protocol_attribute(est: Any, name: str) -> Any:
@@ -51,12 +52,12 @@ def protocol_attribute(est: Any, name: str) -> Any:
     Parameters
     ----------
     est : estimator object
-    name : {"has_lower", "needs_inputs", "fields"}
+    name : {"has_lower", "needs_inputs", "fields", "target_kinds"}
 
     Returns
     -------
     The attribute, or its default: ``has_lower`` False, ``needs_inputs`` False, ``fields`` ``("ixt", "ity")``
-    plus ``("ixt_lower", "ity_lower")`` when the object has ``has_lower``.
+    plus ``("ixt_lower", "ity_lower")`` when the object has ``has_lower``, ``target_kinds`` ``("discrete",)``.
     """
     if name not in PROTOCOL_DEFAULTS:
         raise ValueError(f"name must be one of {sorted(PROTOCOL_DEFAULTS)}; got {name!r}")
@@ -98,12 +99,19 @@ class Estimator:
         The tracker passes the probe inputs as ``est(acts, labels, inputs=x)``.
     fields : tuple of str, default ("ixt", "ity")
         The result attributes the estimator fills (bits).
+    target_kinds : tuple of str, default ("discrete",)
+        The side variables Z (``Tracker(targets=...)``) whose I(T;Z) the estimator can measure: ``"discrete"``
+        (class labels: computed as I(T;Y) with Z in place of Y, which every estimator of I(T;Y) from class labels
+        can) and ``"continuous"`` (float values ``[N, d]``: the estimator then also has
+        ``target_mi(activations, z)``, returning I(T;Z) in bits per batch item; an estimator with
+        ``target_mi`` is also given discrete targets through it, as int64 class indices ``[N]``).
     """
 
     kind: str = ""
     has_lower: bool = False
     needs_inputs: bool = False
     fields: tuple = ("ixt", "ity")
+    target_kinds: tuple = ("discrete",)
 
     @property
     def default_name(self) -> str:

@@ -30,7 +30,7 @@ from infoplane.estimators.kde import PRECISIONS, KDEResult, kde_mi
 from infoplane.estimators.knn import flatten_inputs, ksg_mi, ross_mi
 from infoplane.estimators.noisy import DEFAULT_SAMPLES, NoisyResult, noisy_mi
 from infoplane.estimators.null import DEFAULT_PERMUTATIONS, NullResult, permutation_null
-from infoplane.estimators.renyi import METHODS, check_alpha, check_sigma, renyi_plane
+from infoplane.estimators.renyi import METHODS, check_alpha, check_sigma, renyi_mi, renyi_plane
 
 __all__ = ["Estimator", "PlaneResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "KNN", "Renyi",
            "from_settings"]
@@ -248,6 +248,7 @@ class KNN(Estimator):
     kind = "knn"
     needs_inputs = True
     default_name = "knn"
+    target_kinds = ("discrete", "continuous")
 
     def __init__(self, k: int = 3, inputs: Any = None, memory_budget: Optional[int] = None,
                  name: Optional[str] = None) -> None:
@@ -271,6 +272,23 @@ class KNN(Estimator):
         device = activations.device if isinstance(activations, torch.Tensor) else torch.device("cpu")
         kw: dict[str, Any] = {"k": self.k, "memory_budget": self.memory_budget}
         return PlaneResult(ixt=ksg_mi(x.to(device), activations, **kw).mi, ity=ross_mi(activations, labels, **kw).mi)
+
+    def target_mi(self, activations: Any, z: Any) -> torch.Tensor:
+        """I(T;Z) of a side variable, in bits, not clipped: KSG (:func:`ksg_mi`) for a continuous Z, Ross
+        (:func:`ross_mi`, as for I(T;Y)) for class indices.
+
+        Parameters
+        ----------
+        activations : tensor ``[..., N, d]``
+        z : tensor ``[N, d_z]`` of floats, or int64 class indices ``[N]``
+
+        Returns
+        -------
+        torch.Tensor, shape ``activations.shape[:-2]``
+        """
+        if not z.is_floating_point():
+            return ross_mi(activations, z, k=self.k, memory_budget=self.memory_budget).mi
+        return ksg_mi(z, activations, k=self.k, memory_budget=self.memory_budget).mi
 
 
 @register
@@ -299,6 +317,7 @@ class Renyi(Estimator):
 
     kind = "renyi"
     default_name = "renyi"
+    target_kinds = ("discrete", "continuous")
 
     def __init__(self, alpha: float = 1.01, sigma: Union[str, float] = "silverman",
                  sigma_inputs: Union[str, float] = "silverman", ixt_from: str = "inputs", method: str = "auto",
@@ -340,3 +359,20 @@ class Renyi(Estimator):
                                sigma_inputs=self.sigma_inputs, method=self.method, probes=self.probes,
                                steps=self.steps, seed=self.seed, memory_budget=self.memory_budget)
         return PlaneResult(ixt=ixt, ity=ity)
+
+    def target_mi(self, activations: Any, z: Any) -> torch.Tensor:
+        """I(T;Z) of a side variable by :func:`renyi_mi`, in bits: a continuous Z with a Gaussian kernel of
+        Silverman's width, class indices with the delta kernel (as for I(T;Y)).
+
+        Parameters
+        ----------
+        activations : tensor ``[..., N, d]``
+        z : tensor ``[N, d_z]`` of floats, or int64 class indices ``[N]``
+
+        Returns
+        -------
+        torch.Tensor, shape ``activations.shape[:-2]``
+        """
+        return renyi_mi(activations, z, alpha=self.alpha, sigma_a=self.sigma, sigma_b="silverman",
+                        method=self.method, probes=self.probes, steps=self.steps, seed=self.seed,
+                        memory_budget=self.memory_budget).mi

@@ -20,6 +20,7 @@ from infoplane.data import probeset
 from infoplane.data.modelfile import ModelFile
 from infoplane.experiment.errors import STATE_FILE
 from infoplane.runs import lifecycle as rundir
+from infoplane.runs.format import save_corruption
 from infoplane.runs.writer import META, Run, load_run, read_meta
 from infoplane.tracking.schedule import Schedule
 from infoplane.tracking.tracker import Tracker
@@ -57,6 +58,8 @@ class TrackJob:
         Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
     gradients : bool
         Record the per-layer gradient statistics of every recorded epoch's mini-batches (``gradients.csv``).
+    corruption : dict, optional
+        The corruption the data went through (``settings`` and the ``arrays`` of ``corruption.npz``), or None.
     """
 
     model_file: ModelFile
@@ -79,6 +82,7 @@ class TrackJob:
     reduce: str | dict | None = None
     on_epoch: Callable[[int], Any] | None = None
     gradients: bool = True
+    corruption: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class FractionPlan:
         The samples on which the plane is measured.
     meta : dict
         Entries for ``meta.json`` (data, model file, caller, training and split settings).
+    targets : dict, optional
+        Side variables of the probe set (``Tracker(targets=...)``), e.g. the clean labels of corrupted data.
     """
 
     fraction: float
@@ -103,6 +109,7 @@ class FractionPlan:
     probe_x: torch.Tensor
     probe_y: torch.Tensor
     meta: dict
+    targets: dict | None = None
 
 
 def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
@@ -142,10 +149,17 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         if grad_layers is not None and not given:
             log("note: gradient statistics are not recorded: the fused training kernel does not gather them "
                 "(`vectorize=False` trains on the torch path, which does)")
-        return Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
+        made = Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
                        schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
                        keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
-                       gradients=(lambda: latest[0]) if given else False)
+                       targets=plan.targets, gradients=(lambda: latest[0]) if given else False)
+        if job.corruption is not None:  # under the tracker's lock of the run directory
+            try:
+                save_corruption(run_dir, job.corruption["arrays"])
+            except BaseException:
+                made.__exit__(*sys.exc_info())
+                raise
+        return made
 
     def callback(epoch, members, metrics):
         nonlocal tracker

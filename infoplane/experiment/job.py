@@ -27,6 +27,7 @@ from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
 from infoplane.runs import lifecycle as rundir
 from infoplane.runs.writer import META, Run, read_meta
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
+from infoplane.viz.stats import chain_summary
 
 SPLITS = ("stratified", "original")
 PROBES = ("all", "train", "test")
@@ -163,7 +164,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
           progress: bool = True, caller: list[str] | str | None = None,
           log: Callable[[str], Any] = print, reduce: str | dict | None = None,
           ray: bool | str | None = None, ray_cpus: float = 1.0, ray_gpus: float | None = None,
-          gradients: bool = True) -> list[Run]:
+          gradients: bool = True, label_noise: float = 0.0, random_labels: bool = False, shuffled_pixels: bool = False,
+          random_pixels: bool = False, gaussian_inputs: bool = False) -> list[Run]:
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -214,6 +216,13 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         Also record, per tracked layer and recorded epoch, the statistics of that epoch's mini-batch gradients
         (``gradients.csv``, ``run.gradients``; see :mod:`infoplane.tracking.gradients`), per seed. The fused
         training kernel does not gather them yet: its runs say so in a note.
+    label_noise, random_labels, shuffled_pixels, random_pixels, gaussian_inputs
+        Train on a corrupted copy of the data (:func:`infoplane.data.corrupt`, drawn once from ``seed``, before the
+        split, and shared by every seed of the ensemble). The corrupted labels are the labels Y of the runs (what
+        the networks were trained on, and the labels of their accuracies); with corrupted labels the clean ones
+        are tracked as the side variable ``y_clean`` (I(T;Y_clean) in the rows whose ``target`` is
+        ``y_clean``). What was drawn is stored in each run's ``corruption.npz`` (:attr:`Run.corruption`) and its
+        settings in ``meta.json`` (``corruption``); a resumed run must match both.
 
     Returns
     -------
@@ -274,6 +283,13 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     _check_fraction_dirs(out, fractions)
     check_outputs(out, fractions, resume, overwrite)
     inputs, labels, data_name, class_names = _load_data(data, mf, log)
+    corrupted = _corrupt(inputs, labels, seed, label_noise=label_noise, random_labels=random_labels,
+                         shuffled_pixels=shuffled_pixels, random_pixels=random_pixels, gaussian_inputs=gaussian_inputs)
+    clean_labels = None
+    if corrupted is not None:
+        inputs, labels = corrupted.x, corrupted.y
+        if corrupted.settings["label_noise"] > 0:
+            clean_labels = corrupted.clean_labels
     seed_list = [seed + i for i in range(seeds)]
     estimators = list(estimators) if estimators else [default_estimator()]
     try:
@@ -284,7 +300,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
-                   vectorize=vectorize, progress=progress, log=log, reduce=reduce, gradients=bool(gradients))
+                   vectorize=vectorize, progress=progress, log=log, reduce=reduce, gradients=bool(gradients),
+                   corruption=None if corrupted is None else corruption_record(corrupted))
     recorded = {"estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                for e in estimators],
                 "schedule": schedule.to_json(), "seeds": seed_list, "keep_activations": bool(keep_activations),
@@ -295,6 +312,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         try:
             splits, split_seeds = _splits(labels, fraction, split, seed_list, fixed_split, seed)
             probe_x, probe_y = _probe_set(inputs, labels, probe, splits)
+            targets = None if clean_labels is None else {"y_clean": _probe_set(inputs, clean_labels, probe, splits)[1]}
         except ValueError as err:
             raise ConfigError(f"training fraction {fraction:g}: {err}") from err
         meta = {
@@ -307,11 +325,12 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
             "split": {"kind": split, "fraction": fraction, "probe": probe, "fixed": bool(fixed_split),
                       "seeds": split_seeds, "train": [s[0].tolist() for s in splits],
                       "test": [s[1].tolist() for s in splits]},
+            "corruption": None if job.corruption is None else job.corruption["settings"],
         }
         run_dir = fraction_dir(out, fraction)
         if resume and (run_dir / META).exists():
             _check_same_settings(run_dir, meta, recorded)
-        plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
+        plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta, targets))
     if ray is not None and ray is not False:  # Ray: one task per fraction, the same code inside
         from infoplane.experiment.raysweep import run_on_ray
 
@@ -373,7 +392,36 @@ def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile
 
 
 # Settings that change the numbers of a run: a resumed run must keep them.
-_RESUME_KEYS = ("data", "training", "split")
+_RESUME_KEYS = ("corruption", "data", "training", "split")  # corruption first: it changes the split too
+
+_CORRUPTION_ARGS = ("label_noise", "random_labels", "shuffled_pixels", "random_pixels", "gaussian_inputs")
+
+
+def _corrupt(inputs: torch.Tensor, labels: torch.Tensor, seed: int, **options: Any) -> Any:
+    """The corrupted data set (:func:`infoplane.data.corrupt`, drawn from ``seed``), or None when nothing is asked."""
+    from infoplane.data.corrupt import corrupt
+
+    if not any(options.values()):
+        return None  # label_noise=0 and no flag: the data as it is
+    try:
+        return corrupt(inputs, labels, seed=seed, **options)
+    except (TypeError, ValueError) as err:
+        named = [a for a in _CORRUPTION_ARGS if a in str(err)] or list(_CORRUPTION_ARGS)
+        message = str(err)
+        for a in named:
+            message = message.replace(a, f"`{a}`", 1)
+        raise ConfigError(message, *named) from err
+
+
+def corruption_record(c: Any) -> dict:
+    """What a run stores of a corruption: ``settings`` (with a fingerprint of the drawn labels) for ``meta.json``,
+    and the arrays of ``corruption.npz`` (``corrupted`` mask, ``labels`` trained on, ``clean_labels``)."""
+    import hashlib
+
+    arrays = {"corrupted": np.asarray(c.corrupted, dtype=bool), "labels": np.asarray(c.y),
+              "clean_labels": np.asarray(c.clean_labels)}
+    digest = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())).hexdigest()
+    return {"settings": {**c.settings, "sha1": digest}, "arrays": arrays}
 # What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.
 _RECORDED_KEYS = {"estimators": ("estimators",), "schedule": ("schedule", "epochs"), "seeds": ("seeds", "seed"),
                   "keep_activations": ("keep_activations",), "layers": ()}
@@ -393,7 +441,9 @@ def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
 
 
 def summary(runs: Sequence[Run]) -> str:
-    """A short text table: per run, final train/test accuracy and per layer the final I(X;T), I(T;Y) (bits).
+    """A short text table: per run, final train/test accuracy and per layer the final I(X;T), I(T;Y) (bits), the
+    final I(T;Z) of each side variable Z, and the data-processing check along the layers (a count of violations
+    at the recorded epochs, or why it does not apply).
 
     Parameters
     ----------
@@ -422,4 +472,12 @@ def summary(runs: Sequence[Run]) -> str:
         for j, layer in enumerate(run.layers):
             lines.append(f"  {layer.ljust(width)}  {np.nanmedian(ixt[:, -1, j]):6.3f}  "
                          f"{np.nanmedian(ity[:, -1, j]):6.3f}")
+        for target in run.targets:  # side variables, e.g. the clean labels of corrupted data
+            measured = [t.get("estimators") for t in run.meta.get("targets") or [] if t.get("name") == target]
+            if measured and measured[0] is not None and est not in measured[0]:
+                continue
+            itz = run.get("ity", est, target=target)
+            lines.append(f"  I(T;{target}) per layer: " + ", ".join(f"{np.nanmedian(itz[:, -1, j]):.3f}"
+                                                               for j in range(len(run.layers))))
+        lines.append("  " + chain_summary(run, est))
     return "\n".join(lines)

@@ -21,19 +21,24 @@ from typing import Any, Collection, Iterable, NamedTuple, Optional, Sequence, Un
 #: A file's path, as every function here takes it.
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["Row", "FIELDS", "VALUES", "META", "TABLE", "METRICS", "ACTIVATIONS", "STATE", "LOCK", "FORMAT",
+__all__ = ["Row", "FIELDS", "VALUES", "META", "TABLE", "METRICS", "ACTIVATIONS", "STATE", "LOCK", "FORMAT", "CORRUPTION",
+           "save_corruption", "read_corruption",
            "FORMAT_VERSION", "NotARunError", "read_meta", "write_meta", "read_table", "read_metrics",
            "atomic_write_bytes", "write_csv", "append_csv", "read_csv", "format_row", "parse_row", "now"]
 
 META, TABLE, METRICS, ACTIVATIONS = "meta.json", "infoplane.csv", "metrics.csv", "activations"
 STATE = "train_state.pt"   # the CLI's training checkpoint, removed when the run completes
+CORRUPTION = "corruption.npz"  # what a corrupted data set's draw was: the redrawn samples and the labels
 LOCK = ".infoplane.lock"   # held by the one process writing the run
 FORMAT = "infoplane-run"   # meta.json["format"]: the marker that makes a directory an infoplane run
 # 2: optional columns ixt_se, ity_se, ity_null, ity_null_sd. Version-1 tables (without them) are still read.
-FORMAT_VERSION = 2
+# 3: the column target (empty for the labels Y, else the name of the side variable Z whose I(T;Z) the row's ity
+#    holds). Tables of versions 1 and 2 (without it) are still read, every row about the labels.
+FORMAT_VERSION = 3
 
 VALUES = ("ixt", "ity", "ixt_lower", "ity_lower", "ixt_se", "ity_se", "ity_null", "ity_null_sd")
-FIELDS = ("seed", "fraction", "epoch", "layer", "estimator") + VALUES
+FIELDS = ("seed", "fraction", "epoch", "layer", "estimator") + VALUES + ("target",)
+_FIELDS_V2 = FIELDS[:13]
 _FIELDS_V1 = FIELDS[:9]
 
 
@@ -41,7 +46,8 @@ class Row(NamedTuple):
     """One line of ``infoplane.csv``; absent values are NaN (an empty cell), an absent fraction is None.
 
     The fields are :data:`FIELDS` in order; estimates are in bits. The columns that version-1 tables lack
-    default to NaN.
+    default to NaN. ``target`` is empty for the labels Y; otherwise the row's ``ity`` (and ``ity_*``) hold
+    I(T;Z) for the named side variable Z, and its ``ixt`` the layer's I(X;T) as in the labels' row.
     """
     seed: int
     fraction: Optional[float]
@@ -56,6 +62,7 @@ class Row(NamedTuple):
     ity_se: float = math.nan
     ity_null: float = math.nan
     ity_null_sd: float = math.nan
+    target: str = ""
 
 
 class NotARunError(ValueError, FileNotFoundError):
@@ -157,14 +164,16 @@ def _parse_num(s):
 def format_row(row: Row) -> list[str]:
     """A :class:`Row` as CSV cells."""
     frac = "" if row.fraction is None else repr(float(row.fraction))
-    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator, *(format_number(getattr(row, v))
-                                                                                         for v in VALUES)]
+    return [str(int(row.seed)), frac, str(int(row.epoch)), row.layer, row.estimator,
+            *(format_number(getattr(row, v)) for v in VALUES), row.target]
 
 
 def parse_row(cells: Sequence[str]) -> Row:
-    """CSV cells of ``infoplane.csv`` as a :class:`Row`."""
-    seed, frac, epoch, layer, est, *vals = cells
-    return Row(int(seed), None if frac == "" else float(frac), int(epoch), layer, est, *map(_parse_num, vals))
+    """CSV cells of ``infoplane.csv`` as a :class:`Row` (the cells of any format version's header, in order)."""
+    seed, frac, epoch, layer, est, *rest = cells
+    vals, target = (rest[:-1], rest[-1]) if len(rest) == len(VALUES) + 1 else (rest, "")
+    return Row._make([int(seed), None if frac == "" else float(frac), int(epoch), layer, est,
+                      *map(_parse_num, vals), *[math.nan] * (len(VALUES) - len(vals)), target])
 
 
 def read_table(path: PathLike) -> list[Row]:
@@ -172,7 +181,7 @@ def read_table(path: PathLike) -> list[Row]:
     header, rows = read_csv(path)
     if header is None:
         return []
-    if tuple(header) not in (FIELDS, _FIELDS_V1):
+    if tuple(header) not in (FIELDS, _FIELDS_V2, _FIELDS_V1):
         raise ValueError(f"{path}: unexpected header {header}; expected {list(FIELDS)}")
     return [parse_row(r) for r in rows]
 
@@ -228,14 +237,16 @@ def write_meta(path: PathLike, meta: dict) -> None:
 
 
 def complete_epochs(rows: Iterable[Row], seeds: Collection[int], layers: Collection[str],
-                    estimators: Collection[str]) -> set[int]:
-    """Epochs whose table holds a row for every (seed, layer, estimator)."""
-    need = len(seeds) * len(layers) * len(estimators)
-    wanted = set(seeds), set(layers), set(estimators)
-    seen: dict[int, set[tuple[int, str, str]]] = {}
+                    estimators: Collection[str], targets: Optional[dict] = None) -> set[int]:
+    """Epochs whose table holds a row for every (seed, layer, estimator) of the labels ("" target), and for every
+    side variable of ``targets`` (name -> the estimator names that measure it) a row for each of its estimators."""
+    pairs = {("", e) for e in estimators} | {(t, e) for t, ests in (targets or {}).items() for e in ests}
+    need = len(seeds) * len(layers) * len(pairs)
+    wanted = set(seeds), set(layers)
+    seen: dict[int, set[tuple[int, str, str, str]]] = {}
     for r in rows:
-        if r.seed in wanted[0] and r.layer in wanted[1] and r.estimator in wanted[2]:
-            seen.setdefault(r.epoch, set()).add((r.seed, r.layer, r.estimator))
+        if r.seed in wanted[0] and r.layer in wanted[1] and (r.target, r.estimator) in pairs:
+            seen.setdefault(r.epoch, set()).add((r.seed, r.layer, r.estimator, r.target))
     return {e for e, s in seen.items() if len(s) == need}
 
 
@@ -253,3 +264,48 @@ def jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
+
+
+_CORRUPTION_ARRAYS = ("corrupted", "labels", "clean_labels")
+
+
+def save_corruption(path: PathLike, arrays: dict) -> None:
+    """Write ``corruption.npz`` into the run directory ``path``, or check the one already there.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The run directory (its lock held by the caller).
+    arrays : dict
+        ``corrupted`` (bool mask ``[N]``: the samples whose label was redrawn), ``labels`` (the labels trained
+        on) and ``clean_labels``, over every sample of the data set, in its order.
+
+    Raises
+    ------
+    ValueError
+        A resumed run whose stored draw differs from ``arrays``.
+    """
+    import numpy as np
+
+    file = os.path.join(path, CORRUPTION)
+    if os.path.exists(file):
+        old = read_corruption(path)
+        same = old is not None and all(np.array_equal(old[k], np.asarray(arrays[k])) for k in _CORRUPTION_ARRAYS)
+        if not same:
+            raise ValueError(f"{file} holds another draw of the corrupted data than this one; resume with the same "
+                             f"corruption options and seed, or start the run again (overwrite)")
+        return
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(arrays[k]) for k in _CORRUPTION_ARRAYS})  # type: ignore[arg-type]
+    atomic_write_bytes(file, buf.getvalue())
+
+
+def read_corruption(path: PathLike) -> Optional[dict]:
+    """The arrays of a run's ``corruption.npz`` (see :func:`save_corruption`), or None when it has none."""
+    import numpy as np
+
+    file = os.path.join(path, CORRUPTION)
+    if not os.path.exists(file):
+        return None
+    with np.load(file, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

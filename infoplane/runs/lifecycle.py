@@ -19,7 +19,7 @@ import socket
 from types import ModuleType
 from typing import Callable, Optional, Union
 
-from infoplane.runs.format import ACTIVATIONS, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
+from infoplane.runs.format import ACTIVATIONS, CORRUPTION, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
 from infoplane.runs.gradfile import GRADIENTS
 
 fcntl: Optional[ModuleType]
@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["is_run", "foreign_entries", "clear", "open_run_dir", "RunLock", "RunLockedError", "RunExistsError", "NotARunError"]
 
-_OWN_TOP = (META, TABLE, METRICS, STATE, LOCK, GRADIENTS)
+_OWN_TOP = (META, TABLE, METRICS, STATE, LOCK, GRADIENTS, CORRUPTION)
 _TMP = re.compile(r"\.tmp\d+$")          # atomic writes: <name>.tmp<pid>
 # The per-run figures that `infoplane plot` / `write_figures` put into a run directory.
 _FIGURE = re.compile(r"((plane|curves)(-[A-Za-z0-9_.-]+)?|gradients)\.png$")

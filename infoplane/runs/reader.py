@@ -7,7 +7,17 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from infoplane.runs.format import FIELDS, METRICS, TABLE, VALUES, Row, read_meta, read_metrics, read_table
+from infoplane.runs.format import (
+    FIELDS,
+    METRICS,
+    TABLE,
+    VALUES,
+    Row,
+    read_corruption,
+    read_meta,
+    read_metrics,
+    read_table,
+)
 from infoplane.runs.gradfile import GRADIENTS, GradientRecord, Gradients, read_gradients
 
 __all__ = ["Run", "load_run", "as_run"]
@@ -56,6 +66,10 @@ class Run:
         Class names when the labels were given as names (index order), else None.
     complete : bool
         Whether the run was closed normally.
+    targets : list of str
+        Names of the side variables Z whose I(T;Z) the run holds (:meth:`get` with ``target=``); empty when
+        only the labels Y were measured. ``meta["targets"]`` says what each is (``kind``, and ``h`` = H(Z) in
+        bits for a discrete one).
     rows : list of Row
     gradients : Gradients
         The per-layer gradient statistics (``gradients.csv``); empty for a run recorded without them.
@@ -80,17 +94,32 @@ class Run:
         self.log2_n = meta.get("log2_n")
         self.h_y = meta.get("h_y")
         self.class_names = meta.get("class_names")
+        self.targets = [t for t in _ordered([t["name"] for t in meta.get("targets") or []],
+                                            (r.target for r in self.rows)) if t]
         idx = [{v: i for i, v in enumerate(lst)} for lst in (self.seeds, self.epochs.tolist(), self.layers,
-                                                              self.estimators)]
+                                                              self.estimators, ["", *self.targets])]
         shape = (len(VALUES), *(len(i) for i in idx))
         self._values = np.full(shape, np.nan)
         for r in self.rows:
-            at = (idx[0][r.seed], idx[1][r.epoch], idx[2][r.layer], idx[3][r.estimator])
+            at = (idx[0][r.seed], idx[1][r.epoch], idx[2][r.layer], idx[3][r.estimator], idx[4][r.target])
             self._values[(slice(None),) + at] = [getattr(r, v) for v in VALUES]
         self._seed_index, self._epoch_index = idx[0], idx[1]
         names = [n for vals in self._metrics.values() for n in vals]
         self.metric_names = _ordered(metric_names, names)
         self.gradients = Gradients(gradients, self.layers)
+
+    @property
+    def corruption(self) -> Optional[dict]:
+        """What a run trained on corrupted data (``infoplane track --label-noise`` etc.) drew, else None.
+
+        Returns
+        -------
+        dict or None
+            ``corrupted`` (bool ``[N]``: the samples of the data set whose label was redrawn), ``labels`` (the
+            labels trained on) and ``clean_labels``, over the whole data set in its order (``meta["split"]`` says
+            which rows each seed trained on); None for a run without ``corruption.npz``.
+        """
+        return None if self.path is None else read_corruption(self.path)
 
     @property
     def complete(self) -> bool:
@@ -101,12 +130,39 @@ class Run:
         return (f"Run({len(self.seeds)} seed(s), {len(self.epochs)} epochs, {len(self.layers)} layers, "
                 f"estimators={self.estimators})")
 
+    def for_target(self, target: Optional[str]) -> "Run":
+        """The run seen through one side variable Z: a :class:`Run` whose rows are Z's, with ``ity`` = I(T;Z).
+
+        Every figure and statistic of a run then applies to (I(X;T), I(T;Z)) unchanged; ``h_y`` becomes H(Z) for a
+        discrete Z and None for a continuous one (no ceiling), and ``meta["target"]`` names Z.
+
+        Parameters
+        ----------
+        target : str or None
+            A name in :attr:`targets`; None returns this run.
+
+        Returns
+        -------
+        Run
+        """
+        if target is None:
+            return self
+        if target not in self.targets:
+            raise ValueError(f"target {target!r} is not in this run; its side variables: {self.targets} (None: the "
+                             f"labels Y)")
+        info: dict = next((t for t in self.meta.get("targets") or [] if t.get("name") == target), {})
+        meta = {**self.meta, "target": target, "h_y": info.get("h"), "class_names": info.get("class_names"),
+                "targets": None}
+        rows = [r._replace(target="") for r in self.rows if r.target == target]
+        return Run(meta, rows, self._metrics, self.metric_names, path=self.path)
+
     def _seed(self, seed):
         if seed not in self._seed_index:
             raise ValueError(f"seed {seed!r} is not in this run; seeds: {self.seeds}")
         return self._seed_index[seed]
 
-    def get(self, field: str = "ixt", estimator: Optional[str] = None, seed: Optional[int] = None) -> np.ndarray:
+    def get(self, field: str = "ixt", estimator: Optional[str] = None, seed: Optional[int] = None,
+            target: Optional[str] = None) -> np.ndarray:
         """Estimates as an array.
 
         Parameters
@@ -117,6 +173,9 @@ class Run:
             Estimator name; None = the first.
         seed : int or None
             One seed, or None for all.
+        target : str or None
+            None: the labels Y (``ity`` is I(T;Y)). The name of a side variable Z of the run (:attr:`targets`):
+            ``ity`` and ``ity_*`` are I(T;Z), ``ixt`` the same I(X;T) as for the labels.
 
         Returns
         -------
@@ -124,6 +183,10 @@ class Run:
             ``[n_seeds, n_epochs, n_layers]``, or ``[n_epochs, n_layers]`` when ``seed`` is given; NaN where a
             value is absent.
         """
+        if target is not None and target not in self.targets:
+            raise ValueError(f"target {target!r} is not in this run; its side variables: {self.targets} (None: the "
+                             f"labels Y)")
+        t = 0 if target is None else 1 + self.targets.index(target)
         if field not in VALUES:
             raise ValueError(f"field must be one of {list(VALUES)}; got {field!r}")
         if not self.estimators:
@@ -131,7 +194,7 @@ class Run:
         estimator = self.estimators[0] if estimator is None else estimator
         if estimator not in self.estimators:
             raise ValueError(f"estimator {estimator!r} is not in this run; estimators: {self.estimators}")
-        out = self._values[VALUES.index(field), :, :, :, self.estimators.index(estimator)]
+        out = self._values[VALUES.index(field), :, :, :, self.estimators.index(estimator), t]
         return out.copy() if seed is None else out[self._seed(seed)].copy()
 
     def _default(self, field):
@@ -179,8 +242,10 @@ class Run:
         pandas.DataFrame
             Columns ``seed, fraction, epoch, layer, estimator, ixt, ity`` (bits), then the optional columns
             (``ixt_lower, ity_lower``, standard errors, permutation null) that an estimator of the run gives,
-            then the metrics joined on ``(seed, epoch)``, then the gradient statistics joined on ``(seed, epoch,
-            layer)`` as ``grad_mean_norm, grad_std_norm, grad_snr, grad_batches`` when the run has them. Needs ``pip install 'infoplane[pandas]'``.
+            then ``target`` ("" for the labels Y, else the side variable whose I(T;Z) the row's ``ity`` holds;
+            only for runs with side variables), then the metrics joined on ``(seed, epoch)``, then the gradient
+            statistics joined on ``(seed, epoch, layer)`` as ``grad_mean_norm, grad_std_norm, grad_snr,
+            grad_batches`` when the run has them. Needs ``pip install 'infoplane[pandas]'``.
         """
         try:
             import pandas as pd
@@ -188,7 +253,7 @@ class Run:
             raise ImportError("Run.to_pandas needs pandas: pip install 'infoplane[pandas]'") from None
         df = pd.DataFrame(self.rows, columns=list(FIELDS))
         # Optional columns only when present: seaborn/plotnine users get no all-NaN columns.
-        df = df.drop(columns=[c for c in VALUES[2:] if df[c].isna().all()])
+        df = df.drop(columns=[c for c in VALUES[2:] if df[c].isna().all()] + ([] if self.targets else ["target"]))
         if self._metrics:
             m = pd.DataFrame([{"seed": s, "epoch": e, **v} for (s, e), v in self._metrics.items()])
             df = df.merge(m, on=["seed", "epoch"], how="left")

@@ -121,7 +121,7 @@ class RunWriter:
         names, metrics = read_metrics(self._file(METRICS))
         # Rows of an epoch that was cut short would be written again: drop them, and the metrics with them.
         done = complete_epochs(rows, self.meta["seeds"], [l["name"] for l in self.meta["layers"]],
-                               [e["name"] for e in self.meta["estimators"]])
+                               [e["name"] for e in self.meta["estimators"]], self._targets())
         self.rows = [r for r in rows if r.epoch in done]
         self.metrics = {k: v for k, v in metrics.items() if k[1] in done}
         self.metric_names = names
@@ -153,7 +153,12 @@ class RunWriter:
     def done_epochs(self) -> set[int]:
         """Epochs complete in the table for every seed, layer and estimator of this run."""
         return complete_epochs(self.rows, self.meta["seeds"], [l["name"] for l in self.meta["layers"]],
-                               [e["name"] for e in self.meta["estimators"]])
+                               [e["name"] for e in self.meta["estimators"]], self._targets())
+
+    def _targets(self) -> dict:
+        """The run's side variables (meta.json's ``targets``): name -> names of the estimators that measure it."""
+        every = [e["name"] for e in self.meta["estimators"]]
+        return {t["name"]: t.get("estimators", every) for t in self.meta.get("targets") or []}
 
     def add_rows(self, rows: Iterable[Row]) -> None:
         """Record table rows (and append them to ``infoplane.csv``, fsynced)."""

@@ -19,6 +19,7 @@ from infoplane.capture.reduce import reduce_activations
 from infoplane.data import probeset
 from infoplane.estimators.base import protocol_attribute
 from infoplane.runs.format import VALUES, Row
+from infoplane.tracking.targets import target_rows
 
 __all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows"]
 
@@ -95,14 +96,17 @@ def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence
                 raise ValueError(f"estimator {est.name!r} gave a non-finite {name} ({column[bad[0]]}) for layer "
                                  f"{layer!r} at epoch {epoch} (seed {seed}); nothing of that epoch was stored. "
                                  f"Check the activations' scale, or use precision='float64' where available")
-        rows += [Row(seed, fraction, e, layer, est.name, *(v[i] for v in vals)) for i, (seed, e) in enumerate(keys)]
+        rows += [Row._make([seed, fraction, e, layer, est.name, *(v[i] for v in vals), ""])
+                 for i, (seed, e) in enumerate(keys)]
     return rows
 
 
-def sort_rows(rows: list[Row], seeds: Sequence[int], layers: Sequence[str], estimators: Sequence) -> list[Row]:
-    """Rows in table order: seed, epoch, layer (model order), estimator."""
-    order = [{v: i for i, v in enumerate(x)} for x in (seeds, layers, [e.name for e in estimators])]
-    return sorted(rows, key=lambda r: (order[0][r.seed], r.epoch, order[1][r.layer], order[2][r.estimator]))
+def sort_rows(rows: list[Row], seeds: Sequence[int], layers: Sequence[str], estimators: Sequence,
+              targets: Sequence[str] = ()) -> list[Row]:
+    """Rows in table order: seed, epoch, layer (model order), estimator, target (the labels first)."""
+    order = [{v: i for i, v in enumerate(x)} for x in (seeds, layers, [e.name for e in estimators], ["", *targets])]
+    return sorted(rows, key=lambda r: (order[0][r.seed], r.epoch, order[1][r.layer], order[2][r.estimator],
+                                       order[3][r.target]))
 
 
 @dataclass
@@ -136,6 +140,8 @@ class Recorder:
         Layer name -> :class:`~infoplane.capture.reduce.Reduction` applied before buffering (see :meth:`reduce`).
     clock : callable, default ``time.monotonic``
         Seconds on the clock that times each estimator call for :attr:`costs`.
+    targets : list of Target
+        Side variables (:mod:`infoplane.tracking.targets`) whose I(T;Z) each estimator also gives.
 
     Attributes
     ----------
@@ -160,6 +166,7 @@ class Recorder:
                                                     "layer_epochs": 0})
     clock: Callable[[], float] = time.monotonic
     costs: dict = field(default_factory=dict)
+    targets: list = field(default_factory=list)
 
     def __post_init__(self):
         # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
@@ -239,11 +246,14 @@ class Recorder:
                 acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
                 for est in self.estimators:  # one at a time, so that each one's cost is known
                     t1 = self.clock()
-                    rows += estimate_rows(acts, self.labels, [est], self.fraction, keys, layer, inputs=self.inputs)
+                    mine = estimate_rows(acts, self.labels, [est], self.fraction, keys, layer, inputs=self.inputs)
+                    rows += mine
+                    if self.targets:
+                        rows += target_rows(acts, self.targets, est, mine, inputs=self.inputs)
                     self.costs[(layer, est.name)] = (self.clock() - t1) / len(keys)
         metrics = [((seed, b.epoch), vals) for b in buffer for seed, vals in zip(self.seeds, b.metrics) if vals]
         self.timings["estimate"] += time.perf_counter() - t0
-        return sort_rows(rows, self.seeds, names, self.estimators), metrics
+        return sort_rows(rows, self.seeds, names, self.estimators, [t.name for t in self.targets]), metrics
 
     def cost(self, count: Optional[int] = None) -> Optional[float]:
         """Predicted seconds to estimate the ``count`` epochs buffered first (default: all), from :attr:`costs`.

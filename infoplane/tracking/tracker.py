@@ -21,6 +21,7 @@ from torch import nn
 
 from infoplane._validate import check_int
 from infoplane.capture import reduce as reduce_mod
+from infoplane.capture.chain import chain_meta
 from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_layers, weight_names
 from infoplane.data import probeset
 from infoplane.data.labels import as_class_indices
@@ -34,12 +35,13 @@ from infoplane.tracking.estimators import as_estimators
 from infoplane.tracking.gradients import GradientRow, GradientStats
 from infoplane.tracking.recorder import Recorder
 from infoplane.tracking.schedule import as_schedule
+from infoplane.tracking.targets import as_targets, check_estimators, describe_targets
 
 __all__ = ["Tracker", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
-             "keep_activations", "reduce")
+             "keep_activations", "reduce", "targets")
 
 
 def _clock() -> float:
@@ -252,6 +254,17 @@ class Tracker:
         called at each recorded epoch and returns the rows itself, one list of
         :class:`~infoplane.tracking.gradients.GradientRow` per model in ``layers`` order (for trainers that
         gather the statistics themselves).
+    targets : dict, optional
+        Side variables Z, name -> values aligned with the probe set: class labels (discrete) or floats ``[N]`` /
+        ``[N, d]`` (continuous). Every estimator that can measure Z (all of them for a discrete Z; ``knn`` and
+        ``renyi`` for a continuous one) also gives I(T;Z), stored in rows whose ``target`` is the name (see
+        :mod:`infoplane.tracking.targets`); a Z that none of the estimators can measure is refused with the names
+        of those that can. I(T;Y) of the labels stays the default everywhere.
+    chain : bool or None, default None
+        Whether the tracked layers form a chain X -> T_1 -> T_2 -> ... (each computed from the previous one
+        only), where the data-processing inequality must hold. None: decided from the model's traced graph where
+        it can be traced (a layer reached from the input around the previous one, e.g. by a skip connection,
+        makes it no chain). Stored in ``meta.json`` as ``chain`` (see :mod:`infoplane.capture.chain`).
 
     Notes
     -----
@@ -294,7 +307,8 @@ class Tracker:
                  flush_seconds: Optional[float] = 10.0, keep_activations: bool = False, resume: bool = False,
                  overwrite: bool = False, reduce: Any = None, loggers: Any = None,
                  dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None,
-                 gradients: Union[bool, Callable[[], Sequence[Sequence[GradientRow]]]] = False):
+                 gradients: Union[bool, Callable[[], Sequence[Sequence[GradientRow]]]] = False,
+                 targets: Optional[dict] = None, chain: Optional[bool] = None):
         self._session: Optional[_Session] = None  # until construction succeeds
         models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -315,6 +329,7 @@ class Tracker:
         if labels.shape[0] < 2:
             raise ValueError("the probe set needs at least 2 samples")
         self.inputs, self.labels = inputs, labels
+        self.targets = as_targets(targets, labels.shape[0])
         self.models = models
         self.seeds = seeds
         self.fraction = None if fraction is None else float(fraction)
@@ -322,6 +337,7 @@ class Tracker:
         self.keep_activations = bool(keep_activations)
         self.schedule = as_schedule(schedule)
         self.estimators = as_estimators(estimators)
+        check_estimators(self.targets, self.estimators)
         self.layer_info = _resolve_all(models, inputs, layers, pre_activation, seeds)
         self.layers = [l.name for l in self.layer_info]
         reductions = reduce_mod.resolve(reduce, [(l.name, l.shape) for l in self.layer_info])
@@ -332,6 +348,11 @@ class Tracker:
         run_meta = describe_run(models[0], inputs, labels, self.layer_info, self.estimators, self.schedule, self.seeds,
                                 self.fraction, pre_activation=pre_activation, keep_activations=self.keep_activations,
                                 reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
+        if self.targets:  # only then: the meta of runs without side variables reads as it always did
+            run_meta["targets"] = describe_targets(self.targets, self.estimators)
+        chain_note = chain_meta(models[0], self.layers, chain)
+        if chain_note is not None:
+            run_meta["chain"] = chain_note
         extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
@@ -339,13 +360,13 @@ class Tracker:
         clock = _clock  # read once, so that a test's fake clock serves the whole tracker
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions,
-                            clock=clock)
+                            clock=clock, targets=self.targets)
         # -- torch.distributed (infoplane.tracking.distributed): each rank probes its shard; rank 0 alone writes --
         self._dist, self.rank, self.world_size = None, 0, 1
         if distributed_active():
             self._dist = Sharded(labels.shape[0], self.layer_info, len(models), dist_timeout, reduce_metrics)
             self.rank, self.world_size = self._dist.rank, self._dist.world_size
-            self._dist.agree("the tracker's settings", {k: run_meta[k] for k in _IDENTITY})
+            self._dist.agree("the tracker's settings", {k: run_meta.get(k) for k in _IDENTITY})
             a, b = self._dist.start, self._dist.stop
             self._shard = Recorder(models, self.seeds, probeset.take(inputs, a, b), labels[a:b], self.layer_info,
                                    self.estimators, self.fraction, int(probe_batch_size), recorder.device,

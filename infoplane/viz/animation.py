@@ -36,6 +36,7 @@ from infoplane.viz.drawing import (
     transition_points,
     warn_saturation,
 )
+from infoplane.viz.overlays import draw_bound
 from infoplane.viz.stats import values
 
 __all__ = ["animate", "frame_epochs", "frame_size"]
@@ -207,6 +208,7 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     for i, (ax, run, tr) in enumerate(zip(axes, runs, tracks)):
         ixt, ity = values(run, estimator)
         limits(ax, run, ixt, ity)
+        draw_bound(ax, run)
         tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
         warn_saturation(ax, run, estimator)
         label = fraction_label(run) if titles is None else f"{titles[i]} | {fraction_label(run)}"

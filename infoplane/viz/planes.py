@@ -17,7 +17,7 @@ Visual conventions (see ``docs/plotting.md``):
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union, overload
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from infoplane.runs.reader import Run  # noqa: E402
 from infoplane.viz.drawing import RunsLike  # noqa: E402
 from infoplane.viz.gradients import gradients  # noqa: E402
+from infoplane.viz.overlays import IB_STYLE, as_ib_curve, draw_bound, draw_chain_flags, draw_ib_curve  # noqa: E402
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from infoplane.viz.stats import as_run as _as_run  # noqa: E402
 from infoplane.viz.stats import ceilings as _ceilings  # noqa: E402
@@ -58,7 +59,7 @@ FORMATS = (".png", ".pdf", ".svg")
 
 
 # ---------------------------------------------------------------------------------------------- planes
-def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
+def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True, ib=None, chain_flags=True):
     ixt, ity = _values(run, estimator)
     cmap = plt.get_cmap(CMAP)
     epochs = run.epochs
@@ -100,6 +101,7 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="black",
                               label=TRANSITION_LABEL))
     limits(ax, run, ixt, ity)
+    handles += theory(ax, run, estimator, mx, my, ib, chain_flags)
     if legend:
         note = class_note(run)
         if note:
@@ -112,12 +114,15 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True):
 
 @overload
 def information_plane(run: RunLike, estimator: Optional[str] = ..., ax: None = ..., *,
-                      all_seeds: bool = ...) -> Figure: ...
+                      all_seeds: bool = ..., target: Optional[str] = ..., ib_curve: Any = ...,
+                      chain_flags: bool = ...) -> Figure: ...
 @overload
 def information_plane(run: RunLike, estimator: Optional[str] = ..., ax: Optional[Axes] = ..., *,
-                      all_seeds: bool = ...) -> Union[Figure, SubFigure]: ...
+                      all_seeds: bool = ..., target: Optional[str] = ..., ib_curve: Any = ...,
+                      chain_flags: bool = ...) -> Union[Figure, SubFigure]: ...
 def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optional[Axes] = None, *,
-                      all_seeds: bool = False) -> Union[Figure, SubFigure]:
+                      all_seeds: bool = False, target: Optional[str] = None, ib_curve: Any = None,
+                      chain_flags: bool = True) -> Union[Figure, SubFigure]:
     """Draw one run's information plane.
 
     Parameters
@@ -130,11 +135,23 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
         Draw into this axes (its figure gets the colourbar); None creates a new figure.
     all_seeds : bool, default False
         With several seeds, also draw every seed's points faintly (instead of the interquartile boxes).
+    target : str or None
+        A side variable of the run (``run.targets``): draw (I(X;T), I(T;Z)) instead of (I(X;T), I(T;Y)).
+    ib_curve : IBCurve, array-like p_xy[x, y], or None
+        Also draw the information-bottleneck curve (:func:`infoplane.ib_curve`) of the data's joint
+        distribution, given as a curve or as ``p_xy`` (computed here). Every point above it is an estimation error.
+    chain_flags : bool, default True
+        Ring the points that break the data-processing inequality along the layers (see
+        :func:`infoplane.viz.stats.chain_report`); nothing is flagged for a network that is not a chain.
 
     Returns
     -------
     matplotlib.figure.Figure
         The new figure, or the one holding ``ax`` (a ``SubFigure`` when ``ax`` sits in one).
+
+    Notes
+    -----
+    Every plane also carries the bound I(T;Y) <= min(I(X;T), H(Y)) as a light line under the points.
 
     Warns
     -----
@@ -142,15 +159,16 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
         When a layer's I(X;T) is at log2 N for most recorded epochs (see :func:`saturated_layers`); the figure
         carries the same note.
     """
-    run = _as_run(run)
+    run = _as_run(run).for_target(target)
     _values(run, estimator)  # fail on an empty run or unknown estimator before creating a figure
+    ib = None if ib_curve is None else as_ib_curve(ib_curve)
     fig: Union[Figure, SubFigure]
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
     else:
         fig = ax.figure
     norm = epoch_norm(run)
-    _draw_plane(ax, run, estimator, norm, all_seeds)
+    _draw_plane(ax, run, estimator, norm, all_seeds, ib=ib, chain_flags=chain_flags)
     ax.set_title(plot_title(run, estimator), fontsize=9)
     colorbar(fig, norm, ax)
     return fig
@@ -216,6 +234,33 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
                  fontsize=10)
     colorbar(fig, norm, list(axes))
     return fig
+
+
+def theory(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarray, my: np.ndarray, ib: Any = None,
+           chain_flags: bool = True) -> list:
+    """The bound, the IB curve and the chain flags on a drawn plane (:mod:`infoplane.viz.overlays`); the
+    y label names the side variable of a run seen through one (:meth:`Run.for_target`).
+
+    Returns
+    -------
+    list
+        Legend handles for what was drawn besides the bound.
+    """
+    handles: list = []
+    target = run.meta.get("target")
+    if target:
+        ax.set_ylabel(f"I(T;{target}) [bits]")
+        for text in ax.texts:
+            if text.get_text() == "H(Y)":
+                text.set_text(f"H({target})")
+    draw_bound(ax, run)
+    if ib is not None:
+        draw_ib_curve(ax, ib)
+        handles.append(Line2D([], [], label="IB curve", **IB_STYLE))
+    if chain_flags and draw_chain_flags(ax, run, estimator, mx, my):
+        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
+                              markeredgecolor="red", label="breaks the chain"))
+    return handles
 
 
 # ---------------------------------------------------------------------------------------------- curves

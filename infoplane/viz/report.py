@@ -367,6 +367,9 @@ def _figure(runs, labels, frames, trail, go, A, D):
         if h_y is not None:
             shapes.append({"type": "line", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
                            "x0": 0, "x1": 1, "y0": h_y, "y1": h_y, "line": dash})
+            # The bound I(T;Y) <= min(I(X;T), H(Y)): light, under the points (its flat part is the ceiling above).
+            shapes.append({"type": "line", "xref": _axis("x", n), "yref": _axis("y", n), "x0": 0, "y0": 0,
+                           "x1": h_y, "y1": h_y, "layer": "below", "line": {"color": "#b8b8b8", "width": 1}})
             base_ann.append({"text": "H(Y)", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
                              "x": 0.01, "y": h_y, "xanchor": "left", "yanchor": "top", "showarrow": False,
                              "font": {"size": 10, "color": "#595959"}})

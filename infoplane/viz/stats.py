@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ from infoplane.runs.reader import Run, as_run
 from infoplane.tracking.gradients import phase_transition
 
 __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced", "transitions",
-           "SATURATION_TOL", "SATURATION_SHARE"]
+           "SATURATION_TOL", "SATURATION_SHARE", "ChainReport", "chain_report", "chain_summary"]
 
 #: A layer is saturated when I(X;T) >= (1 - SATURATION_TOL) * log2 N ...
 SATURATION_TOL = 0.05
@@ -128,3 +129,97 @@ def transitions(run: Run, *, window: int = 5, threshold: float = 1.0) -> dict[st
         ok = ~np.isnan(snr[:, j])
         out[layer] = phase_transition(g.epochs[ok], snr[ok, j], window=window, threshold=threshold)
     return out
+@dataclass
+class ChainReport:
+    """The data-processing inequality along a run's layers, on the seed medians of each recorded epoch.
+
+    Attributes
+    ----------
+    applies : bool or None
+        Whether the tracked layers form a chain (``meta["chain"]``): True, False (a skip connection: nothing
+        is checked), or None (not known: checked, and the report says so).
+    why : str
+        Why ``applies`` is what it is.
+    ixt, ity : numpy.ndarray of bool, shape [n_epochs, n_layers]
+        ``[e, k]``: layer k holds more I(X;T) (I(T;Y)) than layer k - 1 at epoch e by more than the tolerance
+        (column 0 is always False). All False when ``applies`` is False.
+    tol : float
+        The tolerance used beyond the estimates' own standard errors (bits).
+    count : int
+        Violating (epoch, layer, quantity) triples.
+    """
+
+    applies: Optional[bool]
+    why: str
+    ixt: np.ndarray
+    ity: np.ndarray
+    tol: float
+    count: int
+
+    @property
+    def epochs(self) -> list[int]:
+        """Indices into ``run.epochs`` with at least one violation."""
+        return [int(e) for e in np.nonzero((self.ixt | self.ity).any(axis=1))[0]]
+
+
+def chain_report(run: Union[Run, str, os.PathLike], estimator: Optional[str] = None, *,
+                 tol: float = 0.0) -> ChainReport:
+    """Check I(X;T_1) >= I(X;T_2) >= ... and I(T_1;Y) >= I(T_2;Y) >= ... at every recorded epoch of a run.
+
+    The check runs on the seed medians (the points the plane draws), with :func:`infoplane.bounds.chain_check`.
+    Growth from one layer to the next counts as a violation when it exceeds ``tol`` plus, for estimators that
+    give standard errors (``ixt_se``/``ity_se``), twice the standard error of the difference
+    (``2 sqrt(se_k**2 + se_(k+1)**2)``, with the seeds' standard errors combined as for a median of means).
+
+    Parameters
+    ----------
+    run : Run or path
+    estimator : str or None
+        Estimator name; None = the run's first.
+    tol : float, default 0.0
+        The estimator's stated error in bits, beyond which growth is a violation.
+
+    Returns
+    -------
+    ChainReport
+    """
+    from infoplane.bounds import chain_check
+
+    run = as_run(run)
+    ixt, ity = values(run, estimator)
+    info = run.meta.get("chain") or {}
+    applies = info.get("chain") if info else None
+    why = info.get("why", "the run does not say whether its layers form a chain")
+    shape = (len(run.epochs), len(run.layers))
+    out = {"ixt": np.zeros(shape, dtype=bool), "ity": np.zeros(shape, dtype=bool)}
+    if applies is not False and len(run.layers) >= 2:
+        for field, vals in (("ixt", ixt), ("ity", ity)):
+            med = median(vals)
+            found = chain_check(med, tol=tol).violations
+            se = run.get(f"{field}_se", estimator)
+            if np.isfinite(se).any():  # growth must also exceed twice the standard error of the difference
+                se_med = np.sqrt(median(se ** 2) / max(1, len(run.seeds)))
+                margin = np.nan_to_num(2 * np.sqrt(se_med[:, :-1] ** 2 + se_med[:, 1:] ** 2), nan=0.0)
+                with np.errstate(invalid="ignore"):
+                    found &= np.diff(med, axis=-1) > tol + margin
+            out[field][:, 1:] = found
+    count = int(out["ixt"].sum() + out["ity"].sum())
+    return ChainReport(applies, why, out["ixt"], out["ity"], float(tol), count)
+
+
+def chain_summary(run: Union[Run, str, os.PathLike], estimator: Optional[str] = None) -> str:
+    """One line on the data-processing inequality for a text summary (see :func:`chain_report`)."""
+    run = as_run(run)
+    if len(run.layers) < 2 or len(run.epochs) == 0:
+        return "chain check: fewer than two layers, nothing to check"
+    rep = chain_report(run, estimator)
+    if rep.applies is False:
+        return f"chain check: not a chain ({rep.why}); the data-processing inequality does not apply"
+    note = "" if rep.applies else f" (whether the layers form a chain is not known: {rep.why})"
+    if rep.count == 0:
+        return f"chain check: no violation of the data-processing inequality in {len(run.epochs)} epochs{note}"
+    where = [int(run.epochs[e]) for e in rep.epochs]
+    shown = ", ".join(map(str, where[:8])) + (", ..." if len(where) > 8 else "")
+    return (f"chain check: {rep.count} violation(s) of the data-processing inequality (a later layer holding more "
+            f"than an earlier one) at {len(where)} of {len(run.epochs)} epochs ({shown}): estimation error of "
+            f"{run.estimators[0] if estimator is None else estimator}{note}")
