@@ -12,8 +12,8 @@ from typing import Any, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.backend import as_run, log_run, plane_figure, require, scalar_tags
-from infoplane.runs.format import Row
+from infoplane.integrations.backend import as_run, log_run, plane_figure, require, scalar_tags, sharpness_tags
+from infoplane.runs.format import Row, SharpnessRow
 from infoplane.runs.reader import Run
 
 __all__ = ["TensorBoardSink", "export_tensorboard"]
@@ -59,6 +59,21 @@ class TensorBoardSink:
         n_seeds = max(1, len(run.seeds))
         for row in rows:
             for tag, value in scalar_tags(row, n_seeds):
+                self.writer.add_scalar(tag, value, global_step=int(row.epoch))
+        self.writer.flush()
+
+    def log_sharpness(self, rows: Sequence[SharpnessRow], run: Run) -> None:
+        """Write the sharpness values of ``rows`` as ``sharpness/<measure>`` (global step = epoch) and flush.
+
+        Parameters
+        ----------
+        rows : list of SharpnessRow
+        run : Run
+            The run so far (gives the number of seeds).
+        """
+        n_seeds = max(1, len(run.seeds))
+        for row in rows:
+            for tag, value in sharpness_tags(row, n_seeds):
                 self.writer.add_scalar(tag, value, global_step=int(row.epoch))
         self.writer.flush()
 

@@ -32,12 +32,13 @@ from infoplane.tracking.distributed import active as distributed_active
 from infoplane.tracking.estimators import as_estimators
 from infoplane.tracking.recorder import Recorder
 from infoplane.tracking.schedule import as_schedule
+from infoplane.tracking.sharpness import SharpnessPlan
 
 __all__ = ["Tracker", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
-             "keep_activations", "reduce")
+             "keep_activations", "reduce", "sharpness")
 
 
 def _clock() -> float:
@@ -227,6 +228,23 @@ class Tracker:
     reduce_metrics : None or "mean", default None
         Under ``torch.distributed`` only: None stores the metrics rank 0 passes to :meth:`step`; ``"mean"``
         stores their mean over ranks (every rank must then pass the same metric names).
+    sharpness : None, str, list of str or dict, default None
+        Sharpness measures of :mod:`infoplane.sharpness` to record at every recorded epoch, by name
+        (``"hessian_top_eigenvalue"``, ``"hessian_trace"``, ``"sam_sharpness"``, ``"adaptive_sharpness"``,
+        ``"random_sharpness"``), or a dict mapping names to their options (``{"sam_sharpness": {"rho": 0.1}}``).
+        They go to ``sharpness.csv`` (:attr:`Run.sharpness <infoplane.runs.reader.Run>`). Each model is left
+        exactly as it was (parameters, buffers, gradients, modes, torch's RNG): training is bit-identical with
+        and without them. See docs/sharpness.md.
+    sharpness_data : (x, y) or list of (x, y)
+        The training data the measures are computed on (shared, or one pair per model); needed with
+        ``sharpness``.
+    sharpness_loss : callable, optional
+        ``loss(model(x), y)``, the batch mean; default ``nn.CrossEntropyLoss()``.
+    sharpness_samples : int or None, default 1024
+        The measures use this many rows of ``sharpness_data``, drawn once without replacement (seeded by
+        ``sharpness_seed``) and recorded in ``meta.json``; None: every row.
+    sharpness_seed : int, default 0
+        Seed of that draw. Each measure's own random vectors are seeded with the model's seed.
 
     Notes
     -----
@@ -256,8 +274,9 @@ class Tracker:
     rank, world_size : int
         This process's place in a ``torch.distributed`` job (0 and 1 outside one).
     timings : dict
-        Seconds spent so far in ``"capture"`` (probe passes), ``"estimate"`` (estimator calls) and ``"store"``
-        (writing files), and ``"layer_epochs"`` estimated.
+        Seconds spent so far in ``"capture"`` (probe passes), ``"estimate"`` (estimator calls), ``"store"``
+        (writing files) and ``"sharpness"`` (the sharpness measures, with their writing), and ``"layer_epochs"``
+        estimated.
     """
 
     def __init__(self, model: Union[nn.Module, Sequence[nn.Module]], inputs: Any, labels: Any, *,
@@ -268,7 +287,9 @@ class Tracker:
                  device: Union[str, torch.device, None] = None, buffer_bytes: int = 256 * 2**20,
                  flush_seconds: Optional[float] = 10.0, keep_activations: bool = False, resume: bool = False,
                  overwrite: bool = False, reduce: Any = None, loggers: Any = None,
-                 dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None):
+                 dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None,
+                 sharpness: Any = None, sharpness_data: Any = None, sharpness_loss: Any = None,
+                 sharpness_samples: Optional[int] = 1024, sharpness_seed: int = 0):
         self._session: Optional[_Session] = None  # until construction succeeds
         models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -305,6 +326,13 @@ class Tracker:
         run_meta = describe_run(models[0], inputs, labels, self.layer_info, self.estimators, self.schedule, self.seeds,
                                 self.fraction, pre_activation=pre_activation, keep_activations=self.keep_activations,
                                 reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
+        # -- sharpness beside the plane (infoplane.tracking.sharpness) --
+        self._sharpness = None
+        if sharpness is not None:
+            self._sharpness = SharpnessPlan.make(sharpness, models, sharpness_data, sharpness_loss,
+                                                 samples=sharpness_samples, subset_seed=sharpness_seed)
+            run_meta["sharpness"] = self._sharpness.settings()
+        # --
         extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
@@ -318,7 +346,7 @@ class Tracker:
         if distributed_active():
             self._dist = Sharded(labels.shape[0], self.layer_info, len(models), dist_timeout, reduce_metrics)
             self.rank, self.world_size = self._dist.rank, self._dist.world_size
-            self._dist.agree("the tracker's settings", {k: run_meta[k] for k in _IDENTITY})
+            self._dist.agree("the tracker's settings", {k: run_meta.get(k) for k in _IDENTITY})
             a, b = self._dist.start, self._dist.stop
             self._shard = Recorder(models, self.seeds, probeset.take(inputs, a, b), labels[a:b], self.layer_info,
                                    self.estimators, self.fraction, int(probe_batch_size), recorder.device,
@@ -335,6 +363,7 @@ class Tracker:
             self._done = self._dist.broadcast("sharing the resumed run's epochs", self._done)
         self._seen: set[int] = set()
         self.timings = recorder.timings
+        self.timings.setdefault("sharpness", 0.0)
         self._session = _Session(recorder, writer, sinks, flush_seconds, clock)
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
         self._finalizer = weakref.finalize(self, _Session.abandon, self._session)
@@ -445,6 +474,8 @@ class Tracker:
             if per_seed is None:  # ranks > 0 estimate and write nothing
                 self._seen.add(epoch)
                 return True
+        if self._sharpness is not None:
+            self._measure_sharpness(epoch)
         if self.keep_activations:
             t0 = time.perf_counter()
             for seed, acts in zip(self.seeds, per_seed):
@@ -500,6 +531,20 @@ class Tracker:
             self._live.end(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _measure_sharpness(self, epoch: int) -> None:
+        """Measure and write this epoch's sharpness at once (a resumed run drops the lines of epochs missing from
+        the table, and measures them again); the loggers get them too."""
+        assert self._sharpness is not None
+        t0 = time.perf_counter()
+        rows = self._sharpness.measure(self.models, self.seeds, epoch)
+        self._writer.add_sharpness(rows)
+        sinks = [s for s in self._live.sinks if hasattr(s, "log_sharpness")]
+        if sinks:
+            run = self._writer.run()
+            for sink in sinks:
+                sink.log_sharpness(rows, run)
+        self.timings["sharpness"] += time.perf_counter() - t0
+
     def _metric_values(self, metrics):
         per_seed = [{} for _ in self.seeds]
         for name, value in metrics.items():
