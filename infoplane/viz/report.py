@@ -342,7 +342,7 @@ def _figure(runs, labels, frames, trail, go, A, D):
             layout[_layout_key("x", n)] = {
                 "domain": col_domain(c), "anchor": _axis("y", n), **_epoch_ticks(times, log), "range": x_range,
                 "title": {"text": ("epoch (log scale)" if log else "epoch") if i == n_rows - 1 else ""}}
-            layout[_layout_key("y", n)] = {"domain": [top - ROW_H / total, top], "anchor": _axis("x", n),
+            layout[_layout_key("y", n)] = {"domain": [max(0.0, top - ROW_H / total), top], "anchor": _axis("x", n),
                                            "title": {"text": row if c == 0 else ""}, "range": y_ranges[i]}
             ceiling = S.ceilings(run)[0] if i == 0 else (S.ceilings(run)[1] if i == 1 else None)
             if ceiling is not None:
