@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sharpness.py                  # defaults below
     python benchmarks/bench_sharpness.py --quick          # small settings, a smoke run
+    python benchmarks/bench_sharpness.py --seeds 20       # the ensemble part with 20 seeds (the default)
 
 Networks: the 12-10-7-5-4-3-2 tanh network of examples/tishby_tanh.py on the 4096 patterns of the 12-bit task,
 and a CIFAR-sized CNN (three 3x3 convolutions of 16, 32, 64 channels with ReLU and 2x2 max-pooling, then a linear
@@ -12,6 +13,13 @@ evaluations or forward passes), the time per unit of work and the value. A Hessi
 forward, a backward and a double backward, about four forward passes; ``--batch-size`` chunks the data (same
 values, less memory). On a machine shared with other jobs, torch's intra-op threads can slow small networks by
 tens of times: compare figures taken with the same OMP_NUM_THREADS on an idle machine.
+
+The second part is what a tracker pays per recorded epoch (``Tracker(sharpness=...)``, ``infoplane track
+--sharpness``): every measure, with the options above, through :class:`infoplane.tracking.sharpness.SharpnessPlan`
+on 1024 training rows (the CLI's default) of the 12-bit task and on the CNN's images, for one seed and for an
+ensemble of ``--seeds`` (20) networks, which are measured one after another. The ratio
+``ensemble / (seeds x one seed)`` is 1 when nothing is shared between seeds; one training epoch of a seed (plain
+SGD, batch 256, over the same rows) is printed for scale.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from infoplane.sharpness import (  # noqa: E402
     random_sharpness,
     sam_sharpness,
 )
+from infoplane.tracking.sharpness import SharpnessPlan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,18 +56,21 @@ def tishby_network():
     return "12-10-7-5-4-3-2 tanh, 4096 x 12", model, x.float(), y
 
 
-def cifar_cnn(n):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
+def cnn(seed=0):
     with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(
+        torch.manual_seed(seed)
+        return nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
-    return f"CNN 3x32x32 -> 10, {n} images", model, x, y
+
+
+def cifar_cnn(n):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return f"CNN 3x32x32 -> 10, {n} images", cnn(0), x, y
 
 
 def main(argv=None):
@@ -67,6 +79,7 @@ def main(argv=None):
     parser.add_argument("--cnn-images", type=int, default=512, help="random images for the CNN (default 512)")
     parser.add_argument("--batch-size", type=int, default=None, help="chunk size for every measure (default: none)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure, after a warm-up")
+    parser.add_argument("--seeds", type=int, default=20, help="networks of the ensemble part (default 20)")
     args = parser.parse_args(argv)
 
     iters, samples, steps, repeats = (10, 10, 5, 1) if args.quick else (20, 20, 10, args.repeats)
@@ -99,6 +112,55 @@ def main(argv=None):
             rows.append((label, f"{seconds * 1e3:.1f}", f"{count} {unit}", f"{seconds * 1e3 / count:.1f}",
                          f"{r.value:.4g}"))
         print_table(f"{name}, {n_params} parameters", ("measure", "ms/call", "work", "ms/unit", "value"), rows)
+    options = {"hessian_top_eigenvalue": {"tol": 1e-3, "max_iter": iters}, "hessian_trace": {"samples": samples},
+               "sam_sharpness": {"rho": 0.05, "steps": steps}, "adaptive_sharpness": {"rho": 0.05, "steps": steps},
+               "random_sharpness": {"rho": 0.05, "samples": samples}}
+    seeds = 2 if args.quick else args.seeds
+    for name, build, x, y in (tishby_ensemble(), cifar_ensemble(images)):
+        rows = []
+        epoch = training_epoch(build(0), x[:1024], y[:1024])
+        for measure, opts in options.items():
+            one = per_epoch(build, 1, {measure: opts}, x, y)
+            many = per_epoch(build, seeds, {measure: opts}, x, y)
+            rows.append((measure, f"{one * 1e3:.0f}", f"{many:.2f}", f"{many / (seeds * one):.2f}",
+                         f"{one / epoch:.1f}"))
+        print_table(f"per recorded epoch through the tracker, {name}: 1 seed and {seeds} seeds "
+                    f"(one training epoch of one seed: {epoch * 1e3:.0f} ms)",
+                    ("measure", "1 seed ms", f"{seeds} seeds s", f"ratio to {seeds} x 1", "1 seed / train epoch"),
+                    rows)
+
+
+def per_epoch(build, seeds, measures, x, y):
+    """Seconds the tracker's plan takes to measure ``seeds`` networks once (after a warm-up on one)."""
+    models = [build(s) for s in range(seeds)]
+    plan = SharpnessPlan.make(measures, models, (x, y), None, samples=1024, subset_seed=0)
+    plan.measure(models[:1], [0], 0)
+    t0 = time.perf_counter()
+    plan.measure(models, list(range(seeds)), 0)
+    return time.perf_counter() - t0
+
+
+def training_epoch(model, x, y, batch=256):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[i:i + batch]), y[i:i + batch]).backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def tishby_ensemble():
+    from infoplane.data import tishby12
+
+    x, y = tishby12()
+    file = load_model_file(str(ROOT / "examples" / "tishby_tanh.py"))
+    return "12-bit network, 1024 rows", file.build, x.float(), y
+
+
+def cifar_ensemble(n):
+    _, _, x, y = cifar_cnn(n)
+    return f"CNN, {n} images", cnn, x, y
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ model file contract:
   Optional names, each replacing a default:
     data()                          -> (inputs, labels) tensors   (default: --data, else the 12-bit task)
     optimizer(parameters)           -> a torch optimizer          (default: Adam, --lr)
+    optimizer = "sam", rho = 0.05   a named optimizer instead: adam, sgd, sam, asam (SAM/ASAM around SGD)
     loss                            callable(outputs, labels)     (default: cross-entropy)
     layers                          names, globs or module types to record (default: every hidden layer
                                     after its nonlinearity, plus the softmax output)
@@ -53,7 +54,8 @@ FLAGS = {"data": "--data", "fractions": "--fraction", "split": "--split", "fixed
          "ray": "--ray", "ray_cpus": "--ray-cpus", "ray_gpus": "--ray-gpus", "gradients": "--no-gradients",
          "label_noise": "--label-noise",
          "random_labels": "--random-labels", "shuffled_pixels": "--shuffled-pixels",
-         "random_pixels": "--random-pixels", "gaussian_inputs": "--gaussian-inputs"}
+         "random_pixels": "--random-pixels", "gaussian_inputs": "--gaussian-inputs", "rho": "--rho",
+         "sharpness": "--sharpness", "sharpness_samples": "--sharpness-samples", "sharpness_rho": "--sharpness-rho"}
 
 # An argument as the library's messages write it: `name`, `name=True`, `name=value`.
 _ARGUMENT = re.compile(r"`(\w+)(?:=([^`]*))?`")
@@ -221,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=_batch_size, metavar="N|full",
                    help="mini-batch size, or full for one batch of the whole training set per epoch (full-batch "
                         "gradient descent); default: the file's batch_size, else 256")
-    g.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam (or the file's optimizer())")
+    g.add_argument("--optimizer", choices=["adam", "sgd", "sam", "asam"],
+                   help="default adam (or the file's optimizer); sam and asam: SAM / ASAM around plain SGD at --lr, "
+                        "trained on the torch path one seed at a time")
+    g.add_argument("--rho", type=_positive_float, help="radius of SAM's neighbourhood with --optimizer sam or asam "
+                                                       "(default 0.05 for sam, 0.5 for asam)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--no-vectorize", action="store_true", help="train seeds one at a time")
     g = track.add_argument_group("estimation")
@@ -236,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="log:400", help="log:N (default log:400), saxe, or every:K")
     g.add_argument("--reduce", metavar="SPEC", type=_reduce_spec,
                    help="layer reduction before estimating: flatten (default), channel-mean, pca:K, random:K")
+    g = track.add_argument_group("sharpness (see docs/sharpness.md)")
+    g.add_argument("--sharpness", metavar="MEASURE[,MEASURE...]",
+                   help="record sharpness measures at each recorded epoch (off by default: they cost several "
+                        "forward and backward passes each): hessian_top_eigenvalue, hessian_trace, sam_sharpness, "
+                        "adaptive_sharpness, random_sharpness; written to sharpness.csv and sharpness.png")
+    g.add_argument("--sharpness-samples", type=_positive_int, default=1024, metavar="N",
+                   help="training rows (per seed, drawn once) the measures use (default 1024)")
+    g.add_argument("--sharpness-rho", type=_positive_float, metavar="R",
+                   help="radius of sam_sharpness, adaptive_sharpness and random_sharpness (default 0.05; 0.5 for "
+                        "adaptive_sharpness)")
     g = track.add_argument_group("output")
     g.add_argument("--out", help="parent of the run directories (default runs/<model file stem>)")
     g.add_argument("--resume", action="store_true", help="continue unfinished runs in --out")
@@ -394,7 +410,8 @@ def cmd_track(args: argparse.Namespace) -> int:
                      vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
                      caller=["infoplane", *args.argv], log=log, gradients=not args.no_gradients, label_noise=args.label_noise,
                      random_labels=args.random_labels, shuffled_pixels=args.shuffled_pixels,
-                     random_pixels=args.random_pixels, gaussian_inputs=args.gaussian_inputs, **ray_kwargs)
+                     random_pixels=args.random_pixels, gaussian_inputs=args.gaussian_inputs, rho=args.rho, sharpness=args.sharpness,
+                     sharpness_samples=args.sharpness_samples, sharpness_rho=args.sharpness_rho, **ray_kwargs)
     except RaySweepError as err:  # the fractions that finished on Ray are summarised before the error
         if err.runs:
             print(summary(err.runs))
@@ -405,9 +422,29 @@ def cmd_track(args: argparse.Namespace) -> int:
             print(f"tensorboard: {path}")
     if not args.no_plot:
         paths = _write_figures(runs, None, None)
+        if args.sharpness:
+            paths += _write_sharpness_figures(runs)
         for p in paths:
             print(f"figure: {p}")
     return 0
+
+
+def _write_sharpness_figures(runs: Sequence) -> list[str]:
+    """``sharpness.png`` in each run directory, beside the planes."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    import infoplane.plot as plot
+
+    paths = []
+    for run in runs:
+        if getattr(run, "path", None) and run.sharpness:
+            path = os.path.join(run.path, "sharpness.png")
+            fig = plot.sharpness_curves(run, out=path)
+            plt.close(fig)
+            paths.append(path)
+    return paths
 
 
 def _write_figures(runs: Sequence, out: str | None, estimator: str | None) -> list[str]:

@@ -4,7 +4,8 @@ The contract (see ``docs/training.md``): the file defines ``build_model()`` retu
 ``torch.nn.Module`` (called once per seed), or a ready ``model`` (then only one seed can be trained).
 It may also define ``data()``, ``optimizer(parameters)``, ``loss``, ``layers``, ``batch_size`` (a positive int, or
 ``"full"`` for one batch of the whole training set per epoch) and ``train_step(model, batch, optimizer)``, each
-replacing infoplane's default.
+replacing infoplane's default. ``optimizer`` may also name one of
+:data:`NAMED_OPTIMIZERS` (``optimizer = "sam"``), with ``rho`` (a number > 0) for SAM's and ASAM's radius.
 """
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ from torch import nn
 
 from infoplane._validate import check_int
 
-__all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build", "is_batch_size"]
+__all__ = ["ModelFile", "ModelFileError", "load_model_file", "seeded_build", "is_batch_size", "NAMED_OPTIMIZERS"]
 
 # Optional names a model file may define, with what each must be.
 _OPTIONAL_CALLABLES = ("data", "optimizer", "loss", "train_step")
+#: The optimisers a model file (or ``infoplane track --optimizer``) may name instead of defining optimizer():
+#: Adam, plain SGD, and SAM / ASAM around plain SGD (:class:`infoplane.optim.SAM`).
+NAMED_OPTIMIZERS = ("adam", "sgd", "sam", "asam")
 
 
 class ModelFileError(ValueError):
@@ -76,7 +80,10 @@ class ModelFile:
     model : torch.nn.Module or None
         The file's ``model`` instance, when it defines no ``build_model``.
     data, optimizer, loss, train_step : callable or None
-        Overrides of the default data, optimiser factory, loss and training step.
+        Overrides of the default data, optimiser factory, loss and training step (``optimizer`` may also be
+        a name in :data:`NAMED_OPTIMIZERS`).
+    rho : float or None
+        SAM's or ASAM's radius, with ``optimizer = "sam"`` or ``"asam"``.
     layers : object or None
         Layer selection for the tracker (names, glob patterns or module types).
     batch_size : int, "full" or None
@@ -90,11 +97,12 @@ class ModelFile:
     build_model: Callable[[], nn.Module] | None = None
     model: nn.Module | None = None
     data: Callable[[], Any] | None = None
-    optimizer: Callable[[Any], torch.optim.Optimizer] | None = None
+    optimizer: Callable[[Any], torch.optim.Optimizer] | str | None = None
     loss: Callable[..., torch.Tensor] | None = None
     layers: Any = None
     train_step: Callable[..., Any] | None = None
     batch_size: int | str | None = None
+    rho: float | None = None
     _pristine: nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -185,12 +193,27 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
         )
     for name in _OPTIONAL_CALLABLES:
         value = namespace.get(name)
+        if name == "optimizer" and isinstance(value, str):
+            if value.lower() not in NAMED_OPTIMIZERS:
+                raise ModelFileError(f"optimizer = {value!r} in {path.name} names no optimizer infoplane knows; "
+                                     f"name one of {NAMED_OPTIMIZERS} or define optimizer(parameters)")
+            continue
         if value is not None and not callable(value):
             raise ModelFileError(f"{name} in {path.name} must be callable, got {type(value).__name__}")
     batch_size = namespace.get("batch_size")
     if batch_size is not None and not is_batch_size(batch_size):
         raise ModelFileError(f"batch_size in {path.name} must be a positive int or \"full\" (one batch of the "
                              f"whole training set per epoch), got {batch_size!r}")
+    rho = namespace.get("rho")
+    if rho is not None:
+        named = namespace.get("optimizer")
+        if not (isinstance(named, str) and named.lower() in ("sam", "asam")):
+            raise ModelFileError(f"rho in {path.name} is the radius of SAM's neighbourhood: it needs "
+                                 f"optimizer = \"sam\" or \"asam\" in the file (an optimizer() returning "
+                                 f"infoplane.optim.SAM sets its own rho)")
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (0 < rho < float("inf")):
+            raise ModelFileError(f"rho in {path.name} must be a number > 0 (e.g. 0.05 for SAM, 0.5 for ASAM); "
+                                 f"got {rho!r}")
     return ModelFile(
         path=path,
         stem=path.stem,
@@ -198,6 +221,7 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
         model=model if build_model is None else None,
         batch_size=batch_size,
         **{name: namespace.get(name) for name in (*_OPTIONAL_CALLABLES, "layers")},
+        rho=None if rho is None else float(rho),
     )
 
 

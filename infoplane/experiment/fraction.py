@@ -23,6 +23,7 @@ from infoplane.runs import lifecycle as rundir
 from infoplane.runs.format import save_corruption
 from infoplane.runs.writer import META, Run, load_run, read_meta
 from infoplane.tracking.schedule import Schedule
+from infoplane.tracking.sharpness import subset_indices
 from infoplane.tracking.tracker import Tracker
 from infoplane.train.loop import fit
 from infoplane.train.state import load_state, save_state
@@ -54,6 +55,11 @@ class TrackJob:
         Receives one line of text per message.
     reduce : None, str or dict
         Layer reduction before estimating (see :class:`~infoplane.Tracker`).
+    rho : float, optional
+        SAM's radius with ``optimizer="sam"`` or ``"asam"``.
+    sharpness : dict, optional
+        Sharpness measures to record (``name -> options``, see :mod:`infoplane.tracking.sharpness`), each on
+        ``sharpness_samples`` rows of its seed's training split.
     on_epoch : callable, optional
         Called with 1 after every trained epoch (the progress of a Ray task, :mod:`infoplane.experiment.raysweep`).
     gradients : bool
@@ -83,6 +89,9 @@ class TrackJob:
     on_epoch: Callable[[int], Any] | None = None
     gradients: bool = True
     corruption: dict | None = None
+    rho: float | None = None
+    sharpness: dict | None = None
+    sharpness_samples: int | None = 1024
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         made = Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
                        schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
                        keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
-                       targets=plan.targets, gradients=(lambda: latest[0]) if given else False)
+                       targets=plan.targets, gradients=(lambda: latest[0]) if given else False,
+                       **_sharpness_options(job, plan))
         if job.corruption is not None:  # under the tracker's lock of the run directory
             try:
                 save_corruption(run_dir, job.corruption["arrays"])
@@ -193,7 +203,7 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
-                         epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer,
+                         epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer, rho=job.rho,
                          device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
                          state=state, checkpoint=checkpoint, checkpoint_every=should_save, gradients=grad_layers)
         if tracker is None:  # resumed after the last epoch: nothing left to train
@@ -231,6 +241,18 @@ def _gradient_layers(job: TrackJob, plan: FractionPlan) -> dict[str, list[str]] 
         job.log("note: gradient statistics are not recorded: no tracked layer has a trainable weight")
         return None
     return found
+def _sharpness_options(job: TrackJob, plan: FractionPlan) -> dict[str, Any]:
+    """The tracker's sharpness arguments: each seed's measures on ``sharpness_samples`` rows of its own training
+    split, drawn here (only those rows are copied) and named in ``meta.json`` as rows of the data set. The
+    trainer's members are torch modules over the trained weights whichever engine trains them (the fused
+    kernel's included), so sharpness changes nothing in how the seeds are trained."""
+    if not job.sharpness:
+        return {}
+    rows = [np.asarray(train)[subset_indices(len(train), job.sharpness_samples, 0)] for train, _ in plan.splits]
+    data = [(job.inputs[torch.as_tensor(r)], job.labels[torch.as_tensor(r)]) for r in rows]
+    plan.meta["sharpness_rows"] = [r.tolist() for r in rows] if len(rows) > 1 else rows[0].tolist()
+    return {"sharpness": job.sharpness, "sharpness_data": data if len(data) > 1 else data[0],
+            "sharpness_loss": job.model_file.loss, "sharpness_samples": None}
 
 
 def _progress(enabled: bool, epochs: int, fraction: float, state: dict | None) -> Any:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from infoplane import data as data_mod
-from infoplane._validate import check_int
+from infoplane._validate import check_float, check_int
 from infoplane.capture.hooks import resolve_layers
 from infoplane.data.labels import as_class_indices
 from infoplane.data.modelfile import ModelFile, is_batch_size, load_model_file
@@ -27,6 +27,7 @@ from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
 from infoplane.runs import lifecycle as rundir
 from infoplane.runs.writer import META, Run, read_meta
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
+from infoplane.tracking.sharpness import as_measures
 from infoplane.viz.stats import chain_summary
 
 SPLITS = ("stratified", "original")
@@ -165,7 +166,9 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
           log: Callable[[str], Any] = print, reduce: str | dict | None = None,
           ray: bool | str | None = None, ray_cpus: float = 1.0, ray_gpus: float | None = None,
           gradients: bool = True, label_noise: float = 0.0, random_labels: bool = False, shuffled_pixels: bool = False,
-          random_pixels: bool = False, gaussian_inputs: bool = False) -> list[Run]:
+          random_pixels: bool = False, gaussian_inputs: bool = False,
+          rho: float | None = None, sharpness: Any = None, sharpness_samples: int | None = 1024,
+          sharpness_rho: float | None = None) -> list[Run]:
     """Train a model file at each training fraction with several seeds and record its information plane.
 
     Parameters
@@ -223,6 +226,15 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         are tracked as the side variable ``y_clean`` (I(T;Y_clean) in the rows whose ``target`` is
         ``y_clean``). What was drawn is stored in each run's ``corruption.npz`` (:attr:`Run.corruption`) and its
         settings in ``meta.json`` (``corruption``); a resumed run must match both.
+    rho : float, optional
+        SAM's radius with ``optimizer="sam"`` or ``"asam"`` (default 0.05 and 0.5; see :func:`infoplane.train.fit`).
+    sharpness : None, str, list or dict
+        Sharpness measures to record at every recorded epoch (see :class:`~infoplane.Tracker`), each seed's on
+        ``sharpness_samples`` rows of its training split (None: all of them). Off by default: the measures cost
+        several forward and backward passes each.
+    sharpness_samples : int or None, default 1024
+    sharpness_rho : float, optional
+        The radius of every measure that takes one (default: 0.05; 0.5 for ``adaptive_sharpness``).
 
     Returns
     -------
@@ -271,10 +283,29 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     if mf.max_seeds is not None and seed != 0:
         raise ConfigError(f"{mf.path} defines a single `model` object, which is seed 0; drop `seed` (or define "
                           f"build_model() to train other seeds)", "seed")
-    if lr is not None and optimizer is None and mf.optimizer is not None:
+    if lr is not None and optimizer is None and callable(mf.optimizer):
         raise ConfigError(f"`lr` sets the rate of the built-in optimizers, but {mf.path.name} defines optimizer(); "
                           f"set the rate there, or pass `optimizer='adam'` or `optimizer='sgd'` to use a built-in one",
                           "lr", "optimizer")
+    named = optimizer if optimizer is not None else mf.optimizer
+    if rho is not None and not (isinstance(named, str) and named.lower() in ("sam", "asam")):
+        raise ConfigError("`rho` is the radius of SAM's neighbourhood: it needs `optimizer='sam'` or "
+                          "`optimizer='asam'`", "rho", "optimizer")
+    if rho is not None:
+        check_float(rho, "`rho`", positive=True, what="> 0 (e.g. 0.05 for SAM, 0.5 for ASAM)",
+                    error=lambda m: ConfigError(m, "rho"))
+    measures = None
+    if sharpness is not None:
+        try:
+            measures = as_measures(sharpness, sharpness_rho)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"`sharpness`: {err}", "sharpness", "sharpness_rho") from err
+        if sharpness_samples is not None:
+            check_int(sharpness_samples, "`sharpness_samples`", minimum=1,
+                      error=lambda m: ConfigError(m, "sharpness_samples"))
+    elif sharpness_rho is not None:
+        raise ConfigError("`sharpness_rho` sets the radius of the sharpness measures: add `sharpness`",
+                          "sharpness_rho", "sharpness")
     if ray is not None and ray is not False:  # checked before any data is loaded
         from infoplane.experiment.raysweep import check_ray_settings
 
@@ -301,7 +332,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
                    vectorize=vectorize, progress=progress, log=log, reduce=reduce, gradients=bool(gradients),
-                   corruption=None if corrupted is None else corruption_record(corrupted))
+                   corruption=None if corrupted is None else corruption_record(corrupted), rho=rho, sharpness=measures,
+                   sharpness_samples=sharpness_samples)
     recorded = {"estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                for e in estimators],
                 "schedule": schedule.to_json(), "seeds": seed_list, "keep_activations": bool(keep_activations),
@@ -321,7 +353,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
             "model_file": str(mf.path),
             "caller": caller if caller is not None else (list(sys.argv) if sys.argv and sys.argv[0] else "python"),
             "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-                         "device": str(device), "vectorize": vectorize},
+                         "device": str(device), "vectorize": vectorize,
+                         **({"rho": rho} if rho is not None else {})},
             "split": {"kind": split, "fraction": fraction, "probe": probe, "fixed": bool(fixed_split),
                       "seeds": split_seeds, "train": [s[0].tolist() for s in splits],
                       "test": [s[1].tolist() for s in splits]},

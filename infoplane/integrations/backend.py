@@ -11,15 +11,15 @@ import os
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
-from infoplane.runs.format import Row
+from infoplane.runs.format import Row, SharpnessRow
 from infoplane.runs.gradfile import GradientRecord
 from infoplane.runs.reader import Run, as_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["scalar_tags", "gradient_tags", "plane_figure", "rows_by_epoch", "log_run", "require", "as_run", "FIELDS",
-           "GRADIENT_FIELDS"]
+__all__ = ["scalar_tags", "gradient_tags", "sharpness_tags", "plane_figure", "rows_by_epoch", "log_run", "require",
+           "as_run", "FIELDS", "GRADIENT_FIELDS"]
 
 #: Fields logged as scalars (lower bounds only when the estimator gives them).
 FIELDS = ("ixt", "ity", "ixt_lower", "ity_lower")
@@ -100,8 +100,27 @@ def gradient_tags(record: GradientRecord, n_seeds: int = 1) -> list[tuple[str, f
     return out
 
 
+def sharpness_tags(row: SharpnessRow, n_seeds: int = 1) -> list[tuple[str, float]]:
+    """The scalar tag of one sharpness line: ``("sharpness/<measure>", value)`` (``/seed<seed>`` appended with
+    several seeds); a NaN value is left out.
+
+    Parameters
+    ----------
+    row : SharpnessRow
+    n_seeds : int
+
+    Returns
+    -------
+    list of (str, float)
+    """
+    suffix = f"/seed{row.seed}" if n_seeds > 1 else ""
+    value = float(row.value)
+    return [] if math.isnan(value) else [(f"sharpness/{row.measure}{suffix}", value)]
+
+
 def rows_by_epoch(rows: Iterable[Any]) -> list[tuple[int, list[Any]]]:
-    """Rows (or gradient records) grouped by epoch, in epoch order: ``[(epoch, [rows])]``."""
+    """Rows (table rows, gradient records or sharpness lines) grouped by epoch, in epoch order:
+    ``[(epoch, [rows])]``."""
     groups = defaultdict(list)
     for r in rows:
         groups[int(r.epoch)].append(r)
@@ -130,4 +149,6 @@ def log_run(run: Union[Run, str, os.PathLike], sink: Any) -> None:
     sink.log_rows(list(run.rows), run)
     if run.gradients and hasattr(sink, "log_gradients"):
         sink.log_gradients(list(run.gradients.records), run)
+    if run.sharpness and hasattr(sink, "log_sharpness"):
+        sink.log_sharpness(list(run.sharpness.rows), run)
     sink.close(run)

@@ -13,8 +13,16 @@ from typing import Any, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
-from infoplane.integrations.backend import as_run, gradient_tags, log_run, plane_figure, require, scalar_tags
-from infoplane.runs.format import Row
+from infoplane.integrations.backend import (
+    as_run,
+    gradient_tags,
+    log_run,
+    plane_figure,
+    require,
+    scalar_tags,
+    sharpness_tags,
+)
+from infoplane.runs.format import Row, SharpnessRow
 from infoplane.runs.gradfile import GradientRecord
 from infoplane.runs.reader import Run
 
@@ -76,6 +84,21 @@ class TensorBoardSink:
         for record in records:
             for tag, value in gradient_tags(record, n_seeds):
                 self.writer.add_scalar(tag, value, global_step=int(record.epoch))
+        self.writer.flush()
+
+    def log_sharpness(self, rows: Sequence[SharpnessRow], run: Run) -> None:
+        """Write the sharpness values of ``rows`` as ``sharpness/<measure>`` (global step = epoch) and flush.
+
+        Parameters
+        ----------
+        rows : list of SharpnessRow
+        run : Run
+            The run so far (gives the number of seeds).
+        """
+        n_seeds = max(1, len(run.seeds))
+        for row in rows:
+            for tag, value in sharpness_tags(row, n_seeds):
+                self.writer.add_scalar(tag, value, global_step=int(row.epoch))
         self.writer.flush()
 
     def log_figure(self, run: Run, step: Optional[int] = None) -> None:

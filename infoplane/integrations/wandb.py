@@ -23,8 +23,9 @@ from infoplane.integrations.backend import (
     require,
     rows_by_epoch,
     scalar_tags,
+    sharpness_tags,
 )
-from infoplane.runs.format import Row
+from infoplane.runs.format import Row, SharpnessRow
 from infoplane.runs.gradfile import GradientRecord
 from infoplane.runs.reader import Run
 
@@ -59,6 +60,7 @@ class WandbSink:
         if not self._defined:
             self.run.define_metric(EPOCH_KEY)
             self.run.define_metric("infoplane/*", step_metric=EPOCH_KEY)
+            self.run.define_metric("sharpness/*", step_metric=EPOCH_KEY)
             self._defined = True
 
     def log_rows(self, rows: Sequence[Row], run: Run) -> None:
@@ -92,6 +94,24 @@ class WandbSink:
             values: dict[str, float] = {EPOCH_KEY: epoch}
             for record in group:
                 values.update(gradient_tags(record, n_seeds))
+            self.run.log(values)
+
+    def log_sharpness(self, rows: Sequence[SharpnessRow], run: Run) -> None:
+        """Log the sharpness values of ``rows`` as ``sharpness/<measure>``: one ``run.log`` per epoch, carrying
+        ``infoplane/epoch``.
+
+        Parameters
+        ----------
+        rows : list of SharpnessRow
+        run : Run
+            The run so far (gives the number of seeds).
+        """
+        self._define()
+        n_seeds = max(1, len(run.seeds))
+        for epoch, group in rows_by_epoch(rows):
+            values: dict[str, float] = {EPOCH_KEY: epoch}
+            for row in group:
+                values.update(sharpness_tags(row, n_seeds))
             self.run.log(values)
 
     def log_figure(self, run: Run, step: Optional[int] = None) -> None:

@@ -33,7 +33,8 @@ LOCK = ".infoplane.lock"   # held by the one process writing the run
 FORMAT = "infoplane-run"   # meta.json["format"]: the marker that makes a directory an infoplane run
 # 2: optional columns ixt_se, ity_se, ity_null, ity_null_sd. Version-1 tables (without them) are still read.
 # 3: the column target (empty for the labels Y, else the name of the side variable Z whose I(T;Z) the row's ity
-#    holds). Tables of versions 1 and 2 (without it) are still read, every row about the labels.
+#    holds). Tables of versions 1 and 2 (without it) are still read, every row about the labels. Also from 3:
+#    an optional sharpness.csv beside the table (runs without it read as having no sharpness).
 FORMAT_VERSION = 3
 
 VALUES = ("ixt", "ity", "ixt_lower", "ity_lower", "ixt_se", "ity_se", "ity_null", "ity_null_sd")
@@ -309,3 +310,80 @@ def read_corruption(path: PathLike) -> Optional[dict]:
         return None
     with np.load(file, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+# ---------------------------------------------------------------------------------------------------- sharpness.csv
+# One line per (seed, epoch, measure): the value and the diagnostics the measure gives. An empty cell means the
+# measure does not give that column; a computed NaN is written "nan", so the two are never confused.
+
+SHARPNESS = "sharpness.csv"
+#: Columns of ``sharpness.csv``: keys, the value, then diagnostics (loss units unless said otherwise).
+SHARPNESS_FIELDS = ("seed", "epoch", "measure", "value", "loss", "rho", "one_step", "stderr", "samples",
+                    "iterations", "evaluations", "converged")
+_SHARPNESS_COUNTS = ("samples", "iterations", "evaluations")
+
+__all__ += ["SHARPNESS", "SHARPNESS_FIELDS", "SharpnessRow", "format_sharpness_row", "parse_sharpness_row",
+            "read_sharpness"]
+
+
+class SharpnessRow(NamedTuple):
+    """One line of ``sharpness.csv``; a diagnostic the measure does not give is None.
+
+    ``value``, ``loss``, ``one_step`` and ``stderr`` are in loss units (``value`` of the Hessian measures in loss
+    units per squared parameter unit); ``rho`` in parameter units (ASAM's: relative); ``samples``,
+    ``iterations`` and ``evaluations`` are counts; ``converged`` a bool.
+    """
+    seed: int
+    epoch: int
+    measure: str
+    value: float
+    loss: Optional[float] = None
+    rho: Optional[float] = None
+    one_step: Optional[float] = None
+    stderr: Optional[float] = None
+    samples: Optional[int] = None
+    iterations: Optional[int] = None
+    evaluations: Optional[int] = None
+    converged: Optional[bool] = None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))  # NaN is written "nan", never as an empty cell
+
+
+def format_sharpness_row(row: SharpnessRow) -> list[str]:
+    """A :class:`SharpnessRow` as CSV cells."""
+    return [str(int(row.seed)), str(int(row.epoch)), row.measure] + [_cell(getattr(row, f))
+                                                                     for f in SHARPNESS_FIELDS[3:]]
+
+
+def parse_sharpness_row(cells: Sequence[str]) -> SharpnessRow:
+    """CSV cells of ``sharpness.csv`` as a :class:`SharpnessRow`."""
+    seed, epoch, measure, *rest = cells
+    values: list[Any] = []
+    for name, text in zip(SHARPNESS_FIELDS[3:], rest):
+        if text == "":
+            values.append(None)
+        elif name == "converged":
+            values.append(text == "true")
+        elif name in _SHARPNESS_COUNTS:
+            values.append(int(text))
+        else:
+            values.append(float(text))
+    if values[0] is None:
+        raise ValueError(f"a sharpness line has no value: {list(cells)}")
+    return SharpnessRow(int(seed), int(epoch), measure, *values)
+
+
+def read_sharpness(path: PathLike) -> list[SharpnessRow]:
+    """All complete lines of a ``sharpness.csv`` (none when the file is absent, as in runs before version 3)."""
+    header, rows = read_csv(path)
+    if header is None:
+        return []
+    if tuple(header) != SHARPNESS_FIELDS:
+        raise ValueError(f"{path}: unexpected header {header}; expected {list(SHARPNESS_FIELDS)}")
+    return [parse_sharpness_row(r) for r in rows]

@@ -2,9 +2,11 @@
 
 This module is the one place that decides what infoplane may delete. A directory is an infoplane run when its
 ``meta.json`` carries the format marker (:data:`infoplane.runs.format.FORMAT`). Infoplane's own files are exactly
-those it writes: ``meta.json``, ``infoplane.csv``, ``metrics.csv``, ``gradients.csv``, the CLI's ``train_state.pt``, the lock file,
-``activations/labels.npy`` and ``activations/<seed>/<epoch>.npz``, the figures ``plane-<estimator>.png``,
-``curves-<estimator>.png`` and ``gradients.png`` that ``infoplane plot`` writes there, and the temporary files of its atomic writes.
+those it writes: ``meta.json``, ``infoplane.csv``, ``metrics.csv``, ``gradients.csv``, ``sharpness.csv``,
+``corruption.npz``, the CLI's ``train_state.pt``, the lock file, ``activations/labels.npy`` and
+``activations/<seed>/<epoch>.npz``, the figures ``plane-<estimator>.png``, ``curves-<estimator>.png``,
+``gradients.png`` and ``sharpness.png`` that ``infoplane plot`` writes there, and the temporary files of its atomic
+writes.
 Overwriting a run removes those and nothing else; if the directory holds anything else (another file, a
 symlink, a folder of the user's), it refuses and lists what it found. Symlinks are never followed.
 
@@ -19,7 +21,18 @@ import socket
 from types import ModuleType
 from typing import Callable, Optional, Union
 
-from infoplane.runs.format import ACTIVATIONS, CORRUPTION, LOCK, META, METRICS, STATE, TABLE, NotARunError, read_meta
+from infoplane.runs.format import (
+    ACTIVATIONS,
+    CORRUPTION,
+    LOCK,
+    META,
+    METRICS,
+    SHARPNESS,
+    STATE,
+    TABLE,
+    NotARunError,
+    read_meta,
+)
 from infoplane.runs.gradfile import GRADIENTS
 
 fcntl: Optional[ModuleType]
@@ -30,10 +43,11 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = ["is_run", "foreign_entries", "clear", "open_run_dir", "RunLock", "RunLockedError", "RunExistsError", "NotARunError"]
 
-_OWN_TOP = (META, TABLE, METRICS, STATE, LOCK, GRADIENTS, CORRUPTION)
+_OWN_TOP = (META, TABLE, METRICS, STATE, LOCK, GRADIENTS, CORRUPTION, SHARPNESS)
 _TMP = re.compile(r"\.tmp\d+$")          # atomic writes: <name>.tmp<pid>
-# The per-run figures that `infoplane plot` / `write_figures` put into a run directory.
-_FIGURE = re.compile(r"((plane|curves)(-[A-Za-z0-9_.-]+)?|gradients)\.png$")
+# The per-run figures that `infoplane plot` / `write_figures` put into a run directory (sharpness.png: the
+# sharpness measures against epochs, beside the planes).
+_FIGURE = re.compile(r"((plane|curves|sharpness)(-[A-Za-z0-9_.-]+)?|gradients)\.png$")
 _INT = re.compile(r"-?\d+$")
 
 

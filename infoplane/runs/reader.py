@@ -10,17 +10,21 @@ import numpy as np
 from infoplane.runs.format import (
     FIELDS,
     METRICS,
+    SHARPNESS,
+    SHARPNESS_FIELDS,
     TABLE,
     VALUES,
     Row,
+    SharpnessRow,
     read_corruption,
     read_meta,
     read_metrics,
+    read_sharpness,
     read_table,
 )
 from infoplane.runs.gradfile import GRADIENTS, GradientRecord, Gradients, read_gradients
 
-__all__ = ["Run", "load_run", "as_run"]
+__all__ = ["Run", "Sharpness", "load_run", "as_run"]
 
 
 def _ordered(first, extra):
@@ -44,6 +48,8 @@ class Run:
         Column order of the metrics (names found only in ``metrics`` follow).
     gradients : iterable of GradientRecord, optional
         Lines of ``gradients.csv``.
+    sharpness : iterable of SharpnessRow, optional
+        Lines of ``sharpness.csv``.
 
     Attributes
     ----------
@@ -73,13 +79,15 @@ class Run:
     rows : list of Row
     gradients : Gradients
         The per-layer gradient statistics (``gradients.csv``); empty for a run recorded without them.
+    sharpness : Sharpness
+        The sharpness measures recorded beside the plane (empty when none were).
     path : str or None
         The run directory, None for a run held only in memory.
     """
 
     def __init__(self, meta: dict, rows: Iterable[Row] = (), metrics: Optional[dict] = None,
                  metric_names: Sequence[str] = (), path: Union[str, os.PathLike, None] = None,
-                 gradients: Iterable[GradientRecord] = ()) -> None:
+                 gradients: Iterable[GradientRecord] = (), sharpness: Iterable[SharpnessRow] = ()) -> None:
         self.meta = meta
         self.path = None if path is None else os.fspath(path)
         self.rows = list(rows)
@@ -107,6 +115,7 @@ class Run:
         names = [n for vals in self._metrics.values() for n in vals]
         self.metric_names = _ordered(metric_names, names)
         self.gradients = Gradients(gradients, self.layers)
+        self.sharpness = Sharpness(sharpness, self.seeds, self.epochs, meta.get("sharpness"))
 
     @property
     def corruption(self) -> Optional[dict]:
@@ -261,7 +270,100 @@ class Run:
             g = self.gradients.to_pandas().drop(columns=["frozen"])
             g = g.rename(columns={c: f"grad_{c}" for c in ("mean_norm", "std_norm", "snr", "batches")})
             df = df.merge(g, on=["seed", "epoch", "layer"], how="left")
+        if self.sharpness.rows:  # one column per measure, sharpness:<measure> (its value; diagnostics in
+            wide = self.sharpness.to_pandas().pivot_table(  # run.sharpness.to_pandas())
+                index=["seed", "epoch"], columns="measure", values="value", aggfunc="first")
+            wide.columns = [f"sharpness:{c}" for c in wide.columns]
+            df = df.merge(wide.reset_index(), on=["seed", "epoch"], how="left")
         return df
+
+
+class Sharpness:
+    """The sharpness measures of a run (``sharpness.csv``), aligned with the run's seeds and epochs.
+
+    Parameters
+    ----------
+    rows : iterable of SharpnessRow
+    seeds : list of int
+        The run's seeds (rows of other seeds follow them).
+    epochs : ndarray of int64
+        The run's epochs, which :meth:`get` aligns with.
+    settings : dict or None
+        ``meta.json["sharpness"]``: the measures' options and the data subset they were computed on.
+
+    Attributes
+    ----------
+    rows : list of SharpnessRow
+    measures : list of str
+        Measure names in the order recorded.
+    fields : tuple of str
+        What :meth:`get` can return: ``value`` and the diagnostics (see :class:`~infoplane.runs.format.SharpnessRow`).
+    settings : dict
+        As recorded (empty when the run has no sharpness).
+    """
+
+    fields = SHARPNESS_FIELDS[3:]
+
+    def __init__(self, rows: Iterable[SharpnessRow], seeds: Sequence[int], epochs: np.ndarray,
+                 settings: Optional[dict] = None) -> None:
+        self.rows = list(rows)
+        self.measures = _ordered((settings or {}).get("measures", {}), (r.measure for r in self.rows))
+        self.settings = dict(settings or {})
+        self._seeds = [int(s) for s in _ordered(seeds, (r.seed for r in self.rows))]
+        self._epochs = np.asarray(epochs, dtype=np.int64)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"Sharpness({len(self.rows)} line(s), measures={self.measures})"
+
+    def get(self, measure: str, field: str = "value", seed: Optional[int] = None) -> np.ndarray:
+        """One measure's values as an array aligned with the run's epochs.
+
+        Parameters
+        ----------
+        measure : str
+            A name in :attr:`measures` (e.g. ``"hessian_top_eigenvalue"``).
+        field : str, default "value"
+            ``value`` or a diagnostic in :attr:`fields` (``converged`` as 1.0 / 0.0).
+        seed : int or None
+            One seed, or None for all.
+
+        Returns
+        -------
+        ndarray of float
+            ``[n_seeds, n_epochs]`` (``[n_epochs]`` with ``seed``); NaN where the measure was not recorded or does
+            not give ``field``.
+        """
+        if measure not in self.measures:
+            raise ValueError(f"no sharpness measure {measure!r} in this run; measures: {self.measures}")
+        if field not in self.fields:
+            raise ValueError(f"field must be one of {list(self.fields)}; got {field!r}")
+        seeds = {s: i for i, s in enumerate(self._seeds)}
+        epochs = {int(e): j for j, e in enumerate(self._epochs.tolist())}
+        out = np.full((len(self._seeds), len(self._epochs)), np.nan)
+        for r in self.rows:
+            value = getattr(r, field)
+            if r.measure == measure and r.epoch in epochs and value is not None:
+                out[seeds[r.seed], epochs[r.epoch]] = float(value)
+        if seed is None:
+            return out
+        if seed not in seeds:
+            raise ValueError(f"seed {seed!r} is not in this run; seeds: {self._seeds}")
+        return out[seeds[seed]]
+
+    def to_pandas(self) -> Any:
+        """The lines as a ``pandas.DataFrame`` (columns of ``sharpness.csv``; absent diagnostics are missing
+        values). Needs ``pip install 'infoplane[pandas]'``."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Sharpness.to_pandas needs pandas: pip install 'infoplane[pandas]'") from None
+        return pd.DataFrame(self.rows, columns=list(SHARPNESS_FIELDS))
 
 
 def load_run(path: Union[str, os.PathLike]) -> Run:
@@ -282,7 +384,9 @@ def load_run(path: Union[str, os.PathLike]) -> Run:
     meta = read_meta(path)
     rows = read_table(os.path.join(path, TABLE))
     names, metrics = read_metrics(os.path.join(path, METRICS))
-    return Run(meta, rows, metrics, names, path=path, gradients=read_gradients(os.path.join(path, GRADIENTS)))
+    sharpness = read_sharpness(os.path.join(path, SHARPNESS))
+    return Run(meta, rows, metrics, names, path=path, gradients=read_gradients(os.path.join(path, GRADIENTS)),
+               sharpness=sharpness)
 
 
 def as_run(run: Union[Run, str, os.PathLike]) -> Run:

@@ -19,18 +19,23 @@ from infoplane.runs.format import (
     FORMAT_VERSION,
     META,
     METRICS,
+    SHARPNESS,
+    SHARPNESS_FIELDS,
     TABLE,
     Row,
+    SharpnessRow,
     append_csv,
     atomic_write_bytes,
     complete_epochs,
     format_number,
     format_row,
+    format_sharpness_row,
     json_ok,
     jsonable,
     now,
     read_meta,
     read_metrics,
+    read_sharpness,
     read_table,
     write_csv,
     write_meta,
@@ -80,6 +85,7 @@ class RunWriter:
         self.metric_names: list[str] = []
         self.metrics: dict[tuple[int, int], dict[str, float]] = {}
         self.gradients: list[GradientRecord] = []
+        self.sharpness: list[SharpnessRow] = []
         self._lock = None
         if self.path is None:
             return
@@ -128,6 +134,7 @@ class RunWriter:
         write_csv(self._file(TABLE), FIELDS, [format_row(r) for r in self.rows])
         self._rewrite_metrics()
         self._resume_gradients(done)
+        self._resume_sharpness(done)
 
     def _resume_gradients(self, done):
         if not os.path.exists(self._file(GRADIENTS)):
@@ -199,6 +206,29 @@ class RunWriter:
         else:
             append_csv(self._file(METRICS), [self._metric_cells(k) for k in keys])
 
+    # -- sharpness.csv: created with the first sharpness line, so runs without sharpness have no such file --
+    def _resume_sharpness(self, done: set[int]) -> None:
+        # Lines of epochs missing from the table are dropped, like their metrics: they are measured again.
+        if not os.path.exists(self._file(SHARPNESS)):
+            return
+        self.sharpness = [r for r in read_sharpness(self._file(SHARPNESS)) if r.epoch in done]
+        write_csv(self._file(SHARPNESS), SHARPNESS_FIELDS, [format_sharpness_row(r) for r in self.sharpness])
+
+    def add_sharpness(self, rows: Iterable[SharpnessRow]) -> None:
+        """Record sharpness lines (and append them to ``sharpness.csv``, fsynced; the file, with its header, is
+        written atomically when the first lines arrive)."""
+        rows = list(rows)
+        if not rows:
+            return
+        self.sharpness.extend(rows)
+        if self.path is None:
+            return
+        cells = [format_sharpness_row(r) for r in rows]
+        if os.path.exists(self._file(SHARPNESS)):
+            append_csv(self._file(SHARPNESS), cells)
+        else:
+            write_csv(self._file(SHARPNESS), SHARPNESS_FIELDS, cells)
+
     def activation_path(self, seed: int, epoch: int) -> str:
         return os.path.join(self._dir(), ACTIVATIONS, str(int(seed)), f"{int(epoch)}.npz")
 
@@ -238,6 +268,7 @@ class RunWriter:
 
     def run(self) -> Run:
         """The current contents as an in-memory :class:`Run`."""
-        return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path, gradients=self.gradients)
+        return Run(self.meta, self.rows, self.metrics, self.metric_names, path=self.path, gradients=self.gradients,
+                   sharpness=self.sharpness)
 
 

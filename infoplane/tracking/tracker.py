@@ -35,13 +35,14 @@ from infoplane.tracking.estimators import as_estimators
 from infoplane.tracking.gradients import GradientRow, GradientStats
 from infoplane.tracking.recorder import Recorder
 from infoplane.tracking.schedule import as_schedule
+from infoplane.tracking.sharpness import SharpnessPlan
 from infoplane.tracking.targets import as_targets, check_estimators, describe_targets
 
 __all__ = ["Tracker", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
-             "keep_activations", "reduce", "targets")
+             "keep_activations", "reduce", "targets", "sharpness")
 
 
 def _clock() -> float:
@@ -265,6 +266,23 @@ class Tracker:
         only), where the data-processing inequality must hold. None: decided from the model's traced graph where
         it can be traced (a layer reached from the input around the previous one, e.g. by a skip connection,
         makes it no chain). Stored in ``meta.json`` as ``chain`` (see :mod:`infoplane.capture.chain`).
+    sharpness : None, str, list of str or dict, default None
+        Sharpness measures of :mod:`infoplane.sharpness` to record at every recorded epoch, by name
+        (``"hessian_top_eigenvalue"``, ``"hessian_trace"``, ``"sam_sharpness"``, ``"adaptive_sharpness"``,
+        ``"random_sharpness"``), or a dict mapping names to their options (``{"sam_sharpness": {"rho": 0.1}}``).
+        They go to ``sharpness.csv`` (:attr:`Run.sharpness <infoplane.runs.reader.Run>`). Each model is left
+        exactly as it was (parameters, buffers, gradients, modes, torch's RNG): training is bit-identical with
+        and without them. See docs/sharpness.md.
+    sharpness_data : (x, y) or list of (x, y)
+        The training data the measures are computed on (shared, or one pair per model); needed with
+        ``sharpness``.
+    sharpness_loss : callable, optional
+        ``loss(model(x), y)``, the batch mean; default ``nn.CrossEntropyLoss()``.
+    sharpness_samples : int or None, default 1024
+        The measures use this many rows of ``sharpness_data``, drawn once without replacement (seeded by
+        ``sharpness_seed``) and recorded in ``meta.json``; None: every row.
+    sharpness_seed : int, default 0
+        Seed of that draw. Each measure's own random vectors are seeded with the model's seed.
 
     Notes
     -----
@@ -294,8 +312,9 @@ class Tracker:
     rank, world_size : int
         This process's place in a ``torch.distributed`` job (0 and 1 outside one).
     timings : dict
-        Seconds spent so far in ``"capture"`` (probe passes), ``"estimate"`` (estimator calls) and ``"store"``
-        (writing files), and ``"layer_epochs"`` estimated.
+        Seconds spent so far in ``"capture"`` (probe passes), ``"estimate"`` (estimator calls), ``"store"``
+        (writing files) and ``"sharpness"`` (the sharpness measures, with their writing), and ``"layer_epochs"``
+        estimated.
     """
 
     def __init__(self, model: Union[nn.Module, Sequence[nn.Module]], inputs: Any, labels: Any, *,
@@ -308,7 +327,9 @@ class Tracker:
                  overwrite: bool = False, reduce: Any = None, loggers: Any = None,
                  dist_timeout: float = DEFAULT_TIMEOUT, reduce_metrics: Optional[str] = None,
                  gradients: Union[bool, Callable[[], Sequence[Sequence[GradientRow]]]] = False,
-                 targets: Optional[dict] = None, chain: Optional[bool] = None):
+                 targets: Optional[dict] = None, chain: Optional[bool] = None,
+                 sharpness: Any = None, sharpness_data: Any = None, sharpness_loss: Any = None,
+                 sharpness_samples: Optional[int] = 1024, sharpness_seed: int = 0):
         self._session: Optional[_Session] = None  # until construction succeeds
         models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -353,6 +374,13 @@ class Tracker:
         chain_note = chain_meta(models[0], self.layers, chain)
         if chain_note is not None:
             run_meta["chain"] = chain_note
+        # -- sharpness beside the plane (infoplane.tracking.sharpness) --
+        self._sharpness = None
+        if sharpness is not None:
+            self._sharpness = SharpnessPlan.make(sharpness, models, sharpness_data, sharpness_loss,
+                                                 samples=sharpness_samples, subset_seed=sharpness_seed)
+            run_meta["sharpness"] = self._sharpness.settings()
+        # --
         extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
@@ -383,6 +411,7 @@ class Tracker:
             self._done = self._dist.broadcast("sharing the resumed run's epochs", self._done)
         self._seen: set[int] = set()
         self.timings = recorder.timings
+        self.timings.setdefault("sharpness", 0.0)
         self._session = _Session(recorder, writer, sinks, flush_seconds, clock)
         self._session.gradients = grads
         # The finaliser holds the session, not the tracker: it runs when the tracker is collected or at exit.
@@ -501,6 +530,8 @@ class Tracker:
             if per_seed is None:  # ranks > 0 estimate and write nothing
                 self._seen.add(epoch)
                 return True
+        if self._sharpness is not None:
+            self._measure_sharpness(epoch)
         if self.keep_activations:
             t0 = time.perf_counter()
             for seed, acts in zip(self.seeds, per_seed):
@@ -558,6 +589,20 @@ class Tracker:
             self._live.end(complete=False)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _measure_sharpness(self, epoch: int) -> None:
+        """Measure and write this epoch's sharpness at once (a resumed run drops the lines of epochs missing from
+        the table, and measures them again); the loggers get them too."""
+        assert self._sharpness is not None
+        t0 = time.perf_counter()
+        rows = self._sharpness.measure(self.models, self.seeds, epoch)
+        self._writer.add_sharpness(rows)
+        sinks = [s for s in self._live.sinks if hasattr(s, "log_sharpness")]
+        if sinks:
+            run = self._writer.run()
+            for sink in sinks:
+                sink.log_sharpness(rows, run)
+        self.timings["sharpness"] += time.perf_counter() - t0
+
     def _metric_values(self, metrics):
         per_seed = [{} for _ in self.seeds]
         for name, value in metrics.items():

@@ -2,12 +2,14 @@
 one by one, else one by one, with the reason either way."""
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.func import stack_module_state
 
+from infoplane.optim import SAM
 from infoplane.train.fused import FusedEngine, announce, try_fused
 from infoplane.train.sequential import SequentialEngine
 from infoplane.train.spec import TrainSpec
@@ -25,6 +27,14 @@ def choose_engine(vectorize: bool | str, spec: TrainSpec, members: list[nn.Modul
         if fused is True:
             raise ValueError("fused=True needs vectorize='auto' or True (vectorize=False trains on the torch path)")
         return SequentialEngine(spec, members, "vectorize=False")
+    if spec.train_step is None and isinstance(spec.make_optimizer(list(members[0].parameters())), SAM):
+        reason = ("SAM takes two gradients per batch (at w and at the perturbed w + e) through its closure-based "
+                  "step, which the fused kernel and the stacked ensemble do not run; training on the torch path, "
+                  "one seed at a time")
+        if fused is True or vectorize is True:
+            raise ValueError(f"{'fused' if fused is True else 'vectorize'}=True cannot be met: {reason}")
+        announce_sam(reason)
+        return SequentialEngine(spec, members, reason, announced=True)
     if fused is not False:
         engine = try_fused(spec, members, inputs, labels, train_sets, batch_size)
         if not isinstance(engine, str):
@@ -105,3 +115,16 @@ def _try_vectorize(spec: TrainSpec, members: list[nn.Module], inputs: torch.Tens
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class SamNote(UserWarning):
+    """Training with SAM runs on the torch path, one seed at a time (printed once per process)."""
+
+
+_SAM_ANNOUNCED: list[str] = []
+
+
+def announce_sam(reason: str) -> None:
+    if not _SAM_ANNOUNCED:
+        _SAM_ANNOUNCED.append(reason)
+        warnings.warn(f"infoplane.fit: {reason}", SamNote, stacklevel=4)

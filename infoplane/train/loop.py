@@ -66,6 +66,7 @@ def fit(
     batch_size: int | str = 256,
     lr: float | None = None,
     optimizer: str | Callable | None = None,
+    rho: float | None = None,
     loss: Callable | None = None,
     device: str | torch.device = "cpu",
     vectorize: bool | str = "auto",
@@ -104,8 +105,12 @@ def fit(
         training set per epoch (full-batch gradient descent).
     lr : float, optional
         Learning rate for ``optimizer="adam"`` or ``"sgd"`` (default 4e-4).
-    optimizer : {"adam", "sgd"} or callable, optional
-        Default: the model file's ``optimizer(parameters)`` if it has one, else Adam.
+    optimizer : {"adam", "sgd", "sam", "asam"} or callable, optional
+        Default: the model file's ``optimizer`` if it has one, else Adam. ``"sam"`` and ``"asam"`` are
+        :class:`infoplane.optim.SAM` (ASAM: ``adaptive=True``) around plain SGD at ``lr``; a factory may return a
+        SAM too. SAM trains on the torch path, one seed at a time, through its closure-based ``step``.
+    rho : float, optional
+        SAM's radius with ``optimizer="sam"`` or ``"asam"`` (default 0.05 and 0.5, or the model file's ``rho``).
     loss : callable, optional
         ``loss(outputs, targets) -> scalar`` (mean over the batch). Default: the model file's
         ``loss`` if it has one, else ``nn.CrossEntropyLoss()`` on class indices.
@@ -152,7 +157,7 @@ def fit(
     -------
     FitResult
     """
-    spec = TrainSpec.from_args(model, lr, optimizer, loss)
+    spec = TrainSpec.from_args(model, lr, optimizer, loss, rho)
     seeds = as_seeds(seeds, spec.max_seeds)
     check_int(epochs, "epochs", minimum=0)
     if batch_size != "full" or not isinstance(batch_size, str):
@@ -192,7 +197,7 @@ def fit(
     # Training mode from the start: the trial step and the stacked forward must see what training sees.
     members = [spec.build(seed).to(device).train() for seed in seeds]
     engine = choose_engine(vectorize, spec, members, inputs, labels, train_sets, batch_size, fused)
-    if not engine.vectorized and vectorize == "auto" and len(seeds) > 1:
+    if not engine.vectorized and vectorize == "auto" and len(seeds) > 1 and not getattr(engine, "announced", False):
         warnings.warn(f"infoplane.fit: training the {len(seeds)} seeds one at a time: {engine.reason}", stacklevel=2)
 
     generators = [torch.Generator().manual_seed(derive_seed(s, 1)) for s in seeds]

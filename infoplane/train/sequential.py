@@ -6,6 +6,7 @@ import copy
 import torch
 from torch import nn
 
+from infoplane.optim import SAM
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import cuda_devices, get_rng, set_rng
 
@@ -15,8 +16,9 @@ class SequentialEngine:
 
     vectorized = False
 
-    def __init__(self, spec: TrainSpec, members: list[nn.Module], reason: str) -> None:
+    def __init__(self, spec: TrainSpec, members: list[nn.Module], reason: str, announced: bool = False) -> None:
         self.spec, self.members, self.reason = spec, members, reason
+        self.announced = announced  # the reason was already printed (fit then says nothing more)
         self.optimizers = [spec.make_optimizer(m.parameters()) for m in members]
 
     def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -34,6 +36,8 @@ class SequentialEngine:
                     batch = (inputs[idx], labels[idx])
                     if self.spec.train_step is not None:
                         self.spec.train_step(model, batch, opt)
+                    elif isinstance(opt, SAM):
+                        opt.step(_closure(model, self.spec.loss, opt, *batch))
                     else:
                         opt.zero_grad(set_to_none=True)
                         self.spec.loss(model(batch[0]), batch[1]).backward()
@@ -48,3 +52,16 @@ class SequentialEngine:
         for opt, saved in zip(self.optimizers, states):
             opt.load_state_dict(saved)
 
+
+
+def _closure(model: nn.Module, loss_fn, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    """The closure SAM's step calls: at ``w`` (the gradients are cleared first, so SAM takes it there) and again at
+    the perturbed weights, each time zeroing the gradients, computing the batch's loss and its backward."""
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.zero_grad(set_to_none=True)
+    return closure

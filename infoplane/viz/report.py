@@ -158,7 +158,7 @@ def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLi
       joined); with several seeds each point is the median with the interquartile range as error bars;
       **hover** shows layer, epoch, I(X;T) and I(T;Y) with their seed quartiles;
     - below, per run, I(X;T) and I(T;Y) of each layer against epoch (median and interquartile band), and the
-      metrics (loss, then the others, e.g. accuracy);
+      metrics (loss, then the others, e.g. accuracy), and the sharpness measures of runs that recorded them;
     - a **dropdown** switching every panel between the estimators the runs hold (shown when there are several);
     - for runs with gradient statistics, a **gradients** section: the norm of the mean and of the standard
       deviation of each layer's mini-batch gradients against epoch (log-log, seed medians) and a table of each
@@ -311,8 +311,13 @@ def _figure(runs, labels, frames, trail, go, A, D):
         metric_names.extend(m for m in r.metric_names if m not in metric_names)
     losses = [m for m in metric_names if "loss" in m.lower()]
     others = [m for m in metric_names if m not in losses]
-    rows = ["I(X;T) [bits]", "I(T;Y) [bits]"] + (["loss"] if losses else []) + (["metric"] if others else [])
-    metric_groups = [g for g in (losses, others) if g]
+    # Sharpness measures (sharpness.csv) get a row of their own, drawn like the metrics.
+    sharp = []
+    for r in runs:
+        sharp.extend(f"sharpness:{m}" for m in r.sharpness.measures if f"sharpness:{m}" not in sharp)
+    rows = ["I(X;T) [bits]", "I(T;Y) [bits]"] + (["loss"] if losses else []) + (["metric"] if others else []) \
+        + (["sharpness"] if sharp else [])
+    metric_groups = [g for g in (losses, others, sharp) if g]
     n_rows = len(rows)
     total = PLANE_H + SLIDER_H + n_rows * ROW_H + (n_rows - 1) * ROW_GAP
     layout = {"height": total + TOP + BOTTOM, "margin": {"t": TOP, "b": BOTTOM, "l": 70, "r": 30},
@@ -386,7 +391,7 @@ def _figure(runs, labels, frames, trail, go, A, D):
             layout[_layout_key("x", n)] = {
                 "domain": col_domain(c), "anchor": _axis("y", n), **_epoch_ticks(times, log), "range": x_range,
                 "title": {"text": ("epoch (log scale)" if log else "epoch") if i == n_rows - 1 else ""}}
-            layout[_layout_key("y", n)] = {"domain": [top - ROW_H / total, top], "anchor": _axis("x", n),
+            layout[_layout_key("y", n)] = {"domain": [max(0.0, top - ROW_H / total), top], "anchor": _axis("x", n),
                                            "title": {"text": row if c == 0 else ""}, "range": y_ranges[i]}
             ceiling = S.ceilings(run)[0] if i == 0 else (S.ceilings(run)[1] if i == 1 else None)
             if ceiling is not None:
@@ -512,9 +517,9 @@ def _figure(runs, labels, frames, trail, go, A, D):
             ex = _epoch_x(run.epochs, log)
             seeds = len(run.seeds) > 1
             for m_i, name in enumerate(group):
-                if name not in run.metric_names:
+                if not _has_series(run, name):
                     continue
-                a = run.metric(name)
+                a = _series(run, name)
                 med, (q1, q3) = S.median(a), S.quartiles(a)
                 ok = np.isfinite(med)
                 colour = TAB10[m_i % 10]
@@ -581,6 +586,20 @@ def _figure(runs, labels, frames, trail, go, A, D):
     return fig, notes
 
 
+def _has_series(run, name):
+    """Whether ``run`` has the curve ``name``: a metric, or ``sharpness:<measure>``."""
+    if name.startswith("sharpness:"):
+        return name.partition(":")[2] in run.sharpness.measures
+    return name in run.metric_names
+
+
+def _series(run, name):
+    """``[n_seeds, n_epochs]`` values of a metric or of ``sharpness:<measure>``."""
+    if name.startswith("sharpness:"):
+        return run.sharpness.get(name.partition(":")[2])
+    return run.metric(name)
+
+
 def _row_range(runs, rows, i, metric_groups, D):
     """y range of curve row ``i``, shared by the runs (and estimators): from 0 (or the lowest value) to the
     largest value or ceiling, with a margin."""
@@ -593,7 +612,7 @@ def _row_range(runs, rows, i, metric_groups, D):
             if ceiling is not None:
                 values.append(np.array([ceiling]))
         else:
-            values += [r.metric(m) for m in metric_groups[i - 2] if m in r.metric_names]
+            values += [_series(r, m) for m in metric_groups[i - 2] if _has_series(r, m)]
     flat = np.concatenate([np.ravel(v) for v in values]) if values else np.array([])
     flat = flat[np.isfinite(flat)]
     lo, hi = (min(0.0, float(flat.min())), float(flat.max())) if flat.size else (0.0, 1.0)
