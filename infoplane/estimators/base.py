@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["PlaneResult", "Estimator", "PROTOCOL_DEFAULTS", "protocol_attribute", "register", "from_settings",
-           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS"]
+           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS", "MEASURES", "kind_measure"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,7 +42,13 @@ class PlaneResult:
 
 
 # The protocol attributes and their defaults, for objects that do not set them.
-PROTOCOL_DEFAULTS: dict[str, Any] = {"has_lower": False, "needs_inputs": False, "fields": ("ixt", "ity")}
+PROTOCOL_DEFAULTS: dict[str, Any] = {"has_lower": False, "needs_inputs": False, "fields": ("ixt", "ity"),
+                                     "measure": "shannon"}
+
+#: What an estimator's values measure, which sets the axes and ceilings a figure draws them against: "shannon"
+#: (Shannon information in bits: I(X;T) in [0, log2 N], I(T;Y) in [0, H(Y)]) or "renyi" (matrix-based Rényi
+#: alpha-information in bits: I(X;T) in [0, log2 N], I(T;Y) in [0, log2 K] for K classes, not H(Y)).
+MEASURES = ("shannon", "renyi")
 
 
 def protocol_attribute(est: Any, name: str) -> Any:
@@ -51,12 +57,12 @@ def protocol_attribute(est: Any, name: str) -> Any:
     Parameters
     ----------
     est : estimator object
-    name : {"has_lower", "needs_inputs", "fields"}
+    name : {"has_lower", "needs_inputs", "fields", "measure"}
 
     Returns
     -------
     The attribute, or its default: ``has_lower`` False, ``needs_inputs`` False, ``fields`` ``("ixt", "ity")``
-    plus ``("ixt_lower", "ity_lower")`` when the object has ``has_lower``.
+    plus ``("ixt_lower", "ity_lower")`` when the object has ``has_lower``, ``measure`` ``"shannon"``.
     """
     if name not in PROTOCOL_DEFAULTS:
         raise ValueError(f"name must be one of {sorted(PROTOCOL_DEFAULTS)}; got {name!r}")
@@ -98,12 +104,15 @@ class Estimator:
         The tracker passes the probe inputs as ``est(acts, labels, inputs=x)``.
     fields : tuple of str, default ("ixt", "ity")
         The result attributes the estimator fills (bits).
+    measure : {"shannon", "renyi"}, default "shannon"
+        What the values measure (see :data:`MEASURES`); figures choose their axes and ceilings by it.
     """
 
     kind: str = ""
     has_lower: bool = False
     needs_inputs: bool = False
     fields: tuple = ("ixt", "ity")
+    measure: str = "shannon"
 
     @property
     def default_name(self) -> str:
@@ -162,6 +171,27 @@ def from_settings(settings: dict) -> Estimator:
         return cls(**kw)
     except TypeError as err:
         raise ValueError(f"unknown estimator setting for {settings['kind']}: {err}") from None
+
+
+def kind_measure(settings: Any) -> str:
+    """What the values of an estimator described by ``settings()`` measure: its registered class's ``measure``
+    (the wrapped estimator's for a permutation null), ``"shannon"`` for kinds not in the registry.
+
+    Parameters
+    ----------
+    settings : dict or None
+        An estimator's ``settings()``, e.g. as stored in a run's ``meta.json``.
+
+    Returns
+    -------
+    str
+        One of :data:`MEASURES`.
+    """
+    settings = settings if isinstance(settings, dict) else {}
+    if settings.get("kind") == "with-null":
+        return kind_measure(settings.get("estimator"))
+    cls = KINDS.get(settings.get("kind"))  # type: ignore[arg-type]
+    return str(getattr(cls, "measure", PROTOCOL_DEFAULTS["measure"]))
 
 
 # The estimator used when none is given: the original work's 30 edge points on [-1, 1].
