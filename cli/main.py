@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", help="file for the main figure (.png, .pdf or .svg)")
     plot.add_argument("--estimator", help="estimator name to plot (default: the run's first)")
+    _add_label(plot)
     # infoplane export RUN --tensorboard DIR
     export = sub.add_parser("export", help="write finished runs to TensorBoard",
                             description="Write the scalars and the plane figure of run directories as "
@@ -320,6 +321,7 @@ def _add_animate_report(sub, common):
     anim.add_argument("--estimator", help="estimator name (default: the run's first)")
     anim.add_argument("--frames", type=_positive_int, help="frame count, interpolated (default: one per epoch)")
     anim.add_argument("--fps", type=_positive_float, help="frames per second (default: about 12 s in all)")
+    _add_label(anim)
     rep = sub.add_parser("report", help="write a self-contained interactive HTML report (needs [report])",
                          description="Write one HTML file (Plotly, inlined, works offline) with the information "
                                      "planes, an epoch slider, curves, metrics and the runs' settings.",
@@ -327,6 +329,23 @@ def _add_animate_report(sub, common):
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", default="report.html", help="default report.html")
     rep.add_argument("--frames", type=_positive_int, help="slider positions (default: one per epoch)")
+    _add_label(rep)
+
+
+def _add_label(parser):
+    parser.add_argument("--label", action="append", metavar="LABEL",
+                        help="the name of a RUN_DIR in titles, once per RUN_DIR in the same order (default: the run's "
+                             "own name, else its directory's name)")
+
+
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    """The --label values, one per RUN_DIR argument, or None when none was given."""
+    if args.label is None:
+        return None
+    if len(args.label) != len(args.runs):
+        raise UsageError(f"--label is given {len(args.label)} times for {len(args.runs)} run directories; give "
+                         f"one --label per RUN_DIR, in the same order")
+    return list(args.label)
 
 
 def _add_ray_options(track):
@@ -368,8 +387,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
     import infoplane.plot as plot
 
     try:
+        labels = _labels(args)
         path = _with_saturation_warnings(lambda: plot.animate(args.runs, out=args.out, estimator=args.estimator,
-                                                               frames=args.frames, fps=args.fps))
+                                                               frames=args.frames, fps=args.fps, titles=labels))
     except ValueError as err:  # not a run, an empty run, runs of different data, an unknown estimator or type
         raise UsageError(str(err)) from err
     print(path)
@@ -380,7 +400,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import infoplane
 
     try:
-        path = infoplane.report(args.runs, out=args.out, frames=args.frames)
+        path = infoplane.report(args.runs, out=args.out, frames=args.frames, titles=_labels(args))
     except ValueError as err:
         raise UsageError(str(err)) from err
     print(path)
@@ -447,23 +467,27 @@ def _write_sharpness_figures(runs: Sequence) -> list[str]:
     return paths
 
 
-def _write_figures(runs: Sequence, out: str | None, estimator: str | None) -> list[str]:
+def _write_figures(runs: Sequence, out: str | None, estimator: str | None,
+                   labels: Sequence[str] | None = None) -> list[str]:
     import warnings
 
     import infoplane.plot as plot
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", plot.SaturationWarning)
-        paths = plot.write_figures(runs, out=out, estimator=estimator)
+        paths = plot.write_figures(runs, out=out, estimator=estimator, labels=labels)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
     return paths
 
 
-def _run_dirs(paths: Sequence[str]) -> list[Path]:
-    """The run directories the arguments name: a run itself, or a parent holding ``fraction-*`` runs."""
-    found = []
+def _run_dirs(paths: Sequence[str], counts: list[int] | None = None) -> list[Path]:
+    """The run directories the arguments name: a run itself, or a parent holding ``fraction-*`` runs (``counts``,
+    when given, receives how many runs each argument stands for)."""
+    found: list[Path] = []
+    starts = []
     for text in paths:
+        starts.append(len(found))
         path = Path(text)
         if not path.is_dir():
             raise UsageError(f"{text}: no such directory")
@@ -475,6 +499,8 @@ def _run_dirs(paths: Sequence[str]) -> list[Path]:
             raise UsageError(f"{text} is not an infoplane run directory: it has no meta.json and no fraction-* runs "
                              f"inside; give a directory written by Tracker(out=...) or `infoplane track`")
         found += sorted(inner, key=_fraction_key)
+    if counts is not None:
+        counts[:] = [end - start for start, end in zip(starts, starts[1:] + [len(found)])]
     return found
 
 
@@ -487,9 +513,13 @@ def _fraction_key(path: Path) -> tuple:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Run ``infoplane plot``; returns the exit status."""
-    runs = _run_dirs(args.runs)
+    labels = _labels(args)
+    counts: list[int] = []
+    runs = _run_dirs(args.runs, counts)
+    if labels is not None:  # a parent of fraction-* runs lends its label to each of them
+        labels = [label for label, k in zip(labels, counts) for _ in range(k)]
     try:
-        paths = _write_figures(runs, args.out, args.estimator)
+        paths = _write_figures(runs, args.out, args.estimator, labels)
     except ValueError as err:  # not a run, runs of different data, an unknown estimator or file type
         raise UsageError(str(err)) from err
     for p in paths:

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["PlaneResult", "Estimator", "PROTOCOL_DEFAULTS", "protocol_attribute", "register", "from_settings",
-           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS"]
+           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS", "MEASURES", "kind_measure"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +43,12 @@ class PlaneResult:
 
 # The protocol attributes and their defaults, for objects that do not set them.
 PROTOCOL_DEFAULTS: dict[str, Any] = {"has_lower": False, "needs_inputs": False, "fields": ("ixt", "ity"),
-                                     "target_kinds": ("discrete",)}
+                                     "target_kinds": ("discrete",), "measure": "shannon"}
+
+#: What an estimator's values measure, which sets the axes and ceilings a figure draws them against: "shannon"
+#: (Shannon information in bits: I(X;T) in [0, log2 N], I(T;Y) in [0, H(Y)]) or "renyi" (matrix-based Rényi
+#: alpha-information in bits: I(X;T) in [0, log2 N], I(T;Y) in [0, log2 K] for K classes, not H(Y)).
+MEASURES = ("shannon", "renyi")
 
 
 def protocol_attribute(est: Any, name: str) -> Any:
@@ -52,12 +57,13 @@ def protocol_attribute(est: Any, name: str) -> Any:
     Parameters
     ----------
     est : estimator object
-    name : {"has_lower", "needs_inputs", "fields", "target_kinds"}
+    name : {"has_lower", "needs_inputs", "fields", "target_kinds", "measure"}
 
     Returns
     -------
     The attribute, or its default: ``has_lower`` False, ``needs_inputs`` False, ``fields`` ``("ixt", "ity")``
-    plus ``("ixt_lower", "ity_lower")`` when the object has ``has_lower``, ``target_kinds`` ``("discrete",)``.
+    plus ``("ixt_lower", "ity_lower")`` when the object has ``has_lower``, ``target_kinds`` ``("discrete",)``, ``measure``
+    ``"shannon"``.
     """
     if name not in PROTOCOL_DEFAULTS:
         raise ValueError(f"name must be one of {sorted(PROTOCOL_DEFAULTS)}; got {name!r}")
@@ -105,6 +111,8 @@ class Estimator:
         can) and ``"continuous"`` (float values ``[N, d]``: the estimator then also has
         ``target_mi(activations, z)``, returning I(T;Z) in bits per batch item; an estimator with
         ``target_mi`` is also given discrete targets through it, as int64 class indices ``[N]``).
+    measure : {"shannon", "renyi"}, default "shannon"
+        What the values measure (see :data:`MEASURES`); figures choose their axes and ceilings by it.
     """
 
     kind: str = ""
@@ -112,6 +120,7 @@ class Estimator:
     needs_inputs: bool = False
     fields: tuple = ("ixt", "ity")
     target_kinds: tuple = ("discrete",)
+    measure: str = "shannon"
 
     @property
     def default_name(self) -> str:
@@ -170,6 +179,27 @@ def from_settings(settings: dict) -> Estimator:
         return cls(**kw)
     except TypeError as err:
         raise ValueError(f"unknown estimator setting for {settings['kind']}: {err}") from None
+
+
+def kind_measure(settings: Any) -> str:
+    """What the values of an estimator described by ``settings()`` measure: its registered class's ``measure``
+    (the wrapped estimator's for a permutation null), ``"shannon"`` for kinds not in the registry.
+
+    Parameters
+    ----------
+    settings : dict or None
+        An estimator's ``settings()``, e.g. as stored in a run's ``meta.json``.
+
+    Returns
+    -------
+    str
+        One of :data:`MEASURES`.
+    """
+    settings = settings if isinstance(settings, dict) else {}
+    if settings.get("kind") == "with-null":
+        return kind_measure(settings.get("estimator"))
+    cls = KINDS.get(settings.get("kind"))  # type: ignore[arg-type]
+    return str(getattr(cls, "measure", PROTOCOL_DEFAULTS["measure"]))
 
 
 # The estimator used when none is given: the original work's 30 edge points on [-1, 1].

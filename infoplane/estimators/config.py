@@ -214,6 +214,7 @@ class WithNull(Estimator):
         self.memory_budget = _memory_budget(memory_budget)
         self.has_lower = bool(estimator.has_lower)
         self.fields = tuple(protocol_attribute(estimator, "fields")) + ("ity_null", "ity_null_sd")
+        self.measure = str(protocol_attribute(estimator, "measure"))
 
     @property
     def default_name(self) -> str:
@@ -318,6 +319,7 @@ class Renyi(Estimator):
     kind = "renyi"
     default_name = "renyi"
     target_kinds = ("discrete", "continuous")
+    measure = "renyi"
 
     def __init__(self, alpha: float = 1.01, sigma: Union[str, float] = "silverman",
                  sigma_inputs: Union[str, float] = "silverman", ixt_from: str = "inputs", method: str = "auto",

@@ -199,6 +199,9 @@ class Tracker:
     meta : dict, optional
         Extra JSON-able entries for ``meta.json`` (data name, split indices, ...). It may replace ``caller``
         (default ``sys.argv``); the other keys the tracker writes itself are refused.
+    name : str, optional
+        The run's name in figure titles and reports (``meta.json``'s ``"name"``); default: the run directory's
+        name.
     pre_activation : bool, default False
         With ``layers=None``, record each Linear/Conv output (pre-activation) instead.
     probe_batch_size : int, default 4096
@@ -321,7 +324,7 @@ class Tracker:
                  layers: Any = None, estimators: Any = None, schedule: Any = None,
                  out: Union[str, os.PathLike, None] = None, seeds: Optional[Sequence[int]] = None,
                  seed: Optional[int] = None, fraction: Optional[float] = None, meta: Optional[dict] = None,
-                 pre_activation: bool = False, probe_batch_size: int = 4096,
+                 name: Optional[str] = None, pre_activation: bool = False, probe_batch_size: int = 4096,
                  device: Union[str, torch.device, None] = None, buffer_bytes: int = 256 * 2**20,
                  flush_seconds: Optional[float] = 10.0, keep_activations: bool = False, resume: bool = False,
                  overwrite: bool = False, reduce: Any = None, loggers: Any = None,
@@ -382,6 +385,12 @@ class Tracker:
             run_meta["sharpness"] = self._sharpness.settings()
         # --
         extra = check_extra_meta(meta, run_meta)
+        if name is not None:
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"name must be a non-empty string (the run's name in figures); got {name!r}")
+            if extra.get("name", name) != name:
+                raise ValueError(f"name={name!r} and meta['name']={extra['name']!r} disagree; give one of them")
+            extra["name"] = name
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
         sinks = as_sinks(loggers)

@@ -25,19 +25,21 @@ from infoplane.viz.drawing import (
     by_fraction,
     check_same_data,
     colorbar,
-    data_name,
     epoch_norm,
-    estimator_label,
-    fraction_label,
     limits,
     log_axis,
+    mark_missing,
+    outside_legend,
+    run_titles,
     run_tracks,
     runs_list,
+    text_width,
     transition_points,
     warn_saturation,
+    wrap_parts,
 )
 from infoplane.viz.overlays import draw_bound
-from infoplane.viz.stats import values
+from infoplane.viz.stats import plane_scale, values
 
 __all__ = ["animate", "frame_epochs", "frame_size"]
 
@@ -132,7 +134,10 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     ceilings dashed. Several runs (e.g. 5% and 85% of the data) animate side by side, in sync, ordered by
     training fraction (as given with ``titles``). A run still being written is drawn as far as it goes, holds its
     last recorded point afterwards, and is marked *incomplete* in its panel title. Saturated layers carry the
-    note of the static plane (and a ``SaturationWarning``).
+    note of the static plane below the axes (and a ``SaturationWarning``); the legend sits beside the axes, so
+    that nothing drawn over the plane hides a point. Each panel names its run and what differs between the runs,
+    as in :func:`infoplane.plot.compare`; a run that holds no estimates of ``estimator`` gets a panel that says
+    so.
 
     Parameters
     ----------
@@ -154,7 +159,8 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
         Frame size ``(width, height)`` in pixels; None = :func:`frame_size` = ``(420 * len(runs) + 100, 460)``.
         Rounded up to even numbers (H.264 needs them).
     titles : list of str, optional
-        One panel title per run; the panels then keep the order of ``runs``.
+        One label per run, shown in place of its name (``meta["name"]``, else the run directory's name); the
+        panels then keep the order of ``runs``.
 
     Returns
     -------
@@ -171,8 +177,9 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     """
     out, ext = _check_out(out)
     runs = runs_list(runs)
-    for r in runs:
-        values(r, estimator)  # an empty run or unknown estimator fails before any drawing
+    holding = [r for r in runs if estimator is None or estimator in r.estimators]
+    for r in holding or runs[:1]:
+        values(r, estimator)  # an empty run or an estimator no run holds fails before any drawing
     check_same_data(runs)
     if titles is None:
         runs = by_fraction(runs)
@@ -195,7 +202,7 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     from matplotlib.lines import Line2D
 
     log = log_axis(runs, times)
-    tracks = [run_tracks(r, estimator, times, log) for r in runs]
+    tracks = [run_tracks(r, estimator, times, log) if r in holding else None for r in runs]
     norm = epoch_norm(runs)
     cmap = plt.get_cmap(CMAP)
     colours = cmap(norm(np.clip(times, norm.vmin, norm.vmax)))
@@ -204,19 +211,22 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
                              sharey=True, layout="constrained", squeeze=False)
     axes = list(grid[0])
     same_layers = all(r.layers == runs[0].layers for r in runs)
+    shared, own = run_titles(runs, estimator, titles)
     tops, panels = [], []
     for i, (ax, run, tr) in enumerate(zip(axes, runs, tracks)):
-        ixt, ity = values(run, estimator)
-        limits(ax, run, ixt, ity)
-        draw_bound(ax, run)
-        tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
-        warn_saturation(ax, run, estimator)
-        label = fraction_label(run) if titles is None else f"{titles[i]} | {fraction_label(run)}"
-        if len(run.seeds) > 1:
-            label += f" | median of {len(run.seeds)} seeds"
+        label = wrap_parts([p for p in own[i] if p != "INCOMPLETE run"], text_width(ax, 9))
         if not run.meta.get("complete", False):
             label += f"\nincomplete: recorded up to epoch {int(run.epochs[-1])}"
-        ax.set_title(label, fontsize=9, color="darkred" if "incomplete" in label else "black")
+        ax.set_title(label, fontsize=9, color="darkred" if not run.meta.get("complete", False) else "black")
+        if tr is None:
+            mark_missing(ax, run, estimator)
+            continue
+        ixt, ity = values(run, estimator)
+        limits(ax, run, ixt, ity, estimator)
+        if plane_scale(run, estimator).measure == "shannon":  # a Shannon bound says nothing of Rényi values
+            draw_bound(ax, run)
+        tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
+        warn_saturation(ax, run, estimator)
         if i:
             ax.set_ylabel("")
         boxes = PolyCollection([], facecolors="none", edgecolors="none", alpha=0.2, zorder=1.5)
@@ -230,30 +240,28 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
         marks = [(epoch, ax.scatter([x], [y], **TRANSITION_STYLE)) for _, epoch, x, y in transition_points(run, estimator)]
         for _, ring in marks:
             ring.set_visible(False)
-        if i == 0 or not same_layers:
+        if i == len(runs) - 1 or not same_layers:
             handles = [Line2D([], [], linestyle="none", marker=MARKERS[j % len(MARKERS)],
                               color="0.3", label=layer) for j, layer in enumerate(run.layers)]
             if marks:
                 handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
                                       markeredgecolor="black", label=TRANSITION_LABEL))
-            # A fixed place ("best" would move between frames): low I(X;T) with middling I(T;Y) stays empty,
-            # since I(T;Y) <= I(X;T); the saturation note takes the top left.
-            ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="center left",
-                      framealpha=0.8)
+            # Beside the axes, in a fixed place: inside, any place would cover some point of some frame.
+            outside_legend(ax, handles)
         panels.append((tr, boxes, trails, join, points, marks))
     xmax, ymax = max(t[0] for t in tops), max(t[1] for t in tops)
     axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
     axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
     cb = colorbar(fig, norm, axes)
     marker = cb.ax.axhline(times[0], color="cyan", linewidth=2.5)
-    head = " | ".join([data_name(runs[0]) or "data n/a", estimator_label(runs[0], estimator)])
+    head = wrap_parts(shared, int(width / DPI * 72 / 6))
     approx = frames is not None
     title = fig.suptitle(" ", fontsize=10)
 
     def draw(k):
         epoch = times[k]
         shown = f"epoch {epoch:.0f}" if not approx or float(epoch).is_integer() else f"epoch {epoch:.1f}"
-        title.set_text(f"{head}\n{shown}")
+        title.set_text(f"{head}\n{shown}" if head else shown)
         marker.set_ydata([epoch, epoch])
         first = max(0, k - trail)
         for tr, boxes, trails, join, points, marks in panels:

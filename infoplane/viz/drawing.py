@@ -8,6 +8,7 @@ figures and animations work on headless machines; a backend chosen by the user i
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import textwrap
@@ -33,11 +34,13 @@ _choose_backend()
 
 from matplotlib import colors as mcolors  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colorbar import Colorbar
     from matplotlib.figure import Figure, SubFigure
+    from matplotlib.legend import Legend
 
 from infoplane.runs.reader import Run  # noqa: E402
 from infoplane.viz.stats import (  # noqa: E402
@@ -46,6 +49,7 @@ from infoplane.viz.stats import (  # noqa: E402
     ceilings,
     log_spaced,
     median,
+    plane_scale,
     quartiles,
     saturated_layers,
     transitions,
@@ -87,38 +91,182 @@ def estimator_entry(run: Run, estimator: Optional[str]) -> dict:
     return {"name": name}
 
 
+def format_setting(value: object) -> str:
+    """A setting as shown on a figure: numbers to 4 significant digits (``0.04``, never
+    ``0.04000000000000001``), lists in brackets, nested settings as ``key=value`` pairs."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_setting(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}={format_setting(v)}" for k, v in value.items() if k != "name") + ")"
+    return str(value)
+
+
 def estimator_label(run: Run, estimator: Optional[str]) -> str:
-    """The estimator's name with its settings, e.g. ``binning (bins=30, range=[-1, 1])``."""
+    """The estimator's name with its settings, e.g. ``binning (bins=30, range=[-1, 1])``, numbers rounded."""
     entry = estimator_entry(run, estimator)
     settings = entry.get("settings") or {}
-    params = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("kind", "name"))
+    params = ", ".join(f"{k}={format_setting(v)}" for k, v in settings.items() if k not in ("kind", "name"))
     return f"{entry['name']} ({params})" if params else entry["name"]
 
 
-def fraction_label(run: Run) -> str:
-    """The training fraction as a label, e.g. ``85% training data``."""
-    return "fraction n/a" if run.fraction is None else f"{100 * run.fraction:g}% training data"
+def fraction_label(run: Run) -> Optional[str]:
+    """The training fraction as a label, e.g. ``85% training data``; None when the run does not record one."""
+    return None if run.fraction is None else f"{100 * run.fraction:.4g}% training data"
 
 
-def plot_title(run: Run, estimator: Optional[str]) -> str:
-    """A figure's title: data, fraction, estimator, seeds, and whether the run is incomplete."""
-    parts = [data_name(run) or "data n/a", fraction_label(run), estimator_label(run, estimator)]
-    if len(run.seeds) > 1:
-        parts.append(f"median of {len(run.seeds)} seeds")
-    if not run.complete:
-        parts.append("INCOMPLETE run")
-    return " | ".join(parts)
+def run_name(run: Run) -> Optional[str]:
+    """The run's name: ``meta["name"]`` (``Tracker(..., name=...)``), else its directory's name, else None."""
+    name = run.meta.get("name")
+    if isinstance(name, str) and name:
+        return name
+    path = run_path(run)
+    return os.path.basename(os.path.normpath(path)) if path else None
+
+
+def reduction_label(run: Run) -> str:
+    """The layer reduction, e.g. ``reduce=pca:4`` or ``reduce=(conv1=channel-mean)``; ``reduce=flatten`` when
+    the layers were flattened (the default)."""
+    reduce = run.meta.get("reduce")
+    spec = reduce.get("spec") if isinstance(reduce, dict) else None
+    return f"reduce={format_setting(spec) if spec is not None else 'flatten'}"
+
+
+def seeds_label(run: Run) -> str:
+    """``median of K seeds``, or ``1 seed``."""
+    return f"median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else "1 seed"
+
+
+# The facts a title may carry, in order, and whether each is left out when every run shown has its default.
+_DEFAULT_FACTS = {"reduce": "reduce=flatten", "seeds": "1 seed"}
+
+
+def _facts(run: Run, estimator: Optional[str]) -> dict[str, Optional[str]]:
+    if estimator is not None and estimator not in run.estimators:
+        est_label: Optional[str] = estimator
+    else:
+        est_label = estimator_label(run, estimator)
+    return {"data": data_name(run), "fraction": fraction_label(run), "estimator": est_label,
+            "reduce": reduction_label(run), "seeds": seeds_label(run)}
+
+
+def run_titles(runs: Sequence[Run], estimator: Optional[str] = None,
+               names: Optional[Sequence[Optional[str]]] = None) -> tuple[list[str], list[list[str]]]:
+    """What tells the runs shown apart: the facts they share, and each run's own.
+
+    Each run's own parts start with its name (``names[i]`` when given, else :func:`run_name`), followed by the
+    facts that differ between the runs (training fraction, estimator and its settings, reduction, seed count);
+    the shared facts (data, and those that agree) are given once. A fact a run does not record is left out, as
+    are the defaults (no reduction, one seed) when every run has them.
+
+    Parameters
+    ----------
+    runs : list of Run
+    estimator : str or None
+        The estimator shown; None = each run's first.
+    names : list of (str or None), optional
+        A label per run that replaces its name.
+
+    Returns
+    -------
+    (list of str, list of list of str)
+        The shared parts, and the parts of each run.
+    """
+    facts = [_facts(r, estimator) for r in runs]
+    shared: list[str] = []
+    own: list[list[str]] = []
+    for i, run in enumerate(runs):
+        name = names[i] if names is not None and names[i] else run_name(run)
+        own.append([name] if name else [])
+    for key in facts[0]:
+        vals = [f[key] for f in facts]
+        if all(v == vals[0] for v in vals):
+            if vals[0] is not None and vals[0] != _DEFAULT_FACTS.get(key):
+                shared.append(vals[0])
+        else:
+            for parts, v in zip(own, vals):
+                if v is not None:
+                    parts.append(v)
+    for parts, run in zip(own, runs):
+        if not run.complete:
+            parts.append("INCOMPLETE run")
+    return shared, own
+
+
+def wrap_parts(parts: Sequence[str], width: int, sep: str = " | ", newline: str = "\n") -> str:
+    """``parts`` joined by ``sep``, broken into lines of at most ``width`` characters between parts (and inside
+    a part, between words, only where it does not fit on a line of its own), never cutting a word."""
+    lines: list[str] = []
+    line = ""
+    for part in parts:
+        pieces = textwrap.wrap(part, max(8, width), break_long_words=False, break_on_hyphens=False) or [""]
+        for k, piece in enumerate(pieces):
+            joined = f"{line}{sep if k == 0 else ' '}{piece}" if line else piece
+            if line and len(joined) > width:
+                lines.append(line)
+                line = piece
+            else:
+                line = joined
+    if line:
+        lines.append(line)
+    return newline.join(lines)
+
+
+def root_figure(ax: Axes) -> Figure:
+    """The figure that holds ``ax``, through any subfigure (``.figure`` of a Figure is itself)."""
+    return cast("Figure", getattr(ax.figure, "figure", ax.figure))
+
+
+def text_width(ax: Axes, fontsize: float) -> int:
+    """About how many characters of ``fontsize`` points fit across ``ax``."""
+    fig = root_figure(ax)
+    width_pt = ax.get_position().width * fig.get_size_inches()[0] * 72
+    return max(20, int(width_pt / (0.6 * fontsize)))
+
+
+def plot_title(run: Run, estimator: Optional[str], name: Optional[str] = None, width: int = 80) -> str:
+    """A figure's title: the run's name, data, fraction, estimator, reduction, seeds, and whether the run is
+    incomplete, wrapped at ``width`` characters; facts the run does not record are left out."""
+    shared, _ = run_titles([run], estimator)
+    name = name or run_name(run)
+    parts = ([name] if name else []) + shared + ([] if run.complete else ["INCOMPLETE run"])
+    return wrap_parts(parts, width)
+
+
+NOTE_GID = "infoplane-note"
+
+
+def add_note(ax: Axes, text: str, color: str = "darkred") -> None:
+    """Write ``text`` below ``ax``, under its x label and any earlier note, wrapped to the axes' width: notes sit
+    outside the axes so that they never cover a data point."""
+    fontsize = 8
+    earlier = [t for t in ax.texts if t.get_gid() == NOTE_GID]
+    anchor = earlier[-1] if earlier else ax.xaxis.label
+    ax.annotate(textwrap.fill(text, text_width(ax, fontsize), break_on_hyphens=False), xy=(0, 0),
+                xycoords=("axes fraction", anchor), xytext=(0, -4), textcoords="offset points", ha="left",
+                va="top", fontsize=fontsize, color=color, gid=NOTE_GID, annotation_clip=False)
 
 
 INCOMPLETE_NOTE = "incomplete run: still being written, or interrupted"
 
 
 def mark_incomplete(ax: Axes, run: Run) -> None:
-    """Say on the axes that the run was not closed normally, so a partial plane is never taken for a whole one."""
-    if run.complete:
-        return
-    ax.text(0.98, 0.02, INCOMPLETE_NOTE, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
+    """Say below the axes that the run was not closed normally, so a partial plane is never taken for a whole
+    one."""
+    if not run.complete:
+        add_note(ax, INCOMPLETE_NOTE)
+
+
+def mark_missing(ax: Axes, run: Run, estimator: Optional[str]) -> None:
+    """Say in an empty panel that the run holds no estimates of ``estimator`` (and which ones it holds)."""
+    ax.text(0.5, 0.5, textwrap.fill(f"no {estimator} estimates in this run (it holds: "
+                                    f"{', '.join(run.estimators) or 'none'})", 36),
+            transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
 
 
 def class_note(run: Run) -> Optional[str]:
@@ -224,47 +372,59 @@ def _caller_level() -> int:
 
 
 def warn_saturation(ax: Axes, run: Run, estimator: Optional[str]) -> list[str]:
-    """Note saturated layers on ``ax`` and warn (:class:`SaturationWarning`); returns those layers."""
+    """Note saturated layers below ``ax`` and warn (:class:`SaturationWarning`); returns those layers."""
     layers = saturated_layers(run, estimator)
     if not layers:
         return []
     msg = saturation_message(run, estimator, layers)
-    # Top left: I(T;Y) <= I(X;T), so points rarely sit at high I(T;Y) and low I(X;T).
-    ax.text(0.02, 0.9, textwrap.fill(msg, 38), transform=ax.transAxes, ha="left", va="top", fontsize=8,
-            color="darkred", zorder=5, bbox=dict(facecolor="white", edgecolor="darkred", alpha=0.75))
-    where = " | ".join(p for p in (data_name(run), fraction_label(run)) if p)
+    add_note(ax, msg)
+    where = " | ".join(p for p in (run_name(run), data_name(run), fraction_label(run)) if p)
     advice = ("Try a larger noise_var." if is_noise_based(run, estimator) else
               "Try fewer or wider bins, or the KDE estimator.")
-    warnings.warn(f"{where}: {msg} (within {SATURATION_TOL:.0%} of log2 N = {ceilings(run)[0]:.2f} bits for "
-                  f"most recorded epochs). {advice}", SaturationWarning,
+    warnings.warn(f"{where + ': ' if where else ''}{msg} (within {SATURATION_TOL:.0%} of log2 N = "
+                  f"{ceilings(run)[0]:.2f} bits for most recorded epochs). {advice}", SaturationWarning,
                   stacklevel=_caller_level())
     return layers
 
 
-def limits(ax: Axes, run: Run, ixt: np.ndarray, ity: np.ndarray) -> None:
-    """Axes from 0 to the ceilings (or the data, when larger or the ceiling is unknown), ceilings dashed."""
-    log2_n, h_y = ceilings(run)
-    for ceiling, data, set_lim, line in ((log2_n, ixt, ax.set_xlim, ax.axvline),
-                                         (h_y, ity, ax.set_ylim, ax.axhline)):
+def limits(ax: Axes, run: Run, ixt: np.ndarray, ity: np.ndarray, estimator: Optional[str] = None) -> None:
+    """Axes from 0 to the ceilings of the estimator's measure (or the data, when larger or the ceiling is
+    unknown), ceilings dashed and named outside the axes (on a top and a right axis), labels by the measure."""
+    scale = plane_scale(run, estimator)
+    for ceiling, data, set_lim, line in ((scale.x_ceiling, ixt, ax.set_xlim, ax.axvline),
+                                         (scale.y_ceiling, ity, ax.set_ylim, ax.axhline)):
         finite = data[np.isfinite(data)]
         top = max([v for v in (ceiling, finite.max() if finite.size else None) if v is not None] or [1.0])
         top = top if top > 0 else 1.0
         set_lim(-0.03 * top, 1.03 * top)
         if ceiling is not None:
             line(ceiling, color="0.35", linestyle="--", linewidth=1, zorder=1)
-    if log2_n is not None:
-        ax.annotate("log2 N", (log2_n, 0), xycoords=("data", "axes fraction"), xytext=(-3, 3),
-                    textcoords="offset points", rotation=90, ha="right", va="bottom", fontsize=7, color="0.35")
-    if h_y is not None:
-        ax.annotate("H(Y)", (0, h_y), xycoords=("axes fraction", "data"), xytext=(3, -3),
-                    textcoords="offset points", ha="left", va="top", fontsize=7, color="0.35")
-    ax.set_xlabel("I(X;T) [bits]")
-    ax.set_ylabel("I(T;Y) [bits]")
+    # The ceilings' names as ticks of a secondary axis: outside the axes, where no point can be.
+    if scale.x_ceiling is not None:
+        top_axis = ax.secondary_xaxis("top")
+        top_axis.set_xticks([scale.x_ceiling], labels=[scale.x_name], fontsize=7, color="0.35")
+        top_axis.tick_params(length=3, color="0.35", pad=1)
+    if scale.y_ceiling is not None:
+        right_axis = ax.secondary_yaxis("right")
+        right_axis.set_yticks([scale.y_ceiling], labels=[scale.y_name], fontsize=7, color="0.35")
+        right_axis.tick_params(length=3, color="0.35", pad=1)
+    ax.set_xlabel(scale.x_label)
+    ax.set_ylabel(scale.y_label)
+
+
+def outside_legend(ax: Axes, handles: list) -> Legend:
+    """The layer legend to the right of ``ax``, past the ceiling's name, where it covers no point."""
+    fig = root_figure(ax)
+    # 0.4 inch clears the right axis that names the I(T;Y) ceiling.
+    where = ax.transAxes + ScaledTranslation(0.4, 0, fig.dpi_scale_trans)
+    return ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="upper left",
+                     bbox_to_anchor=(1.0, 1.0), bbox_transform=where, borderaxespad=0, framealpha=0.8)
 
 
 def check_same_data(runs: Sequence[Run]) -> None:
     """Raise ValueError naming the first two runs (in the order given) whose data or probe set differ."""
-    labels = [run_path(r) or f"run #{i} ({fraction_label(r)})" for i, r in enumerate(runs)]
+    labels = [run_path(r) or f"run #{i}" + (f" ({fraction_label(r)})" if r.fraction is not None else "")
+              for i, r in enumerate(runs)]
     first = runs[0]
     for label, other in zip(labels[1:], runs[1:]):
         a, b = data_name(first), data_name(other)

@@ -11,7 +11,7 @@ import numpy as np
 
 # isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import data_name, fraction_label, mark_incomplete
+from infoplane.viz.drawing import data_name, fraction_label, mark_incomplete, run_name
 
 import matplotlib.pyplot as plt  # noqa: E402
 # isort: on
@@ -103,7 +103,8 @@ def gradients(run: Union[Run, str, os.PathLike], *, window: int = 5, threshold: 
         right.set_xlabel("Epoch")
         right.set_ylabel("SNR (norm of mean / norm of std)")
     mark_incomplete(left, run)
-    parts = [data_name(run) or "data n/a", fraction_label(run), "gradient statistics"]
+    # Facts the run does not record are left out rather than shown as "n/a".
+    parts = [p for p in (run_name(run), data_name(run), fraction_label(run)) if p] + ["gradient statistics"]
     if len(g.seeds) > 1:
         parts.append(f"median of {len(g.seeds)} seeds")
     parts.append(f"transition: running median of {window}, SNR < {threshold:g}")

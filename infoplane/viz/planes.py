@@ -24,9 +24,9 @@ import numpy as np
 # isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
 from infoplane.viz.drawing import (CMAP, MARKERS, TRANSITION_LABEL, TRANSITION_STYLE,  # noqa: F401
-                                   SaturationWarning, by_fraction, check_same_data, class_note, colorbar, data_name,
-                                   epoch_norm, estimator_label, fraction_label, limits, mark_incomplete, plot_title,
-                                   run_path, runs_list, transition_points, warn_saturation)
+                                   SaturationWarning, by_fraction, check_same_data, class_note, colorbar, epoch_norm,
+                                   limits, mark_incomplete, mark_missing, outside_legend, plot_title, run_path,
+                                   run_titles, runs_list, text_width, transition_points, warn_saturation, wrap_parts)
 
 import matplotlib.pyplot as plt  # noqa: E402
 # isort: on
@@ -40,8 +40,8 @@ from infoplane.viz.gradients import gradients  # noqa: E402
 from infoplane.viz.overlays import IB_STYLE, as_ib_curve, draw_bound, draw_chain_flags, draw_ib_curve  # noqa: E402
 from infoplane.viz.stats import SATURATION_SHARE, SATURATION_TOL, saturated_layers  # noqa: E402,F401 (public names of plot)
 from infoplane.viz.stats import as_run as _as_run  # noqa: E402
-from infoplane.viz.stats import ceilings as _ceilings  # noqa: E402
 from infoplane.viz.stats import median as _median  # noqa: E402
+from infoplane.viz.stats import plane_scale as _plane_scale  # noqa: E402
 from infoplane.viz.stats import quartiles as _quartiles  # noqa: E402
 from infoplane.viz.stats import values as _values  # noqa: E402
 
@@ -60,6 +60,9 @@ FORMATS = (".png", ".pdf", ".svg")
 
 # ---------------------------------------------------------------------------------------------- planes
 def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True, ib=None, chain_flags=True):
+    if estimator is not None and estimator not in run.estimators:
+        mark_missing(ax, run, estimator)
+        return []
     ixt, ity = _values(run, estimator)
     cmap = plt.get_cmap(CMAP)
     epochs = run.epochs
@@ -100,14 +103,13 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True, ib=None, chain
         ax.scatter([m[2] for m in marks], [m[3] for m in marks], **TRANSITION_STYLE)
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="black",
                               label=TRANSITION_LABEL))
-    limits(ax, run, ixt, ity)
+    limits(ax, run, ixt, ity, estimator)
     handles += theory(ax, run, estimator, mx, my, ib, chain_flags)
     if legend:
         note = class_note(run)
         if note:
             handles.append(Line2D([], [], linestyle="none", label=note))
-        ax.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="best",
-                  framealpha=0.8)
+        outside_legend(ax, handles)
     mark_incomplete(ax, run)
     return warn_saturation(ax, run, estimator)
 
@@ -115,14 +117,14 @@ def _draw_plane(ax, run, estimator, norm, all_seeds, legend=True, ib=None, chain
 @overload
 def information_plane(run: RunLike, estimator: Optional[str] = ..., ax: None = ..., *,
                       all_seeds: bool = ..., target: Optional[str] = ..., ib_curve: Any = ...,
-                      chain_flags: bool = ...) -> Figure: ...
+                      chain_flags: bool = ..., label: Optional[str] = ...) -> Figure: ...
 @overload
 def information_plane(run: RunLike, estimator: Optional[str] = ..., ax: Optional[Axes] = ..., *,
                       all_seeds: bool = ..., target: Optional[str] = ..., ib_curve: Any = ...,
-                      chain_flags: bool = ...) -> Union[Figure, SubFigure]: ...
+                      chain_flags: bool = ..., label: Optional[str] = ...) -> Union[Figure, SubFigure]: ...
 def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optional[Axes] = None, *,
                       all_seeds: bool = False, target: Optional[str] = None, ib_curve: Any = None,
-                      chain_flags: bool = True) -> Union[Figure, SubFigure]:
+                      chain_flags: bool = True, label: Optional[str] = None) -> Union[Figure, SubFigure]:
     """Draw one run's information plane.
 
     Parameters
@@ -143,6 +145,9 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
     chain_flags : bool, default True
         Ring the points that break the data-processing inequality along the layers (see
         :func:`infoplane.viz.stats.chain_report`); nothing is flagged for a network that is not a chain.
+    label : str, optional
+        The run's name in the title; default: ``meta["name"]`` (``Tracker(..., name=...)``), else the run
+        directory's name.
 
     Returns
     -------
@@ -157,7 +162,7 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
     -----
     SaturationWarning
         When a layer's I(X;T) is at log2 N for most recorded epochs (see :func:`saturated_layers`); the figure
-        carries the same note.
+        carries the same note, below the axes (notes and the legend sit outside the axes, over no point).
     """
     run = _as_run(run).for_target(target)
     _values(run, estimator)  # fail on an empty run or unknown estimator before creating a figure
@@ -169,7 +174,7 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
         fig = ax.figure
     norm = epoch_norm(run)
     _draw_plane(ax, run, estimator, norm, all_seeds, ib=ib, chain_flags=chain_flags)
-    ax.set_title(plot_title(run, estimator), fontsize=9)
+    ax.set_title(plot_title(run, estimator, label, text_width(ax, 9)), fontsize=9)
     colorbar(fig, norm, ax)
     return fig
 
@@ -190,8 +195,13 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     all_seeds : bool, default False
         See :func:`information_plane`.
     titles : list of str, optional
-        One panel title per run (e.g. "tanh", "ReLU" for runs at the same fraction); the panels then keep the
-        order of ``runs``.
+        One label per run (e.g. "tanh", "ReLU"), shown in place of its name; the panels then keep the order of
+        ``runs``.
+
+    Each panel names its run (``titles``, else ``meta["name"]``, else the run directory's name) and what
+    differs between the runs (training fraction, estimator and its settings, reduction, seed count); what
+    they share is the figure's title. A run that holds no estimates of ``estimator`` gets an empty panel that
+    says so.
 
     Returns
     -------
@@ -200,11 +210,10 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     Raises
     ------
     ValueError
-        When the runs' data sets (``meta["data"]``), N or H(Y) differ.
+        When the runs' data sets (``meta["data"]``), N or H(Y) differ, or no run holds ``estimator``.
     """
     runs = runs_list(runs, "compare")
-    for r in runs:
-        _values(r, estimator)
+    _check_some_hold(runs, estimator)
     check_same_data(runs)
     if titles is None:
         runs = by_fraction(runs)
@@ -215,14 +224,13 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
                              layout="constrained", squeeze=False)
     axes = axes[0]
     same_layers = all(r.layers == runs[0].layers for r in runs)
+    shared, own = run_titles(runs, estimator, titles)
     tops = []
     for i, (ax, run) in enumerate(zip(axes, runs)):
-        _draw_plane(ax, run, estimator, norm, all_seeds, legend=(i == 0 or not same_layers))
+        _draw_plane(ax, run, estimator, norm, all_seeds, legend=(i == len(runs) - 1 or not same_layers))
         # Read each panel's limits now: the axes are shared, so the next panel overwrites them.
         tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
-        seeds = f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else ""
-        label = fraction_label(run) if titles is None else f"{titles[i]} | {fraction_label(run)}"
-        ax.set_title(label + seeds, fontsize=9)
+        ax.set_title(wrap_parts(own[i], text_width(ax, 9)), fontsize=9)
         if i:
             ax.set_ylabel("")
     # Shared axes must hold every panel's ceiling and data.
@@ -230,16 +238,15 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     ymax = max(t[1] for t in tops)
     axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
     axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
-    fig.suptitle(" | ".join([data_name(runs[0]) or "data n/a", estimator_label(runs[0], estimator)]),
-                 fontsize=10)
+    if shared:
+        fig.suptitle(wrap_parts(shared, int(fig.get_figwidth() * 72 / 6)), fontsize=10)
     colorbar(fig, norm, list(axes))
     return fig
 
 
 def theory(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarray, my: np.ndarray, ib: Any = None,
            chain_flags: bool = True) -> list:
-    """The bound, the IB curve and the chain flags on a drawn plane (:mod:`infoplane.viz.overlays`); the
-    y label names the side variable of a run seen through one (:meth:`Run.for_target`).
+    """The bound, the IB curve and the chain flags on a drawn plane (:mod:`infoplane.viz.overlays`).
 
     Returns
     -------
@@ -247,13 +254,8 @@ def theory(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarray, my: np.
         Legend handles for what was drawn besides the bound.
     """
     handles: list = []
-    target = run.meta.get("target")
-    if target:
-        ax.set_ylabel(f"I(T;{target}) [bits]")
-        for text in ax.texts:
-            if text.get_text() == "H(Y)":
-                text.set_text(f"H({target})")
-    draw_bound(ax, run)
+    if _plane_scale(run, estimator).measure == "shannon":  # a Shannon bound says nothing of Rényi values
+        draw_bound(ax, run)
     if ib is not None:
         draw_ib_curve(ax, ib)
         handles.append(Line2D([], [], label="IB curve", **IB_STYLE))
@@ -261,6 +263,11 @@ def theory(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarray, my: np.
         handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
                               markeredgecolor="red", label="breaks the chain"))
     return handles
+def _check_some_hold(runs, estimator):
+    """Fail, as a single run would, unless at least one run holds ``estimator`` (the others get a note)."""
+    holding = [r for r in runs if estimator is None or estimator in r.estimators]
+    for r in holding or runs[:1]:
+        _values(r, estimator)
 
 
 # ---------------------------------------------------------------------------------------------- curves
@@ -282,7 +289,7 @@ def _band(ax, x, values, label, color, marker=None):
         ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.2, linewidth=0)
 
 
-def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
+def curves(run: RunLike, estimator: Optional[str] = None, *, label: Optional[str] = None) -> Figure:
     """I(X;T) and I(T;Y) of each layer, and the recorded metrics, against epoch.
 
     Top row: I(X;T) and I(T;Y) per layer with their ceilings log2 N and H(Y) dashed. Bottom row (only when the
@@ -295,6 +302,8 @@ def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
     run : Run or path
     estimator : str or None
         Estimator name; None = the run's first.
+    label : str, optional
+        The run's name in the title (see :func:`information_plane`).
 
     Returns
     -------
@@ -310,9 +319,9 @@ def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
     fig, axes = plt.subplots(nrows, 2, figsize=(10, 3.6 * nrows), layout="constrained", squeeze=False)
     x = run.epochs.astype(float)
     colours = plt.get_cmap("tab10")
-    log2_n, h_y = _ceilings(run)
-    for ax, values, ceiling, label in ((axes[0, 0], ixt, log2_n, "I(X;T) [bits]"),
-                                       (axes[0, 1], ity, h_y, "I(T;Y) [bits]")):
+    scale = _plane_scale(run, estimator)
+    for ax, values, ceiling, label in ((axes[0, 0], ixt, scale.x_ceiling, scale.x_label),
+                                       (axes[0, 1], ity, scale.y_ceiling, scale.y_label)):
         for j, layer in enumerate(run.layers):
             _band(ax, x, values[:, :, j], layer, colours(j % 10), MARKERS[j % len(MARKERS)])
         if ceiling is not None:
@@ -333,7 +342,7 @@ def curves(run: RunLike, estimator: Optional[str] = None) -> Figure:
         ax.set_ylabel("loss" if groups[k] is losses else "metric")
         ax.legend(fontsize=8)
         _epoch_axis(ax)
-    fig.suptitle(plot_title(run, estimator), fontsize=10)
+    fig.suptitle(plot_title(run, estimator, label, int(fig.get_figwidth() * 72 / 6)), fontsize=10)
     return fig
 
 
@@ -377,7 +386,7 @@ def _file_tag(run, estimator):
 
 
 def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
-                  estimator: Optional[str] = None) -> list[str]:
+                  estimator: Optional[str] = None, *, labels: Optional[Sequence[str]] = None) -> list[str]:
     """Write the standard figures of one or more runs (what ``infoplane plot`` does).
 
     For each run: ``plane-<estimator>.png`` (information plane) and ``curves-<estimator>.png`` (quantities and
@@ -400,7 +409,11 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
     runs : Run, path, or list of them
     out : str, os.PathLike or None
     estimator : str or None
-        Estimator name; None = each run's first.
+        Estimator name; None = each run's first. Runs that do not hold it get no figures of their own and an
+        empty panel that says so in the comparison.
+    labels : list of str, optional
+        One name per run for the titles (default: ``meta["name"]``, else the run directory's name); the
+        comparison then keeps the order of ``runs``.
 
     Returns
     -------
@@ -410,18 +423,23 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
     Raises
     ------
     ValueError
-        For a directory that is not a run, an in-memory run without ``out``, mismatched data sets, or an
-        unsupported file extension.
+        For a directory that is not a run, an in-memory run without ``out``, mismatched data sets, an
+        unsupported file extension, no run holding ``estimator``, or a ``labels`` list of another length.
     """
     runs = runs_list(runs, "write_figures")
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"labels has {len(labels)} entries for {len(runs)} runs; give one per run")
     kind, out = _check_out(out)
     # _check_out gives a path with every kind, None only with none.
     out_dir = out if kind == "dir" else (os.path.dirname(out) or "." if kind == "file" and out is not None else None)
+    _check_some_hold(runs, estimator)
     if len(runs) > 1:
         check_same_data(runs)
 
-    targets = []  # (run, plane path or None, curves path)
+    targets = []  # (run, label, plane path or None, curves path)
     for i, run in enumerate(runs):
+        if estimator is not None and estimator not in run.estimators:
+            continue
         run_dir = run_path(run)
         if run_dir is None:
             if out_dir is None:
@@ -432,13 +450,14 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
             suffix = ""
         tag = _file_tag(run, estimator)
         plane = None if (kind == "file" and len(runs) == 1) else os.path.join(run_dir, f"plane-{tag}{suffix}.png")
-        targets.append((run, plane, os.path.join(run_dir, f"curves-{tag}{suffix}.png"),
+        label = None if labels is None else labels[i]
+        targets.append((run, label, plane, os.path.join(run_dir, f"curves-{tag}{suffix}.png"),
                         os.path.join(run_dir, f"gradients{suffix}.png")))
 
     written: list[str] = []
-    for run, plane, curve_path, gradient_path in targets:
-        _save(information_plane(run, estimator), plane or out, written)
-        _save(curves(run, estimator), curve_path, written)
+    for run, label, plane, curve_path, gradient_path in targets:
+        _save(information_plane(run, estimator, label=label), plane or out, written)
+        _save(curves(run, estimator, label=label), curve_path, written)
         if run.gradients:
             _save(gradients(run), gradient_path, written)
     if len(runs) > 1:
@@ -452,6 +471,6 @@ def write_figures(runs: RunsLike, out: Union[str, os.PathLike, None] = None,
             first = run_path(runs[0])
             assert first is not None  # without out, a run that has no directory was refused above
             target = os.path.join(os.path.dirname(os.path.abspath(first)), name)
-        _save(compare(runs, estimator), target, written)
+        _save(compare(runs, estimator, titles=labels), target, written)
     return written
 

@@ -61,11 +61,15 @@ def _estimator_names(runs):
     return names
 
 
+#: What a settings cell says for a fact the run does not record (a row of such cells alone is left out).
+UNRECORDED = "not recorded"
+
+
 def _command(meta):
     caller = meta.get("caller")
     if isinstance(caller, list):
         return shlex.join(str(c) for c in caller)
-    return "n/a" if caller is None else str(caller)
+    return None if caller is None else str(caller)
 
 
 def _settings_rows(runs, D):
@@ -75,7 +79,7 @@ def _settings_rows(runs, D):
     def schedule(r):
         s = r.meta.get("schedule")
         if not isinstance(s, dict):
-            return "n/a"
+            return None
         params = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("kind", "epochs"))
         return f"{s.get('kind')} ({params}); {len(r.epochs)} epochs recorded" if params else \
             f"{s.get('kind')}; {len(r.epochs)} epochs recorded"
@@ -83,7 +87,7 @@ def _settings_rows(runs, D):
     def split(r):
         s = r.meta.get("split")
         if not isinstance(s, dict):
-            return "n/a"
+            return None
         parts = [f"{k}={s[k]}" for k in ("kind", "fraction", "probe", "fixed", "seeds") if k in s]
         for part in ("train", "test"):
             if isinstance(s.get(part), list) and s[part] and isinstance(s[part][0], list):
@@ -106,26 +110,31 @@ def _settings_rows(runs, D):
     def model(r):
         m = r.meta.get("model")
         if not isinstance(m, dict):
-            return "n/a"
+            return None
         layers = ", ".join(f"{l.get('name')} ({l.get('width')})" for l in r.meta.get("layers", []))
         return f"{m.get('class')}, {m.get('n_parameters')} parameters; layers {layers}"
 
     def version(r):
         v = r.meta.get("versions")
-        return f"{v.get('infoplane')} (torch {v.get('torch')})" if isinstance(v, dict) else "n/a"
+        return f"{v.get('infoplane')} (torch {v.get('torch')})" if isinstance(v, dict) else None
 
     def ceilings(r):
         log2_n, h_y = S.ceilings(r)
-        fmt = (lambda v: "n/a" if v is None else f"{v:.4g} bits")
-        return f"N = {r.n}, log2 N = {fmt(log2_n)}, H(Y) = {fmt(h_y)}"
+        parts = [f"N = {r.n}" if r.n else None, None if log2_n is None else f"log2 N = {log2_n:.4g} bits",
+                 None if h_y is None else f"H(Y) = {h_y:.4g} bits"]
+        return ", ".join(p for p in parts if p) or None
 
-    training = (lambda r: json.dumps(r.meta["training"]) if isinstance(r.meta.get("training"), dict) else "n/a")
-    rows = [("run directory", lambda r: r.path or "(in memory)"), ("status", status),
-            ("data", lambda r: D.data_name(r) or "n/a"), ("training fraction", D.fraction_label),
+    training = (lambda r: json.dumps(r.meta["training"]) if isinstance(r.meta.get("training"), dict) else None)
+    rows = [("run", D.run_name), ("run directory", lambda r: r.path or "(in memory)"), ("status", status),
+            ("data", D.data_name), ("training fraction", D.fraction_label), ("reduction", D.reduction_label),
             ("split", split), ("seeds", lambda r: ", ".join(map(str, r.seeds))), ("schedule", schedule),
             ("estimators", estimators), ("probe set", ceilings), ("model", model), ("training", training),
             ("command", lambda r: _command(r.meta)), ("infoplane version of the run", version)]
-    table = [(label, [fn(r) for r in runs]) for label, fn in rows]
+    table = []
+    for label, fn in rows:
+        cells = [fn(r) for r in runs]
+        if any(c is not None for c in cells):  # a fact no run records is left out
+            table.append((label, [UNRECORDED if c is None else c for c in cells]))
     table.append(("infoplane version of this report", [__version__] * len(runs)))
     return table
 
@@ -140,9 +149,16 @@ def _settings_html(runs, labels, D):
 
 
 def _run_labels(runs, titles, D):
-    if titles is None:
-        return [D.fraction_label(r) for r in runs]
-    return [f"{t} | {D.fraction_label(r)}" for t, r in zip(titles, runs)]
+    """Each run's name and what sets it apart from the others, on one line."""
+    _, own = D.run_titles(runs, None, titles)
+    return [" | ".join(parts) or f"run {i + 1}" for i, parts in enumerate(own)]
+
+
+def _page_title(runs, titles, D):
+    """The facts the runs share, then the runs' names."""
+    shared, own = D.run_titles(runs, None, titles)
+    names = [parts[0] for parts in own if parts]
+    return " | ".join(shared + ([", ".join(names)] if names else [])) or "information plane"
 
 
 def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLike]]],
@@ -180,9 +196,15 @@ def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLi
     trail : int, default 8
         Frames of trail behind each point.
     titles : list of str, optional
-        One title per run; the panels then keep the order of ``runs`` (otherwise ordered by fraction).
+        One label per run, shown in place of its name (``meta["name"]``, else the run directory's name); the
+        panels then keep the order of ``runs`` (otherwise ordered by fraction).
     title : str, optional
-        Page title; default: data set and training fractions.
+        Page title; default: what the runs share (data, estimator, ...) and their names.
+
+    Every panel names its run and what differs between the runs shown (fraction, estimator and its settings,
+    reduction, seed count). Notes (saturation) sit below the planes and the ceilings' names beside the axes, so
+    that nothing covers a point; a run without estimates of the selected estimator gets a panel that says so.
+    Estimators of another measure (matrix-based Rényi) get their own axis titles and ceilings.
 
     Returns
     -------
@@ -205,15 +227,16 @@ def report(runs: Union[Run, str, os.PathLike, Sequence[Union[Run, str, os.PathLi
     runs = D.runs_list(runs)
     for r in runs:
         S.values(r, None)  # a run without epochs fails with the static figures' message
+    if titles is not None and len(titles) != len(runs):
+        raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     D.check_same_data(runs)
     if titles is None:
         runs = D.by_fraction(runs)
     elif len(titles) != len(runs):
         raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     plotly, go, pio = _plotly()
-    fig, notes = _figure(runs, _run_labels(runs, titles, D), frames, trail, go, A, D)
-    page_title = title or " | ".join([D.data_name(runs[0]) or "data n/a",
-                                      ", ".join(D.fraction_label(r) for r in runs)])
+    fig, notes = _figure(runs, _run_labels(runs, titles, D), frames, trail, go, A, D, titles)
+    page_title = title or _page_title(runs, titles, D)
     # include_plotlyjs=True writes plotly.js into the page itself; full_html=False lets us add the panels.
     # auto_play=False: the page opens on the last epoch and moves only when asked (Play or the slider).
     body = pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id="plane", auto_play=False,
@@ -298,7 +321,7 @@ def _version():
     return __version__
 
 
-def _figure(runs, labels, frames, trail, go, A, D):
+def _figure(runs, labels, frames, trail, go, A, D, titles=None):
     """The Plotly figure (planes, curves, slider, play button, estimator menu) and the saturation notes."""
     R = len(runs)
     estimators = _estimator_names(runs)
@@ -319,11 +342,23 @@ def _figure(runs, labels, frames, trail, go, A, D):
         + (["sharpness"] if sharp else [])
     metric_groups = [g for g in (losses, others, sharp) if g]
     n_rows = len(rows)
-    total = PLANE_H + SLIDER_H + n_rows * ROW_H + (n_rows - 1) * ROW_GAP
-    layout = {"height": total + TOP + BOTTOM, "margin": {"t": TOP, "b": BOTTOM, "l": 70, "r": 30},
+    # Per estimator: the panels' titles, the saturation notes (below the planes) and the axes' scales.
+    width = max(30, int(170 / R))
+    panel_titles, sat_text, scales = {}, {}, {}
+    for est in estimators:
+        _, own = D.run_titles(runs, est, titles)
+        panel_titles[est] = [_wrap_parts(parts, width, D) for parts in own]
+        sat_text[est] = [_sat_note(run, est, D, width) if est in run.estimators else None for run in runs]
+        scales[est] = [S.plane_scale(run, est) for run in runs]
+    title_lines = max(t.count("<br>") + 1 for ts in panel_titles.values() for t in ts)
+    note_lines = max([t.count("<br>") + 1 for ts in sat_text.values() for t in ts if t] + [0])
+    note_h = 16 * note_lines + 14 if note_lines else 0
+    top_margin = TOP + 18 * (title_lines - 1)
+    total = PLANE_H + SLIDER_H + note_h + n_rows * ROW_H + (n_rows - 1) * ROW_GAP
+    layout = {"height": total + top_margin + BOTTOM, "margin": {"t": top_margin, "b": BOTTOM, "l": 70, "r": 50},
               "hovermode": "closest", "template": "plotly_white", "showlegend": True,
               "legend": {"title": {"text": "Layer"}, "orientation": "h", "x": 0, "xanchor": "left",
-                         "y": 1 + 55 / total, "yanchor": "bottom"}}
+                         "y": 1 + (55 + 18 * (title_lines - 1)) / total, "yanchor": "bottom"}}
     gap = 0.06 / R if R > 1 else 0.0
 
     def col_domain(c):
@@ -332,10 +367,8 @@ def _figure(runs, labels, frames, trail, go, A, D):
     # Axes: the planes are 1..R; curve row i, column c is R + i * R + c + 1.
     plane_top = 1.0
     plane_bottom = 1 - PLANE_H / total
-    log2_ns = [S.ceilings(r)[0] for r in runs]
-    h_ys = [S.ceilings(r)[1] for r in runs]
-    xmax = max([v for v in log2_ns if v] + [1.0])
-    ymax = max([v for v in h_ys if v] + [1.0e-9])
+    xmax = max([s_.x_ceiling for sc in scales.values() for s_ in sc if s_.x_ceiling] + [1.0])
+    ymax = max([s_.y_ceiling for sc in scales.values() for s_ in sc if s_.y_ceiling] + [1.0e-9])
     for r in runs:
         for e in r.estimators:
             ixt, ity = r.get("ixt", estimator=e), r.get("ity", estimator=e)
@@ -348,36 +381,58 @@ def _figure(runs, labels, frames, trail, go, A, D):
                         ymax = max(ymax, float(fin.max()))
     ymax = ymax if ymax > 1e-9 else 1.0
     shapes, base_ann = [], []
-    for c, (run, label) in enumerate(zip(runs, labels)):
+    est_ann = {e: [] for e in estimators}  # annotations, shapes and axis titles that follow the estimator menu
+    est_shapes = {e: [] for e in estimators}
+    est_axes = {e: {} for e in estimators}
+    dash = {"color": "#595959", "dash": "dash", "width": 1}
+    for c, run in enumerate(runs):
         n = c + 1
         layout[_layout_key("x", n)] = {"domain": col_domain(c), "anchor": _axis("y", n),
-                                       "title": {"text": "I(X;T) [bits]"},
+                                       "title": {"text": scales[estimators[0]][c].x_label},
                                        "range": [-0.03 * xmax, 1.03 * xmax], "zeroline": False}
         layout[_layout_key("y", n)] = {"domain": [plane_bottom, plane_top], "anchor": _axis("x", n),
                                        "range": [-0.03 * ymax, 1.03 * ymax], "zeroline": False,
-                                       "title": {"text": "I(T;Y) [bits]" if n == 1 else ""}}
-        log2_n, h_y = S.ceilings(run)
-        text = label + (f" | median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else "")
-        if not run.meta.get("complete", False):
-            text += f"<br><span style='color:darkred'>incomplete: recorded up to epoch {int(run.epochs[-1])}</span>"
-        base_ann.append({"text": text, "xref": f"{_axis('x', n)} domain", "yref": "paper", "x": 0.5,
-                         "y": plane_top, "yanchor": "bottom", "showarrow": False, "font": {"size": 13}})
-        dash = {"color": "#595959", "dash": "dash", "width": 1}
-        if log2_n is not None:
-            shapes.append({"type": "line", "xref": _axis("x", n), "yref": f"{_axis('y', n)} domain",
-                           "x0": log2_n, "x1": log2_n, "y0": 0, "y1": 1, "line": dash})
-            base_ann.append({"text": "log2 N", "xref": _axis("x", n), "yref": f"{_axis('y', n)} domain",
-                             "x": log2_n, "y": 0.02, "xanchor": "right", "showarrow": False, "textangle": -90,
-                             "font": {"size": 10, "color": "#595959"}})
-        if h_y is not None:
-            shapes.append({"type": "line", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
-                           "x0": 0, "x1": 1, "y0": h_y, "y1": h_y, "line": dash})
-            # The bound I(T;Y) <= min(I(X;T), H(Y)): light, under the points (its flat part is the ceiling above).
-            shapes.append({"type": "line", "xref": _axis("x", n), "yref": _axis("y", n), "x0": 0, "y0": 0,
-                           "x1": h_y, "y1": h_y, "layer": "below", "line": {"color": "#b8b8b8", "width": 1}})
-            base_ann.append({"text": "H(Y)", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
-                             "x": 0.01, "y": h_y, "xanchor": "left", "yanchor": "top", "showarrow": False,
-                             "font": {"size": 10, "color": "#595959"}})
+                                       "title": {"text": scales[estimators[0]][c].y_label if n == 1 else ""}}
+        for est in estimators:
+            sc = scales[est][c]
+            est_axes[est][f"{_layout_key('x', n)}.title.text"] = sc.x_label
+            if n == 1:
+                est_axes[est][f"{_layout_key('y', n)}.title.text"] = sc.y_label
+            text = panel_titles[est][c]
+            if not run.meta.get("complete", False):
+                text += (f"<br><span style='color:darkred'>incomplete: recorded up to epoch "
+                         f"{int(run.epochs[-1])}</span>")
+            # Above the ceiling's name, which sits on the plane's top edge.
+            est_ann[est].append({"text": text, "xref": f"{_axis('x', n)} domain", "yref": "paper", "x": 0.5,
+                                 "y": plane_top, "yshift": 16, "yanchor": "bottom", "showarrow": False,
+                                 "font": {"size": 13}})
+            if est not in run.estimators:
+                est_ann[est].append({"text": _wrap(f"no {est} estimates in this run (it holds: "
+                                                   f"{', '.join(run.estimators)})", 30),
+                                     "xref": f"{_axis('x', n)} domain", "yref": f"{_axis('y', n)} domain",
+                                     "x": 0.5, "y": 0.5, "showarrow": False, "font": {"size": 13, "color": "#555"}})
+                continue
+            # The ceilings' names outside the plot area: above its top edge and right of its right edge.
+            if sc.x_ceiling is not None:
+                est_shapes[est].append({"type": "line", "xref": _axis("x", n), "yref": f"{_axis('y', n)} domain",
+                                        "x0": sc.x_ceiling, "x1": sc.x_ceiling, "y0": 0, "y1": 1, "line": dash})
+                est_ann[est].append({"text": sc.x_name, "xref": _axis("x", n), "yref": f"{_axis('y', n)} domain",
+                                     "x": sc.x_ceiling, "y": 1, "yanchor": "bottom", "showarrow": False,
+                                     "font": {"size": 10, "color": "#595959"}})
+            if sc.y_ceiling is not None:
+                est_shapes[est].append({"type": "line", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
+                                        "x0": 0, "x1": 1, "y0": sc.y_ceiling, "y1": sc.y_ceiling, "line": dash})
+                if sc.measure == "shannon":  # the bound I(T;Y) <= min(I(X;T), H(Y)): light, under the points
+                    est_shapes[est].append({"type": "line", "xref": _axis("x", n), "yref": _axis("y", n), "x0": 0,
+                                            "y0": 0, "x1": sc.y_ceiling, "y1": sc.y_ceiling, "layer": "below",
+                                            "line": {"color": "#b8b8b8", "width": 1}})
+                est_ann[est].append({"text": sc.y_name, "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
+                                     "x": 1, "y": sc.y_ceiling, "xanchor": "left", "showarrow": False,
+                                     "font": {"size": 10, "color": "#595959"}})
+            if sat_text[est][c]:
+                est_ann[est].append({"text": sat_text[est][c], "xref": f"{_axis('x', n)} domain", "yref": "paper",
+                                     "x": 0, "y": plane_bottom - 50 / total, "xanchor": "left", "yanchor": "top",
+                                     "align": "left", "showarrow": False, "font": {"size": 11, "color": "darkred"}})
     # Shared scales as explicit ranges: every run and estimator of a row on one y range, one epoch range for all
     # (Plotly's axis "matches" left the matched axes at their empty-axis defaults here).
     xs = np.concatenate([_epoch_x(r.epochs, log) for r in runs])
@@ -385,7 +440,7 @@ def _figure(runs, labels, frames, trail, go, A, D):
     x_range = [float(xs.min() - pad), float(xs.max() + pad)]
     y_ranges = [_row_range(runs, rows, i, metric_groups, D) for i in range(n_rows)]
     for i, row in enumerate(rows):
-        top = 1 - (PLANE_H + SLIDER_H + i * (ROW_H + ROW_GAP)) / total
+        top = 1 - (PLANE_H + SLIDER_H + note_h + i * (ROW_H + ROW_GAP)) / total
         for c, run in enumerate(runs):
             n = R + i * R + c + 1
             layout[_layout_key("x", n)] = {
@@ -393,11 +448,18 @@ def _figure(runs, labels, frames, trail, go, A, D):
                 "title": {"text": ("epoch (log scale)" if log else "epoch") if i == n_rows - 1 else ""}}
             layout[_layout_key("y", n)] = {"domain": [max(0.0, top - ROW_H / total), top], "anchor": _axis("x", n),
                                            "title": {"text": row if c == 0 else ""}, "range": y_ranges[i]}
-            ceiling = S.ceilings(run)[0] if i == 0 else (S.ceilings(run)[1] if i == 1 else None)
-            if ceiling is not None:
-                shapes.append({"type": "line", "xref": f"{_axis('x', n)} domain", "yref": _axis("y", n),
-                               "x0": 0, "x1": 1, "y0": ceiling, "y1": ceiling,
-                               "line": {"color": "#595959", "dash": "dash", "width": 1}})
+            for est in estimators if i < 2 else ():
+                sc = scales[est][c]
+                ceiling = sc.x_ceiling if i == 0 else sc.y_ceiling
+                if ceiling is not None and est in run.estimators:
+                    est_shapes[est].append({"type": "line", "xref": f"{_axis('x', n)} domain",
+                                            "yref": _axis("y", n), "x0": 0, "x1": 1, "y0": ceiling, "y1": ceiling,
+                                            "line": dash})
+                if c == 0:
+                    est_axes[est][f"{_layout_key('y', n)}.title.text"] = sc.x_label if i == 0 else sc.y_label
+            if i < 2 and c == 0:
+                layout[_layout_key("y", n)]["title"]["text"] = est_axes[estimators[0]][
+                    f"{_layout_key('y', n)}.title.text"]
             if i == 0:
                 base_ann.append({"text": labels[c], "xref": f"{_axis('x', n)} domain", "yref": "paper",
                                  "x": 0.5, "y": top, "yanchor": "bottom", "showarrow": False,
@@ -405,7 +467,7 @@ def _figure(runs, labels, frames, trail, go, A, D):
     layout["shapes"] = shapes
 
     traces, owner, plane_idx = [], [], []  # owner: estimator name, or None for traces shown with every one
-    notes, sat_ann = [], {e: [] for e in estimators}
+    notes = []
     frame_data = [[] for _ in times]
     for est in estimators:
         for c, run in enumerate(runs):
@@ -503,13 +565,7 @@ def _figure(runs, labels, frames, trail, go, A, D):
                     owner.append(est)
             sat = S.saturated_layers(run, est)
             if sat:
-                msg = D.saturation_message(run, est, sat)
-                notes.append(f"{labels[c]}, estimator {est}: {msg}")
-                sat_ann[est].append({"text": _wrap(msg), "xref": f"{_axis('x', n)} domain",
-                                     "yref": f"{_axis('y', n)} domain", "x": 0.02, "y": 0.97, "xanchor": "left",
-                                     "yanchor": "top", "align": "left", "showarrow": False,
-                                     "font": {"size": 11, "color": "darkred"}, "bgcolor": "rgba(255,255,255,0.8)",
-                                     "bordercolor": "darkred", "borderwidth": 1})
+                notes.append(f"{labels[c]}, estimator {est}: {D.saturation_message(run, est, sat)}")
     # Metrics: not tied to an estimator, shown with every one.
     for i, group in enumerate(metric_groups):
         for c, run in enumerate(runs):
@@ -548,11 +604,12 @@ def _figure(runs, labels, frames, trail, go, A, D):
     first = estimators[0]
     for t, o in zip(traces, owner):
         t["visible"] = o is None or o == first
-    layout["annotations"] = base_ann + sat_ann[first]
+    layout["annotations"] = base_ann + est_ann[first]
+    layout["shapes"] = shapes + est_shapes[first]
     menus = []
     duration = max(40, min(400, int(12000 / max(1, len(times)))))
     menus.append({"type": "buttons", "direction": "left", "showactive": False, "x": 0, "xanchor": "left",
-                  "y": plane_bottom - 60 / total, "yanchor": "top", "pad": {"t": 0, "r": 10},
+                  "y": plane_bottom - (60 + note_h) / total, "yanchor": "top", "pad": {"t": 0, "r": 10},
                   "buttons": [
                       {"label": "Play", "method": "animate",
                        "args": [None, {"frame": {"duration": duration, "redraw": False}, "fromcurrent": False,
@@ -565,13 +622,15 @@ def _figure(runs, labels, frames, trail, go, A, D):
         for est in estimators:
             vis = [o is None or o == est for o in owner]
             buttons.append({"label": f"estimator: {est}", "method": "update",
-                            "args": [{"visible": vis}, {"annotations": base_ann + sat_ann[est]}]})
+                            "args": [{"visible": vis}, {"annotations": base_ann + est_ann[est],
+                                                        "shapes": shapes + est_shapes[est], **est_axes[est]}]})
         menus.append({"type": "dropdown", "direction": "down", "x": 1, "xanchor": "right",
-                      "y": 1 + 55 / total, "yanchor": "bottom", "showactive": True, "active": 0,
+                      "y": layout["legend"]["y"], "yanchor": "bottom", "showactive": True, "active": 0,
                       "buttons": buttons})
     layout["updatemenus"] = menus
     layout["sliders"] = [{
-        "active": len(times) - 1, "x": 0.12, "len": 0.88, "xanchor": "left", "y": plane_bottom - 40 / total,
+        "active": len(times) - 1, "x": 0.12, "len": 0.88, "xanchor": "left",
+        "y": plane_bottom - (40 + note_h) / total,
         "yanchor": "top", "pad": {"t": 0}, "currentvalue": {"prefix": "epoch ", "font": {"size": 13}},
         "transition": {"duration": 0},
         "steps": [{"label": epoch_text[k], "method": "animate",
@@ -641,7 +700,18 @@ def _epoch_ticks(times, log):
 def _wrap(text, width=44):
     import textwrap
 
-    return "<br>".join(textwrap.wrap(text, width))
+    return "<br>".join(html.escape(line) for line in textwrap.wrap(text, width, break_on_hyphens=False))
+
+
+def _wrap_parts(parts, width, D):
+    """A title's parts, escaped and wrapped at ``width`` characters into Plotly's line breaks."""
+    return D.wrap_parts([html.escape(p) for p in parts], width, newline="<br>")
+
+
+def _sat_note(run, est, D, width):
+    """The saturation note of one run and estimator, wrapped, or None when no layer is saturated."""
+    layers = S.saturated_layers(run, est)
+    return _wrap(D.saturation_message(run, est, layers), width) if layers else None
 
 
 def _rgba(hex_colour, alpha):

@@ -12,11 +12,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from infoplane.estimators.base import kind_measure
 from infoplane.runs.reader import Run, as_run
 from infoplane.tracking.gradients import phase_transition
 
 __all__ = ["as_run", "values", "median", "quartiles", "ceilings", "saturated_layers", "log_spaced", "transitions",
-           "SATURATION_TOL", "SATURATION_SHARE", "ChainReport", "chain_report", "chain_summary"]
+           "SATURATION_TOL", "SATURATION_SHARE", "ChainReport", "chain_report", "chain_summary", "Scale",
+           "plane_scale", "estimator_settings"]
 
 #: A layer is saturated when I(X;T) >= (1 - SATURATION_TOL) * log2 N ...
 SATURATION_TOL = 0.05
@@ -51,6 +53,73 @@ def ceilings(run: Run) -> tuple[Optional[float], Optional[float]]:
     if log2_n is None and run.n:
         log2_n = math.log2(run.n)
     return log2_n, run.h_y
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The axes an estimator's values are drawn on: their labels and ceilings.
+
+    Attributes
+    ----------
+    measure : str
+        ``"shannon"`` or ``"renyi"`` (the estimator's declared ``measure``).
+    x_label, y_label : str
+        Axis labels, with the unit (bits).
+    x_ceiling, y_ceiling : float or None
+        The largest value the measure can take on this probe set (bits); None where the run does not say.
+    x_name, y_name : str
+        The ceilings' names, drawn beside their lines.
+    """
+
+    measure: str
+    x_label: str
+    y_label: str
+    x_ceiling: Optional[float]
+    y_ceiling: Optional[float]
+    x_name: str
+    y_name: str
+
+
+def estimator_settings(run: Run, estimator: Optional[str] = None) -> dict:
+    """The estimator's ``settings()`` as ``meta.json`` holds them (empty when the run does not list them)."""
+    name = run.estimators[0] if estimator is None and run.estimators else estimator
+    for entry in run.meta.get("estimators", []) or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry.get("settings") or {}
+    return {}
+
+
+def plane_scale(run: Run, estimator: Optional[str] = None) -> Scale:
+    """Axis labels and ceilings for an estimator's values, by what the estimator declares it measures.
+
+    Shannon estimates: I(X;T) up to log2 N, I(T;Y) up to H(Y). Matrix-based Rényi estimates: I_alpha(X;T) up to
+    log2 N (the largest matrix entropy of N samples) and I_alpha(T;Y) up to log2 K for K classes (the largest
+    Rényi entropy of K labels, of any order; H(Y) is no bound for it).
+
+    Parameters
+    ----------
+    run : Run
+    estimator : str or None
+        Estimator name; None = the run's first.
+
+    Returns
+    -------
+    Scale
+    """
+    settings = estimator_settings(run, estimator)
+    measure = kind_measure(settings)
+    log2_n, h_y = ceilings(run)
+    if measure == "renyi":
+        inner = settings.get("estimator") if settings.get("kind") == "with-null" else settings
+        alpha = (inner or {}).get("alpha")
+        order = f"alpha={float(alpha):.4g}" if isinstance(alpha, (int, float)) else "alpha"
+        k = run.meta.get("n_classes")
+        log2_k = math.log2(k) if isinstance(k, int) and k > 0 else None
+        return Scale(measure, f"Rényi I_α(X;T) [bits, {order}]", f"Rényi I_α(T;Y) [bits, {order}]", log2_n, log2_k,
+                     "log2 N", "log2 K")
+    target = run.meta.get("target")  # a run seen through a side variable Z (Run.for_target)
+    z = target if target else "Y"
+    return Scale(measure, "I(X;T) [bits]", f"I(T;{z}) [bits]", log2_n, h_y, "log2 N", f"H({z})")
 
 
 def saturated_layers(run: Union[Run, str, os.PathLike], estimator: Optional[str] = None) -> list[str]:
