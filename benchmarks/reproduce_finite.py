@@ -6,9 +6,10 @@ of its hidden layers (the ``discrete`` estimator: each distinct row one symbol),
 same quantised network and of the unquantised one (the runs of the Shwartz-Ziv & Tishby section, reused).
 
 ``noisy_cnn``: a small CNN on scikit-learn's 8x8 digits images with Gaussian noise after every hidden tanh
-(``add_noise``), several seeds. Per hidden layer and recorded epoch: the binned plane of the noise-free
-activations (saturated), ``noisy_mi`` after ``channel-mean`` and ``pca:k`` (the noisy layer's Shannon MI), and
-the k-NN (KSG / Ross) and matrix-based Rényi planes of the same recorded activations.
+(``add_noise``), several seeds, recorded through ``Tracker``. Per hidden layer and recorded epoch: the binned
+plane of the noise-free activations (saturated), ``Noisy()`` after ``channel-mean`` and ``pca:k`` (the noisy
+layer's Shannon MI, its noise variance read from the network and the reduction), and the k-NN (KSG / Ross) and
+matrix-based Rényi planes of the same activations.
 
 Run through ``benchmarks/reproduce.py --only finite`` (or ``--only finite-quantized`` / ``finite-noisy``);
 each section writes its own generated block of docs/reproductions.md.
@@ -117,42 +118,72 @@ def _digits_cnn(seed):
     return add_noise(cnn, NOISE_STD, seed=seed)
 
 
-def _train_and_record(x, y, seed, epochs, schedule):
-    """Train one noisy CNN (80% stratified split) and record its hidden layers at the scheduled epochs.
-    Returns (layers, {layer name: [epochs, N, width]}, (train accuracy, test accuracy))."""
+#: The variants of the noisy CNN: label -> (estimator name, reduction). The layers of one reduction share a tracker.
+def _variants(pca):
+    return {"binning (flatten)": ("binning", "flatten"), "noisy_mi (channel-mean)": ("noisy-channel-mean", "channel-mean"),
+            f"noisy_mi ({pca})": (f"noisy-pca{PCA_K}", pca), f"KSG / Ross ({pca})": (f"knn-pca{PCA_K}", pca),
+            "Rényi (flatten)": ("renyi", "flatten")}
+
+
+def _train_and_track(x, y, seed, epochs, schedule, samples, pca):
+    """Train one noisy CNN (80% stratified split) and record its hidden layers at the scheduled epochs through one
+    :class:`~infoplane.Tracker` per reduction. Each tracker probes its own copy of the network, given the trained
+    weights before each recorded epoch: the copies' probe-noise generators start where the network's did, so
+    every reduction sees the same noise draws. The noisy estimator reads each layer's noise from the network
+    (``add_noise``) and its reduction. Returns ({estimator name: rows}, layer names, (train, test accuracy))."""
+    import copy
+
     import torch
     from sklearn.model_selection import train_test_split
 
-    from infoplane.capture import probe, resolve_layers
+    from infoplane import KNN, Binning, Noisy, Renyi, Tracker
+    from infoplane.capture import resolve_layers
 
     model = _digits_cnn(seed)
-    layers = [l for l in resolve_layers(model, x[:2]) if l.kind == "hidden"]  # the three noisy tanh layers
+    ests = {"flatten": [Binning(bins=30, range=(-1, 1)), Renyi()],  # Rényi: I(X;T) against the probe images
+            "channel-mean": [Noisy(samples=samples, seed=seed, name="noisy-channel-mean")],
+            pca: [Noisy(samples=samples, seed=seed, name=f"noisy-pca{PCA_K}"), KNN(k=3, name=f"knn-pca{PCA_K}")]}
+    # Copies taken before any forward pass, so that each starts with the network's own noise generators.
+    copies = {r: copy.deepcopy(model) for r in ests}
+    layers = [l.name for l in resolve_layers(model, x[:2]) if l.kind == "hidden"]  # the three noisy tanh layers
+    trackers = [Tracker(copies[r], x, y, layers=layers, estimators=e, schedule=schedule, seed=seed, fraction=0.8,
+                        reduce=r, flush_seconds=None) for r, e in ests.items()]
     train_idx, test_idx = train_test_split(range(len(y)), train_size=0.8, stratify=y.numpy(), random_state=seed)
     train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
-    recorded = {l.name: [] for l in layers}
-    for epoch in range(epochs + 1):  # epoch e: the network after e epochs of training
-        if epoch in schedule:
-            acts = probe(model, x, layers)
-            for l in layers:
-                recorded[l.name].append(acts[l.name])
-        if epoch == epochs:
-            break
-        model.train()
-        for batch in train_idx[torch.randperm(len(train_idx), generator=g)].split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
+    try:
+        for epoch in range(epochs + 1):  # epoch e: the network after e epochs of training
+            if epoch in schedule:
+                for r, tracker in zip(ests, trackers):
+                    copies[r].load_state_dict(model.state_dict())
+                    tracker.step(epoch)
+            if epoch == epochs:
+                break
+            model.train()
+            for batch in train_idx[torch.randperm(len(train_idx), generator=g)].split(64):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                opt.step()
+        for tracker in trackers:
+            tracker.close()
+    finally:
+        for tracker in trackers:
+            if not tracker.closed:
+                tracker.close()
     model.eval()
     with torch.no_grad():
         acc = [float((model(x[i]).argmax(1) == y[i]).float().mean()) for i in (train_idx, test_idx)]
-    return layers, {name: torch.stack(v) for name, v in recorded.items()}, acc
+    rows: dict = {}
+    for tracker in trackers:
+        for row in tracker.run.rows:
+            rows.setdefault(row.estimator, []).append(row)
+    return rows, layers, acc
 
 
 def noisy_cnn(args):
-    """The noisy CNN on digits under binning, ``noisy_mi``, k-NN and Rényi. Writes ``finite-noisy.png`` and
-    ``finite-noisy-knn-renyi.png`` and its block of the doc. Returns ``{variant: Run}``."""
+    """The noisy CNN on digits under binning, ``noisy_mi``, k-NN and Rényi, recorded through ``Tracker``. Writes
+    ``finite-noisy.png`` and ``finite-noisy-knn-renyi.png`` and its block of the doc. Returns ``{variant: Run}``."""
     import warnings
 
     import matplotlib
@@ -163,9 +194,6 @@ def noisy_cnn(args):
 
     import infoplane.plot as plot
     from infoplane import log_schedule
-    from infoplane.capture.reduce import reduce_activations
-    from infoplane.estimators import KNN, Renyi, binned_mi, noisy_mi
-    from infoplane.runs.format import Row
     from infoplane.runs.reader import Run
 
     quick = args.quick
@@ -176,44 +204,24 @@ def noisy_cnn(args):
     x = torch.tensor(digits.images[keep, None] / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target[keep])
     pca = f"pca:{PCA_K}"
-    knn, renyi = KNN(k=3, inputs=x), Renyi(inputs=x)  # I(X;T) against the probe images (64 pixels)
     t0 = time.time()
-    variants = {"binning (flatten)": "binning", "noisy_mi (channel-mean)": "noisy-channel-mean",
-                f"noisy_mi ({pca})": f"noisy-pca{PCA_K}", f"KSG / Ross ({pca})": f"knn-pca{PCA_K}",
-                "Rényi (flatten)": "renyi"}
-    rows = {v: [] for v in variants}
+    variants = _variants(pca)
+    rows: dict = {v: [] for v in variants}
     accuracies = []
     for seed in range(n_seeds):
-        layers, recorded, acc = _train_and_record(x, y, seed, epochs, schedule)
+        by_name, layers, acc = _train_and_track(x, y, seed, epochs, schedule, samples, pca)
         accuracies.append(acc)
+        for v, (name, _) in variants.items():
+            rows[v] += by_name[name]
         if not args.quiet:
-            print(f"finite-noisy: seed {seed} trained ({time.time() - t0:.0f} s)", file=sys.stderr)
-        for l in layers:
-            acts = recorded[l.name]  # [epochs, N, width]: every estimate below is one batched call
-            hw = math.prod(l.shape[1:]) if len(l.shape) > 1 else 1
-            reduced = reduce_activations(acts, pca, shape=l.shape)
-            results = {
-                "binning (flatten)": binned_mi(acts, y, bins=30, range=(-1, 1)),
-                "noisy_mi (channel-mean)": noisy_mi(reduce_activations(acts, "channel-mean", shape=l.shape), y,
-                                                    noise_var=NOISE_STD ** 2 / hw, samples=samples, seed=seed),
-                f"noisy_mi ({pca})": noisy_mi(reduced, y, noise_var=NOISE_STD ** 2, samples=samples, seed=seed),
-                f"KSG / Ross ({pca})": knn(reduced, y),
-                "Rényi (flatten)": renyi(acts, y),
-            }
-            for v, r in results.items():
-                se = [getattr(r, f, None) for f in ("ixt_se", "ity_se")]
-                for i, e in enumerate(schedule.epochs.tolist()):
-                    rows[v].append(Row(seed, 0.8, e, l.name, variants[v], float(r.ixt[i]), float(r.ity[i]),
-                                       math.nan, math.nan, *(math.nan if s is None else float(s[i]) for s in se)))
-        if not args.quiet:
-            print(f"finite-noisy: seed {seed} estimated ({time.time() - t0:.0f} s)", file=sys.stderr)
+            print(f"finite-noisy: seed {seed} trained and estimated ({time.time() - t0:.0f} s)", file=sys.stderr)
     wall = time.time() - t0
     h_y = float(-sum(p * math.log2(p) for p in np.bincount(y.numpy()) / len(y)))
     runs = {}
-    for v, name in variants.items():
+    for v, (name, _) in variants.items():
         meta = {"data": "digits", "n": len(y), "log2_n": math.log2(len(y)), "h_y": h_y, "fraction": 0.8,
                 "seeds": list(range(n_seeds)), "schedule": schedule.to_json(),
-                "layers": [{"name": l.name} for l in layers],
+                "layers": [{"name": l} for l in layers],
                 # The estimator family as its kind, so that the figures explain a saturated layer in its terms.
                 "estimators": [{"name": name, "settings": {"kind": name.split("-")[0]}, "has_lower": False}],
                 "caller": ["benchmarks/reproduce.py", "--only", "finite-noisy"],
@@ -226,7 +234,8 @@ def noisy_cnn(args):
              f"every tanh (`add_noise`), in training and probing; Adam 1e-3, batch 64, {epochs} epochs, "
              f"{n_seeds} seeds; train accuracy {common.stat(acc[:, 0])}, test accuracy {common.stat(acc[:, 1])}. "
              f"Layers 1.clean (8 x 8 x 8), 3.clean (16 x 4 x 4), 6.clean (32), recorded before the noise. "
-             f"`noisy_mi` with {samples} draws; channel means carry noise variance {NOISE_STD}^2 / (H W) (1/64 "
+             f"Recorded through `Tracker` (one per reduction, `reduce=`); `Noisy(samples={samples})` reads each "
+             f"layer's noise from the network: channel means carry noise variance {NOISE_STD}^2 / (H W) (1/64 "
              f"and 1/16 of it for the conv layers), PCA scores {NOISE_STD}^2. KSG (k = 3) between the 64 "
              f"pixels and the layer's {PCA_K} PCA scores, Ross (k = 3) between those scores and the labels; "
              f"Rényi (alpha = 1.01, Silverman widths) on every unit, against the pixels and the labels. "

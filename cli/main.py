@@ -8,12 +8,13 @@ after what was measured has been written. Errors print one line first; --verbose
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import textwrap
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence
 
 if TYPE_CHECKING:
     from infoplane.estimators.base import Estimator
@@ -45,7 +46,7 @@ class UsageError(Exception):
 
 #: The option of ``infoplane track`` that sets each argument of :func:`infoplane.experiment.track`: the library's
 #: errors name the arguments (`lr`, `resume=True`), the command line names its options instead.
-FLAGS = {"data": "--data", "fractions": "--fraction", "split": "--split", "fixed_split": "--fixed-split",
+FLAGS = {"data": "--data", "data_root": "--data-root", "download": "--download", "fractions": "--fraction", "split": "--split", "fixed_split": "--fixed-split",
          "probe": "--probe", "seeds": "--seeds", "seed": "--seed", "epochs": "--epochs", "lr": "--lr",
          "batch_size": "--batch-size", "optimizer": "--optimizer",
          "estimators": "--estimator, --bins, --range, --bin-width or --noise-var", "schedule": "--schedule",
@@ -156,11 +157,11 @@ def _estimators(args: argparse.Namespace) -> list[Estimator]:
         elif name == "discrete":
             made.append(Discrete())
         elif name == "noisy":
-            made.append(Noisy(noise_var=args.noise_var))
+            made.append(Noisy(noise_var=args.noise_var))  # None: each layer's noise, read from the network
         elif name in ("knn", "renyi"):  # defaults; the tracker passes the probe inputs for I(X;T)
             made.append(KNN() if name == "knn" else Renyi())
         else:
-            made.append(KDE(noise_var=args.noise_var))
+            made.append(KDE(noise_var=1e-3 if args.noise_var is None else args.noise_var))
     return made
 
 
@@ -196,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", help="tishby12, digits, mnist, fashion-mnist, cifar10 (their distribution files, "
                                   "in $INFOPLANE_DATA or ~/.cache/infoplane/datasets), or a .npz file with arrays "
                                   "inputs and labels (default: the file's data(), else tishby12)")
+    g.add_argument("--data-root", metavar="DIR",
+                   help="where the files of mnist, fashion-mnist and cifar10 are (default $INFOPLANE_DATA, else "
+                        "~/.cache/infoplane/datasets)")
+    g.add_argument("--download", action="store_true",
+                   help="fetch the files of mnist, fashion-mnist or cifar10 when missing (checked against the "
+                        "published checksums); nothing is downloaded without it")
     g.add_argument("--fraction", type=_fraction, action="append",
                    help="training fraction 0 < F <= 1; repeat for several (default 0.8)")
     g.add_argument("--split", choices=["stratified", "original"], default="stratified",
@@ -238,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
                    help="fixed binning range (default -1 1)")
     g.add_argument("--bin-width", type=_positive_float, default=0.07, help="binning-width cell (default 0.07)")
-    g.add_argument("--noise-var", type=_positive_float, default=1e-3, help="noise variance of kde and noisy (default 1e-3)")
+    g.add_argument("--noise-var", type=_positive_float,
+                   help="noise variance of kde (default 1e-3) and noisy (default: per layer, the noise the "
+                        "network's add_noise modules add, after the layer's --reduce)")
     g.add_argument("--schedule", default="log:400", help="log:N (default log:400), saxe, or every:K")
     g.add_argument("--reduce", metavar="SPEC", type=_reduce_spec,
                    help="layer reduction before estimating: flatten (default), channel-mean, pca:K, random:K")
@@ -407,6 +416,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _advice_as_warnings() -> Iterator[None]:
+    """Print the estimators' advice (a fixed-range binning that does not fit a layer) as ``warning: ...`` lines as
+    it comes, each once; other warnings keep Python's own display."""
+    import warnings
+
+    from infoplane.estimators import BinRangeWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BinRangeWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", BinRangeWarning)
+        warnings.showwarning = show
+        yield
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     """Run ``infoplane track``; returns the exit status."""
     from infoplane.experiment.job import summary, track
@@ -422,16 +453,19 @@ def cmd_track(args: argparse.Namespace) -> int:
     ray_kwargs = _ray_kwargs(args)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(as_flags(msg), file=sys.stderr))
     try:
-        runs = track(args.model_file, data=args.data, fractions=args.fraction or [0.8], split=args.split,
-                     fixed_split=args.fixed_split, probe=args.probe, seeds=args.seeds, seed=args.seed,
-                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-                     estimators=estimators, schedule=schedule, device=args.device, out=args.out,
-                     resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
-                     vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
-                     caller=["infoplane", *args.argv], log=log, gradients=not args.no_gradients, label_noise=args.label_noise,
-                     random_labels=args.random_labels, shuffled_pixels=args.shuffled_pixels,
-                     random_pixels=args.random_pixels, gaussian_inputs=args.gaussian_inputs, rho=args.rho, sharpness=args.sharpness,
-                     sharpness_samples=args.sharpness_samples, sharpness_rho=args.sharpness_rho, **ray_kwargs)
+        with _advice_as_warnings():
+            runs = track(args.model_file, data=args.data, data_root=args.data_root, download=args.download,
+                         fractions=args.fraction or [0.8], split=args.split,
+                         fixed_split=args.fixed_split, probe=args.probe, seeds=args.seeds, seed=args.seed,
+                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+                         estimators=estimators, schedule=schedule, device=args.device, out=args.out,
+                         resume=args.resume, overwrite=args.overwrite, keep_activations=args.keep_activations,
+                         vectorize=False if args.no_vectorize else "auto", progress=not args.quiet, reduce=args.reduce,
+                         caller=["infoplane", *args.argv], log=log, gradients=not args.no_gradients,
+                         label_noise=args.label_noise, random_labels=args.random_labels,
+                         shuffled_pixels=args.shuffled_pixels, random_pixels=args.random_pixels,
+                         gaussian_inputs=args.gaussian_inputs, rho=args.rho, sharpness=args.sharpness,
+                         sharpness_samples=args.sharpness_samples, sharpness_rho=args.sharpness_rho, **ray_kwargs)
     except RaySweepError as err:  # the fractions that finished on Ray are summarised before the error
         if err.runs:
             print(summary(err.runs))

@@ -171,3 +171,40 @@ def test_bad_arguments():
         standard.load_standard("mnist", split="val")
     with pytest.raises(ValueError, match="Unknown data set .*cifar10"):
         data.load("imagenet")
+
+
+def test_cli_data_root_and_download(tmp_path, monkeypatch, checksums_of, capsys):
+    import infoplane
+    from infoplane.cli.main import main
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the command tried the network without --download")
+
+    model = tmp_path / "mlp.py"
+    model.write_text("from torch import nn\n\ndef build_model():\n"
+                     "    return nn.Sequential(nn.Linear(784, 4), nn.Tanh(), nn.Linear(4, 10))\n")
+    common = [str(model), "--data", "mnist", "--epochs", "1", "--quiet", "--no-plot"]
+    mirror = tmp_path / "mirror"
+    parts = write_mnist(mirror)
+    checksums_of("mnist", mirror)
+    # Offline and without the files: exit 2, naming the command line's flags.
+    monkeypatch.setattr(standard.urllib.request, "urlopen", no_network)
+    rc = main(["track", *common, "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--data-root" in err and "--download" in err and str(tmp_path / "empty" / "mnist") in err
+    # --download fetches into --data-root (from a mirror on disk here), then trains on the files.
+    monkeypatch.undo()
+    checksums_of("mnist", mirror)
+    spec = standard.STANDARD["mnist"]
+    monkeypatch.setitem(standard.STANDARD, "mnist", standard.Standard(
+        spec.name, spec.files, (mirror.as_uri() + "/",), spec.torchvision_folder, spec.classes, spec.kind))
+    rc = main(["track", *common, "--data-root", str(tmp_path / "cache"), "--download", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(spec.files)
+    run = infoplane.load_run(tmp_path / "b" / "fraction-0.8")
+    assert run.meta["data"] == "mnist" and run.n == len(parts["train"][1]) + len(parts["t10k"][1])
+    # The flags belong to the standard sets.
+    rc = main(["track", *common[:1], "--download", "--epochs", "1", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--download" in err.splitlines()[0], err

@@ -72,6 +72,36 @@ class Reduction:
         assert self.k is not None  # parse gives pca and random their k
         return self.k
 
+    def noise_variance(self, shape: Sequence[int], variance: float) -> float:
+        """Variance per column, after this reduction, of isotropic noise of ``variance`` on every unit.
+
+        Parameters
+        ----------
+        shape : sequence of int
+            Per-sample output shape of the layer, e.g. ``(C, H, W)``.
+        variance : float
+            Variance of independent noise on each unit before the reduction (squared activation units).
+
+        Returns
+        -------
+        float
+            ``flatten`` and ``pca:k`` (an orthonormal projection) keep it; ``channel-mean`` over ``H x W``
+            positions divides it by ``H W`` (a layer of shape ``[C]`` is left as it is).
+
+        Raises
+        ------
+        ValueError
+            For ``random:k``: the projected noise has covariance ``variance R^T R``, not a multiple of the
+            identity, so no single variance describes it.
+        """
+        shape = tuple(int(s) for s in shape)
+        if self.kind in ("flatten", "pca"):
+            return float(variance)
+        if self.kind == "channel-mean":
+            return float(variance) / (math.prod(shape[1:]) if len(shape) > 1 else 1)
+        raise ValueError(f"{self.spec!r} turns isotropic noise into noise of covariance std^2 R^T R, which no single "
+                         f"variance describes; use pca:K or channel-mean with a noisy network")
+
 
 def parse(spec: Union[str, Reduction]) -> Reduction:
     """Parse one spec string (or pass a :class:`Reduction` through); raises ``ValueError`` naming the problem."""

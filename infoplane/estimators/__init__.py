@@ -10,7 +10,7 @@
 """
 from infoplane.estimators._cpu.count_kernel import KernelFallbackWarning
 from infoplane.estimators.base import Estimator, PlaneResult, default_estimator, from_settings
-from infoplane.estimators.binning import BinnedResult, binned_mi
+from infoplane.estimators.binning import BinnedResult, BinRangeWarning, binned_mi
 from infoplane.estimators.config import KDE, KNN, Binning, Discrete, Noisy, Renyi, WithNull
 from infoplane.estimators.discrete import DiscreteResult, discrete_mi
 from infoplane.estimators.gaussian import GaussianResult, gaussian_mi
@@ -24,4 +24,4 @@ __all__ = ["binned_mi", "kde_mi", "discrete_mi", "noisy_mi", "permutation_null",
            "NoisyResult", "NullResult", "Binning", "KDE", "Discrete", "Noisy", "WithNull", "Estimator",
            "from_settings", "ksg_mi", "ross_mi", "renyi_entropy", "renyi_mi", "KNNResult", "RenyiResult",
            "PlaneResult", "KNN", "Renyi", "KernelFallbackWarning", "DiscreteResult", "default_estimator",
-           "gaussian_mi", "GaussianResult"]
+           "gaussian_mi", "GaussianResult", "BinRangeWarning"]

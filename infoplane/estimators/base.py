@@ -17,7 +17,8 @@ from typing import Any, Callable, TypeVar
 import torch
 
 __all__ = ["PlaneResult", "Estimator", "PROTOCOL_DEFAULTS", "protocol_attribute", "register", "from_settings",
-           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS", "MEASURES", "kind_measure"]
+           "DEFAULT_SETTINGS", "default_estimator", "keyword_options", "KINDS", "MEASURES", "kind_measure",
+           "LayerContext", "for_layer"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +40,47 @@ class PlaneResult:
 
     ixt: torch.Tensor
     ity: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """What an estimator may need to know about the layer it will estimate (see :func:`for_layer`).
+
+    Attributes
+    ----------
+    name : str
+        The recorded layer's name.
+    shape : tuple of int or None
+        Its per-sample output shape, e.g. ``(C, H, W)`` (None when unknown).
+    reduction : str
+        The reduction applied before estimating (``"flatten"``, ``"channel-mean"``, ``"pca:4"``, ...).
+    noise_std : float or None
+        Standard deviation of the Gaussian noise the network itself adds to each unit of this layer's output
+        (:func:`infoplane.add_noise`); None when it adds none.
+    noise_var : float or None
+        That noise's variance per estimated column, after the reduction (``noise_std**2``, divided by ``H W``
+        for ``channel-mean``); None when there is no noise or no single variance describes it.
+    why_no_noise : str
+        When ``noise_var`` is None: why, in words that end a sentence about the layer.
+    """
+
+    name: str
+    shape: tuple | None = None
+    reduction: str = "flatten"
+    noise_std: float | None = None
+    noise_var: float | None = None
+    why_no_noise: str = ""
+
+
+def for_layer(est: Any, layer: LayerContext) -> Any:
+    """The estimator to run on one layer: ``est.for_layer(layer)`` for estimators whose settings depend on the
+    layer (:class:`~infoplane.estimators.config.Noisy` without a fixed ``noise_var``), ``est`` itself otherwise.
+
+    The returned object keeps ``est``'s name; it raises ``ValueError`` with the reason when ``est`` cannot
+    measure that layer (checked before anything is recorded).
+    """
+    bind = getattr(est, "for_layer", None)
+    return est if bind is None else bind(layer)
 
 
 # The protocol attributes and their defaults, for objects that do not set them.

@@ -32,6 +32,55 @@ from infoplane.estimators._entropy import miller_madow as _miller_madow
 from infoplane.estimators._inputs import Batch, as_batch, as_labels, check_finite, result_dtype
 from infoplane.estimators.base import PlaneResult
 
+
+class BinRangeWarning(UserWarning):
+    """Fixed-range bins met activations outside their range (a ReLU layer on the default [-1, 1] grid, say):
+    every value past the range shares one bin, so the binned plane measures the range, not the layer."""
+
+
+def _outward(value: float, step: Any) -> float:
+    """``value`` rounded to two significant digits away from the range's inside (``step``: ceil or floor)."""
+    if value == 0:
+        return 0.0
+    unit = 10.0 ** (math.floor(math.log10(abs(value))) - 1)
+    return float(f"{step(value / unit) * unit:.2g}")
+
+
+def range_note(activations: Any, range: tuple, layer: str) -> Optional[str]:
+    """Why fixed-range bins do not fit ``layer``'s activations, or None when every value lies in ``range``.
+
+    Parameters
+    ----------
+    activations : tensor or array
+        The layer's activations (any shape).
+    range : (float, float)
+        The bins' range.
+    layer : str
+        The layer's name, for the message.
+
+    Returns
+    -------
+    str or None
+        The observed range, the share of values outside, and what to use instead.
+    """
+    lo, hi = float(range[0]), float(range[1])
+    a = activations if isinstance(activations, torch.Tensor) else torch.as_tensor(np.asarray(activations))
+    if a.numel() == 0:
+        return None
+    a_min, a_max = (float(v) for v in torch.stack([a.amin(), a.amax()]).tolist())
+    if a_min >= lo and a_max <= hi:
+        return None
+    outside = float(((a < lo) | (a > hi)).float().mean())
+    # A suggestion that covers what was seen, to two significant digits: [0, max] for non-negative (ReLU) layers.
+    top = _outward(a_max, math.ceil) if a_max > hi else hi
+    low = 0.0 if a_min >= 0 else _outward(a_min, math.floor) if a_min < lo else lo
+    return (f"layer {layer!r}: activations span [{a_min:.4g}, {a_max:.4g}], outside the bins' range [{lo:g}, {hi:g}] "
+            f"({outside:.1%} of the values fall outside and share one bin), so the binned I(X;T) measures the "
+            f"range, not the layer. Use a range that covers them (--range {low:g} {top:g}, or "
+            f"Binning(range=({low:g}, {top:g}))), adaptive bins (--estimator adaptive, Binning(adaptive=True)), or "
+            f"another estimator (kde, or noisy for a network with noise inside)")
+
+
 # Keys stay below 2**62 so that key * C + label cannot overflow int64.
 _KEY_BITS = 62
 # Activation elements per chunk of batch items digitised at once (about 1 MiB of float32), so that the several

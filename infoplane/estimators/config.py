@@ -18,13 +18,24 @@ The inputs are not part of ``settings()`` (they are data, not configuration): an
 """
 from __future__ import annotations
 
+import copy
+import fnmatch
+import warnings
 from typing import Any, Optional, Union
 
 import torch
 
 from infoplane._validate import check_bool, check_choice, check_float, check_int
-from infoplane.estimators.base import Estimator, PlaneResult, from_settings, protocol_attribute, register
-from infoplane.estimators.binning import BinnedResult, binned_mi, grid_arguments
+from infoplane.estimators.base import (
+    Estimator,
+    LayerContext,
+    PlaneResult,
+    for_layer,
+    from_settings,
+    protocol_attribute,
+    register,
+)
+from infoplane.estimators.binning import BinnedResult, BinRangeWarning, binned_mi, grid_arguments, range_note
 from infoplane.estimators.discrete import DiscreteResult, discrete_mi
 from infoplane.estimators.kde import PRECISIONS, KDEResult, kde_mi
 from infoplane.estimators.knn import flatten_inputs, ksg_mi, ross_mi
@@ -59,6 +70,9 @@ class Binning(Estimator):
         super().__init__(name)
         self.grid, self.bins, self.range, self.width = grid_arguments(bins, range, width, adaptive)
         self.miller_madow = check_bool(miller_madow, "miller_madow")
+        # Set by for_layer: the layer this copy estimates, and whether its range note was given.
+        self.layer: Optional[str] = None
+        self.warned = False
 
     @property
     def default_name(self) -> str:
@@ -78,7 +92,22 @@ class Binning(Estimator):
             kw["miller_madow"] = True
         return kw
 
+    def for_layer(self, layer: LayerContext) -> "Binning":
+        """This estimator on ``layer``: with a fixed range, it warns (:class:`BinRangeWarning`, once) the first time
+        the layer's activations leave the range."""
+        if self.grid != "range":
+            return self
+        bound = copy.copy(self)
+        bound.layer, bound.warned = layer.name, False
+        return bound
+
     def __call__(self, activations: Any, labels: Any) -> BinnedResult:
+        if self.layer is not None and not self.warned:
+            assert self.range is not None  # the range grid has its (lo, hi)
+            note = range_note(activations, self.range, self.layer)
+            if note is not None:
+                self.warned = True
+                warnings.warn(note, BinRangeWarning, stacklevel=2)
         kw = self._kwargs()
         if "range" in kw:
             kw["range"] = tuple(kw["range"])
@@ -149,17 +178,43 @@ class Noisy(Estimator):
     Results carry ``ixt``, ``ity`` and their Monte-Carlo standard errors ``ixt_se``, ``ity_se`` (bits). Takes
     the arguments of the function; ``control_variate``, added later, is keyword-only (so that ``name`` keeps its
     position).
+
+    Parameters
+    ----------
+    noise_var : None, float or dict, default None
+        Variance of the noise on each estimated column (squared activation units).
+
+        - None: read per layer from the network, in :class:`~infoplane.Tracker` and ``infoplane track``: the
+          standard deviation ``std`` of the :func:`~infoplane.add_noise` module after the layer, and the
+          layer's reduction (``std**2`` for ``flatten`` and ``pca:k``, ``std**2 / (H W)`` for ``channel-mean``
+          of an ``[C, H, W]`` output). A layer without noise of its own is refused, with the reason.
+        - a number: that variance for every layer (and the only form a direct call ``est(acts, labels)``
+          takes).
+        - a dict mapping layer names or glob patterns to variances: those layers take the given value (the
+          first matching key, in the dict's order), the others are read from the network as with None.
     """
 
     kind = "noisy"
     default_name = "noisy"
     fields = ("ixt", "ity", "ixt_se", "ity_se")
 
-    def __init__(self, noise_var: float, samples: int = DEFAULT_SAMPLES, seed: int = 0, precision: str = "float64",
-                 memory_budget: Optional[int] = None, name: Optional[str] = None, *,
+    def __init__(self, noise_var: Union[float, dict, None] = None, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                 precision: str = "float64", memory_budget: Optional[int] = None, name: Optional[str] = None, *,
                  control_variate: bool = True) -> None:
         super().__init__(name)
-        self.noise_var = check_float(noise_var, "noise_var", positive=True)
+        self.noise_var: Union[float, dict, None]
+        if noise_var is None:
+            self.noise_var = None
+        elif isinstance(noise_var, dict):
+            if not noise_var:
+                raise ValueError("noise_var={} is empty: map layer names or patterns to variances, or pass None to "
+                                 "read every layer's noise from the network")
+            for key in noise_var:
+                if not isinstance(key, str):
+                    raise ValueError(f"noise_var keys must be layer names or glob patterns; got {key!r}")
+            self.noise_var = {k: check_float(v, f"noise_var[{k!r}]", positive=True) for k, v in noise_var.items()}
+        else:
+            self.noise_var = check_float(noise_var, "noise_var", positive=True)
         self.samples = check_int(samples, "samples", minimum=2)
         self.seed = check_int(seed, "seed")
         self.precision = check_choice(precision, "precision", ["float32", "float64"])
@@ -174,7 +229,42 @@ class Noisy(Estimator):
             kw["control_variate"] = False
         return kw
 
+    def layer_noise_var(self, layer: LayerContext) -> float:
+        """The noise variance this estimator uses on ``layer`` (see ``noise_var``).
+
+        Raises
+        ------
+        ValueError
+            ``noise_var`` gives no value for the layer and the network adds no noise to it that one variance
+            describes; the message says why and what to do.
+        """
+        if isinstance(self.noise_var, float):
+            return self.noise_var
+        if isinstance(self.noise_var, dict):
+            for key, value in self.noise_var.items():
+                if layer.name == key or fnmatch.fnmatchcase(layer.name, key):
+                    return value
+        if layer.noise_var is not None:
+            return layer.noise_var
+        raise ValueError(
+            f"the noisy estimator measures a network with noise inside it, and layer {layer.name!r} "
+            f"{layer.why_no_noise or 'gets no noise from the network'}. Add the noise to the network with "
+            f"infoplane.add_noise(model, std) and record its '.clean' layers (the default choice does), give "
+            f"Noisy(noise_var={{{layer.name!r}: VARIANCE}}) for this layer, or use another estimator "
+            f"(binning, kde)")
+
+    def for_layer(self, layer: LayerContext) -> "Noisy":
+        """This estimator with the number ``noise_var`` it uses on ``layer`` (see :meth:`layer_noise_var`)."""
+        if isinstance(self.noise_var, float):
+            return self
+        return Noisy(self.layer_noise_var(layer), self.samples, self.seed, self.precision, self.memory_budget,
+                     self._name, control_variate=self.control_variate)
+
     def __call__(self, activations: Any, labels: Any) -> NoisyResult:
+        if not isinstance(self.noise_var, float):
+            raise ValueError(
+                "this Noisy() reads its noise_var per layer from the network, which a direct call cannot see: use it "
+                "in Tracker or infoplane track, or call Noisy(noise_var=VARIANCE)(activations, labels)")
         return noisy_mi(activations, labels, **self._kwargs())
 
 
@@ -225,6 +315,13 @@ class WithNull(Estimator):
         if self.memory_budget is not None:
             kw["memory_budget"] = self.memory_budget
         return kw
+
+    def for_layer(self, layer: LayerContext) -> "WithNull":
+        """The wrapped estimator's version for ``layer`` (see :func:`infoplane.estimators.base.for_layer`), wrapped."""
+        inner = for_layer(self.estimator, layer)
+        if inner is self.estimator:
+            return self
+        return WithNull(inner, self.permutations, self.seed, self._name, memory_budget=self.memory_budget)
 
     def __call__(self, activations: Any, labels: Any) -> NullResult:
         return permutation_null(self.estimator, activations, labels, permutations=self.permutations,

@@ -18,6 +18,7 @@ import torch
 from infoplane.capture.hooks import resolve_layers, weight_names
 from infoplane.data import probeset
 from infoplane.data.modelfile import ModelFile
+from infoplane.estimators.binning import BinRangeWarning
 from infoplane.experiment.errors import STATE_FILE
 from infoplane.runs import lifecycle as rundir
 from infoplane.runs.format import save_corruption
@@ -218,7 +219,10 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     tracker.close()
     if state_path.exists():
         os.remove(state_path)
-    for message in dict.fromkeys(str(w.message) for w in caught):
+    for w in caught:  # advice on the measurement is a warning for the caller, even when the log is quiet
+        if issubclass(w.category, BinRangeWarning):
+            warnings.warn(w.message, stacklevel=2)
+    for message in dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, BinRangeWarning)):
         log(f"note: {message}")
     how = "vectorised" if result.vectorized else "one at a time"
     log(f"{run_dir}: {len(seeds)} seed(s) trained {how} for {epochs} epochs")

@@ -18,14 +18,17 @@ from torch import nn
 
 from infoplane import data as data_mod
 from infoplane._validate import check_float, check_int
+from infoplane.capture import reduce as reduce_mod
 from infoplane.capture.hooks import resolve_layers
 from infoplane.data.labels import as_class_indices
 from infoplane.data.modelfile import ModelFile, is_batch_size, load_model_file
+from infoplane.data.standard import STANDARD
 from infoplane.estimators.base import default_estimator
 from infoplane.experiment.errors import ConfigError, RunExistsError
 from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
 from infoplane.runs import lifecycle as rundir
 from infoplane.runs.writer import META, Run, read_meta
+from infoplane.tracking.estimators import layer_contexts, per_layer
 from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
 from infoplane.tracking.sharpness import as_measures
 from infoplane.viz.stats import chain_summary
@@ -62,9 +65,15 @@ def _check_fraction_dirs(out: Path, fractions: list[float]) -> None:
         seen[d] = f
 
 
-def _load_data(spec: Any, model_file: ModelFile,
-               log: Callable[[str], Any]) -> tuple[torch.Tensor, torch.Tensor, str, list | None]:
+def _load_data(spec: Any, model_file: ModelFile, log: Callable[[str], Any], data_root: str | os.PathLike | None = None,
+               download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str, list | None]:
     npz_names = None  # class names stored in an .npz (its labels arrive here as indices)
+    standard = isinstance(spec, str) and spec.lower() in STANDARD
+    if (data_root is not None or download) and not standard:
+        given = " and ".join(a for a, v in (("`data_root`", data_root is not None), ("`download=True`", download)) if v)
+        raise ConfigError(f"{given} {'apply' if ' and ' in given else 'applies'} only to the standard data sets ({', '.join(sorted(STANDARD))}); the "
+                          f"data here is {'the model file' if spec is None else repr(spec)}: drop {given}",
+                          "data_root", "download")
     if spec is not None and model_file.data is not None:
         given = f"`data={os.fspath(spec)!r}`" if isinstance(spec, (str, os.PathLike)) else "the data given"
         log(f"note: {given} replaces the data() defined in {model_file.path.name}")
@@ -85,10 +94,13 @@ def _load_data(spec: Any, model_file: ModelFile,
             if str(spec).lower().endswith(".npz"):
                 inputs, labels, npz_names = data_mod.load_npz(spec, return_names=True)
             else:
-                inputs, labels = data_mod.load(spec)
+                inputs, labels = data_mod.load(spec, root=data_root, download=download)
         except (ValueError, OSError) as err:
             # data.load's messages usually start with the path already: do not say it twice.
             said = str(err)
+            if standard and isinstance(err, FileNotFoundError):  # name this function's arguments
+                said = said.replace("pass root= ", "pass `data_root` ").replace("download=True", "`download=True`")
+                raise ConfigError(f"`data={spec!r}`: {said}", "data", "data_root", "download") from err
             where = "`data`" if Path(str(spec)).name in said else f"`data={os.fspath(spec)!r}`"
             raise ConfigError(f"{where}: {said}", "data") from err
         name = str(spec)
@@ -164,6 +176,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
           overwrite: bool = False, keep_activations: bool = False, vectorize: bool | str = "auto",
           progress: bool = True, caller: list[str] | str | None = None,
           log: Callable[[str], Any] = print, reduce: str | dict | None = None,
+          data_root: str | os.PathLike | None = None, download: bool = False,
           ray: bool | str | None = None, ray_cpus: float = 1.0, ray_gpus: float | None = None,
           gradients: bool = True, label_noise: float = 0.0, random_labels: bool = False, shuffled_pixels: bool = False,
           random_pixels: bool = False, gaussian_inputs: bool = False,
@@ -176,7 +189,15 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     model_file : str, os.PathLike or ModelFile
         Python file defining ``build_model()`` or ``model`` (see docs/training.md).
     data : None, str or (inputs, labels)
-        ``"tishby12"``, ``"digits"``, a ``.npz`` path, or arrays; None: the file's ``data()``, else tishby12.
+        ``"tishby12"``, ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` (their distribution files,
+        see :func:`infoplane.data.standard.load_standard`), a ``.npz`` path, or arrays; None: the file's
+        ``data()``, else tishby12.
+    data_root : str or os.PathLike, optional
+        Where the standard data sets' files are (default: the cache, ``$INFOPLANE_DATA`` or
+        ``~/.cache/infoplane/datasets``).
+    download : bool, default False
+        Fetch a standard data set's files when they are missing (checked against the published checksums);
+        nothing is downloaded otherwise.
     fractions : sequence of float
         Training fractions (0 < F <= 1); one run directory each.
     split : {"stratified", "original"}
@@ -313,7 +334,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     out = Path(out) if out is not None else Path("runs") / mf.stem
     _check_fraction_dirs(out, fractions)
     check_outputs(out, fractions, resume, overwrite)
-    inputs, labels, data_name, class_names = _load_data(data, mf, log)
+    inputs, labels, data_name, class_names = _load_data(data, mf, log, data_root, download)
     corrupted = _corrupt(inputs, labels, seed, label_noise=label_noise, random_labels=random_labels,
                          shuffled_pixels=shuffled_pixels, random_pixels=random_pixels, gaussian_inputs=gaussian_inputs)
     clean_labels = None
@@ -327,7 +348,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         schedule = ending_at(log_schedule(epochs, 400) if schedule is None else schedule, epochs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`schedule`: {err}", "schedule") from err
-    layers = _check_model(mf, inputs, labels, seed_list[0])
+    layers = _check_model(mf, inputs, labels, seed_list[0], estimators, reduce)
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
@@ -378,8 +399,11 @@ def _loss_name(loss: Callable | None, mf: ModelFile) -> str:
     return f"the loss {name} of {mf.path.name}"
 
 
-def _check_model(mf: ModelFile, inputs: torch.Tensor, labels: torch.Tensor, seed: int) -> list[dict] | None:
-    """Check, on a few samples, that the model file's ``layers`` and loss fit its network; return the layers' JSON.
+def _check_model(mf: ModelFile, inputs: torch.Tensor, labels: torch.Tensor, seed: int, estimators: Sequence = (),
+                 reduce: str | dict | None = None) -> list[dict] | None:
+    """Check, on a few samples, that the model file's ``layers``, loss, reduction and estimators fit its network
+    (an estimator whose settings come from the network, such as ``Noisy()`` reading the noise of ``add_noise``,
+    must find them on every recorded layer); return the layers' JSON.
 
     A network that cannot take the inputs at all is left to training, which reports it with the full context.
     """
@@ -402,6 +426,14 @@ def _check_model(mf: ModelFile, inputs: torch.Tensor, labels: torch.Tensor, seed
             if mf.layers is None:
                 raise
             raise ConfigError(f"layers = {mf.layers!r} in {mf.path.name}: {err}") from err
+        try:
+            reductions = reduce_mod.resolve(reduce, [(layer.name, layer.shape) for layer in info])
+        except ValueError as err:
+            raise ConfigError(f"`reduce`: {err}", "reduce") from err
+        try:
+            per_layer(estimators, layer_contexts(model, info, reductions))
+        except ValueError as err:
+            raise ConfigError(f"{mf.path.name}: {err}", "estimators") from err
         if mf.train_step is None:  # a custom train_step need not call the loss
             loss = mf.loss if mf.loss is not None else nn.CrossEntropyLoss()
             # Two batch sizes: a loss that broadcasts [n, C] against [n] works by accident when n == C.

@@ -40,7 +40,7 @@ from torch import nn
 from infoplane._validate import check_int
 from infoplane.capture.hooks import ACTIVATIONS
 
-__all__ = ["add_noise", "GaussianNoise", "DEFAULT_NOISY"]
+__all__ = ["add_noise", "GaussianNoise", "DEFAULT_NOISY", "noise_levels"]
 
 #: Default noisy modules: every hidden nonlinearity (the class-probability modules are left alone).
 DEFAULT_NOISY = tuple(t for t in ACTIVATIONS if t not in (nn.Softmax, nn.LogSoftmax))
@@ -177,3 +177,22 @@ def add_noise(model: nn.Module, std: float, layers: Any = None, *, seed: int = 0
         parent = noisy.get_submodule(parent_name) if parent_name else noisy
         setattr(parent, attr, GaussianNoise(getattr(parent, attr), std, seed=seed * 1000 + k))
     return noisy
+
+
+def noise_levels(model: nn.Module) -> dict[str, float]:
+    """The noise the network adds after each of its noisy layers, by the name of the layer to record.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Typically a copy made by :func:`add_noise`.
+
+    Returns
+    -------
+    dict
+        ``{"<name>.clean": std}`` for every :class:`GaussianNoise` module ``<name>`` with ``std > 0``: the
+        noise-free output that the tracker records, and the standard deviation of the noise added to each of
+        its units (activation units). Empty for a network without noise.
+    """
+    return {f"{name}.clean": m.std for name, m in model.named_modules()
+            if isinstance(m, GaussianNoise) and m.std > 0}

@@ -1,12 +1,17 @@
 """Which estimators a tracker (or :func:`infoplane.estimate`) runs: objects or their ``settings()`` dicts, checked,
-with the original 30-bin grid on [-1, 1] as the default."""
+with the original 30-bin grid on [-1, 1] as the default; and, per layer, the version of each that fits the layer
+(its reduction and the noise the network adds to it)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
-from infoplane.estimators.base import default_estimator, from_settings
+from torch import nn
 
-__all__ = ["as_estimators"]
+from infoplane.capture.reduce import Reduction
+from infoplane.estimators.base import LayerContext, default_estimator, for_layer, from_settings
+from infoplane.networks.noise import noise_levels
+
+__all__ = ["as_estimators", "layer_contexts", "per_layer", "layer_settings"]
 
 
 def as_estimators(estimators: Any) -> list:
@@ -30,3 +35,74 @@ def as_estimators(estimators: Any) -> list:
     if dupes:
         raise ValueError(f"estimator names must be unique, {dupes} repeats; pass name= to tell them apart")
     return out
+
+
+def layer_contexts(model: nn.Module, layers: Sequence, reductions: dict) -> dict[str, LayerContext]:
+    """What each recorded layer offers an estimator: its shape, reduction, and the network's own noise on it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The (first) model; its :func:`~infoplane.add_noise` modules give the noise levels.
+    layers : list of Layer
+        The resolved layers (:func:`infoplane.capture.hooks.resolve_layers`).
+    reductions : dict
+        Layer name -> :class:`~infoplane.capture.reduce.Reduction`.
+
+    Returns
+    -------
+    dict
+        Layer name -> :class:`~infoplane.estimators.base.LayerContext`.
+    """
+    levels = noise_levels(model)
+    out = {}
+    for layer in layers:
+        red: Reduction = reductions.get(layer.name) or Reduction("flatten")
+        shape = layer.shape or (layer.width,)
+        std: Optional[float] = levels.get(layer.name)
+        var: Optional[float] = None
+        why = ""
+        if not levels:
+            why = "gets no noise: the network adds none anywhere (it has no add_noise modules)"
+        elif std is None:
+            noisy = ", ".join(levels)
+            why = (f"gets no noise of its own (the network adds noise after {noisy}; record those layers, e.g. "
+                   f"layers=[...] in the model file)")
+        elif layer.transform is not None or layer.pool is not None or layer.select is not None:
+            what = layer.transform or (f"{layer.pool}-pooled" if layer.pool else "selected")
+            why = f"is recorded {what}, which changes its noise in a way no single variance describes"
+        else:
+            try:
+                var = red.noise_variance(shape, std ** 2)
+            except ValueError as err:
+                why = f"is reduced with {err}"
+        out[layer.name] = LayerContext(layer.name, None if layer.shape is None else tuple(layer.shape), red.spec,
+                                       std, var, why)
+    return out
+
+
+def per_layer(estimators: Sequence, contexts: dict[str, LayerContext]) -> dict[str, list]:
+    """Each layer's version of every estimator (:func:`infoplane.estimators.base.for_layer`), checked up front.
+
+    Returns
+    -------
+    dict
+        Layer name -> list of estimator objects, in the order of ``estimators`` (the same objects where the
+        settings do not depend on the layer).
+
+    Raises
+    ------
+    ValueError
+        An estimator cannot measure a layer; the message names both and says why.
+    """
+    return {name: [for_layer(est, ctx) for est in estimators] for name, ctx in contexts.items()}
+
+
+def layer_settings(estimators: Sequence, bound: dict[str, list]) -> Optional[dict]:
+    """For meta.json: ``{estimator name: {layer: settings}}`` of the estimators whose settings depend on the
+    layer, or None when none does (so that older runs' meta reads back unchanged)."""
+    out: dict = {}
+    for i, est in enumerate(estimators):
+        if any(ests[i].settings() != est.settings() for ests in bound.values()):
+            out[est.name] = {layer: ests[i].settings() for layer, ests in bound.items()}
+    return out or None

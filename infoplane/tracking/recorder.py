@@ -138,6 +138,9 @@ class Recorder:
         Where buffered activations are kept and estimated (default: each model's device).
     reductions : dict or None
         Layer name -> :class:`~infoplane.capture.reduce.Reduction` applied before buffering (see :meth:`reduce`).
+    per_layer : dict or None
+        Layer name -> the estimators' versions for that layer (:func:`infoplane.tracking.estimators.per_layer`),
+        in the order of ``estimators``; None: ``estimators`` on every layer.
     clock : callable, default ``time.monotonic``
         Seconds on the clock that times each estimator call for :attr:`costs`.
     targets : list of Target
@@ -160,6 +163,7 @@ class Recorder:
     probe_batch_size: int = 4096
     device: Optional[torch.device] = None
     reductions: Optional[dict] = None
+    per_layer: Optional[dict] = None
     buffer: list = field(default_factory=list)
     buffered_bytes: int = 0
     timings: dict = field(default_factory=lambda: {"capture": 0.0, "estimate": 0.0, "store": 0.0,
@@ -244,7 +248,8 @@ class Recorder:
             keys = [(self.seeds[i], e) for i in members for e in epochs]
             for layer in names:
                 acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
-                for est in self.estimators:  # one at a time, so that each one's cost is known
+                for est in self.per_layer[layer] if self.per_layer else self.estimators:
+                    # one at a time, so that each one's cost is known
                     t1 = self.clock()
                     mine = estimate_rows(acts, self.labels, [est], self.fraction, keys, layer, inputs=self.inputs)
                     rows += mine

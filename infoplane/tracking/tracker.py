@@ -31,7 +31,7 @@ from infoplane.runs.reader import Run
 from infoplane.runs.writer import RunWriter
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
-from infoplane.tracking.estimators import as_estimators
+from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_settings, per_layer
 from infoplane.tracking.gradients import GradientRow, GradientStats
 from infoplane.tracking.recorder import Recorder
 from infoplane.tracking.schedule import as_schedule
@@ -42,7 +42,7 @@ __all__ = ["Tracker", "UnclosedTrackerWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
-             "keep_activations", "reduce", "targets", "sharpness")
+             "keep_activations", "reduce", "targets", "sharpness", "estimator_layers")
 
 
 def _clock() -> float:
@@ -367,6 +367,9 @@ class Tracker:
         reductions = reduce_mod.resolve(reduce, [(l.name, l.shape) for l in self.layer_info])
         grads = _Gradients.make(gradients, models, inputs, self.layers)  # its errors come before any run exists
         self.reduced_widths = {l.name: reductions[l.name].width(l.shape or (l.width,)) for l in self.layer_info}
+        # Settings that depend on the layer (the noise a noisy network adds to it), fixed before anything is recorded.
+        bound = per_layer(self.estimators, layer_contexts(models[0], self.layer_info, reductions))
+        by_layer = layer_settings(self.estimators, bound)
 
         labels_np = labels.numpy()
         run_meta = describe_run(models[0], inputs, labels, self.layer_info, self.estimators, self.schedule, self.seeds,
@@ -384,6 +387,8 @@ class Tracker:
                                                  samples=sharpness_samples, subset_seed=sharpness_seed)
             run_meta["sharpness"] = self._sharpness.settings()
         # --
+        if by_layer is not None:
+            run_meta["estimator_layers"] = by_layer
         extra = check_extra_meta(meta, run_meta)
         if name is not None:
             if not isinstance(name, str) or not name.strip():
@@ -397,7 +402,7 @@ class Tracker:
         clock = _clock  # read once, so that a test's fake clock serves the whole tracker
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions,
-                            clock=clock, targets=self.targets)
+                            per_layer=bound, clock=clock, targets=self.targets)
         # -- torch.distributed (infoplane.tracking.distributed): each rank probes its shard; rank 0 alone writes --
         self._dist, self.rank, self.world_size = None, 0, 1
         if distributed_active():

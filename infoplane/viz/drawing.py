@@ -345,10 +345,29 @@ def is_noise_based(run: Run, estimator: Optional[str]) -> bool:
 
 # Why a layer sits at log2 N, per estimator kind: the note must not blame a setting the estimator does not have.
 _SATURATION_CAUSES: dict[Optional[str], str] = {
-    "kde": "the noise variance, not the network, drives it",
-    "noisy": "the noise variance, not the network, drives it",
+    "kde": "the KDE noise variance (the estimator's resolution), not the network, drives it",
+    # The noise of `noisy` is the network's own: saturation is then a fact about that noisy network.
+    "noisy": "at the network's own noise level every probe sample stays distinguishable in it",
     "binning": "the bin choice, not the network, drives it",
     "discrete": "every probe sample keeps its own exact value, so the probe set's size caps it",
+    "renyi": "the kernel width (sigma), not the network, may drive it",
+}
+
+# What to try instead, per estimator kind (and grid, for binning): only changes that measure the same network.
+_SATURATION_ADVICE: dict[Optional[str], str] = {
+    "binning-range": "Try fewer bins or a range that covers the activations (for ReLU: --range 0 MAX, "
+                     "Binning(range=(0, MAX))), adaptive bins, or the KDE estimator.",
+    "binning-width": "Try a wider bin (--bin-width, Binning(width=...)), adaptive bins, or the KDE estimator.",
+    "binning-adaptive": "Try fewer bins (--bins), or the KDE estimator.",
+    "kde": "Try a larger noise_var (--noise-var; it is the estimator's resolution), or reduce wide layers "
+           "(--reduce channel-mean or pca:K), and keep only conclusions that survive the change.",
+    "noisy": "Do not raise noise_var: the noise is part of the network, and another variance measures another "
+             "network. Check that it is the network's (Noisy() without noise_var reads it from add_noise and the "
+             "layer's reduction); a network trained with more noise (add_noise(model, std) with a larger std), or "
+             "a narrower reduction (pca:K with a small K), is a different question about the network.",
+    "discrete": "The exact value is right for this quantised network; fewer quantisation levels "
+                "(quantize(model, bits=...)) or a larger probe set change what is measured.",
+    "renyi": "Try a larger kernel width (Renyi(sigma=...)) and keep only conclusions that survive the change.",
 }
 
 
@@ -358,6 +377,19 @@ def saturation_message(run: Run, estimator: Optional[str], layers: Sequence[str]
                                    "the estimator's resolution, not the network, may drive it")
     names = ", ".join(layers)
     return f"I(X;T) of layer{'s' if len(layers) > 1 else ''} {names} is saturated at log2 N: {cause}"
+
+
+def saturation_advice(run: Run, estimator: Optional[str]) -> str:
+    """What to try about a saturated layer, right for the estimator's kind (and a binning's grid)."""
+    kind = estimator_kind(run, estimator)
+    if kind == "binning":
+        settings = estimator_entry(run, estimator).get("settings") or {}
+        if settings.get("kind") == "with-null":
+            settings = settings.get("estimator") or {}
+        kind = ("binning-adaptive" if settings.get("adaptive") else
+                "binning-width" if settings.get("width") is not None else "binning-range")
+    return _SATURATION_ADVICE.get(kind, "Compare with another estimator, and keep only conclusions that survive "
+                                        "the change.")
 
 
 def _caller_level() -> int:
@@ -379,8 +411,7 @@ def warn_saturation(ax: Axes, run: Run, estimator: Optional[str]) -> list[str]:
     msg = saturation_message(run, estimator, layers)
     add_note(ax, msg)
     where = " | ".join(p for p in (run_name(run), data_name(run), fraction_label(run)) if p)
-    advice = ("Try a larger noise_var." if is_noise_based(run, estimator) else
-              "Try fewer or wider bins, or the KDE estimator.")
+    advice = saturation_advice(run, estimator)
     warnings.warn(f"{where + ': ' if where else ''}{msg} (within {SATURATION_TOL:.0%} of log2 N = "
                   f"{ceilings(run)[0]:.2f} bits for most recorded epochs). {advice}", SaturationWarning,
                   stacklevel=_caller_level())
