@@ -119,7 +119,15 @@ def _settings_rows(runs, D):
         fmt = (lambda v: "n/a" if v is None else f"{v:.4g} bits")
         return f"N = {r.n}, log2 N = {fmt(log2_n)}, H(Y) = {fmt(h_y)}"
 
-    training = (lambda r: json.dumps(r.meta["training"]) if isinstance(r.meta.get("training"), dict) else "n/a")
+    def training(r):
+        # The effective settings (optimizer Adam, lr 0.0004, ...); entries a run does not know are left out.
+        t = r.meta.get("training")
+        if not isinstance(t, dict):
+            return "n/a"
+        shown = [f"{k.replace('_', ' ')} {v if isinstance(v, str) else json.dumps(v)}" for k, v in t.items()
+                 if v is not None]
+        return ", ".join(shown) or "n/a"
+
     rows = [("run directory", lambda r: r.path or "(in memory)"), ("status", status),
             ("data", lambda r: D.data_name(r) or "n/a"), ("training fraction", D.fraction_label),
             ("split", split), ("seeds", lambda r: ", ".join(map(str, r.seeds))), ("schedule", schedule),
