@@ -198,20 +198,20 @@ def test_non_finite_outputs_at_epoch_0_are_reported_as_such(tmp_path, capsys):
 
 
 def test_a_refused_resume_names_the_settings_and_both_values(tmp_path, capsys):
-    assert track(tmp_path, TANH, "--epochs", "2", "--seeds", "2") == 0
-    meta = infoplane.load_run(tmp_path / "o" / "fraction-0.8").meta
+    small = ["--fraction", "0.05", "--probe", "train"]
+    assert track(tmp_path, TANH, "--epochs", "2", *small) == 0
+    meta = infoplane.load_run(tmp_path / "o" / "fraction-0.05").meta
     # The effective training settings, defaults resolved: no nulls.
     assert {k: meta["training"][k] for k in ("optimizer", "lr", "batch_size", "loss", "epochs")} == \
         {"optimizer": "Adam", "lr": 4e-4, "batch_size": 256, "loss": "CrossEntropyLoss()", "epochs": 2}
     capsys.readouterr()
-    assert track(tmp_path, TANH, "--epochs", "2", "--seeds", "2", "--resume", "--lr", "0.01",
-                 "--batch-size", "64") == 2
+    assert track(tmp_path, TANH, "--epochs", "2", *small, "--resume", "--lr", "0.01", "--batch-size", "64") == 2
     first = capsys.readouterr().err.splitlines()[0]
-    assert "training.lr (--lr): stored 0.0004, now 0.01" in first
-    assert "training.batch_size (--batch-size): stored 256, now 64" in first and "--overwrite" in first
-    assert track(tmp_path, TANH, "--epochs", "1", "--seeds", "2", "--resume") == 2
+    assert "training.lr: stored 0.0004, now 0.01 (--lr)" in first
+    assert "training.batch_size: stored 256, now 64 (--batch-size)" in first and "--overwrite" in first
+    assert track(tmp_path, TANH, "--epochs", "1", *small, "--resume") == 2
     first = capsys.readouterr().err.splitlines()[0]
-    assert "training.epochs (--epochs): stored 2, now 1" in first and "not cut short" in first
+    assert "training.epochs: stored 2, now 1 (--epochs)" in first and "not cut short" in first
 
 
 def test_resume_with_more_epochs_trains_a_finished_run_on(tmp_path, capsys):
@@ -219,7 +219,7 @@ def test_resume_with_more_epochs_trains_a_finished_run_on(tmp_path, capsys):
     # saved state (weights, optimiser moments, the per-seed batch-order and dropout streams), so every later
     # epoch is the one an uninterrupted run of the longer length trains, and is recorded where the schedule
     # asked for it (here log:400, whose epochs up to 2 are the same for 2 and 4 epochs).
-    args = ["--seeds", "2", "--fraction", "0.05"]
+    args = ["--seeds", "2", "--fraction", "0.05", "--fixed-split", "--probe", "train"]  # a small probe set
     assert track(tmp_path, TANH, "--epochs", "2", *args, out="ext") == 0
     run_dir = tmp_path / "ext" / "fraction-0.05"
     before = (run_dir / "infoplane.csv").read_text().splitlines()
