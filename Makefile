@@ -2,13 +2,21 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Two install levels share the one .venv, each with its stamp: the core dependencies alone (what `make demo`
+# needs) and the test extra (every framework and the test tools, what `make test` needs). The test level includes
+# the core one, so `make test` after `make demo` only adds to the same .venv.
+CORE_STAMP := $(VENV)/.installed-core
+STAMP := $(VENV)/.installed-test
 PIP_FLAGS := -q --disable-pip-version-check
 
 .PHONY: install lint test sanitize bench bench-gpu demo reproduce clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(CORE_STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e .
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
@@ -42,7 +50,9 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/gpu.py $(BENCH_ARGS)
 
-demo: $(STAMP)
+# The main job needs only the core dependencies (torch pinned by constraints.txt, numpy, scipy, scikit-learn,
+# matplotlib, tqdm): no framework, no test tool.
+demo: $(CORE_STAMP)
 	$(PY) -m infoplane.cli.main track examples/tishby_tanh.py --fraction 0.05 --fraction 0.85 \
 		--seeds 4 --out runs/demo --overwrite
 

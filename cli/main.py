@@ -2,13 +2,16 @@
 
 Exit status: 0 on success; 2 on a usage or settings problem (bad arguments, a model file that does not follow the
 contract or whose ``layers`` or loss do not fit its network, an existing run without --resume/--overwrite, resuming
-with other settings), found before anything trains; 1 on a failure while running; 130 when interrupted (Ctrl-C),
-after what was measured has been written. Errors print one line first; --verbose adds the traceback.
+with other settings, an output that cannot be created or written), found before anything trains; 1 on a failure
+while running; 130 when interrupted (Ctrl-C), after what was measured has been written. ``plot``, ``animate``,
+``report`` and ``export`` agree: 2 for what the user gave (not a run, an unwritable ``--out``), 1 for a failure
+while drawing. Errors print one line first; --verbose adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import textwrap
@@ -263,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "adaptive_sharpness)")
     g = track.add_argument_group("output")
     g.add_argument("--out", help="parent of the run directories (default runs/<model file stem>)")
-    g.add_argument("--resume", action="store_true", help="continue unfinished runs in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue unfinished runs in --out; with a larger --epochs, train finished runs on")
     g.add_argument("--overwrite", action="store_true", help="replace runs in --out")
     g.add_argument("--keep-activations", action="store_true",
                    help="also save raw activations, to re-estimate later without retraining")
@@ -315,9 +319,21 @@ def _export_tensorboard(run_dirs, logdir):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    for path in _export_tensorboard(args.runs, args.tensorboard):
+    for path in _writing("--tensorboard", args.tensorboard, lambda: _export_tensorboard(args.runs, args.tensorboard)):
         print(f"tensorboard: {path}")
     return 0
+
+
+def _writing(option: str | None, path: str | None, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``, which writes to ``path`` (the value of ``option``); a file or folder that cannot be written is a
+    problem with what the user asked for (exit status 2), whatever the operating system's reason."""
+    from infoplane.runs.lifecycle import os_reason
+
+    try:
+        return fn()
+    except OSError as err:
+        where = f"{option} {path}" if option and path else "the figures"
+        raise UsageError(f"cannot write {where}: {os_reason(err)}") from err
 
 
 def _add_animate_report(sub, common):
@@ -397,8 +413,9 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
     try:
         labels = _labels(args)
-        path = _with_saturation_warnings(lambda: plot.animate(args.runs, out=args.out, estimator=args.estimator,
-                                                               frames=args.frames, fps=args.fps, titles=labels))
+        path = _writing("--out", args.out, lambda: _with_saturation_warnings(
+            lambda: plot.animate(args.runs, out=args.out, estimator=args.estimator, frames=args.frames,
+                                 fps=args.fps, titles=labels)))
     except ValueError as err:  # not a run, an empty run, runs of different data, an unknown estimator or type
         raise UsageError(str(err)) from err
     print(path)
@@ -409,7 +426,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     import infoplane
 
     try:
-        path = infoplane.report(args.runs, out=args.out, frames=args.frames, titles=_labels(args))
+        labels = _labels(args)
+        path = _writing("--out", args.out, lambda: infoplane.report(args.runs, out=args.out, frames=args.frames,
+                                                                    titles=labels))
     except ValueError as err:
         raise UsageError(str(err)) from err
     print(path)
@@ -451,6 +470,13 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     schedule = _schedule(args.schedule, args.epochs)
     ray_kwargs = _ray_kwargs(args)
+    if args.tensorboard:  # an output found unwritable after hours of training would lose the logs
+        try:
+            os.makedirs(args.tensorboard, exist_ok=True)
+        except OSError as err:
+            from infoplane.runs.lifecycle import os_reason
+
+            raise UsageError(f"cannot create --tensorboard directory {args.tensorboard}: {os_reason(err)}") from err
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(as_flags(msg), file=sys.stderr))
     try:
         with _advice_as_warnings():
@@ -553,7 +579,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if labels is not None:  # a parent of fraction-* runs lends its label to each of them
         labels = [label for label, k in zip(labels, counts) for _ in range(k)]
     try:
-        paths = _write_figures(runs, args.out, args.estimator, labels)
+        paths = _writing("--out", args.out, lambda: _write_figures(runs, args.out, args.estimator, labels))
     except ValueError as err:  # not a run, runs of different data, an unknown estimator or file type
         raise UsageError(str(err)) from err
     for p in paths:

@@ -41,7 +41,8 @@ def test_track_end_to_end(tmp_path, capsys):
         train = run.meta["split"]["train"]
         assert len(train) == 2 and len(train[0]) == round(float(f) * 4096) and train[0] != train[1]
         assert run.metric("test_acc").shape == (2, len(run.epochs))
-        assert not (out / f"fraction-{f}" / "train_state.pt").exists()
+        # The final training state stays, so that the run can be trained on to more epochs.
+        assert infoplane.train.load_state(out / f"fraction-{f}" / "train_state.pt")["epoch"] == 3
 
 
 def test_original_split_and_reproducible_seeds(tmp_path):

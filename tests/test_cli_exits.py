@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 import infoplane
 from infoplane.cli.main import main
@@ -145,3 +146,100 @@ def test_plot_finds_the_fraction_runs_inside_a_directory(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     first = capsys.readouterr().err.splitlines()[0]
     assert first.count("not an infoplane run directory") == 1 and "fraction-*" in first
+
+
+def test_an_output_that_cannot_be_created_is_exit_2_before_training(tmp_path, capsys):
+    a_file = write(tmp_path, "a-file", "")
+    outs = [f"{a_file}/x"]  # a parent that is a file
+    outs += [p for p in ("/proc/nt", "/sys/nt") if Path(p).parent.is_dir()]  # virtual filesystems (Linux)
+    for out in outs:
+        assert main(["track", TANH, "--epochs", "1", "--quiet", "--no-plot", "--out", out]) == 2
+        err = capsys.readouterr().err
+        first = err.splitlines()[0]
+        assert first.startswith(f"infoplane: error: cannot create run directory {out}/fraction-0.8: "), first
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not list(tmp_path.glob("**/meta.json"))
+    assert track(tmp_path, TANH, "--epochs", "1", "--tensorboard", f"{a_file}/tb") == 2
+    assert "cannot create --tensorboard directory" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was trained or written
+
+
+def test_plot_animate_report_export_agree_on_an_unwritable_out(tmp_path, capsys):
+    import gc
+    import warnings
+
+    x, y = infoplane.data.tishby12()
+    net = nn.Sequential(nn.Linear(12, 3), nn.Tanh(), nn.Linear(3, 2))
+    with infoplane.Tracker(net, x[::32], y[::32], schedule=[0, 1], out=tmp_path / "run") as t:
+        t.step(0), t.step(1)
+    run, bad = str(tmp_path / "run"), write(tmp_path, "a-file", "") + "/sub"
+    commands = [["plot", run, "--out", f"{bad}/p.png"], ["animate", run, "--out", f"{bad}/a.gif"],
+                ["report", run, "--out", f"{bad}/r.html"], ["export", run, "--tensorboard", f"{bad}/tb"]]
+    for command in commands:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = main(command)
+            gc.collect()  # an animation that was never saved warns when it is collected
+        err = capsys.readouterr().err
+        assert code == 2, (command, err)
+        assert err.startswith(f"infoplane: error: cannot write {command[-2]} {command[-1]}: "), err
+        assert "Not a directory" in err and "Traceback" not in err
+        assert not [str(w.message) for w in caught if "Animation" in str(w.message)]
+
+
+def test_non_finite_outputs_at_epoch_0_are_reported_as_such(tmp_path, capsys):
+    path = write(tmp_path, "net.py", "import torch\nfrom torch import nn\n"
+                                     "def build_model():\n    net = nn.Sequential(nn.Linear(12, 4), nn.Tanh(), "
+                                     "nn.Linear(4, 2))\n    with torch.no_grad():\n"
+                                     "        net[0].bias[0] = float('nan')\n    return net\n")
+    assert track(tmp_path, path, "--epochs", "1") == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "at epoch 0, the initialisation, before any training" in first and "diverged" not in first
+
+
+def test_a_refused_resume_names_the_settings_and_both_values(tmp_path, capsys):
+    small = ["--fraction", "0.05", "--probe", "train"]
+    assert track(tmp_path, TANH, "--epochs", "2", *small) == 0
+    meta = infoplane.load_run(tmp_path / "o" / "fraction-0.05").meta
+    # The effective training settings, defaults resolved: no nulls.
+    assert {k: meta["training"][k] for k in ("optimizer", "lr", "batch_size", "loss", "epochs")} == \
+        {"optimizer": "Adam", "lr": 4e-4, "batch_size": 256, "loss": "CrossEntropyLoss()", "epochs": 2}
+    capsys.readouterr()
+    assert track(tmp_path, TANH, "--epochs", "2", *small, "--resume", "--lr", "0.01", "--batch-size", "64") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "training.lr: stored 0.0004, now 0.01 (--lr)" in first
+    assert "training.batch_size: stored 256, now 64 (--batch-size)" in first and "--overwrite" in first
+    assert track(tmp_path, TANH, "--epochs", "1", *small, "--resume") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "training.epochs: stored 2, now 1 (--epochs)" in first and "not cut short" in first
+
+
+def test_resume_with_more_epochs_trains_a_finished_run_on(tmp_path, capsys):
+    # What is guaranteed: the rows of the epochs so far are kept byte for byte; training continues from the
+    # saved state (weights, optimiser moments, the per-seed batch-order and dropout streams), so every later
+    # epoch is the one an uninterrupted run of the longer length trains, and is recorded where the schedule
+    # asked for it (here log:400, whose epochs up to 2 are the same for 2 and 4 epochs).
+    args = ["--seeds", "2", "--fraction", "0.05", "--fixed-split", "--probe", "train"]  # a small probe set
+    assert track(tmp_path, TANH, "--epochs", "2", *args, out="ext") == 0
+    run_dir = tmp_path / "ext" / "fraction-0.05"
+    before = (run_dir / "infoplane.csv").read_text().splitlines()
+    assert track(tmp_path, TANH, "--epochs", "4", *args, "--resume", out="ext") == 0
+    assert track(tmp_path, TANH, "--epochs", "4", *args, out="full") == 0
+    after = (run_dir / "infoplane.csv").read_text().splitlines()
+    assert after[:len(before)] == before
+    extended, full = infoplane.load_run(run_dir), infoplane.load_run(tmp_path / "full" / "fraction-0.05")
+    assert extended.complete and extended.epochs.tolist() == full.epochs.tolist() == [0, 1, 2, 3, 4]
+    for field in ("ixt", "ity"):
+        assert np.array_equal(extended.get(field), full.get(field))
+    assert np.array_equal(extended.metric("train_loss"), full.metric("train_loss"))
+    assert extended.meta["training"]["epochs"] == 4
+    assert [e["after"] for e in extended.meta["extended"]] == [2]
+    # The same command again finds the extended run complete, and leaves it alone.
+    assert track(tmp_path, TANH, "--epochs", "4", *args, "--resume", out="ext") == 0
+    assert infoplane.load_run(run_dir).meta == extended.meta
+    # A run without its final training state (removed here) cannot be trained on: said before training.
+    (tmp_path / "full" / "fraction-0.05" / "train_state.pt").unlink()
+    capsys.readouterr()
+    assert track(tmp_path, TANH, "--epochs", "6", *args, "--resume", out="full") == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "no training state to continue from" in first and "--overwrite" in first

@@ -18,6 +18,8 @@ ACCEPTED = [
     (["dog", "cat", "dog", "emu"], [1, 0, 1, 2], ["cat", "dog", "emu"]),
     (np.array(["b", "a"]), [1, 0], ["a", "b"]),
     (np.array([3, 1], dtype=np.uint8), [3, 1], None),
+    (np.array([[0], [2], [1]]), [0, 2, 1], None),              # a column of indices [N, 1], not one-hot
+    (torch.tensor([[1.0], [0.0], [1.0]]), [1, 0, 1], None),
 ]
 
 
@@ -55,6 +57,24 @@ def test_every_boundary_applies_the_same_rules(tmp_path, labels, message):
     np.savez(tmp_path / "d.npz", inputs=np.random.rand(n, 2), labels=np.asarray(labels))
     with pytest.raises(ValueError, match=message):
         load_npz(tmp_path / "d.npz")
+
+
+def test_a_column_of_indices_is_read_as_indices_at_every_boundary(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 64)
+    acts = torch.rand(64, 2)
+    flat = binned_mi(acts, y, bins=5, range=(0, 1))
+    column = binned_mi(acts, y[:, None], bins=5, range=(0, 1))
+    assert float(column.ity) == float(flat.ity) and float(column.ixt) == float(flat.ixt)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+    t = infoplane.Tracker(net, acts, torch.as_tensor(y[:, None]), schedule=[0])
+    t.step(0)
+    t.close()
+    assert t.run.n == 64 and t.run.meta["n_classes"] == 3
+    np.savez(tmp_path / "d.npz", inputs=acts.numpy(), labels=y[:, None])
+    assert load_npz(tmp_path / "d.npz")[1].tolist() == y.tolist()
+    batched = as_class_indices(np.stack([y, y])[..., None], n=64, batch_shape=(2,))
+    assert batched.indices.shape == (2, 64) and batched.indices[1].tolist() == y.tolist()
 
 
 def test_class_names_reach_meta_and_the_estimates_match_indices(tmp_path):

@@ -334,3 +334,87 @@ def test_float64_models_and_numpy_inputs_are_probed_in_the_models_dtype():
         with infoplane.Tracker(model, x, y, schedule=[0]) as tracker:
             assert tracker.step(0)
         assert tracker.run.get("ixt").shape == (1, 1, 2)
+
+
+def test_non_finite_activations_at_epoch_0_are_not_called_divergence():
+    x, y = data()
+    net = tanh_net()
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"at epoch 0, the initialisation, before any training") as info:
+        with infoplane.Tracker(net, x, y) as t:
+            t.step(0)
+    assert "diverged" not in str(info.value) and "probe inputs" in str(info.value)
+
+
+def test_closing_before_the_last_scheduled_epoch_warns_and_leaves_the_run_incomplete(tmp_path):
+    # The loop of a common mistake: step(epoch) before each epoch's update records 0, 2 and never epoch 4.
+    x, y = data()
+    net = tanh_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.warns(infoplane.tracking.tracker.UnfinishedScheduleWarning, match=r"last epoch of its schedule, 4"):
+        with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r") as t:
+            for epoch in range(4):
+                t.step(epoch)
+                train_epoch(net, opt, x, y)
+    run = infoplane.load_run(tmp_path / "r")
+    assert run.epochs.tolist() == [0, 2] and not run.complete
+    # Resumed and stepped to the end, the same run is complete; an open-ended schedule never warns.
+    with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r", resume=True) as t:
+        assert t.step(4)
+    assert infoplane.load_run(tmp_path / "r").complete
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", infoplane.tracking.tracker.UnfinishedScheduleWarning)
+        with infoplane.Tracker(net, x, y, schedule=infoplane.every(2)) as t:
+            t.step(0)
+    assert t.run.complete
+
+
+def test_timings_by_layer_and_estimator_reach_the_run_and_the_optimizer_its_meta(tmp_path):
+    x, y = data()
+    net = tanh_net()
+    opt = torch.optim.SGD([{"params": net[0].parameters()}, {"params": net[2:].parameters()}], lr=0.1)
+    ests = [Binning(bins=30, range=(-1, 1)), KDE(noise_var=1e-2)]
+    with infoplane.Tracker(net, x, y, schedule=[0, 1, 2], estimators=ests, out=tmp_path / "r", optimizer=opt,
+                           flush_seconds=None) as t:
+        for epoch in range(3):
+            t.step(epoch)
+    timings = t.timings
+    assert set(timings["layers"]) == set(t.layers) and set(timings["estimators"]) == {"binning", "kde"}
+    assert all(v > 0 for v in [*timings["layers"].values(), *timings["estimators"].values()])
+    # Each estimator call is counted once under its layer and once under its estimator, within the total.
+    assert math.isclose(sum(timings["layers"].values()), sum(timings["estimators"].values()), rel_tol=1e-9)
+    assert sum(timings["layers"].values()) <= timings["estimate"]
+    assert timings["layer_epochs"] == 3 * len(t.layers)
+    meta = infoplane.load_run(tmp_path / "r").meta
+    assert meta["timings"] == json.loads(json.dumps(timings))
+    assert meta["training"] == {"optimizer": "SGD", "lr": 0.1}
+    # A resumed run adds its session's timings to the stored ones.
+    with infoplane.Tracker(net, x, y, schedule=[0, 1, 2, 3], estimators=ests, out=tmp_path / "r",
+                           resume=True) as t2:
+        t2.step(3)
+    again = infoplane.load_run(tmp_path / "r").meta["timings"]
+    assert again["layer_epochs"] == 4 * len(t.layers)
+    assert again["estimators"]["kde"] == pytest.approx(timings["estimators"]["kde"] + t2.timings["estimators"]["kde"])
+    opt.param_groups[1]["lr"] = 0.5
+    from infoplane.runs.meta import describe_optimizer
+    assert describe_optimizer(opt) == {"optimizer": "SGD", "lr": [0.1, 0.5]}
+
+
+def test_a_refused_resume_names_each_differing_setting_with_both_values(tmp_path):
+    x, y = data()
+    with infoplane.Tracker(tanh_net(), x, y, out=tmp_path / "r", schedule=[0, 1]) as t:
+        t.step(0), t.step(1)
+    with pytest.raises(ValueError) as info:
+        infoplane.Tracker(tanh_net(), x, y, out=tmp_path / "r", schedule=[0, 2], resume=True,
+                          estimators=[Binning(bins=20, range=(-1, 1))])
+    err = info.value
+    assert err.keys == ["estimators", "schedule"]
+    text = str(err)
+    assert "estimators[0].settings.bins: stored 30, now 20" in text and "schedule.epochs: stored [0, 1], now [0, 2]" in text
+    # A schedule that continues the stored one to later epochs is accepted: the run is trained further.
+    with infoplane.Tracker(tanh_net(), x, y, out=tmp_path / "r", schedule=[0, 1, 3], resume=True) as t:
+        assert [t.step(1), t.step(3)] == [False, True]
+    run = infoplane.load_run(tmp_path / "r")
+    assert run.epochs.tolist() == [0, 1, 3] and run.complete and run.meta["schedule"]["epochs"] == [0, 1, 3]

@@ -7,6 +7,7 @@ Accepted
 - integer or boolean class indices, ``>= 0``;
 - floats that are whole numbers (``[0., 1., 1.]``), read as class indices;
 - one-hot rows ``[N, C]`` (exactly one 1 per row, zeros elsewhere), converted to indices;
+- a column of class indices ``[N, 1]``, read as ``[N]`` (not as one-hot rows of a single class);
 - class names: strings or other hashable, orderable values (``["cat", "dog"]``), mapped to indices in sorted
   order; the names are returned so that they can be stored (``meta.json``) and shown (plot legends).
 
@@ -86,7 +87,8 @@ def as_class_indices(labels: Any, n: Optional[int] = None, *, batch_shape: Seque
     Parameters
     ----------
     labels : tensor, numpy array or sequence
-        Class indices ``[N]`` (integers, booleans or whole-number floats), one-hot rows ``[N, C]``, or class
+        Class indices ``[N]`` (integers, booleans or whole-number floats) or a column of them ``[N, 1]``,
+        one-hot rows ``[N, C]`` with C >= 2, or class
         names (strings or other orderable values). With ``batch_shape``, labels may also be ``[*batch_shape, N]``
         indices or ``[*batch_shape, N, C]`` one-hot rows (one label set per batch item).
     n : int, optional
@@ -148,6 +150,10 @@ def as_class_indices(labels: Any, n: Optional[int] = None, *, batch_shape: Seque
         expected = f"[N] = [{n}]" + (f" (or {list(bshape) + [n]})" if bshape else "")
         raise _fail(what, f"have shape {shape}, which does not match {context or f'{n} samples'}",
                     f"pass one class index per sample, shape {expected}, or one-hot rows [N, C]")
+    if one_hot and shape[-1] == 1:
+        # A column of labels ([N, 1], as many data files and sklearn-style code produce) holds one class per row:
+        # read it as class indices. As one-hot rows it could only ever describe a single class.
+        idx, one_hot = t[..., 0], False
     if idx.dtype == torch.bool:
         idx = idx.to(torch.int64)
     if one_hot:

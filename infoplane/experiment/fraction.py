@@ -4,7 +4,6 @@ The local loop of ``track()`` and each Ray task (:mod:`~infoplane.experiment.ray
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
@@ -111,6 +110,11 @@ class FractionPlan:
         Entries for ``meta.json`` (data, model file, caller, training and split settings).
     targets : dict, optional
         Side variables of the probe set (``Tracker(targets=...)``), e.g. the clean labels of corrupted data.
+    schedule : Schedule, optional
+        This fraction's recorded epochs when they differ from the job's (a finished run trained on to more
+        epochs keeps its schedule so far); None: the job's.
+    extend_from : int, optional
+        The epochs of a finished run in ``run_dir`` that is trained on to ``TrackJob.epochs``; None otherwise.
     """
 
     fraction: float
@@ -120,6 +124,8 @@ class FractionPlan:
     probe_y: torch.Tensor
     meta: dict
     targets: dict | None = None
+    schedule: Schedule | None = None
+    extend_from: int | None = None
 
 
 def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
@@ -139,9 +145,11 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         The finished run, read back from its directory (a complete one is skipped when resuming).
     """
     log, seeds, epochs, run_dir = job.log, job.seeds, job.epochs, plan.run_dir
-    if job.resume and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
+    if job.resume and plan.extend_from is None and (run_dir / META).exists() and read_meta(run_dir).get("complete"):
         log(f"{run_dir}: complete, skipped")
         return load_run(run_dir)
+    if plan.extend_from is not None:
+        log(f"{run_dir}: training on from epoch {plan.extend_from} to {epochs}")
     if job.overwrite and rundir.is_run(run_dir):
         # Cleared through the one owner of deletion, under the run's lock: only infoplane's files go.
         lock, _ = rundir.open_run_dir(run_dir, overwrite=True)
@@ -160,8 +168,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
             log("note: gradient statistics are not recorded: the fused training kernel does not gather them "
                 "(`vectorize=False` trains on the torch path, which does)")
         made = Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
-                       schedule=job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction, meta=plan.meta,
-                       keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
+                       schedule=plan.schedule or job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction,
+                       meta=plan.meta, keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
                        targets=plan.targets, gradients=(lambda: latest[0]) if given else False,
                        **_sharpness_options(job, plan))
         if job.corruption is not None:  # under the tracker's lock of the run directory
@@ -216,9 +224,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     finally:
         if bar is not None:
             bar.close()
+    # The final training state stays beside the finished run, so that it can be trained on to more epochs.
     tracker.close()
-    if state_path.exists():
-        os.remove(state_path)
     for w in caught:  # advice on the measurement is a warning for the caller, even when the log is quiet
         if issubclass(w.category, BinRangeWarning):
             warnings.warn(w.message, stacklevel=2)

@@ -24,13 +24,15 @@ from infoplane.data.labels import as_class_indices
 from infoplane.data.modelfile import ModelFile, is_batch_size, load_model_file
 from infoplane.data.standard import STANDARD
 from infoplane.estimators.base import default_estimator
-from infoplane.experiment.errors import ConfigError, RunExistsError
+from infoplane.experiment.errors import STATE_FILE, ConfigError, RunExistsError
 from infoplane.experiment.fraction import FractionPlan, TrackJob, run_fraction
 from infoplane.runs import lifecycle as rundir
-from infoplane.runs.writer import META, Run, read_meta
+from infoplane.runs.meta import describe_loss, describe_optimizer
+from infoplane.runs.writer import META, Run, read_meta, setting_differences
 from infoplane.tracking.estimators import layer_contexts, per_layer
-from infoplane.tracking.schedule import Schedule, ending_at, log_schedule
+from infoplane.tracking.schedule import Schedule, ending_at, extended, from_json, log_schedule
 from infoplane.tracking.sharpness import as_measures
+from infoplane.train.spec import TrainSpec
 from infoplane.viz.stats import chain_summary
 
 SPLITS = ("stratified", "original")
@@ -153,18 +155,25 @@ def check_outputs(out: str | os.PathLike, fractions: Sequence[float], resume: bo
     """
     for f in fractions:
         d = fraction_dir(out, f)
-        if d.exists() and any(d.iterdir()) and not rundir.is_run(d):
-            raise ConfigError(f"{d} is not empty and holds no infoplane run; infoplane writes only into new or "
-                              f"empty directories or its own runs: choose another `out`", "out")
-        if overwrite and rundir.is_run(d) and rundir.foreign_entries(d):
-            found = ", ".join(rundir.foreign_entries(d)[:10])
-            raise ConfigError(f"{d} holds files that infoplane did not write ({found}); `overwrite=True` replaces "
-                              f"only infoplane's own files: move them out of the run directory or choose another "
-                              f"`out`", "out", "overwrite")
-        if d.exists() and any(d.iterdir()) and not (resume or overwrite):
-            state = "a complete" if (d / "meta.json").exists() and read_meta(d).get("complete") else "an unfinished"
-            raise RunExistsError(f"{d} already holds {state} run; pass `resume=True` to continue it or "
-                                 f"`overwrite=True` to replace it", "resume", "overwrite")
+        try:
+            _check_output(d, resume, overwrite)
+        except OSError as err:  # e.g. a directory that cannot be listed
+            raise ConfigError(f"cannot create run directory {d}: {rundir.os_reason(err)}", "out") from err
+
+
+def _check_output(d: Path, resume: bool, overwrite: bool) -> None:
+    if d.exists() and any(d.iterdir()) and not rundir.is_run(d):
+        raise ConfigError(f"{d} is not empty and holds no infoplane run; infoplane writes only into new or "
+                          f"empty directories or its own runs: choose another `out`", "out")
+    if overwrite and rundir.is_run(d) and rundir.foreign_entries(d):
+        found = ", ".join(rundir.foreign_entries(d)[:10])
+        raise ConfigError(f"{d} holds files that infoplane did not write ({found}); `overwrite=True` replaces "
+                          f"only infoplane's own files: move them out of the run directory or choose another "
+                          f"`out`", "out", "overwrite")
+    if d.exists() and any(d.iterdir()) and not (resume or overwrite):
+        state = "a complete" if (d / "meta.json").exists() and read_meta(d).get("complete") else "an unfinished"
+        raise RunExistsError(f"{d} already holds {state} run; pass `resume=True` to continue it or "
+                             f"`overwrite=True` to replace it", "resume", "overwrite")
 
 
 def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fractions: Sequence[float] = (0.8,),
@@ -264,12 +273,15 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         checkpoint (estimates written, training state saved) is taken once a second and after the last epoch,
         so an interruption loses at most about a second of work; resuming with settings that change the
         numbers (data, training, split) or what is recorded (estimators, schedule, seeds, layers, saved
-        activations) is refused with a :class:`ConfigError`, before any training.
+        activations) is refused with a :class:`ConfigError` naming each setting that differs and both values,
+        before any training. A larger ``epochs`` trains a finished run on from its saved final state: its rows
+        stay, the schedule keeps its epochs up to the old end and follows ``schedule`` after it.
 
     Raises
     ------
     ConfigError
-        (a ``ValueError``) for every setting that cannot work, before anything trains: fractions that share a run
+        (a ``ValueError``) for every setting that cannot work, before anything trains: a run directory that cannot
+        be created or written (``cannot create run directory X: <reason>``), fractions that share a run
         directory, a ``layers`` entry of the model file that names no layer, a loss that does not fit the
         model's output, resuming with other settings, an existing run without ``resume``/``overwrite``.
     infoplane.experiment.raysweep.RaySweepError
@@ -349,6 +361,11 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`schedule`: {err}", "schedule") from err
     layers = _check_model(mf, inputs, labels, seed_list[0], estimators, reduce)
+    # What training will use, defaults resolved: meta.json and the report show these, never a null.
+    requested = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "device": str(device), "vectorize": vectorize,
+                 "optimizer": optimizer if optimizer is None or isinstance(optimizer, str)
+                 else getattr(optimizer, "__name__", type(optimizer).__name__), "rho": rho}
+    training = _effective_training(mf, requested, seed_list[0])
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
@@ -373,18 +390,36 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
             **({"class_names": class_names} if class_names else {}),
             "model_file": str(mf.path),
             "caller": caller if caller is not None else (list(sys.argv) if sys.argv and sys.argv[0] else "python"),
-            "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
-                         "device": str(device), "vectorize": vectorize,
-                         **({"rho": rho} if rho is not None else {})},
+            "training": training,
             "split": {"kind": split, "fraction": fraction, "probe": probe, "fixed": bool(fixed_split),
                       "seeds": split_seeds, "train": [s[0].tolist() for s in splits],
                       "test": [s[1].tolist() for s in splits]},
             "corruption": None if job.corruption is None else job.corruption["settings"],
         }
         run_dir = fraction_dir(out, fraction)
+        here, extend_from = schedule, None
         if resume and (run_dir / META).exists():
-            _check_same_settings(run_dir, meta, recorded)
-        plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta, targets))
+            stored = read_meta(run_dir)
+            extend_from = _extension(run_dir, stored, epochs)
+            if extend_from is not None:  # the epochs so far keep their schedule; later ones follow `schedule`
+                here = extended(from_json(stored["schedule"]), schedule, extend_from)
+                # How the schedule was extended, so that the same command resumes the extended run.
+                meta["extended"] = list(stored.get("extended") or []) + [
+                    {"after": extend_from, "schedule": stored["schedule"]}]
+            elif stored.get("extended"):  # an extended run: the same command gives the same extended schedule
+                last = stored["extended"][-1]
+                again = extended(from_json(last["schedule"]), schedule, last["after"])
+                here = again if again.to_json() == stored.get("schedule") else schedule
+            _check_same_settings(run_dir, stored, meta, {**recorded, "schedule": here.to_json()}, requested,
+                                 extend_from)
+        plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta, targets, schedule=here,
+                                  extend_from=extend_from))
+    # The last check before training: every run directory can be created and written (nothing else is touched).
+    for plan in plans:
+        try:
+            rundir.prepare_run_dir(plan.run_dir)
+        except (rundir.RunDirError, rundir.RunLockedError) as err:
+            raise ConfigError(str(err), "out") from err
     if ray is not None and ray is not False:  # Ray: one task per fraction, the same code inside
         from infoplane.experiment.raysweep import run_on_ray
 
@@ -456,6 +491,40 @@ def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile
                           f"labels (shape {tuple(target.shape)}, {target.dtype}): {type(err).__name__}: {err}") from err
 
 
+def _effective_training(mf: ModelFile, requested: dict, seed: int) -> dict:
+    """The training settings as they take effect: the optimiser's class and learning rate (the built-in default or
+    the model file's optimizer()), the loss (or the file's train_step), batch size, epochs, device."""
+    try:
+        spec = TrainSpec.from_args(mf, requested["lr"], requested["optimizer"], None, requested.get("rho"))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"`optimizer`: {err}", "optimizer") from err
+    out: dict[str, Any] = {"epochs": requested["epochs"], "batch_size": requested["batch_size"]}
+    try:  # the factory on a fresh network's parameters, as training will call it
+        with torch.random.fork_rng():
+            out.update(describe_optimizer(spec.make_optimizer(mf.build(seed).parameters())))
+    except Exception:  # noqa: BLE001 - an optimizer() that fails is reported by training, with its context
+        pass
+    if mf.train_step is not None:
+        out["train_step"] = f"train_step() of {mf.path.name}"
+    if mf.train_step is None or mf.loss is not None:
+        out["loss"] = describe_loss(spec.loss)
+    out.update(device=requested["device"], vectorize=requested["vectorize"])
+    return out
+
+
+def _extension(run_dir: Path, stored: dict, epochs: int) -> int | None:
+    """The stored run's epochs when `epochs` asks for more (the run is trained on), else None."""
+    old = (stored.get("training") or {}).get("epochs")
+    if not isinstance(old, int) or epochs <= old:
+        return None
+    if stored.get("complete") and not (run_dir / STATE_FILE).exists():
+        raise ConfigError(f"`epochs={epochs}` would train the finished {old}-epoch run in {run_dir} further, but it "
+                          f"holds no training state to continue from ({STATE_FILE}: runs finished by earlier "
+                          f"releases of infoplane kept none, or the file was removed); give `epochs={old}`, or pass "
+                          f"`overwrite=True` to train it again from the start", "epochs", "overwrite")
+    return old
+
+
 # Settings that change the numbers of a run: a resumed run must keep them.
 _RESUME_KEYS = ("corruption", "data", "training", "split")  # corruption first: it changes the split too
 
@@ -490,19 +559,42 @@ def corruption_record(c: Any) -> dict:
 # What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.
 _RECORDED_KEYS = {"estimators": ("estimators",), "schedule": ("schedule", "epochs"), "seeds": ("seeds", "seed"),
                   "keep_activations": ("keep_activations",), "layers": ()}
+# The arguments of track() behind each training entry, for the message.
+_TRAINING_ARGS = {"epochs": "epochs", "lr": "lr", "optimizer": "optimizer", "batch_size": "batch_size",
+                  "device": "device", "vectorize": "vectorize"}
 
 
-def _check_same_settings(run_dir: Path, meta: dict, recorded: dict) -> None:
-    stored = read_meta(run_dir)
+def _check_same_settings(run_dir: Path, stored: dict, meta: dict, recorded: dict, requested: dict,
+                         extend_from: int | None) -> None:
+    """Refuse to resume with settings other than the stored ones, naming each that differs with both values."""
+    current = {key: json.loads(json.dumps(meta[key])) for key in _RESUME_KEYS}
+    old_training = stored.get("training") or {}
+    if isinstance(old_training, dict) and "loss" not in old_training and "train_step" not in old_training:
+        current["training"] = json.loads(json.dumps(requested))  # a run of an earlier release: the settings as given
+    if extend_from is not None:  # trained on to more epochs: the epochs may differ, nothing else
+        current["training"] = {**current["training"], "epochs": old_training["epochs"]}
+    lines, arguments = [], []
     for key in _RESUME_KEYS:
-        if json.loads(json.dumps(meta[key])) != stored.get(key):
-            raise ConfigError(f"{run_dir} was recorded with other {key} settings than these; resume it with the "
-                              f"same settings, or pass `overwrite=True` to start it again", "overwrite")
-    for key, arguments in _RECORDED_KEYS.items():
-        if recorded[key] is not None and json.loads(json.dumps(recorded[key])) != stored.get(key):
-            options = " or ".join(f"`{a}`" for a in arguments) or "`layers` in the model file"
-            raise ConfigError(f"{run_dir} was recorded with other {key} ({options}) than these; resume it with the "
-                              f"same settings, or pass `overwrite=True` to start it again", *arguments, "overwrite")
+        for line in setting_differences(stored.get(key), current[key], key):
+            entry = line.partition(":")[0].split(".")
+            arg = _TRAINING_ARGS.get(entry[1]) if key == "training" and len(entry) > 1 else None
+            lines.append(line + (f" (`{arg}`)" if arg else ""))
+            arguments += [arg] if arg else []
+    for key, args in _RECORDED_KEYS.items():
+        if recorded[key] is None or (key == "schedule" and extend_from is not None):
+            continue  # an extended schedule is checked by the run's writer: it must continue the stored one
+        found = setting_differences(stored.get(key), recorded[key], key)
+        options = " or ".join(f"`{a}`" for a in args) or "`layers` in the model file"
+        lines += [f"{line} ({options})" for line in found]
+        arguments += list(args) if found else []
+    if lines:
+        hint = ""
+        old_epochs = old_training.get("epochs")
+        if isinstance(old_epochs, int) and requested["epochs"] < old_epochs:
+            hint = f" (a run can be trained on to more epochs than its {old_epochs}, not cut short)"
+        raise ConfigError(f"{run_dir} was recorded with other settings than these: {'; '.join(lines)}{hint}. "
+                          f"Resume it with the same settings, or pass `overwrite=True` to start it again",
+                          *dict.fromkeys(arguments), "overwrite")
 
 
 def summary(runs: Sequence[Run]) -> str:

@@ -27,7 +27,7 @@ __all__ = ["Row", "FIELDS", "VALUES", "META", "TABLE", "METRICS", "ACTIVATIONS",
            "atomic_write_bytes", "write_csv", "append_csv", "read_csv", "format_row", "parse_row", "now"]
 
 META, TABLE, METRICS, ACTIVATIONS = "meta.json", "infoplane.csv", "metrics.csv", "activations"
-STATE = "train_state.pt"   # the CLI's training checkpoint, removed when the run completes
+STATE = "train_state.pt"   # the CLI's training checkpoint; a finished run keeps its last one (to train on)
 CORRUPTION = "corruption.npz"  # what a corrupted data set's draw was: the redrawn samples and the labels
 LOCK = ".infoplane.lock"   # held by the one process writing the run
 FORMAT = "infoplane-run"   # meta.json["format"]: the marker that makes a directory an infoplane run

@@ -41,7 +41,8 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["is_run", "foreign_entries", "clear", "open_run_dir", "RunLock", "RunLockedError", "RunExistsError", "NotARunError"]
+__all__ = ["is_run", "foreign_entries", "clear", "open_run_dir", "prepare_run_dir", "RunLock", "RunLockedError",
+           "RunExistsError", "RunDirError", "NotARunError"]
 
 _OWN_TOP = (META, TABLE, METRICS, STATE, LOCK, GRADIENTS, CORRUPTION, SHARPNESS)
 _TMP = re.compile(r"\.tmp\d+$")          # atomic writes: <name>.tmp<pid>
@@ -57,6 +58,41 @@ class RunLockedError(RuntimeError):
 
 class RunExistsError(ValueError):
     """The directory already holds a run, and neither resuming nor overwriting was asked for."""
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be created or written (the message says which and the operating system's reason)."""
+
+
+def os_reason(err: OSError) -> str:
+    """The operating system's reason for ``err``, naming the path it concerns: ``Permission denied: '/sys/x'``."""
+    reason = err.strerror or str(err) or type(err).__name__
+    return f"{reason}: {err.filename!r}" if err.filename else reason
+
+
+def prepare_run_dir(path: Union[str, os.PathLike]) -> None:
+    """Create the directory ``path`` (and its parents) and check that a writer could take it, before any work.
+
+    The check takes and releases the run's lock (:class:`RunLock`), the first file a writer creates, so a
+    directory that cannot be created or written to, or one that another writer holds, is found here rather than
+    after training. An existing run in ``path`` is left as it is.
+
+    Raises
+    ------
+    RunDirError
+        ``cannot create run directory <path>: <reason>``, the reason as the operating system gives it (e.g. a
+        parent that is a file, a read-only or virtual filesystem, no permission).
+    RunLockedError
+        Another live writer holds the directory.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise RunDirError(f"cannot create run directory {path}: it is a file, not a directory")
+        os.makedirs(path, exist_ok=True)
+        RunLock(path).release()
+    except OSError as err:
+        raise RunDirError(f"cannot create run directory {path}: {os_reason(err)}") from err
 
 
 def is_run(path: Union[str, os.PathLike]) -> bool:

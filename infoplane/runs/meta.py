@@ -16,10 +16,10 @@ from infoplane._version import __version__
 from infoplane.capture import reduce as reduce_mod
 from infoplane.data import probeset
 
-__all__ = ["describe_run", "check_extra_meta", "entropy_bits"]
+__all__ = ["describe_run", "check_extra_meta", "entropy_bits", "describe_optimizer", "describe_loss"]
 
 # Keys the run directory itself manages (format marker, times, completion).
-_RUN_DIR_KEYS = {"format", "format_version", "start_time", "end_time", "complete", "resumed"}
+_RUN_DIR_KEYS = {"format", "format_version", "start_time", "end_time", "complete", "resumed", "timings"}
 
 
 def entropy_bits(labels: np.ndarray) -> float:
@@ -90,6 +90,36 @@ def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Se
     if class_names is not None:
         meta["class_names"] = class_names
     return meta
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict:
+    """What ``meta.json`` says about an optimiser: its class and its learning rate, as set now.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+
+    Returns
+    -------
+    dict
+        ``{"optimizer": "Adam", "lr": 0.0004}``; ``lr`` is a list (one per parameter group) when the groups
+        differ, and absent when the optimiser has none.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    out: dict[str, Any] = {"optimizer": type(optimizer).__name__}
+    rates = [g.get("lr") for g in optimizer.param_groups]
+    rates = [float(r.item() if torch.is_tensor(r) else r) for r in rates if r is not None]
+    if rates:
+        out["lr"] = rates[0] if len(set(rates)) == 1 else rates
+    return out
+
+
+def describe_loss(loss: Any) -> str:
+    """A loss as ``meta.json`` names it: ``CrossEntropyLoss()`` for a module, the function's name otherwise."""
+    if isinstance(loss, nn.Module):
+        return repr(loss)
+    return getattr(loss, "__qualname__", None) or getattr(loss, "__name__", None) or type(loss).__name__
 
 
 def check_extra_meta(extra: Optional[dict], measured: dict) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,16 +43,62 @@ from infoplane.runs.format import (
 from infoplane.runs.gradfile import GRADIENT_FIELDS, GRADIENTS, GradientRecord, format_record, read_gradients
 from infoplane.runs.reader import Run, load_run
 
-__all__ = ["Run", "Row", "load_run", "RunWriter", "FIELDS", "META", "TABLE", "METRICS", "ACTIVATIONS",
-           "read_meta", "read_metrics", "read_table"]
+__all__ = ["Run", "Row", "load_run", "RunWriter", "ResumeMismatchError", "setting_differences", "FIELDS", "META",
+           "TABLE", "METRICS", "ACTIVATIONS", "read_meta", "read_metrics", "read_table"]
 
 
 class ResumeMismatchError(ValueError):
-    """A run cannot be resumed because its stored settings differ (``keys`` lists which)."""
+    """A run cannot be resumed because its stored settings differ (``keys`` lists which, ``differences`` how)."""
 
-    def __init__(self, message: str, keys: Iterable[str] = ()):
+    def __init__(self, message: str, keys: Iterable[str] = (), differences: Iterable[str] = ()):
         super().__init__(message)
         self.keys = list(keys)
+        self.differences = list(differences)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    if isinstance(value, (list, tuple)) and len(text) > limit:
+        return f"a list of {len(value)} values"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def setting_differences(stored: Any, current: Any, key: str) -> list[str]:
+    """How a stored setting differs from the current one, one line per differing entry, with both values.
+
+    Dicts are compared entry by entry (``training.lr: stored 0.0004, now 0.001``); other values whole, long lists
+    summarised by their length.
+
+    Parameters
+    ----------
+    stored, current : JSON-able values
+        The setting as ``meta.json`` holds it and as it would be written now.
+    key : str
+        The setting's name, the prefix of each line.
+
+    Returns
+    -------
+    list of str
+        Empty when the two are equal.
+    """
+    stored, current = jsonable(stored), jsonable(current)
+    if stored == current:
+        return []
+    if isinstance(stored, dict) and isinstance(current, dict):
+        lines = []
+        for k in list(stored) + [k for k in current if k not in stored]:
+            if k not in current:
+                lines.append(f"{key}.{k}: stored {_shown(stored[k])}, now not set")
+            elif k not in stored:
+                lines.append(f"{key}.{k}: not stored, now {_shown(current[k])}")
+            else:
+                lines += setting_differences(stored[k], current[k], f"{key}.{k}")
+        return lines
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current) and \
+            len(repr(stored)) > 60:
+        at = next(i for i, (a, b) in enumerate(zip(stored, current)) if a != b)
+        return setting_differences(stored[at], current[at], f"{key}[{at}]")
+    return [f"{key}: stored {_shown(stored)}, now {_shown(current)}"]
 
 
 class RunWriter:
@@ -70,10 +116,14 @@ class RunWriter:
         Continue the run already in ``path`` (or start one if there is none).
     overwrite : bool
         Replace the run already in ``path``.
+    accepts : dict, optional
+        Identity key -> ``accepts(stored, new)``: a resumed run may take a new value of that key when it says yes
+        (e.g. a schedule that extends the stored one to later epochs).
     """
 
     def __init__(self, path: Union[str, os.PathLike, None], meta: dict, identity: Sequence[str] = (),
-                 resume: bool = False, overwrite: bool = False):
+                 resume: bool = False, overwrite: bool = False,
+                 accepts: Optional[dict[str, Callable[[Any, Any], bool]]] = None):
         self.path = None if path is None else os.fspath(path)
         bad = [k for k, v in dict(meta).items() if not json_ok(v)]
         if bad:
@@ -90,6 +140,7 @@ class RunWriter:
         if self.path is None:
             return
         self._identity = tuple(identity)
+        self._accepts = dict(accepts or {})
         self._lock, resuming = rundir.open_run_dir(self.path, resume=resume, overwrite=overwrite,
                                                    check=self._check_identity)
         try:
@@ -111,12 +162,13 @@ class RunWriter:
 
     def _check_identity(self, path):
         old = read_meta(path)
-        diff = [k for k in self._identity if old.get(k) != self.meta.get(k)]
+        diff = [k for k in self._identity if old.get(k) != self.meta.get(k)
+                and not (k in self._accepts and k in old and self._accepts[k](old[k], self.meta.get(k)))]
         if diff:
-            lines = "; ".join(f"{k}: stored {old.get(k)!r}, now {self.meta.get(k)!r}" for k in diff)
-            raise ResumeMismatchError(f"cannot resume the run in {self.path!r}: its settings differ ({lines}). "
-                                      f"Use the same settings, or overwrite=True / another out= to start a new run",
-                                      keys=diff)
+            lines = [line for k in diff for line in setting_differences(old.get(k), self.meta.get(k), k)]
+            raise ResumeMismatchError(f"cannot resume the run in {self.path!r}: its settings differ "
+                                      f"({'; '.join(lines)}). Use the same settings, or overwrite=True / another "
+                                      f"out= to start a new run", keys=diff, differences=lines)
 
     def _resume(self, identity):
         old = read_meta(self.path)

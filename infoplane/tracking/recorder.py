@@ -21,7 +21,7 @@ from infoplane.estimators.base import protocol_attribute
 from infoplane.runs.format import VALUES, Row
 from infoplane.tracking.targets import target_rows
 
-__all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows"]
+__all__ = ["Recorder", "Buffered", "estimate_rows", "sort_rows", "new_timings", "add_timings"]
 
 # Result attributes stored besides ixt/ity: the lower bounds (estimators with has_lower), and whatever optional
 # fields (standard errors, permutation null) an estimator's result carries.
@@ -46,6 +46,27 @@ def _result_values(est, res, count: int) -> list[list[float]]:
             raise ValueError(f"estimator {est.name!r} returned {flat.numel()} values of {name} for {count} inputs")
         vals.append(flat.tolist())
     return vals
+
+
+def new_timings() -> dict:
+    """Zeroed timings: seconds in ``capture`` (probe passes), ``estimate`` (estimator calls) and ``store`` (writing),
+    the ``layer_epochs`` estimated, and the estimator calls' seconds split by layer (``layers``, layer name ->
+    seconds, every estimator together) and by estimator (``estimators``, estimator name -> seconds, every layer
+    together)."""
+    return {"capture": 0.0, "estimate": 0.0, "store": 0.0, "layer_epochs": 0, "layers": {}, "estimators": {}}
+
+
+def add_timings(a: dict, b: dict) -> dict:
+    """The sum of two timings dicts (as :func:`new_timings` makes them; missing entries count as zero)."""
+    out = new_timings()
+    for t in (a, b):
+        for key, value in t.items():
+            if isinstance(value, dict):
+                for name, seconds in value.items():
+                    out.setdefault(key, {})[name] = out.setdefault(key, {}).get(name, 0.0) + float(seconds)
+            elif isinstance(value, (int, float)):
+                out[key] = out.get(key, 0) + value
+    return out
 
 
 def estimate_rows(acts: torch.Tensor, labels: torch.Tensor, estimators: Sequence, fraction: Optional[float],
@@ -166,8 +187,7 @@ class Recorder:
     per_layer: Optional[dict] = None
     buffer: list = field(default_factory=list)
     buffered_bytes: int = 0
-    timings: dict = field(default_factory=lambda: {"capture": 0.0, "estimate": 0.0, "store": 0.0,
-                                                    "layer_epochs": 0})
+    timings: dict = field(default_factory=new_timings)
     clock: Callable[[], float] = time.monotonic
     costs: dict = field(default_factory=dict)
     targets: list = field(default_factory=list)
@@ -194,10 +214,15 @@ class Recorder:
             # One host sync per member (not per layer) on accelerators.
             finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
             for name, ok in zip(acts, finite):
-                if not ok:
-                    raise ValueError(f"layer {name!r} has non-finite activations (NaN or inf) at epoch {epoch} "
-                                     f"(seed {seed}); the training has probably diverged (check the loss, "
-                                     f"lower the learning rate)")
+                if ok:
+                    continue
+                if epoch == 0:  # nothing has trained yet: the network or the probe inputs are at fault
+                    raise ValueError(f"layer {name!r} has non-finite activations (NaN or inf) at epoch 0, the "
+                                     f"initialisation, before any training (seed {seed}); check the probe inputs "
+                                     f"for NaN or inf and the network's initial weights and forward pass")
+                raise ValueError(f"layer {name!r} has non-finite activations (NaN or inf) at epoch {epoch} "
+                                 f"(seed {seed}); the training has probably diverged (check the loss, "
+                                 f"lower the learning rate)")
             per_seed.append(acts)
         self.timings["capture"] += time.perf_counter() - t0
         return per_seed
@@ -250,12 +275,15 @@ class Recorder:
                 acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
                 for est in self.per_layer[layer] if self.per_layer else self.estimators:
                     # one at a time, so that each one's cost is known
-                    t1 = self.clock()
+                    t1, w1 = self.clock(), time.perf_counter()
                     mine = estimate_rows(acts, self.labels, [est], self.fraction, keys, layer, inputs=self.inputs)
                     rows += mine
                     if self.targets:
                         rows += target_rows(acts, self.targets, est, mine, inputs=self.inputs)
                     self.costs[(layer, est.name)] = (self.clock() - t1) / len(keys)
+                    spent = time.perf_counter() - w1
+                    self.timings["layers"][layer] = self.timings["layers"].get(layer, 0.0) + spent
+                    self.timings["estimators"][est.name] = self.timings["estimators"].get(est.name, 0.0) + spent
         metrics = [((seed, b.epoch), vals) for b in buffer for seed, vals in zip(self.seeds, b.metrics) if vals]
         self.timings["estimate"] += time.perf_counter() - t0
         return sort_rows(rows, self.seeds, names, self.estimators, [t.name for t in self.targets]), metrics

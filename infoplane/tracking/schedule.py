@@ -16,7 +16,8 @@ import numpy as np
 
 from infoplane._validate import check_int
 
-__all__ = ["Schedule", "log_schedule", "every", "saxe_schedule", "as_schedule", "ending_at", "from_json"]
+__all__ = ["Schedule", "log_schedule", "every", "saxe_schedule", "as_schedule", "ending_at", "from_json", "extends",
+           "extended"]
 
 
 class Schedule:
@@ -261,3 +262,43 @@ def ending_at(schedule: Schedule | Iterable[int] | None, n_epochs: int) -> Sched
     else:
         epochs = [e for e in range(n_epochs + 1) if e in schedule]
     return as_schedule(epochs + [n_epochs])
+
+
+def extends(new: Schedule, old: Schedule) -> bool:
+    """Whether ``new`` continues ``old`` to later epochs: both finite, ``new`` lists exactly ``old``'s epochs up to
+    ``old``'s last one, then at least one later epoch. A resumed run may take such a schedule (it was trained
+    further); its rows so far stay valid.
+
+    Parameters
+    ----------
+    new, old : Schedule
+
+    Returns
+    -------
+    bool
+    """
+    if not (new.finite and old.finite) or len(old.epochs) == 0:
+        return False
+    last = old.epochs[-1]
+    return bool(new.epochs[-1] > last and np.array_equal(new.epochs[new.epochs <= last], old.epochs))
+
+
+def extended(old: Schedule, new: Schedule, after: int) -> Schedule:
+    """``old``'s epochs up to ``after``, then ``new``'s later ones: the schedule of a finished ``after``-epoch run
+    trained on to ``new``'s last epoch (a list schedule, which :func:`extends` ``old`` cut at ``after``).
+
+    Parameters
+    ----------
+    old : Schedule
+        The schedule the run was recorded with (finite).
+    new : Schedule
+        The schedule asked for now (finite), ending with the new last epoch.
+    after : int
+        The run's epochs so far.
+
+    Returns
+    -------
+    Schedule
+    """
+    after = check_int(after, "after", minimum=0)
+    return as_schedule([e for e in old.epochs.tolist() if e <= after] + [e for e in new.epochs.tolist() if e > after])

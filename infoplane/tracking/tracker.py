@@ -26,23 +26,25 @@ from infoplane.capture.hooks import as_probe_tensors, model_device, resolve_laye
 from infoplane.data import probeset
 from infoplane.data.labels import as_class_indices
 from infoplane.runs.gradfile import record
-from infoplane.runs.meta import check_extra_meta, describe_run
+from infoplane.runs.meta import check_extra_meta, describe_optimizer, describe_run
 from infoplane.runs.reader import Run
 from infoplane.runs.writer import RunWriter
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
 from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_settings, per_layer
 from infoplane.tracking.gradients import GradientRow, GradientStats
-from infoplane.tracking.recorder import Recorder
-from infoplane.tracking.schedule import as_schedule
+from infoplane.tracking.recorder import Recorder, add_timings
+from infoplane.tracking.schedule import as_schedule, extends, from_json
 from infoplane.tracking.sharpness import SharpnessPlan
 from infoplane.tracking.targets import as_targets, check_estimators, describe_targets
 
-__all__ = ["Tracker", "UnclosedTrackerWarning"]
+__all__ = ["Tracker", "UnclosedTrackerWarning", "UnfinishedScheduleWarning"]
 
 # Keys of meta.json that must match when a run is resumed.
 _IDENTITY = ("layers", "estimators", "schedule", "seeds", "fraction", "n", "probe", "pre_activation",
              "keep_activations", "reduce", "targets", "sharpness", "estimator_layers")
+# ... except a schedule that continues the stored one to later epochs (the run was trained further).
+_ACCEPTS = {"schedule": lambda stored, new: _schedule_extends(stored, new)}
 
 
 def _clock() -> float:
@@ -56,6 +58,19 @@ def _clock() -> float:
 
 class UnclosedTrackerWarning(UserWarning):
     """A Tracker was garbage-collected or left open at exit: its buffer was written, the run marked incomplete."""
+
+
+class UnfinishedScheduleWarning(UserWarning):
+    """A Tracker was closed before the last epoch of its schedule was stepped: the trained network was never
+    recorded, so the run is marked incomplete."""
+
+
+def _schedule_extends(stored: Any, new: Any) -> bool:
+    """A resumed run may take a schedule that continues its stored one to later epochs (it was trained further)."""
+    try:
+        return extends(from_json(new), from_json(stored))
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 class _Session:
@@ -77,6 +92,7 @@ class _Session:
         self.left: Optional[float] = None  # when the last step() returned
         self.gradients: Optional[_Gradients] = None
         self.pending: dict[int, list] = {}  # gradient records per recorded epoch, written with its table rows
+        self.timings_before: dict = dict(writer.meta.get("timings") or {})  # a resumed run's earlier sessions
 
     def due(self, ahead: float = 0.0) -> bool:
         """Whether the buffer must be written now: estimating it, ``ahead`` seconds from now, would end more than
@@ -137,6 +153,8 @@ class _Session:
         self.closed = True
         if self.gradients is not None:  # the optimiser hook goes first, whatever happens next
             self.gradients.close()
+        # The run's timings: every session that wrote it (a resumed run adds to what was stored).
+        self.writer.meta["timings"] = add_timings(self.timings_before, self.recorder.timings)
         self.writer.finish(complete=complete)
         run = self.writer.run() if self.sinks else None
         for sink in self.sinks:  # the final figure; sinks opened from a path are closed
@@ -243,6 +261,9 @@ class Tracker:
         Under ``torch.distributed`` only: seconds a rank waits for the others in the tracker's collectives
         (construction, :meth:`step`) before raising :class:`~infoplane.tracking.distributed.DistributedStepError`. It
         must exceed rank 0's longest estimation of its buffer, which the other ranks wait for at the next step.
+    optimizer : torch.optim.Optimizer, optional
+        The optimiser of the training loop: its class and learning rate (of each parameter group, at
+        construction) go to ``meta.json`` under ``"training"`` and into the report. Nothing is recorded without it.
     reduce_metrics : None or "mean", default None
         Under ``torch.distributed`` only: None stores the metrics rank 0 passes to :meth:`step`; ``"mean"``
         stores their mean over ranks (every rank must then pass the same metric names).
@@ -289,7 +310,9 @@ class Tracker:
 
     Notes
     -----
-    Close the tracker (``with Tracker(...) as t:`` or :meth:`close`). One that is garbage-collected or still
+    Close the tracker (``with Tracker(...) as t:`` or :meth:`close`). A run is marked complete when it is closed
+    normally after the last epoch of a finite schedule was stepped; closing before that warns
+    (:class:`UnfinishedScheduleWarning`) and leaves the run incomplete (resumable). One that is garbage-collected or still
     open when the interpreter exits writes what it buffered, warns (:class:`UnclosedTrackerWarning`) and leaves
     the run marked incomplete (resumable). While open, the tracker holds the run directory's lock: a second
     writer gets an error naming this process.
@@ -316,8 +339,10 @@ class Tracker:
         This process's place in a ``torch.distributed`` job (0 and 1 outside one).
     timings : dict
         Seconds spent so far in ``"capture"`` (probe passes), ``"estimate"`` (estimator calls), ``"store"``
-        (writing files) and ``"sharpness"`` (the sharpness measures, with their writing), and ``"layer_epochs"``
-        estimated.
+        (writing files) and ``"sharpness"`` (the sharpness measures, with their writing), the ``"layer_epochs"``
+        estimated, and the estimator calls' seconds by layer
+        (``"layers"``: layer name -> seconds) and by estimator (``"estimators"``: name -> seconds). At
+        :meth:`close` they go to ``meta.json`` as ``"timings"`` (summed over the sessions of a resumed run).
     """
 
     def __init__(self, model: Union[nn.Module, Sequence[nn.Module]], inputs: Any, labels: Any, *,
@@ -332,7 +357,8 @@ class Tracker:
                  gradients: Union[bool, Callable[[], Sequence[Sequence[GradientRow]]]] = False,
                  targets: Optional[dict] = None, chain: Optional[bool] = None,
                  sharpness: Any = None, sharpness_data: Any = None, sharpness_loss: Any = None,
-                 sharpness_samples: Optional[int] = 1024, sharpness_seed: int = 0):
+                 sharpness_samples: Optional[int] = 1024, sharpness_seed: int = 0,
+                 optimizer: Optional[torch.optim.Optimizer] = None):
         self._session: Optional[_Session] = None  # until construction succeeds
         models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -396,6 +422,8 @@ class Tracker:
             if extra.get("name", name) != name:
                 raise ValueError(f"name={name!r} and meta['name']={extra['name']!r} disagree; give one of them")
             extra["name"] = name
+        if optimizer is not None:  # what the training loop uses, recorded beside the caller's own training entries
+            extra["training"] = {**describe_optimizer(optimizer), **dict(extra.get("training") or {})}
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
         sinks = as_sinks(loggers)
@@ -414,9 +442,11 @@ class Tracker:
                                    self.estimators, self.fraction, int(probe_batch_size), recorder.device,
                                    timings=recorder.timings)
             writer = self._dist.open_writer(lambda mine: RunWriter(
-                out if mine else None, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite))
+                out if mine else None, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite,
+                accepts=_ACCEPTS))
         else:
-            writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite)
+            writer = RunWriter(out, {**run_meta, **extra}, _IDENTITY, resume=resume, overwrite=overwrite,
+                               accepts=_ACCEPTS)
         # --
         self.path = writer.path
         self._recorder, self._writer = recorder, writer
@@ -580,9 +610,26 @@ class Tracker:
             self._writer.finish(complete=False, release=False)
             raise
         self._finalizer.detach()
-        self._live.end(complete=True)
+        missing = self._last_epoch_missing()
+        if missing is not None:
+            where = f" ({self.path})" if self.path else ""
+            stepped = sorted(self._seen | self._done)
+            last = f"the last epoch stepped was {stepped[-1]}" if stepped else "no scheduled epoch was stepped"
+            warnings.warn(f"infoplane Tracker{where} closed before the last epoch of its schedule, {missing}, was "
+                          f"stepped ({last}): the trained network was not recorded, so the run is marked "
+                          f"incomplete. Call tracker.step(0) before training and tracker.step(epoch + 1) after "
+                          f"each epoch (epoch e = the network after e epochs), or give a schedule that ends where "
+                          f"the training ends.", UnfinishedScheduleWarning, stacklevel=2)
+        self._live.end(complete=missing is None)
         if self._dist is not None:  # torch.distributed: release the tracker's own gloo group
             self._dist.close()
+
+    def _last_epoch_missing(self) -> Optional[int]:
+        """The last epoch of a finite schedule when it was never stepped (nor held by the resumed run), else None."""
+        if not self.schedule.finite or not len(self.schedule.epochs):
+            return None
+        last = int(self.schedule.epochs[-1])
+        return None if last in self._seen or last in self._done else last
 
     def __enter__(self) -> "Tracker":
         return self

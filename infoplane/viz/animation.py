@@ -296,8 +296,12 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
     # Lay the figure out once, then freeze it, so that changing texts do not shift the axes between frames.
     fig.canvas.draw()
     fig.set_layout_engine("none")
+    try:  # the folder first: an animation that is never saved would warn when it is collected
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except BaseException:
+        plt.close(fig)
+        raise
     anim = animation.FuncAnimation(fig, draw, frames=len(times), interval=1000 / fps, blit=False, repeat=False)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
         with matplotlib.rc_context(rc):
             anim.save(os.fspath(out), writer=writer, dpi=DPI)

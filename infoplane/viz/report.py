@@ -124,7 +124,15 @@ def _settings_rows(runs, D):
                  None if h_y is None else f"H(Y) = {h_y:.4g} bits"]
         return ", ".join(p for p in parts if p) or None
 
-    training = (lambda r: json.dumps(r.meta["training"]) if isinstance(r.meta.get("training"), dict) else None)
+    def training(r):
+        # The effective settings (optimizer Adam, lr 0.0004, ...); entries a run does not know are left out.
+        t = r.meta.get("training")
+        if not isinstance(t, dict):
+            return None
+        shown = [f"{k.replace('_', ' ')} {v if isinstance(v, str) else json.dumps(v)}" for k, v in t.items()
+                 if v is not None]
+        return ", ".join(shown) or None
+
     rows = [("run", D.run_name), ("run directory", lambda r: r.path or "(in memory)"), ("status", status),
             ("data", D.data_name), ("training fraction", D.fraction_label), ("reduction", D.reduction_label),
             ("split", split), ("seeds", lambda r: ", ".join(map(str, r.seeds))), ("schedule", schedule),
