@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("bench_ensemble", "seed ensembles: vectorised vs sequential training", []),
     ("bench_knn_renyi", "k-NN (KSG) vs scipy cKDTree; Renyi vs numpy eigvalsh", []),
     ("bench_sharpness", "sharpness measures on the 12-bit network and a CIFAR-sized CNN", []),
+    ("bench_targets", "tracking vs training alone, KDE on a busy machine, the published study (--study)", []),
 ]
 
 
@@ -22,6 +23,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", action="append", help="run only these benchmark modules")
+    p.add_argument("--study", action="store_true", help="bench_targets: also the published study end to end (long)")
     args = p.parse_args(argv)
     for name, what, extra in BENCHMARKS:
         if args.only and name not in args.only:
@@ -35,7 +37,8 @@ def main(argv=None):
             raise
         print(f"\n== {name}: {what}", flush=True)
         t0 = time.perf_counter()
-        module.main((["--quick"] if args.quick else []) + extra)
+        study = ["--study"] if args.study and name == "bench_targets" else []
+        module.main((["--quick"] if args.quick else []) + study + extra)
         print(f"== {name} took {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -1,4 +1,4 @@
-"""Binning and KSG give the same numbers whatever the number of worker threads (torch's thread count).
+"""Binning, KDE and KSG give the same numbers whatever the number of worker threads (torch's thread count).
 
 On CPU both estimators share their blocks among as many worker threads as torch has intra-op threads. Binning
 has two CPU routes for its fixed-range grid: the compiled kernel (where a C compiler exists) and the numpy route
@@ -13,8 +13,9 @@ import torch
 from sklearn.metrics import mutual_info_score
 from test_knn import ksg_ckdtree  # the plain cKDTree KSG of the k-NN tests (nats)
 
-from infoplane.estimators import binned_mi, ksg_mi
+from infoplane.estimators import binned_mi, kde_mi, ksg_mi
 from infoplane.estimators._cpu import count_kernel as _count_kernel
+from infoplane.estimators._cpu import kde_blocks as _kde_blocks
 from infoplane.estimators._cpu import range_rows as _range_rows
 
 
@@ -89,3 +90,30 @@ def test_ksg_is_the_same_with_any_number_of_workers(threads):
         results.append(ksg_mi(x, t, memory_budget=200_000).mi)  # several blocks of rows per worker
     assert all(torch.equal(r, results[0]) for r in results)
     assert float(results[0][0]) == pytest.approx(ksg_ckdtree(x, t[0]) / math.log(2), abs=1e-9)
+
+
+def test_kde_is_the_same_with_any_number_of_workers(threads, monkeypatch):
+    # small blocks and a task per block, so that every worker takes several tasks
+    monkeypatch.setattr(_kde_blocks, "BLOCK_BYTES", 4 * 230 * 7)
+    monkeypatch.setattr(_kde_blocks, "MAX_TASKS", 64)
+    rng = np.random.default_rng(5)
+    a = np.tanh(rng.normal(scale=2.0, size=(2, 230, 4))).astype(np.float32)
+    labels = rng.integers(0, 3, size=230)
+    results = []
+    for k in (1, 2, 3):
+        threads(k)
+        results.append(kde_mi(a, labels, noise_var=1e-2))
+    for r in results[1:]:
+        for field in ("ixt", "ity", "ixt_lower", "ity_lower"):
+            assert torch.equal(getattr(r, field), getattr(results[0], field))
+    for b in range(2):  # the upper bound against a float64 numpy evaluation
+        h = a[b].astype(np.float64)
+        sq = ((h[:, None] - h[None]) ** 2).sum(-1)
+        def ent(rows, sq=sq):
+            k = np.exp(-sq[np.ix_(rows, rows)] / (2 * 1e-2))
+            return -np.mean(np.log(k.mean(axis=1)))
+        everyone = np.arange(230)
+        ixt = ent(everyone)
+        ity = ixt - sum(np.mean(labels == c) * ent(everyone[labels == c]) for c in range(3))
+        assert float(results[0].ixt[b]) == pytest.approx(ixt / math.log(2), abs=1e-5)
+        assert float(results[0].ity[b]) == pytest.approx(ity / math.log(2), abs=1e-5)

@@ -16,6 +16,7 @@ from scipy.special import logsumexp
 from sklearn.metrics import mutual_info_score
 
 from infoplane.estimators import binned_mi, discrete_mi, kde_mi
+from infoplane.estimators import kde as kde_module
 
 LN2 = math.log(2)
 B = torch.backends
@@ -162,6 +163,33 @@ def test_kde_is_unaffected_and_settings_untouched(precision, kde_precision, tol)
         want = kde_oracle(a[b].astype(np.float64), labels, 0.05)
         got = [float(r.ixt[b]), float(r.ity[b]), float(r.ixt_lower[b]), float(r.ity_lower[b])]
         assert np.allclose(got, want, rtol=0, atol=tol)
+
+
+def test_kde_float32_distances_match_float64_under_every_setting(precision):
+    # The float32 route forms its distances without a matrix product: every setting leaves it within 1e-5 bits of
+    # the float64 route, on the CPU's worker threads and on the route other devices take (run here on the CPU).
+    a, labels = _data(3, n=120, d=4)
+    a[1] = np.round(a[1], 1)  # tied rows: distances of exactly 0 between different samples
+    r64 = kde_mi(torch.from_numpy(a), torch.from_numpy(labels), noise_var=1e-3, precision="float64")
+    r32 = kde_mi(torch.from_numpy(a), torch.from_numpy(labels), noise_var=1e-3)
+    h = torch.from_numpy(a[0])
+    y, order = torch.sort(torch.from_numpy(labels), stable=True)
+    bounds = [0] + torch.cumsum(torch.bincount(y), 0).tolist()
+    on_device = kde_module.direct_kernel_sums(h[order] - h.mean(dim=0), y, bounds, 1 / 8e-3, 2**20).double()
+    for b in range(2):
+        want = kde_oracle(a[b].astype(np.float64), labels, 1e-3)
+        for r in (r64, r32):
+            got = [float(r.ixt[b]), float(r.ity[b]), float(r.ixt_lower[b]), float(r.ity_lower[b])]
+            assert np.allclose(got, want, rtol=0, atol=1e-5 if r is r32 else 1e-9)
+    # the device route's log kernel sums against numpy's: log sum_j exp(-D_ij / (8 s^2)) over all j and own class
+    h0 = a[0][order.numpy()].astype(np.float64)
+    d = cdist(h0, h0, "sqeuclidean")
+    own = y.numpy()[:, None] == y.numpy()[None, :]
+    for b, div in enumerate((8.0, 2.0)):
+        every = logsumexp(-d / (div * 1e-3), axis=1)
+        mine = logsumexp(np.where(own, -d / (div * 1e-3), -np.inf), axis=1)
+        assert np.allclose(on_device[b, 0].numpy(), every, rtol=0, atol=1e-5)
+        assert np.allclose(on_device[b, 1].numpy(), mine, rtol=0, atol=1e-5)
 
 
 def test_no_estimator_changes_global_settings(precision):

@@ -12,7 +12,10 @@ constants cancel). Results are in bits.
 
 The N x N kernel is never held whole: rows are processed in blocks sized from a memory budget, one distance
 block serves both bounds and every class (samples are sorted by class, so class sums are sums over contiguous
-columns). Squared distances are formed in float64, so no reduced-precision matmul setting can round them.
+columns). No reduced-precision matmul setting can round a squared distance: with ``precision="float32"`` they are
+float32 sums of squared differences, formed without any matrix product (on the CPU by the worker threads of
+:mod:`~infoplane.estimators._cpu.kde_blocks`, elsewhere on the activations' device, MPS included); with
+``precision="float64"`` they come from one float64 matrix product per strip, which those settings do not touch.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from infoplane._validate import check_choice, check_float
+from infoplane.estimators._cpu import kde_blocks
 from infoplane.estimators._inputs import as_batch, as_labels, check_finite, result_dtype
 from infoplane.estimators.base import PlaneResult
 from infoplane.estimators.binning import label_entropy
@@ -129,14 +133,80 @@ def _log_kernel_sums(h, labels, bounds, dtype, scale_lower, budget):
     return out.log_()
 
 
-def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype):
+def direct_kernel_sums(h, labels, bounds, scale_lower, budget):
+    """The float32 route off the CPU: :func:`_log_kernel_sums` for ``dtype=float32``, with the squared distances
+    summed from squared float32 differences on ``h``'s device (no matrix product, so no precision setting applies).
+
+    Parameters
+    ----------
+    h : [N, d] float32 activations sorted by class, on any device.
+    labels, bounds, scale_lower, budget : as for :func:`_log_kernel_sums`.
+
+    Returns
+    -------
+    Tensor [2, 2, N] float32: the logs of (lower, upper) x (all samples, own class).
+    """
+    n, d = h.shape
+    floor = _EXP_FLOOR[torch.float32]
+    ht = h.T.contiguous()
+    rows = _block_rows(n, 4, budget)
+    dist = torch.empty(rows * n, dtype=torch.float32, device=h.device)
+    term = torch.empty(rows * n, dtype=torch.float32, device=h.device)
+    n_classes = len(bounds) - 1
+    sums = torch.zeros(2, n_classes, n, dtype=torch.float32, device=h.device)
+    base_floor = math.exp(floor / 4)
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        width = n - i0
+        k_lo = dist[: (i1 - i0) * width].view(i1 - i0, width)
+        k_up = term[: (i1 - i0) * width].view(i1 - i0, width)
+        torch.sub(h[i0:i1, :1], ht[:1, i0:], out=k_lo).square_()
+        for c in range(1, d):
+            torch.sub(h[i0:i1, c:c + 1], ht[c:c + 1, i0:], out=k_up)
+            k_lo.addcmul_(k_up, k_up)
+        k_lo.mul_(-scale_lower).clamp_(min=floor).exp_()
+        torch.clamp(k_lo, min=base_floor, out=k_up).square_().square_()
+        for b, k in enumerate((k_lo, k_up)):
+            for c in range(n_classes):
+                c0, c1 = bounds[c], bounds[c + 1]
+                j0, j1 = max(c0, i0) - i0, c1 - i0
+                if j1 > j0:
+                    sums[b, c, i0:i1] += k[:, j0:j1].sum(dim=1)
+                r0, r1 = max(c0, i0), min(c1, i1)
+                if r1 > r0 and i1 < n:
+                    sums[b, c, i1:] += k[r0 - i0:r1 - i0, i1 - i0:].sum(dim=0)
+    out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
+    return out.log_()
+
+
+def _float32_log_kernel_sums(h, labels, bounds, scale_lower, budget, workers):
+    """The float32 route: logs [2, 2, N] as :func:`_log_kernel_sums` gives them, from float32 distances formed by
+    direct differences (worker threads on the CPU, the activations' own device elsewhere)."""
+    # Centred in the widest float the device has, then rounded once to float32: an offset shared by every sample
+    # costs no precision.
+    wide = h.to(result_dtype(h.device))
+    h = (wide - wide.mean(dim=0, keepdim=True)).to(torch.float32)
+    if h.device.type != "cpu":
+        return direct_kernel_sums(h, labels, bounds, scale_lower, budget)
+    sums = torch.from_numpy(kde_blocks.kernel_sums(h.contiguous().numpy(), bounds, scale_lower,
+                                                   _EXP_FLOOR[torch.float32], workers, budget))
+    n = h.shape[0]
+    out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
+    return out.log_()
+
+
+def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype, workers=1):
     """(ixt upper, ity upper, ixt lower, ity lower) in nats for one [N, d] item, unclamped."""
     n = h.shape[0]
     # Sorting the samples by class makes each class a contiguous block (the estimates do not depend on order).
     yb, order = torch.sort(yb, stable=True)
     counts = torch.bincount(yb, minlength=n_classes)
     bounds = [0] + torch.cumsum(counts, 0).tolist()
-    logs = _log_kernel_sums(h[order].to(torch.float64), yb, bounds, dtype, 1.0 / (8.0 * s2), budget).to(res_dtype)
+    if dtype == torch.float32:
+        logs = _float32_log_kernel_sums(h[order], yb, bounds, 1.0 / (8.0 * s2), budget, workers).to(res_dtype)
+    else:
+        logs = _log_kernel_sums(h[order].to(torch.float64), yb, bounds, dtype, 1.0 / (8.0 * s2), budget)
+        logs = logs.to(res_dtype)
     log_ny = torch.log(counts.to(res_dtype).clamp(min=1))[yb]
     # I(X;T) = -(1/N) sum_i log(S_i / N);  sum_y p(y) I_y = -(1/N) sum_i log(S_i,own / N_{y_i})
     ixt = math.log(n) - logs[:, 0].mean(dim=1)
@@ -158,10 +228,12 @@ def kde_mi(activations: Any, labels: Any, *, noise_var: float = 1e-3, precision:
         Variance s^2 of the Gaussian noise added to each unit (1e-3 for the 12-bit data, 0.1 for MNIST in
         Saxe et al.). Same units as the activations squared.
     precision : {"float32", "float64"}, default "float32"
-        Arithmetic of the kernel values and their sums (squared distances are always formed in float64, which
-        no reduced-precision matmul setting affects). float32 agrees with float64 to about 1e-5 bits and is
-        faster; float64 agrees with an exact float64 evaluation to about 1e-9 bits. A batch item whose float32
-        result is not finite is recomputed in float64.
+        Arithmetic of the squared distances, the kernel values and their sums. float32 forms each distance as a
+        sum of squared differences (no matrix product, so no reduced-precision matmul setting can round it) and
+        stays on the activations' device, MPS included; it agrees with float64 to about 1e-5 bits and is faster.
+        float64 forms the distances by a float64 matrix product (also untouched by those settings) and agrees
+        with an exact float64 evaluation to about 1e-9 bits; on MPS, which has no float64, it runs on the CPU.
+        A batch item whose float32 result is not finite is recomputed in float64.
     memory_budget : int, optional
         Bytes allowed for the pairwise temporaries of one block of rows (default 512 MiB). Peak memory is this
         plus O(N d); N = 20,000 runs in well under a gigabyte.
@@ -181,7 +253,9 @@ def kde_mi(activations: Any, labels: Any, *, noise_var: float = 1e-3, precision:
 
     Notes
     -----
-    Global torch settings are never read or changed, so calls are safe from several threads at once.
+    Global torch settings are never changed, so calls are safe from several threads at once. On the CPU the
+    float32 route shares its blocks among as many worker threads as ``torch.get_num_threads()`` (read, never set),
+    which never wait for one another; the result does not depend on their number.
     """
     s2 = check_float(noise_var, "noise_var", positive=True)
     precision = check_choice(precision, "precision", sorted(PRECISIONS))
@@ -193,16 +267,21 @@ def kde_mi(activations: Any, labels: Any, *, noise_var: float = 1e-3, precision:
     n = batch.n
     acts = batch.acts
     check_finite(acts, batch)
-    if acts.device.type == "mps":
-        # The distances need float64, which MPS lacks: compute on the CPU, return on MPS.
+    if acts.device.type == "mps" and dtype == torch.float64:
+        # MPS has no float64: that route computes on the CPU and returns on MPS.
         acts, y = acts.cpu(), y.cpu()
+    workers = max(1, torch.get_num_threads())
     res_dtype = result_dtype(acts.device)
     res = torch.empty(4, acts.shape[0], dtype=res_dtype, device=acts.device)
     for b in range(acts.shape[0]):
         yb = y[b if y.shape[0] > 1 else 0]
-        r = _one_item(acts[b], yb, n_classes, dtype, s2, budget, res_dtype)
+        r = _one_item(acts[b], yb, n_classes, dtype, s2, budget, res_dtype, workers)
         if not bool(torch.isfinite(r).all()) and dtype != torch.float64:
-            r = _one_item(acts[b], yb, n_classes, torch.float64, s2, budget, res_dtype)
+            if acts.device.type == "mps":
+                r = _one_item(acts[b].cpu(), yb.cpu(), n_classes, torch.float64, s2, budget, torch.float32)
+                r = r.to(acts.device)
+            else:
+                r = _one_item(acts[b], yb, n_classes, torch.float64, s2, budget, res_dtype)
         if not bool(torch.isfinite(r).all()):
             shape = batch.batch_shape
             where = (f"at batch index {tuple(int(i) for i in np.unravel_index(b, shape))}" if shape
