@@ -7,8 +7,10 @@
 3. Real data: an MLP on scikit-learn's digits with tanh and with ReLU, KDE (noise variance 0.1) and adaptive
    binning.
 
-The finite-information sections (``reproduce_finite.py``) and the linear-network sections, where the information
-has closed forms (``reproduce_linear.py``), run with the full budget or when named with ``--only``.
+The finite-information sections (``reproduce_finite.py``), the linear-network sections, where the information
+has closed forms (``reproduce_linear.py``), and the sections on the gradient statistics (``reproduce_dynamics.py``:
+the drift-to-diffusion transition against compression, full batch against mini-batch, depth) run with the full
+budget or when named with ``--only``.
 
 Writes the runs under --out, the figures under --figures and the measured facts (per layer: peak and final
 I(X;T), their difference, final I(T;Y); train/test accuracy; median [IQR] over seeds; wall time) into the
@@ -158,12 +160,13 @@ def write_animation(runs, path, frames=48):
 CLASSIC = ("tishby", "saxe", "digits")
 FINITE = ("finite-quantized", "finite-noisy")  # "Networks whose information is finite"
 LINEAR = ("linear", "relevant")  # linear networks, where the information has closed forms
+DYNAMICS = ("transition", "fullbatch", "depth")  # the gradient statistics beside the plane
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny budget, for the tests")
-    p.add_argument("--only", action="append", choices=[*CLASSIC, "finite", *FINITE, *LINEAR],
+    p.add_argument("--only", action="append", choices=[*CLASSIC, "finite", *FINITE, *LINEAR, *DYNAMICS],
                    help="run only these sections (repeatable; 'finite' = both finite-information sections); "
                         "the other sections' blocks of the doc are left as they are")
     p.add_argument("--out", default="runs/reproduce", help="parent of the run directories")
@@ -178,6 +181,7 @@ def main(argv=None):
     # classic reproductions (they have their own quick test).
     finite = [k for k in FINITE if k in only or (not only and not args.quick)]
     linear = [k for k in LINEAR if k in only or (not only and not args.quick)]
+    dynamics = [k for k in DYNAMICS if k in only or (not only and not args.quick)]
     args.only = [k for k in CLASSIC if k in only] or (None if not only else [])
     results = run_plan(args) if args.only != [] else {}
     if finite:
@@ -191,6 +195,12 @@ def main(argv=None):
 
         for key in linear:
             results[key] = {"linear": reproduce_linear.linear, "relevant": reproduce_linear.relevant}[key](args)
+    if dynamics:
+        import reproduce_dynamics
+
+        for key in dynamics:
+            results[key] = {"transition": reproduce_dynamics.transition, "fullbatch": reproduce_dynamics.fullbatch,
+                            "depth": reproduce_dynamics.depth}[key](args)
     return results
 
 
