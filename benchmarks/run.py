@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("bench_ensemble", "seed ensembles: vectorised vs sequential training", []),
     ("bench_knn_renyi", "k-NN (KSG) vs scipy cKDTree; Renyi vs numpy eigvalsh", []),
     ("bench_sharpness", "sharpness measures on the 12-bit network and a CIFAR-sized CNN", []),
+    ("bench_gradients", "gradient statistics: training the 12-bit network with and without them", []),
 ]
 
 
