@@ -248,6 +248,11 @@ def test_tracker_refuses_gradients_of_untrainable_layers_and_reports_frozen_ones
         _epochs(net, x, y, 1, tracker=t)
     g = t.run.gradients
     assert g.frozen == ["1"]
+    hooks = len(optim_hooks._global_optimizer_pre_hooks)
+    with pytest.raises(RuntimeError, match="in the loop"):
+        with Tracker(net, x, y, gradients=True, schedule=[1]):
+            raise RuntimeError("in the loop")
+    assert len(optim_hooks._global_optimizer_pre_hooks) == hooks  # removed on error too
     assert np.isnan(g.get("mean_norm", seed=0)[0, 0]) and g.get("batches", seed=0)[0, 0] == 0
     assert g.get("batches", seed=0)[0, 1] == 3
 
