@@ -16,6 +16,7 @@ BENCHMARKS = [
     ("bench_knn_renyi", "k-NN (KSG) vs scipy cKDTree; Renyi vs numpy eigvalsh", []),
     ("bench_sharpness", "sharpness measures on the 12-bit network and a CIFAR-sized CNN", []),
     ("bench_targets", "tracking vs training alone, KDE on a busy machine, the published study (--study)", []),
+    ("bench_gradients", "gradient statistics: training the 12-bit network with and without them", []),
 ]
 
 

@@ -84,7 +84,7 @@ def as_flags(message: str, arguments: Sequence[str] | None = None) -> str:
         name, value = match.group(1), match.group(2)
         if name not in FLAGS or (arguments is not None and name not in arguments):
             return match.group(0)
-        if value is None or value == "True":
+        if value is None or value == "True" or (value == "False" and FLAGS[name].startswith("--no-")):
             return FLAGS[name]
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]

@@ -248,6 +248,11 @@ def test_tracker_refuses_gradients_of_untrainable_layers_and_reports_frozen_ones
         _epochs(net, x, y, 1, tracker=t)
     g = t.run.gradients
     assert g.frozen == ["1"]
+    hooks = len(optim_hooks._global_optimizer_pre_hooks)
+    with pytest.raises(RuntimeError, match="in the loop"):
+        with Tracker(net, x, y, gradients=True, schedule=[1]):
+            raise RuntimeError("in the loop")
+    assert len(optim_hooks._global_optimizer_pre_hooks) == hooks  # removed on error too
     assert np.isnan(g.get("mean_norm", seed=0)[0, 0]) and g.get("batches", seed=0)[0, 0] == 0
     assert g.get("batches", seed=0)[0, 1] == 3
 
@@ -378,3 +383,58 @@ def test_figures_loggers_and_report_show_the_statistics_and_the_transition(tmp_p
     assert "<h2>Gradients</h2>" in page and "drift to diffusion" in page
     with pytest.raises(ValueError, match="no gradient statistics"):
         plot.gradients(Run(t.run.meta, t.run.rows))
+
+
+def test_moments_handed_over_by_a_trainer_give_the_rows_of_the_hooks():
+    from infoplane.train.loop import EpochGradients
+
+    class HandEngine:
+        """Trains each member with its own SGD and hands over the moments of each epoch's steps, computed with
+        numpy, as a compiled trainer does through gather_gradients / gradient_moments."""
+
+        def __init__(self, members):
+            self.members = members
+            self.opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in members]
+            self.names, self.samples = None, []
+
+        def gather_gradients(self, names):
+            self.names = names
+
+        def train_epoch(self, x, y):
+            for i0 in range(0, len(x), 16):
+                step = []
+                for m, opt in zip(self.members, self.opts):
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(m(x[i0:i0 + 16]), y[i0:i0 + 16]).backward()
+                    step.append({n: m.get_parameter(n).grad.numpy().astype(np.float64).copy() for n in self.names})
+                    opt.step()
+                self.samples.append(step)
+
+        def gradient_moments(self, names):
+            out = {}
+            for n in names:
+                g = np.stack([[s[n] for s in step] for step in self.samples])  # [steps, seeds, ...]
+                axes = tuple(range(1, g.ndim - 1))  # the elements, after the mean over steps
+                out[n] = (len(g), (g.mean(0) ** 2).sum(axes), g.var(0).sum(axes))
+            self.samples = []
+            return out
+
+    x, y = data()
+    members, twins = [_mlp(0), _mlp(1)], [_mlp(0), _mlp(1)]
+    layers = {"1": ["0.weight"], "both": ["2.weight", "0.weight"]}
+    engine = HandEngine(members)
+    hand = EpochGradients(engine, layers)
+    assert engine.names == ["0.weight", "2.weight", "0.weight"]
+    engine.train_epoch(x, y)
+    got = hand.read()
+    for seed, twin in enumerate(twins):
+        with GradientStats({k: [twin.get_parameter(n) for n in v] for k, v in layers.items()}) as stats:
+            opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+            for i0 in range(0, len(x), 16):
+                opt.zero_grad()
+                nn.functional.cross_entropy(twin(x[i0:i0 + 16]), y[i0:i0 + 16]).backward()
+                opt.step()
+        for a, b in zip(got[seed], stats.read()):
+            assert (a.layer, a.batches, a.frozen) == (b.layer, b.batches, b.frozen) == (a.layer, 4, False)
+            assert a.mean_norm == pytest.approx(b.mean_norm, rel=1e-9)
+            assert a.std_norm == pytest.approx(b.std_norm, rel=1e-9)

@@ -211,7 +211,7 @@ def fit(
     def evaluate():
         return evaluate_members(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
 
-    grads = None if gradients is None else _EpochGradients(engine, gradients)
+    grads = None if gradients is None else EpochGradients(engine, gradients)
 
     def report(epoch):
         if callback is not None:
@@ -246,14 +246,17 @@ def fit(
     )
 
 
-class _EpochGradients:
+class EpochGradients:
     """The gradient statistics of each epoch's optimiser steps, per seed, for any engine.
 
     The torch engines are read through optimiser hooks (:class:`~infoplane.tracking.gradients.GradientStats`: one
     per member, or one over the stacked parameters). An engine that trains without torch optimisers hands its
-    moments over instead, through ``engine.gradient_moments(names)``: for each parameter name, ``(count,
-    mean_sq, var_sum)`` over the epoch just trained, the two sums per seed over the parameter's elements (see
-    :func:`~infoplane.tracking.gradients.rows_from_moments`); an engine with neither gives None.
+    moments over instead: ``engine.gather_gradients(names)`` is called once, here, with the parameter names (so
+    that it gathers only when asked), and ``engine.gradient_moments(names)`` after each epoch returns, for each
+    name, ``(count, mean_sq, var_sum)`` over that epoch's optimiser steps: the number of steps and, per seed
+    (arrays of length S), the sums over the parameter's elements of the squared mean gradient and of the
+    population variance across the steps (see :func:`~infoplane.tracking.gradients.rows_from_moments`); the
+    engine starts a new epoch's moments after each call. An engine with neither gives None.
     """
 
     def __init__(self, engine: Any, layers: Mapping[str, Sequence[str]]) -> None:
@@ -265,8 +268,10 @@ class _EpochGradients:
         elif isinstance(engine, SequentialEngine):  # one optimiser per member
             self.stats = [GradientStats({k: [m.get_parameter(n) for n in v] for k, v in self.layers.items()})
                           for m in engine.members]
+        elif hasattr(engine, "gather_gradients"):
+            engine.gather_gradients([n for v in self.layers.values() for n in v])
 
-    def __enter__(self) -> _EpochGradients:
+    def __enter__(self) -> EpochGradients:
         for s in self.stats:
             s.attach()
         return self
