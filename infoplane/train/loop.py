@@ -13,6 +13,7 @@ from infoplane._validate import check_int
 from infoplane.data.modelfile import ModelFile
 from infoplane.train.arguments import as_index_sets, as_seeds
 from infoplane.train.engines import choose_engine
+from infoplane.train.fused import FusedEngine
 from infoplane.train.metrics import LazyMetrics, evaluate_members
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import check_state, derive_seed, initial_rng, restore, snapshot
@@ -74,6 +75,8 @@ def fit(
     state: dict | None = None,
     checkpoint: Callable[[dict], Any] | None = None,
     checkpoint_every: int | Callable[[int], bool] = 100,
+    gradients: Sequence[str] | None = None,
+    gradient_epochs: Callable[[int], bool] | None = None,
 ) -> FitResult:
     """Train one network per seed and report every epoch.
 
@@ -137,6 +140,15 @@ def fit(
     checkpoint_every : int or callable, default=100
         Epoch interval, or ``checkpoint_every(epoch) -> bool`` deciding after each epoch (the state is only
         built when it says yes).
+    gradients : sequence of str, optional
+        Names of layers (as the network's ``named_modules`` gives them) whose gradient statistics are recorded,
+        as :class:`infoplane.tracking.gradients.GradientStats` defines them, per seed: the callback is then called
+        with the keyword ``gradients``, per seed a list of ``GradientRow`` (one per named layer, in order) for the
+        minibatches of the epoch that ends there (epoch 0: none, ``batches`` = 0). Needs the fused kernel
+        (``fused="auto"`` or True); elsewhere a ``ValueError`` says so.
+    gradient_epochs : callable, optional
+        ``gradient_epochs(epoch) -> bool``: the epochs whose statistics are collected (default: every epoch); at
+        the others the callback gets ``gradients=None`` and the kernel collects nothing.
 
     Returns
     -------
@@ -178,6 +190,14 @@ def fit(
     # Training mode from the start: the trial step and the stacked forward must see what training sees.
     members = [spec.build(seed).to(device).train() for seed in seeds]
     engine = choose_engine(vectorize, spec, members, inputs, labels, train_sets, batch_size, fused)
+    want_gradients = gradient_epochs if gradient_epochs is not None else (lambda epoch: True)
+    graded = engine if isinstance(engine, FusedEngine) else None
+    if gradients is not None:
+        if graded is None:
+            raise ValueError("fit(gradients=...) needs the fused training kernel, which does not train this model "
+                             f"({engine.reason}); attach infoplane.tracking.gradients.GradientStats to the members "
+                             "in your own loop instead")
+        graded.track_gradients(list(gradients))
     if not engine.vectorized and vectorize == "auto" and len(seeds) > 1:
         warnings.warn(f"infoplane.fit: training the {len(seeds)} seeds one at a time: {engine.reason}", stacklevel=2)
 
@@ -195,13 +215,21 @@ def fit(
     def report(epoch):
         if callback is not None:
             metrics = LazyMetrics(evaluate, test_sets is not None)
-            callback(epoch, engine.members, metrics)
+            if gradients is None or graded is None:
+                callback(epoch, engine.members, metrics)
+            else:
+                rows = graded.gradient_rows() if want_gradients(epoch) else None
+                callback(epoch, engine.members, metrics, gradients=rows)
             metrics.close()
 
     if start_epoch == 0:
+        if gradients is not None and graded is not None:
+            graded.collect_gradients(False)  # epoch 0: no minibatches
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
         orders = [idx[torch.randperm(len(idx), generator=g)].to(device) for idx, g in zip(train_sets, generators)]
+        if gradients is not None and graded is not None:
+            graded.collect_gradients(want_gradients(epoch))
         rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         report(epoch)
         if checkpoint is not None and (epoch == epochs or checkpoint_every(epoch)):
