@@ -326,8 +326,62 @@ def test_fused_epoch_passes_checked_arguments_in_the_c_order():
     ((name, args),) = lib.calls
     assert name == "ip_fused_epoch" and len(args) == len(kernels.FUSED_EPOCH_ARGTYPES)
     assert args[:2] == (2, 2) and args[7] == kw["params"].data_ptr() and args[10] == kw["exp_avg_sq"].data_ptr()
-    assert args[11:16] == (kw["inputs"].data_ptr(), kw["labels"].data_ptr(), kw["order"].data_ptr(), 16, 8)
-    assert args[16] == 0 and args[17] == kw["hyper"].data_ptr() and args[19:] == (1, 1)
+    assert args[11:17] == (kw["inputs"].data_ptr(), kw["labels"].data_ptr(), 40, kw["order"].data_ptr(), 16, 8)
+    assert args[17] == 0 and args[18] == kw["hyper"].data_ptr() and args[20:] == (1, 1, None, None, None)
+
+
+def test_a_prepared_fused_epoch_checks_what_changes_at_every_call():
+    # Checked once per fit: the fixed arrays; at every call: that they are still where and what they were, the
+    # order, and the gradient statistics' arrays.
+    lib = Uncallable()
+    kw = fused_args()
+    order, step = kw.pop("order"), kw.pop("step")
+    kw.pop("update")
+    call = kernels.FusedEpoch(lib, **kw)
+    S, W = 2, 4 * 5 + 5 * 2
+    assert call.weights == W
+    stats = (torch.zeros(S, W, dtype=torch.float64), torch.zeros(S, W, dtype=torch.float64),
+             torch.zeros(S, dtype=torch.float64))
+    assert call(order, step, True, stats) == 0
+    args = lib.calls[-1][1]
+    assert args[14] == order.data_ptr() and args[-3:] == tuple(t.data_ptr() for t in stats)
+    for bad, error, message in [
+        ((stats[0].float(), stats[1], stats[2]), TypeError, "'stats mean' has dtype float32"),
+        ((stats[0], stats[1][:1], stats[2]), ValueError, r"'stats m2' has shape \[1, 30\], expected \[2, 30\]"),
+        ((stats[0], stats[1], stats[2][:1]), ValueError, r"'stats count' has shape \[1\]"),
+    ]:
+        with pytest.raises(error, match=message):
+            call(order, step, True, bad)
+    with pytest.raises(ValueError, match=r"'order' has shape \[3, 16\], expected \[2, any\]"):
+        call(torch.zeros(3, 16, dtype=torch.int64), step)
+    with pytest.raises(TypeError, match="'order' has dtype int32"):
+        call(order.int(), step)
+    calls = len(lib.calls)
+    kw["exp_avg"].resize_(4, 37)  # moved to new memory after it was checked
+    with pytest.raises(ValueError, match="'exp_avg' was resized or moved"):
+        call(order, step)
+    kw["labels"].resize_(20)
+    with pytest.raises(ValueError, match="'exp_avg' was resized or moved"):
+        call(order, step)
+    assert len(lib.calls) == calls
+
+
+@needs_compiler
+def test_the_kernel_refuses_rows_outside_the_inputs_before_reading_them():
+    lib = fused_kernel.load()
+    assert not isinstance(lib, str), lib
+    kw = fused_args(labels=torch.ones(40, dtype=torch.int64))
+    kw.pop("order"), kw.pop("step"), kw.pop("update")
+    call = kernels.FusedEpoch(lib, **kw)
+    before = kw["params"].clone()
+    for row in (40, -1, 2**40):
+        order = torch.zeros(2, 16, dtype=torch.int64)
+        order[1, 11] = row
+        assert call(order, ctypes.c_double(0.0)) == -4
+    assert call(torch.zeros(2, 16, dtype=torch.int64), ctypes.c_double(0.0)) == 0
+    assert not torch.equal(kw["params"], before)  # a valid order trains
+    kw["labels"][7] = 2  # two classes: label 2 is out of range
+    assert call(torch.full((2, 16), 7, dtype=torch.int64), ctypes.c_double(0.0)) == -1
 
 
 @pytest.mark.parametrize("over, error, message", [

@@ -10,6 +10,7 @@ or update (a missing bias correction, a sign, a skipped batch) moves parameters 
 import ctypes
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 from infoplane._native import build as _native
 from infoplane.networks import quantize
 from infoplane.networks.quantize import _fake_quantize
+from infoplane.tracking.gradients import GradientStats
 from infoplane.train import fit, fused, fused_kernel
 
 N_ROWS, N_FEATURES, N_CLASSES, BATCH = 120, 5, 3, 16
@@ -193,3 +195,57 @@ def test_the_pthread_build_trains_exactly_like_the_openmp_one(data, monkeypatch,
     for ma, mb in zip(default.members, plain.members, strict=True):
         for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
             assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_gradient_statistics_equal_the_torch_path_with_gradient_stats(data, seeds):
+    # The kernel's per-seed statistics against GradientStats hooked into the torch path's optimisers (one seed at a
+    # time): same batches, norms and SNR to float32 rounding; the Tanh layer has no weight and is reported frozen.
+    inputs, labels, perms = data
+    layers = ["0", "1", "2", "4"]
+    weights = {"0": ["0.weight"], "1": [], "2": ["2.weight"], "4": ["4.weight"]}  # the Tanh "1" has none
+    kw = dict(seeds=seeds, epochs=3, batch_size=BATCH, optimizer="adam", lr=1e-2)
+    train = perms[:seeds, :50]  # 3 full minibatches and one of 2 rows per epoch
+    fused_rows = {}
+
+    def on_fused(epoch, members, metrics):
+        fused_rows[epoch] = metrics.gradients
+
+    fast = fit(build_tanh, inputs, labels, train, fused=True, gradients=weights, callback=on_fused,
+               gradient_epochs=lambda epoch: epoch != 2, **kw)
+    torch_rows, stats = {}, []
+
+    def on_torch(epoch, members, metrics):
+        if not stats:
+            stats.extend(GradientStats({n: dict(m.named_modules())[n] for n in layers}).attach() for m in members)
+        torch_rows[epoch] = [s.read() for s in stats]
+
+    try:
+        fit(build_tanh, inputs, labels, train, fused=False, vectorize=False, callback=on_torch, **kw)
+    finally:
+        for s in stats:
+            s.detach()
+    assert fused_rows[2] is None and sorted(fused_rows) == [0, 1, 2, 3]
+    for epoch in (0, 1, 3):
+        assert len(fused_rows[epoch]) == seeds
+        for mine, theirs in zip(fused_rows[epoch], torch_rows[epoch], strict=True):
+            assert [(r.layer, r.batches, r.frozen) for r in mine] == [(r.layer, r.batches, r.frozen) for r in theirs]
+            assert [r.batches for r in mine] == ([0, 0, 0, 0] if epoch == 0 else [4, 0, 4, 4])
+            assert mine[1].frozen and mine[1].mean_norm is None
+            for a, b in zip(mine, theirs):
+                if a.mean_norm is None:
+                    assert b.mean_norm is None and a.snr is None
+                    continue
+                assert a.std_norm > 0
+                np.testing.assert_allclose([a.mean_norm, a.std_norm, a.snr], [b.mean_norm, b.std_norm, b.snr],
+                                           rtol=1e-4)
+    # Collecting changes nothing in training, to the bit.
+    plain = fit(build_tanh, inputs, labels, train, fused=True, **kw)
+    for ma, mb in zip(fast.members, plain.members, strict=True):
+        for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
+            assert torch.equal(pa, pb)
+    if seeds == 1:
+        with pytest.raises(ValueError, match="no layer named '9'"):
+            fit(build_tanh, inputs, labels, train, fused=True, gradients={"9": ["9.weight"]}, **kw)
+        with pytest.raises(ValueError, match="no tracked layer has a trainable weight"):
+            fit(build_tanh, inputs, labels, train, fused=True, gradients={"1": [], "3": []}, **kw)

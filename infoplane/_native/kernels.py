@@ -33,12 +33,14 @@ COUNT_ROWS_ARGTYPES: ArgTypes = [_p, _i32, _i32, _i64, _i64, _i64,
 
 # int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const float *act_p,
 #                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
-#                    const float *X, const int64_t *Y, const int64_t *order, int64_t n, int64_t batch,
-#                    int opt, const double *hyper, double *step, int update_params, int threads)
+#                    const float *X, const int64_t *Y, int64_t N, const int64_t *order, int64_t n, int64_t batch,
+#                    int opt, const double *hyper, double *step, int update_params, int threads,
+#                    double *stat_mean, double *stat_m2, double *stat_count)
 FUSED_EPOCH_ARGTYPES: ArgTypes = [_i32, _i32, _p, _p, _p,
                         _p, _p, _p, _p, _p, _p,
-                        _p, _p, _p, _i64, _i64,
-                        _i32, _p, ctypes.POINTER(ctypes.c_double), _i32, _i32]
+                        _p, _p, _i64, _p, _i64, _i64,
+                        _i32, _p, ctypes.POINTER(ctypes.c_double), _i32, _i32,
+                        _p, _p, _p]
 
 # void ip_activate(int code, const float *p, const float *z, float *out, int64_t n)
 # void ip_quantize(const float *q, const float *a, float *out, int64_t n)
@@ -200,13 +202,15 @@ def params_per_seed(dims: list[int]) -> int:
     return sum(o * i + o for i, o in zip(dims[:-1], dims[1:]))
 
 
-def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act_params: torch.Tensor,
-                quantised: torch.Tensor, quant: torch.Tensor, params: torch.Tensor, grads: torch.Tensor,
-                exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
-                order: torch.Tensor, batch: int, optimizer: int, hyper: torch.Tensor, step: ctypes.c_double,
-                update: bool, threads: int) -> int:
-    """Train every seed for one epoch (or, ``update=False``, compute the first minibatch's gradients) with
-    ``ip_fused_epoch`` (see ``csrc/fused_epoch.c``).
+class FusedEpoch:
+    """The checked arguments of ``ip_fused_epoch`` (see ``csrc/fused_epoch.c``) that stay fixed over a fit; calling
+    it trains every seed for one epoch with a new order of rows.
+
+    Every array fixed here is checked once (dtype, device, contiguity, shape, and the ranges of the numbers) and
+    held, so that it outlives the calls; each call checks that each one still has the storage and shape it was
+    checked with (a ``resize_`` or ``set_`` in between raises), and checks in full what changes: ``order`` and the
+    gradient statistics' arrays. The kernel itself refuses rows of ``order`` outside the rows of ``inputs``
+    (before reading them) and labels outside the classes.
 
     Parameters
     ----------
@@ -227,64 +231,128 @@ def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act
         [N, dims[0]] float32.
     labels : torch.Tensor
         [N] int64 class indices (the kernel returns -1 for one outside 0 .. dims[L] - 1).
-    order : torch.Tensor
-        [S, n] int64: each seed's rows of ``inputs`` in training order, each in 0 .. N - 1.
     batch : int
         Minibatch size, >= 1.
     optimizer : int
         0: Adam (``hyper`` = lr, beta1, beta2, eps, weight_decay), 1: SGD (``hyper`` = lr, weight_decay).
     hyper : torch.Tensor
-        [5] or [2] float64, as ``optimizer`` says.
-    step : ctypes.c_double
-        The optimiser's step count, advanced by the number of minibatches.
-    update : bool
-        False computes the first minibatch's gradients only.
+        [5] or [2] float64, as ``optimizer`` says (read at every call: it may be changed in place).
     threads : int
         Worker threads, >= 1 (capped at the number of seeds and 64).
-
-    Returns
-    -------
-    int
-        0, -1 for a label out of range, -2 for unsupported sizes, -3 when memory runs out.
     """
-    k = "fused_epoch"
-    _pointer(k, "dims", dims, ("int64",), (None,))
-    widths = [int(v) for v in dims.tolist()]
-    L = len(widths) - 1
-    if not 1 <= L <= 64 or min(widths) < 1:
-        raise ValueError(f"{k}: argument 'dims' must hold 2 .. 65 positive widths, got {widths}")
-    hidden = max(L - 1, 1)
-    T = params_per_seed(widths)
-    optimizer = _integer(k, "optimizer", optimizer, 0, 1)
-    batch = _integer(k, "batch", batch, 1, 2**62)
-    threads = _integer(k, "threads", threads, 1, _INT32_MAX)
+
+    kernel = "fused_epoch"
+
+    def __init__(self, lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act_params: torch.Tensor,
+                 quantised: torch.Tensor, quant: torch.Tensor, params: torch.Tensor, grads: torch.Tensor,
+                 exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+                 batch: int, optimizer: int, hyper: torch.Tensor, threads: int) -> None:
+        k = self.kernel
+        _pointer(k, "dims", dims, ("int64",), (None,))
+        widths = [int(v) for v in dims.tolist()]
+        L = len(widths) - 1
+        if not 1 <= L <= 64 or min(widths) < 1:
+            raise ValueError(f"{k}: argument 'dims' must hold 2 .. 65 positive widths, got {widths}")
+        hidden = max(L - 1, 1)
+        T = params_per_seed(widths)
+        self.optimizer = _integer(k, "optimizer", optimizer, 0, 1)
+        self.batch = _integer(k, "batch", batch, 1, 2**62)
+        self.threads = _integer(k, "threads", threads, 1, _INT32_MAX)
+        arrays = {
+            "dims": (dims, ("int64",), (L + 1,)),
+            "acts": (acts, ("int32",), (hidden,)),
+            "act_params": (act_params, ("float32",), (2 * hidden,)),
+            "quantised": (quantised, ("int32",), (hidden,)),
+            "quant": (quant, ("float32",), (3 * hidden,)),
+            "params": (params, ("float32",), (None, T)),
+        }
+        S = params.shape[0] if isinstance(params, torch.Tensor) and params.ndim == 2 else 0
+        for name, v in (("grads", grads), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            arrays[name] = (v, ("float32",), (S, T))
+        arrays["inputs"] = (inputs, ("float32",), (None, widths[0]))
+        N = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.ndim == 2 else 0
+        arrays["labels"] = (labels, ("int64",), (N,))
+        arrays["hyper"] = (hyper, ("float64",), (5 if self.optimizer == 0 else 2,))
+        ptr = {}
+        for name, (v, dtypes, shape) in arrays.items():
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"{k}: argument {name!r} must be a torch.Tensor, not {type(v).__name__}")
+            ptr[name] = _pointer(k, name, v, dtypes, shape)
+        if S < 1:
+            raise ValueError(f"{k}: argument 'params' holds no seed (shape {list(params.shape)})")
+        self.lib, self.S, self.L, self.N, self.T = lib, S, L, N, T
+        self.weights = sum(o * i for i, o in zip(widths[:-1], widths[1:]))
+        # What each call re-verifies: the same tensors, at the same addresses, with the same shapes.
+        self._held = tuple((name, v, ptr[name], tuple(v.shape)) for name, (v, _, _) in arrays.items())
+        self._args = (S, L, ptr["dims"], ptr["acts"], ptr["act_params"], ptr["quantised"], ptr["quant"],
+                      ptr["params"], ptr["grads"], ptr["exp_avg"], ptr["exp_avg_sq"], ptr["inputs"], ptr["labels"],
+                      N)
+        self._hyper = ptr["hyper"]
+
+    def _still_valid(self) -> None:
+        for name, v, address, shape in self._held:
+            if v.data_ptr() != address or v.shape != shape:
+                raise ValueError(f"{self.kernel}: argument {name!r} was resized or moved since it was checked "
+                                 f"(now shape {list(v.shape)}); prepare a new FusedEpoch")
+
+    def __call__(self, order: torch.Tensor, step: ctypes.c_double, update: bool = True,
+                 stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> int:
+        """Train one epoch (or, ``update=False``, compute the first minibatch's gradients only).
+
+        Parameters
+        ----------
+        order : torch.Tensor
+            [S, n] int64: each seed's rows of ``inputs`` in training order.
+        step : ctypes.c_double
+            The optimiser's step count, advanced by the number of minibatches.
+        update : bool, default True
+            False computes the first minibatch's gradients only.
+        stats : tuple of three torch.Tensor, optional
+            Gradient statistics: (mean [S, W], m2 [S, W], count [S]) float64, W = :attr:`weights` per seed; every
+            minibatch's weight gradients are added to these running moments (Welford; see the C source).
+
+        Returns
+        -------
+        int
+            0, -1 for a label out of range, -2 for unsupported sizes, -3 when memory runs out, -4 for a row of
+            ``order`` outside 0 .. N - 1.
+        """
+        k = self.kernel
+        self._still_valid()
+        if not isinstance(step, ctypes.c_double):
+            raise TypeError(f"{k}: argument 'step' must be a ctypes.c_double, not {type(step).__name__}")
+        if not isinstance(order, torch.Tensor):
+            raise TypeError(f"{k}: argument 'order' must be a torch.Tensor, not {type(order).__name__}")
+        o = _pointer(k, "order", order, ("int64",), (self.S, None))
+        moments: tuple[int, int, int] | tuple[None, None, None] = (None, None, None)
+        if stats is not None:
+            mean, m2, count = stats
+            moments = (_pointer(k, "stats mean", mean, ("float64",), (self.S, self.weights), writable=True),
+                       _pointer(k, "stats m2", m2, ("float64",), (self.S, self.weights), writable=True),
+                       _pointer(k, "stats count", count, ("float64",), (self.S,), writable=True))
+        return self.lib.ip_fused_epoch(*self._args, o, order.shape[1], self.batch, self.optimizer,
+                                       self._hyper, ctypes.byref(step), int(bool(update)), self.threads,
+                                       *moments)
+
+
+def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act_params: torch.Tensor,
+                quantised: torch.Tensor, quant: torch.Tensor, params: torch.Tensor, grads: torch.Tensor,
+                exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor,
+                order: torch.Tensor, batch: int, optimizer: int, hyper: torch.Tensor, step: ctypes.c_double,
+                update: bool, threads: int) -> int:
+    """One call of ``ip_fused_epoch`` with every argument checked: :class:`FusedEpoch` prepared and called once.
+
+    Parameters are those of :class:`FusedEpoch` and its call; ``order``'s rows are also checked here against the
+    rows of ``inputs`` before the kernel runs. Returns the kernel's status (see :meth:`FusedEpoch.__call__`).
+    """
+    prepared = FusedEpoch(lib, dims=dims, acts=acts, act_params=act_params, quantised=quantised, quant=quant,
+                          params=params, grads=grads, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, inputs=inputs,
+                          labels=labels, batch=batch, optimizer=optimizer, hyper=hyper, threads=threads)
     if not isinstance(step, ctypes.c_double):
-        raise TypeError(f"{k}: argument 'step' must be a ctypes.c_double, not {type(step).__name__}")
-    ptr = {
-        "dims": _pointer(k, "dims", dims, ("int64",), (L + 1,)),
-        "acts": _pointer(k, "acts", acts, ("int32",), (hidden,)),
-        "act_params": _pointer(k, "act_params", act_params, ("float32",), (2 * hidden,)),
-        "quantised": _pointer(k, "quantised", quantised, ("int32",), (hidden,)),
-        "quant": _pointer(k, "quant", quant, ("float32",), (3 * hidden,)),
-        "params": _pointer(k, "params", params, ("float32",), (None, T)),
-    }
-    S = params.shape[0]
-    if S < 1:
-        raise ValueError(f"{k}: argument 'params' holds no seed (shape {list(params.shape)})")
-    for name, v in (("grads", grads), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-        ptr[name] = _pointer(k, name, v, ("float32",), (S, T))
-    ptr["inputs"] = _pointer(k, "inputs", inputs, ("float32",), (None, widths[0]))
-    N = inputs.shape[0]
-    ptr["labels"] = _pointer(k, "labels", labels, ("int64",), (N,))
-    ptr["order"] = _pointer(k, "order", order, ("int64",), (S, None))
-    n = order.shape[1]
-    ptr["hyper"] = _pointer(k, "hyper", hyper, ("float64",), (5 if optimizer == 0 else 2,))
-    # The kernel reads inputs[order[s, i]] unchecked: a row outside the table would read other memory.
-    low, high = torch.aminmax(order) if order.numel() else (0, 0)
-    if int(low) < 0 or int(high) >= N:
-        raise ValueError(f"{k}: argument 'order' holds rows outside 0 .. {N - 1} (the rows of 'inputs')")
-    return lib.ip_fused_epoch(S, L, ptr["dims"], ptr["acts"], ptr["act_params"],
-                              ptr["quantised"], ptr["quant"], ptr["params"], ptr["grads"], ptr["exp_avg"],
-                              ptr["exp_avg_sq"],
-                              ptr["inputs"], ptr["labels"], ptr["order"], n, batch,
-                              optimizer, ptr["hyper"], ctypes.byref(step), int(bool(update)), threads)
+        raise TypeError(f"fused_epoch: argument 'step' must be a ctypes.c_double, not {type(step).__name__}")
+    if isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.numel():
+        low, high = torch.aminmax(order)
+        if int(low) < 0 or int(high) >= prepared.N:
+            raise ValueError(f"fused_epoch: argument 'order' holds rows outside 0 .. {prepared.N - 1} (the rows of "
+                             "'inputs')")
+    return prepared(order, step, update)

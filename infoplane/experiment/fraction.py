@@ -163,10 +163,9 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     latest: list = [None]  # the gradient statistics of the epoch just trained, per seed
 
     def make_tracker(members):
-        given = grad_layers is not None and latest[0] is not None
-        if grad_layers is not None and not given:
-            log("note: gradient statistics are not recorded: the fused training kernel does not gather them "
-                "(`vectorize=False` trains on the torch path, which does)")
+        # Every engine gathers them (the torch ones through optimiser hooks, the fused kernel itself), at the
+        # recorded epochs only.
+        given = grad_layers is not None
         made = Tracker(members, plan.probe_x, plan.probe_y, layers=job.model_file.layers, estimators=job.estimators,
                        schedule=plan.schedule or job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction,
                        meta=plan.meta, keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
@@ -214,7 +213,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
             result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
                          epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer, rho=job.rho,
                          device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
-                         state=state, checkpoint=checkpoint, checkpoint_every=should_save, gradients=grad_layers)
+                         state=state, checkpoint=checkpoint, checkpoint_every=should_save, gradients=grad_layers,
+                         gradient_epochs=(plan.schedule or job.schedule).__contains__)
         if tracker is None:  # resumed after the last epoch: nothing left to train
             tracker = make_tracker(result.members)
     except BaseException:

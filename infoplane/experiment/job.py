@@ -247,8 +247,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         Resources each Ray task reserves; ``ray_gpus`` None means 1 with a CUDA ``device``, else 0.
     gradients : bool
         Also record, per tracked layer and recorded epoch, the statistics of that epoch's mini-batch gradients
-        (``gradients.csv``, ``run.gradients``; see :mod:`infoplane.tracking.gradients`), per seed. The fused
-        training kernel does not gather them yet: its runs say so in a note.
+        (``gradients.csv``, ``run.gradients``; see :mod:`infoplane.tracking.gradients`), per seed, on every
+        training path (the compiled kernel gathers them itself, at the recorded epochs only).
     label_noise, random_labels, shuffled_pixels, random_pixels, gaussian_inputs
         Train on a corrupted copy of the data (:func:`infoplane.data.corrupt`, drawn once from ``seed``, before the
         split, and shared by every seed of the ensemble). The corrupted labels are the labels Y of the runs (what

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from infoplane._native import kernels
+from infoplane.tracking.gradients import GradientRow
 from infoplane.train import fused_kernel
 from infoplane.train.spec import TrainSpec
 from infoplane.train.vectorized import swap_tensors
@@ -223,7 +225,12 @@ class FusedEngine:
         self._act_params = torch.tensor(plan.act_params or [0.0, 0.0], dtype=torch.float32)
         self._quantised = torch.tensor(plan.quantised or [0], dtype=torch.int32)
         self._quant = torch.tensor(plan.quant or [0.0, 0.0, 1.0], dtype=torch.float32)
+        self._hyper = torch.zeros(5 if self.opt_code == 0 else 2, dtype=torch.float64)
         self._set_hyper()
+        self._prepared_for: tuple | None = None
+        self._moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._gradient_layers: list[tuple[str, tuple[int, int] | None]] = []
+        self._collect = False
         # Seeds are independent, so the kernel shares them out among torch's intra-op threads (read, never set).
         self.threads = max(1, min(torch.get_num_threads(), S))
         n_quant = sum(plan.quantised)
@@ -233,7 +240,8 @@ class FusedEngine:
         h = self.hyper
         values = [h["lr"], h["beta1"], h["beta2"], h["eps"], h["weight_decay"]] if self.opt_code == 0 \
             else [h["lr"], h["weight_decay"]]
-        self._hyper = torch.tensor(values, dtype=torch.float64)
+        # In place: the prepared kernel call holds this tensor.
+        self._hyper.copy_(torch.tensor(values, dtype=torch.float64))
 
     @staticmethod
     def _view(buffer: torch.Tensor, i: int, offset: int, shape: tuple) -> torch.Tensor:
@@ -242,25 +250,101 @@ class FusedEngine:
             n *= s
         return buffer[i, offset:offset + n].view(shape)
 
+    def _prepared(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int) -> kernels.FusedEpoch:
+        """The kernel call with everything but the order checked, prepared once per fit (again only if the data or
+        the minibatch size change)."""
+        key = (inputs, labels, batch_size)
+        held = self._prepared_for
+        if held is None or held[0] is not inputs or held[1] is not labels or held[2] != batch_size:
+            x = inputs if inputs.is_contiguous() else inputs.contiguous()
+            y = labels if labels.dtype == torch.int64 and labels.is_contiguous() \
+                else labels.to(torch.int64).contiguous()
+            call = kernels.FusedEpoch(
+                self.lib, dims=self._dims, acts=self._acts, act_params=self._act_params, quantised=self._quantised,
+                quant=self._quant, params=self.P, grads=self.G, exp_avg=self.M, exp_avg_sq=self.V, inputs=x,
+                labels=y, batch=batch_size, optimizer=self.opt_code, hyper=self._hyper, threads=self.threads)
+            self._prepared_for = (*key, call)
+            return call
+        return held[3]
+
     def _call(self, order: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-              update: bool) -> None:
-        x = inputs if inputs.is_contiguous() else inputs.contiguous()
-        y = labels if labels.dtype == torch.int64 and labels.is_contiguous() else labels.to(torch.int64).contiguous()
-        order = order.to(torch.int64).contiguous()
-        status = kernels.fused_epoch(
-            self.lib, dims=self._dims, acts=self._acts, act_params=self._act_params, quantised=self._quantised,
-            quant=self._quant, params=self.P, grads=self.G, exp_avg=self.M, exp_avg_sq=self.V, inputs=x, labels=y,
-            order=order, batch=batch_size, optimizer=self.opt_code, hyper=self._hyper, step=self.step, update=update,
-            threads=self.threads)
+              update: bool, stats: bool = False) -> None:
+        call = self._prepared(inputs, labels, batch_size)
+        if order.dtype != torch.int64 or not order.is_contiguous():
+            order = order.to(torch.int64).contiguous()
+        status = call(order, self.step, update, self._moments if stats else None)
         if status == -1:
             raise ValueError(f"a label is outside 0 .. {self.plan.dims[-1] - 1}")
+        if status == -4:
+            raise ValueError(f"a training row is outside 0 .. {len(inputs) - 1} (the rows of the inputs)")
         if status != 0:
             raise RuntimeError(f"the fused training kernel failed (status {status})")
 
     def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
                     rngs: list[dict]) -> list[dict]:
-        self._call(torch.stack(orders), inputs, labels, batch_size, update=True)
+        self._call(torch.stack(orders), inputs, labels, batch_size, update=True, stats=self._collect)
         return rngs  # no randomness inside these models' forward
+
+    # -- gradient statistics ------------------------------------------------------------------------------------
+
+    def track_gradients(self, layers: Sequence[str]) -> None:
+        """Record gradient statistics for the named layers (names of the members' modules, as ``named_modules``
+        gives them), as :class:`infoplane.tracking.gradients.GradientStats` defines them: a Linear layer's weight
+        gradient; a layer without weights is reported frozen. Collection starts with :meth:`collect_gradients`."""
+        modules = dict(self.members[0].named_modules())
+        linear = {name: i for i, name in enumerate(n for n, m in self.members[0].named_children()
+                                                    if type(m) is nn.Linear)}
+        chosen: list[tuple[str, int | None]] = []
+        for name in layers:
+            if not isinstance(name, str) or name not in modules:
+                raise ValueError(f"gradients: the network has no layer named {name!r}; its layers are "
+                                 f"{', '.join(repr(n) for n in modules if n)}")
+            chosen.append((name, linear.get(name)))
+        if not chosen or all(index is None for _, index in chosen):
+            raise ValueError("gradient statistics were requested, but no tracked layer has a trainable weight "
+                             f"(layers: {', '.join(layers)}); name at least one Linear layer, or leave gradients off")
+        dims = self.plan.dims
+        offsets = [0]
+        for din, dout in zip(dims[:-1], dims[1:]):
+            offsets.append(offsets[-1] + din * dout)
+        self._gradient_layers = [(name, None if i is None else (offsets[i], offsets[i + 1])) for name, i in chosen]
+        S, W = len(self.members), offsets[-1]
+        self._moments = (torch.zeros(S, W, dtype=torch.float64), torch.zeros(S, W, dtype=torch.float64),
+                         torch.zeros(S, dtype=torch.float64))
+
+    def collect_gradients(self, on: bool) -> None:
+        """Start a new period of gradient statistics; the epochs trained until the next call add to it if ``on``."""
+        if self._moments is None:
+            raise RuntimeError("call track_gradients first")
+        for t in self._moments:
+            t.zero_()
+        self._collect = on
+
+    def gradient_rows(self) -> list[list[GradientRow]]:
+        """Per seed, one :class:`~infoplane.tracking.gradients.GradientRow` per tracked layer for the minibatches
+        of the current period (``batches`` = 0 and no values before any minibatch)."""
+        if self._moments is None:
+            raise RuntimeError("call track_gradients first")
+        mean, m2, count = (t.numpy() for t in self._moments)
+        columns = []
+        for name, span in self._gradient_layers:
+            if span is None:
+                columns.append([GradientRow(name, None, None, None, 0, True)] * len(mean))
+                continue
+            lo, hi = span
+            mean_sq = (mean[:, lo:hi] * mean[:, lo:hi]).sum(axis=1)
+            var_sum = m2[:, lo:hi].sum(axis=1)
+            rows = []
+            for s in range(len(mean)):
+                batches = int(count[s])
+                if batches == 0:
+                    rows.append(GradientRow(name, None, None, None, 0, False))
+                    continue
+                mean_norm, std_norm = math.sqrt(float(mean_sq[s])), math.sqrt(float(var_sum[s]) / batches)
+                snr = mean_norm / std_norm if std_norm > 0 else math.inf
+                rows.append(GradientRow(name, mean_norm, std_norm, snr, batches, False))
+            columns.append(rows)
+        return [list(seed_rows) for seed_rows in zip(*columns)]
 
     def trial(self, inputs: torch.Tensor, labels: torch.Tensor, train_sets: Sequence[torch.Tensor],
               batch_size: int) -> str | None:

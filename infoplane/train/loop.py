@@ -1,6 +1,7 @@
 """The fit loop: train one network per seed, report every epoch, checkpoint, and resume exactly."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ from infoplane.data.modelfile import ModelFile
 from infoplane.tracking.gradients import GradientRow, GradientStats, rows_from_moments
 from infoplane.train.arguments import as_index_sets, as_seeds
 from infoplane.train.engines import choose_engine
+from infoplane.train.fused import FusedEngine
 from infoplane.train.metrics import LazyMetrics, evaluate_members
 from infoplane.train.sequential import SequentialEngine
 from infoplane.train.spec import TrainSpec
@@ -78,6 +80,7 @@ def fit(
     checkpoint: Callable[[dict], Any] | None = None,
     checkpoint_every: int | Callable[[int], bool] = 100,
     gradients: Mapping[str, Sequence[str]] | None = None,
+    gradient_epochs: Callable[[int], bool] | None = None,
 ) -> FitResult:
     """Train one network per seed and report every epoch.
 
@@ -151,7 +154,12 @@ def fit(
         statistics describe it (:mod:`infoplane.tracking.gradients`). The callback's ``metrics`` then has an
         attribute ``gradients``: per seed, one :class:`~infoplane.tracking.gradients.GradientRow` per layer over
         the optimiser steps of the epoch just trained (none at epoch 0), or None where the engine gathers none
-        (the fused kernel, until it hands its moments over); without it, ``metrics.gradients`` is None.
+        (an engine that gathers none); without it, ``metrics.gradients`` is None. The fused kernel gathers them
+        for layers whose weight is one of its Linear layers' (or that have none: frozen).
+    gradient_epochs : callable, optional
+        ``gradient_epochs(epoch) -> bool``: the epochs whose statistics are collected (default: every epoch); at
+        the others ``metrics.gradients`` is None and nothing is collected (no optimiser hook, no work in the
+        kernel).
 
     Returns
     -------
@@ -212,21 +220,25 @@ def fit(
         return evaluate_members(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
 
     grads = None if gradients is None else EpochGradients(engine, gradients)
+    want_gradients = gradient_epochs if gradient_epochs is not None else (lambda epoch: True)
 
     def report(epoch):
         if callback is not None:
             metrics = LazyMetrics(evaluate, test_sets is not None)
-            metrics.gradients = None if grads is None else grads.read()
+            metrics.gradients = None if grads is None or not want_gradients(epoch) else grads.read()
             callback(epoch, engine.members, metrics)
             metrics.close()
 
     if start_epoch == 0:
+        if grads is not None:
+            grads.start(False)  # epoch 0: no minibatches
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
         orders = [idx[torch.randperm(len(idx), generator=g)].to(device) for idx, g in zip(train_sets, generators)]
         if grads is None:
             rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         else:
+            grads.start(want_gradients(epoch))
             with grads:  # the optimiser hook lives for this epoch's steps only
                 rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         report(epoch)
@@ -261,6 +273,7 @@ class EpochGradients:
 
     def __init__(self, engine: Any, layers: Mapping[str, Sequence[str]]) -> None:
         self.engine, self.layers = engine, {k: list(v) for k, v in layers.items()}
+        self.fused = False
         self.stats: list[GradientStats] = []
         if isinstance(engine, VectorizedEngine):
             self.stats = [GradientStats({k: [engine.params[n] for n in v] for k, v in self.layers.items()},
@@ -268,12 +281,32 @@ class EpochGradients:
         elif isinstance(engine, SequentialEngine):  # one optimiser per member
             self.stats = [GradientStats({k: [m.get_parameter(n) for n in v] for k, v in self.layers.items()})
                           for m in engine.members]
+        elif isinstance(engine, FusedEngine):  # the kernel gathers each Linear layer's weight moments itself
+            modules = []
+            for name, params in self.layers.items():
+                if not params:
+                    modules.append(name)  # no weight: reported frozen
+                elif len(params) == 1 and params[0].endswith(".weight"):
+                    modules.append(params[0][: -len(".weight")])
+                else:
+                    raise ValueError(f"the fused kernel gathers one Linear weight per layer; layer {name!r} is "
+                                     f"described by {params}")
+            engine.track_gradients(modules)
+            self.fused = True
         elif hasattr(engine, "gather_gradients"):
             engine.gather_gradients([n for v in self.layers.values() for n in v])
+        self.collecting = True
+
+    def start(self, on: bool) -> None:
+        """Begin an epoch whose optimiser steps count (``on``) or are skipped (no hook, no work in a kernel)."""
+        self.collecting = on
+        if self.fused:
+            self.engine.collect_gradients(on)
 
     def __enter__(self) -> EpochGradients:
-        for s in self.stats:
-            s.attach()
+        if self.collecting:
+            for s in self.stats:
+                s.attach()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -281,6 +314,9 @@ class EpochGradients:
             s.detach()
 
     def read(self) -> list[list[GradientRow]] | None:
+        if self.fused:  # the kernel's rows name its modules; the tracker's layers are what they describe
+            return [[dataclasses.replace(row, layer=layer) for layer, row in zip(self.layers, rows)]
+                    for rows in self.engine.gradient_rows()]
         if self.stats:
             return [rows for s in self.stats for rows in s.read_seeds()]
         moments = getattr(self.engine, "gradient_moments", None)

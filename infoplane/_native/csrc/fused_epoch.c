@@ -9,7 +9,10 @@
  *
  * Layouts. Parameters, gradients and optimiser moments: [S, T] float32, seed-major; inside a seed, layer by
  * layer, the weight [out, in] (row-major, as nn.Linear stores it) then the bias [out]. Activations inside the
- * kernel: [unit][sample] so that the loops over a minibatch are contiguous (and vectorise).
+ * kernel: [unit][sample], the minibatch padded to a multiple of VB samples, so that the loops over a minibatch
+ * are contiguous. The three matrix products of a layer (forward, weight gradient, input gradient) are blocked
+ * over samples and units so that several accumulators stay in SIMD registers and each loaded vector serves
+ * several of them; the activations and their gradients are elementwise passes over those blocks.
  */
 #include <math.h>
 #include <pthread.h>
@@ -106,56 +109,186 @@ static void quantize(const float *q, const float *a, float *out, int64_t n) {
     }
 }
 
-static inline float dot(const float *a, const float *b, int64_t n) {
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    float tail = 0.0f;
-    for (; i < n; i++) tail += a[i] * b[i];
-    for (int w = 8; w > 0; w /= 2)
-        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
-    return acc[0] + tail;
+/* SIMD vectors of eight float32 lanes (GCC and clang vector extensions, lowered to whatever SIMD the target has;
+ * wider vectors measured slower on AVX-512 hardware). Loads and stores go through memcpy: no alignment is assumed
+ * and no pointer is type-punned. */
+#define VL 8
+typedef float vf __attribute__((vector_size(VL * 4)));
+#define VB (2 * VL) /* samples per block: two vectors; minibatch rows are padded to a multiple of it */
+
+static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vsplat(float x) { return (vf){0} + x; }
+
+/* c + a * b inside the matrix products: one fused rounding where the CPU has FMA (as the BLAS behind torch.mm
+ * uses it), else two. Elementwise code elsewhere stays unfused (-ffp-contract=off). */
+#if defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>
+static inline vf madd(vf a, vf b, vf c) { return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+#else
+static inline vf madd(vf a, vf b, vf c) { return c + a * b; }
+#endif
+
+/* The sum of a vector's lanes, pairwise. */
+static inline float hsum(vf v) {
+    float a = (v[0] + v[4]) + (v[2] + v[6]);
+    float b = (v[1] + v[5]) + (v[3] + v[7]);
+    return a + b;
 }
 
-static inline float total(const float *a, int64_t n) {
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j];
-    float tail = 0.0f;
-    for (; i < n; i++) tail += a[i];
-    for (int w = 8; w > 0; w /= 2)
-        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
-    return acc[0] + tail;
+/* Z[o][b] = sum_k W[o][k] H[k][b] + bias[o] for OB outputs from o and the VB samples from b. */
+static inline __attribute__((always_inline)) void forward_block(int OB, const float *W, const float *bias,
+                                                               const float *H, float *Z, int64_t din, int64_t Bp,
+                                                               int64_t o, int64_t b) {
+    vf acc[4][2];
+    for (int j = 0; j < OB; j++) acc[j][0] = acc[j][1] = vsplat(0.0f);
+    for (int64_t k = 0; k < din; k++) {
+        vf h0 = vload(H + k * Bp + b), h1 = vload(H + k * Bp + b + VL);
+        for (int j = 0; j < OB; j++) {
+            vf w = vsplat(W[(o + j) * din + k]);
+            acc[j][0] = madd(w, h0, acc[j][0]);
+            acc[j][1] = madd(w, h1, acc[j][1]);
+        }
+    }
+    for (int j = 0; j < OB; j++) {
+        vf bo = vsplat(bias[o + j]);
+        vstore(Z + (o + j) * Bp + b, acc[j][0] + bo);
+        vstore(Z + (o + j) * Bp + b + VL, acc[j][1] + bo);
+    }
+}
+
+static void forward_layer(const float *W, const float *bias, const float *H, float *Z, int64_t din, int64_t dout,
+                          int64_t Bp) {
+    for (int64_t b = 0; b < Bp; b += VB) {
+        int64_t o = 0;
+        for (; o + 4 <= dout; o += 4) forward_block(4, W, bias, H, Z, din, Bp, o, b);
+        switch (dout - o) {
+        case 3: forward_block(3, W, bias, H, Z, din, Bp, o, b); break;
+        case 2: forward_block(2, W, bias, H, Z, din, Bp, o, b); break;
+        case 1: forward_block(1, W, bias, H, Z, din, Bp, o, b); break;
+        default: break;
+        }
+    }
+}
+
+/* GH[k][b] = sum_o W[o][k] G[o][b] for KB inputs from k and the VB samples from b. */
+static inline __attribute__((always_inline)) void input_grad_block(int KB, const float *W, const float *G, float *GH,
+                                                                  int64_t din, int64_t dout, int64_t Bp, int64_t k,
+                                                                  int64_t b) {
+    vf acc[4][2];
+    for (int j = 0; j < KB; j++) acc[j][0] = acc[j][1] = vsplat(0.0f);
+    for (int64_t o = 0; o < dout; o++) {
+        vf g0 = vload(G + o * Bp + b), g1 = vload(G + o * Bp + b + VL);
+        for (int j = 0; j < KB; j++) {
+            vf w = vsplat(W[o * din + k + j]);
+            acc[j][0] = madd(w, g0, acc[j][0]);
+            acc[j][1] = madd(w, g1, acc[j][1]);
+        }
+    }
+    for (int j = 0; j < KB; j++) {
+        vstore(GH + (k + j) * Bp + b, acc[j][0]);
+        vstore(GH + (k + j) * Bp + b + VL, acc[j][1]);
+    }
+}
+
+static void input_grad(const float *W, const float *G, float *GH, int64_t din, int64_t dout, int64_t Bp) {
+    for (int64_t b = 0; b < Bp; b += VB) {
+        int64_t k = 0;
+        for (; k + 4 <= din; k += 4) input_grad_block(4, W, G, GH, din, dout, Bp, k, b);
+        switch (din - k) {
+        case 3: input_grad_block(3, W, G, GH, din, dout, Bp, k, b); break;
+        case 2: input_grad_block(2, W, G, GH, din, dout, Bp, k, b); break;
+        case 1: input_grad_block(1, W, G, GH, din, dout, Bp, k, b); break;
+        default: break;
+        }
+    }
+}
+
+/* gW[o][k] = sum_b G[o][b] H[k][b] for OB outputs from o and KB inputs from k (over the padded rows, where G is 0). */
+static inline __attribute__((always_inline)) void weight_grad_block(int OB, int KB, const float *G, const float *H,
+                                                                   float *gW, int64_t din, int64_t Bp, int64_t o,
+                                                                   int64_t k) {
+    vf acc[4][3];
+    for (int i = 0; i < OB; i++)
+        for (int j = 0; j < KB; j++) acc[i][j] = vsplat(0.0f);
+    for (int64_t b = 0; b < Bp; b += VL) {
+        vf h[3];
+        for (int j = 0; j < KB; j++) h[j] = vload(H + (k + j) * Bp + b);
+        for (int i = 0; i < OB; i++) {
+            vf g = vload(G + (o + i) * Bp + b);
+            for (int j = 0; j < KB; j++) acc[i][j] = madd(g, h[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < OB; i++)
+        for (int j = 0; j < KB; j++) gW[(o + i) * din + k + j] = hsum(acc[i][j]);
+}
+
+/* The weight gradients of OB outputs from o, for every input. */
+static inline __attribute__((always_inline)) void weight_grad_rows(int OB, const float *G, const float *H, float *gW,
+                                                                  int64_t din, int64_t Bp, int64_t o) {
+    int64_t k = 0;
+    for (; k + 3 <= din; k += 3) weight_grad_block(OB, 3, G, H, gW, din, Bp, o, k);
+    switch (din - k) {
+    case 2: weight_grad_block(OB, 2, G, H, gW, din, Bp, o, k); break;
+    case 1: weight_grad_block(OB, 1, G, H, gW, din, Bp, o, k); break;
+    default: break;
+    }
+}
+
+static void weight_grad(const float *G, const float *H, float *gW, float *gb, int64_t din, int64_t dout, int64_t Bp) {
+    int64_t o = 0;
+    for (; o + 4 <= dout; o += 4) weight_grad_rows(4, G, H, gW, din, Bp, o);
+    switch (dout - o) {
+    case 3: weight_grad_rows(3, G, H, gW, din, Bp, o); break;
+    case 2: weight_grad_rows(2, G, H, gW, din, Bp, o); break;
+    case 1: weight_grad_rows(1, G, H, gW, din, Bp, o); break;
+    default: break;
+    }
+    for (o = 0; o < dout; o++) {
+        vf acc = vsplat(0.0f);
+        for (int64_t b = 0; b < Bp; b += VL) acc += vload(G + o * Bp + b);
+        gb[o] = hsum(acc);
+    }
 }
 
 /* Gradient of one seed's mean cross-entropy on one minibatch, into grad (that seed's [T] slice).
  * dims: L+1 widths; act/act_p/quant: per hidden layer (L-1 of them), quant[3*l] = {low, high, step} and
- * quantised[l] != 0 where that layer is fake-quantised. Returns 0, or -1 when a label is out of range. */
+ * quantised[l] != 0 where that layer is fake-quantised. Activations are [unit][Bp], Bp = B rounded up to VB; the
+ * padded rows hold zero inputs and a zero loss gradient, so they add nothing to any sum.
+ * Returns 0, -1 when a label is out of range, -4 when a row is outside 0 .. N - 1. */
 static int seed_gradient(int L, const int64_t *dims, const int32_t *act, const float *act_p, const int32_t *quantised,
                          const float *quant, const float *param, float *grad, const float *X, const int64_t *Y,
-                         const int64_t *rows, int64_t B, float *work) {
-    /* work: H0 [d0][B]; per layer l: Z_l, A_l, Hq_l [d_{l+1}][B]; two gradient buffers [dmax][B] */
+                         int64_t N, const int64_t *rows, int64_t B, float *work, int64_t *ybuf) {
+    /* work: H0 [d0][Bp]; per layer l: Z_l, A_l, Hq_l [d_{l+1}][Bp]; two gradient buffers [dmax][Bp]; two [Bp] rows */
+    int64_t Bp = (B + VB - 1) / VB * VB;
     int64_t dmax = 0;
     for (int l = 0; l <= L; l++) dmax = dims[l] > dmax ? dims[l] : dmax;
     float *H0 = work;
-    float *cursor = H0 + dims[0] * B;
+    float *cursor = H0 + dims[0] * Bp;
     float *Z[64], *A[64], *H[64];
     const float *in[64];
     for (int l = 0; l < L; l++) {
-        Z[l] = cursor; cursor += dims[l + 1] * B;
-        A[l] = cursor; cursor += dims[l + 1] * B;
-        H[l] = cursor; cursor += dims[l + 1] * B;
+        Z[l] = cursor; cursor += dims[l + 1] * Bp;
+        A[l] = cursor; cursor += dims[l + 1] * Bp;
+        H[l] = cursor; cursor += dims[l + 1] * Bp;
     }
-    float *g = cursor; cursor += dmax * B;
-    float *gh = cursor;
+    float *g = cursor; cursor += dmax * Bp;
+    float *gh = cursor; cursor += dmax * Bp;
+    float *mx = cursor; cursor += Bp;
+    float *sm = cursor;
 
-    int64_t d0 = dims[0];
+    int64_t d0 = dims[0], C = dims[L];
     for (int64_t b = 0; b < B; b++) {
-        const float *x = X + rows[b] * d0;
-        for (int64_t k = 0; k < d0; k++) H0[k * B + b] = x[k];
+        int64_t r = rows[b];
+        if (r < 0 || r >= N) return -4;
+        int64_t y = Y[r];
+        if (y < 0 || y >= C) return -1;
+        ybuf[b] = y;
+        const float *x = X + r * d0;
+        for (int64_t k = 0; k < d0; k++) H0[k * Bp + b] = x[k];
     }
+    for (int64_t k = 0; k < d0; k++)
+        for (int64_t b = B; b < Bp; b++) H0[k * Bp + b] = 0.0f;
     /* forward */
     const float *w = param;
     const float *h = H0;
@@ -163,22 +296,11 @@ static int seed_gradient(int L, const int64_t *dims, const int32_t *act, const f
         int64_t din = dims[l], dout = dims[l + 1];
         const float *bias = w + dout * din;
         in[l] = h;
-        for (int64_t o = 0; o < dout; o++) {
-            float *z = Z[l] + o * B;
-            const float *wr = w + o * din;
-            memset(z, 0, (size_t)B * sizeof(float));
-            for (int64_t k = 0; k < din; k++) {
-                float wk = wr[k];
-                const float *hk = h + k * B;
-                for (int64_t b = 0; b < B; b++) z[b] += wk * hk[b];
-            }
-            float bo = bias[o];
-            for (int64_t b = 0; b < B; b++) z[b] += bo;
-        }
+        forward_layer(w, bias, h, Z[l], din, dout, Bp);
         if (l < L - 1) {
-            activate(act[l], act_p + 2 * l, Z[l], A[l], dout * B);
+            activate(act[l], act_p + 2 * l, Z[l], A[l], dout * Bp);
             if (quantised[l]) {
-                quantize(quant + 3 * l, A[l], H[l], dout * B);
+                quantize(quant + 3 * l, A[l], H[l], dout * Bp);
                 h = H[l];
             } else {
                 h = A[l];
@@ -186,18 +308,22 @@ static int seed_gradient(int L, const int64_t *dims, const int32_t *act, const f
         }
         w = bias + dout;
     }
-    /* d(mean cross-entropy)/d(logits) = (softmax - onehot) / B */
-    int64_t C = dims[L];
+    /* d(mean cross-entropy)/d(logits) = (softmax - onehot) / B; zero on the padded rows */
     const float *logits = Z[L - 1];
     float inv = 1.0f / (float)B;
-    for (int64_t b = 0; b < B; b++) {
-        int64_t y = Y[rows[b]];
-        if (y < 0 || y >= C) return -1;
-        float m = logits[b];
-        for (int64_t c = 1; c < C; c++) m = logits[c * B + b] > m ? logits[c * B + b] : m;
-        float s = 0.0f;
-        for (int64_t c = 0; c < C; c++) { float e = ip_exp(logits[c * B + b] - m); g[c * B + b] = e; s += e; }
-        for (int64_t c = 0; c < C; c++) g[c * B + b] = (g[c * B + b] / s) * inv - (c == y ? inv : 0.0f);
+    for (int64_t b = 0; b < Bp; b++) { mx[b] = logits[b]; sm[b] = 0.0f; }
+    for (int64_t c = 1; c < C; c++)
+        for (int64_t b = 0; b < Bp; b++) mx[b] = logits[c * Bp + b] > mx[b] ? logits[c * Bp + b] : mx[b];
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t b = 0; b < Bp; b++) {
+            float e = ip_exp(logits[c * Bp + b] - mx[b]);
+            g[c * Bp + b] = e;
+            sm[b] += e;
+        }
+    for (int64_t c = 0; c < C; c++) {
+        float *gc = g + c * Bp;
+        for (int64_t b = 0; b < B; b++) gc[b] = (gc[b] / sm[b]) * inv - (ybuf[b] == c ? inv : 0.0f);
+        for (int64_t b = B; b < Bp; b++) gc[b] = 0.0f;
     }
     /* backward, last layer first */
     int64_t offsets[65];
@@ -207,27 +333,33 @@ static int seed_gradient(int L, const int64_t *dims, const int32_t *act, const f
         int64_t din = dims[l], dout = dims[l + 1];
         const float *W = param + offsets[l];
         float *gW = grad + offsets[l];
-        float *gb = gW + dout * din;
-        for (int64_t o = 0; o < dout; o++) {
-            const float *go = g + o * B;
-            for (int64_t k = 0; k < din; k++) gW[o * din + k] = dot(go, in[l] + k * B, B);
-            gb[o] = total(go, B);
-        }
+        weight_grad(g, in[l], gW, gW + dout * din, din, dout, Bp);
         if (l == 0) break;
-        for (int64_t k = 0; k < din; k++) {
-            float *out = gh + k * B;
-            memset(out, 0, (size_t)B * sizeof(float));
-            for (int64_t o = 0; o < dout; o++) {
-                float wk = W[o * din + k];
-                const float *go = g + o * B;
-                for (int64_t b = 0; b < B; b++) out[b] += wk * go[b];
-            }
-        }
+        input_grad(W, g, gh, din, dout, Bp);
         /* straight through the quantiser: the gradient reaches the activation's own output unchanged */
-        activation_grad(act[l - 1], act_p + 2 * (l - 1), Z[l - 1], A[l - 1], gh, din * B);
+        activation_grad(act[l - 1], act_p + 2 * (l - 1), Z[l - 1], A[l - 1], gh, din * Bp);
         float *t = g; g = gh; gh = t;
     }
     return 0;
+}
+
+/* One more sample for the gradient statistics of one seed: Welford's update, in float64, of the element-wise running
+ * mean and sum of squared deviations of every layer's weight gradient (biases left out). count is the number of
+ * samples including this one. */
+static void gradient_moments(int L, const int64_t *dims, const float *grad, double *mean, double *m2, double count) {
+    const float *gl = grad;
+    for (int l = 0; l < L; l++) {
+        int64_t nw = dims[l + 1] * dims[l];
+        for (int64_t i = 0; i < nw; i++) {
+            double x = (double)gl[i];
+            double delta = x - mean[i];
+            mean[i] += delta / count;
+            m2[i] += delta * (x - mean[i]);
+        }
+        mean += nw;
+        m2 += nw;
+        gl += nw + dims[l + 1];
+    }
 }
 
 /* Optimiser update of one seed's [T] slice. opt 0: Adam (hyper: lr, beta1, beta2, eps, weight_decay; step is
@@ -266,11 +398,19 @@ static int64_t params_per_seed(int L, const int64_t *dims) {
     return T;
 }
 
+static int64_t weights_per_seed(int L, const int64_t *dims) {
+    int64_t W = 0;
+    for (int l = 0; l < L; l++) W += dims[l + 1] * dims[l];
+    return W;
+}
+
+/* Floats of seed_gradient's work buffer for minibatches of at most B rows. */
 static int64_t work_floats(int L, const int64_t *dims, int64_t B) {
+    int64_t Bp = (B + VB - 1) / VB * VB;
     int64_t dmax = 0, n = dims[0];
     for (int l = 0; l <= L; l++) dmax = dims[l] > dmax ? dims[l] : dmax;
     for (int l = 0; l < L; l++) n += 3 * dims[l + 1];
-    return (n + 2 * dmax) * B;
+    return (n + 2 * dmax + 2) * Bp;
 }
 
 /* The kernel's activations on an array (for tests of their accuracy against torch). */
@@ -285,31 +425,42 @@ struct job {
     const int32_t *act, *quantised;
     const float *act_p, *quant, *X;
     float *P, *G, *M, *V;
-    int64_t n, batch;
+    int64_t N, n, batch;
     const double *hyper;
     double step0;
+    double *stat_mean, *stat_m2, *stat_count;
 };
 
 /* Seeds first, first + stride, ... for the whole epoch: the seeds never interact, so threads share nothing. */
 static void *run_job(void *arg) {
     struct job *j = (struct job *)arg;
     int64_t T = params_per_seed(j->L, j->dims);
+    int64_t Wn = weights_per_seed(j->L, j->dims);
     int64_t B = j->batch < j->n ? j->batch : j->n;
-    float *work = (float *)malloc((size_t)work_floats(j->L, j->dims, B > 0 ? B : 1) * sizeof(float));
-    if (!work) { j->status = -3; return NULL; }
+    if (B < 1) B = 1;
+    float *work = (float *)malloc((size_t)work_floats(j->L, j->dims, B) * sizeof(float));
+    int64_t *ybuf = (int64_t *)malloc((size_t)B * sizeof(int64_t));
+    if (!work || !ybuf) { free(work); free(ybuf); j->status = -3; return NULL; }
     double step = j->step0;
     for (int64_t start = 0; start < j->n && j->status == 0; start += j->batch) {
         int64_t Bc = j->n - start < j->batch ? j->n - start : j->batch;
         step += 1.0;
         for (int s = j->first; s < j->S && j->status == 0; s += j->stride) {
             j->status = seed_gradient(j->L, j->dims, j->act, j->act_p, j->quantised, j->quant, j->P + s * T,
-                                      j->G + s * T, j->X, j->Y, j->order + s * j->n + start, Bc, work);
+                                      j->G + s * T, j->X, j->Y, j->N, j->order + s * j->n + start, Bc, work,
+                                      ybuf);
+            if (j->status == 0 && j->stat_mean) {
+                j->stat_count[s] += 1.0;
+                gradient_moments(j->L, j->dims, j->G + s * T, j->stat_mean + s * Wn, j->stat_m2 + s * Wn,
+                                 j->stat_count[s]);
+            }
             if (j->status == 0 && j->update_params)
                 update(j->opt, j->hyper, step, j->P + s * T, j->G + s * T, j->M + s * T, j->V + s * T, T);
         }
         if (!j->update_params) break;
     }
     free(work);
+    free(ybuf);
     return NULL;
 }
 
@@ -317,12 +468,17 @@ static void *run_job(void *arg) {
  * gradient, then its update. *step is the optimiser's step count, advanced once per minibatch. The seeds are
  * shared out among `threads` threads (each takes every threads-th seed for the whole epoch): an OpenMP team
  * where built with OpenMP, else pthreads.
- * update_params == 0 computes the first minibatch's gradients only (the trial check). Returns 0, -1 for a
- * label out of range, -2 for unsupported sizes, -3 when memory runs out. */
+ * update_params == 0 computes the first minibatch's gradients only (the trial check).
+ * Gradient statistics, where stat_mean is not NULL: every minibatch's weight gradients of seed s go into the
+ * running moments stat_mean[s], stat_m2[s] ([S, W] float64, W weights per seed, layer by layer) and
+ * stat_count[s] ([S] float64, the number of minibatches so far) by gradient_moments; NULL costs nothing.
+ * Returns 0, -1 for a label out of range, -2 for unsupported sizes, -3 when memory runs out, -4 for a row of
+ * order outside 0 .. N - 1 (X holds N rows). */
 int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const float *act_p,
                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
-                   const float *X, const int64_t *Y, const int64_t *order, int64_t n, int64_t batch,
-                   int opt, const double *hyper, double *step, int update_params, int threads) {
+                   const float *X, const int64_t *Y, int64_t N, const int64_t *order, int64_t n, int64_t batch,
+                   int opt, const double *hyper, double *step, int update_params, int threads,
+                   double *stat_mean, double *stat_m2, double *stat_count) {
     if (L < 1 || L > 64 || batch < 1) return -2;
     if (threads > S) threads = S;
     if (threads < 1) threads = 1;
@@ -332,7 +488,7 @@ int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const 
     int started[64] = {0};
     for (int t = 0; t < threads; t++) {
         struct job j = {S, L, t, threads, opt, update_params, 0, dims, Y, order, act, quantised, act_p, quant, X,
-                        P, G, M, V, n, batch, hyper, *step};
+                        P, G, M, V, N, n, batch, hyper, *step, stat_mean, stat_m2, stat_count};
         jobs[t] = j;
     }
 #ifdef _OPENMP
