@@ -250,9 +250,8 @@ def theory(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarray, my: np.
     if ib is not None:
         draw_ib_curve(ax, ib)
         handles.append(Line2D([], [], label="IB curve", **IB_STYLE))
-    if chain_flags and draw_chain_flags(ax, run, estimator, mx, my):
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
-                              markeredgecolor="red", label="breaks the chain"))
+    if chain_flags:
+        draw_chain_flags(ax, run, estimator, mx, my)
     return handles
 
 
