@@ -168,7 +168,7 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
 
 
 def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool = False,
-            titles: Optional[Sequence[str]] = None) -> Figure:
+            titles: Optional[Sequence[str]] = None, target: Optional[str] = None) -> Figure:
     """Information planes of several runs side by side (e.g. 5% vs 85% training data).
 
     One panel per run, ordered by training fraction (or as given, with ``titles``), with shared axes and one
@@ -185,6 +185,8 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     titles : list of str, optional
         One panel title per run (e.g. "tanh", "ReLU" for runs at the same fraction); the panels then keep the
         order of ``runs``.
+    target : str or None
+        A side variable every run has: draw (I(X;T), I(T;Z)) (see :func:`information_plane`).
 
     Returns
     -------
@@ -195,7 +197,7 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     ValueError
         When the runs' data sets (``meta["data"]``), N or H(Y) differ.
     """
-    runs = runs_list(runs, "compare")
+    runs = runs_list([r.for_target(target) for r in runs_list(runs, "compare")], "compare")
     for r in runs:
         _values(r, estimator)
     check_same_data(runs)
