@@ -230,3 +230,45 @@ def chain_check(values: object, *, tol: float = 0.0) -> ChainCheck:
         violations = np.nan_to_num(growth, nan=-np.inf) > tol
     excess = np.where(np.nan_to_num(growth, nan=0.0) > 0, np.nan_to_num(growth, nan=0.0), 0.0)
     return ChainCheck(violations=violations, excess=excess, count=int(violations.sum()))
+
+
+def label_joint(labels: object, *, flip: float = 0.0, n_classes: int | None = None) -> np.ndarray:
+    """The joint distribution p(x, y) of a data set whose samples are equally likely and whose labels pass through
+    a symmetric channel: each label is kept with probability ``1 - flip``, else replaced by one of the other
+    classes, uniformly.
+
+    The information-bottleneck curve depends on X only through p(y|x): samples with the same conditional are
+    merged into one value of X (exactly: every encoder of X has one of the merged X that is as good), so a data set
+    of any size gives a small ``p_xy``. With ``flip=0`` and two classes it is the 2 x 2 diagonal; the curve of the
+    merged X ends at I(X;Y) and continues flat beyond it, as the curve of the full X does.
+
+    Parameters
+    ----------
+    labels : array-like of int, shape [N]
+        Class index of each sample (e.g. the 12-bit task's labels).
+    flip : float in [0, 1], default 0.0
+        Probability that a label is replaced by another class.
+    n_classes : int, optional
+        Number of classes; default the largest label + 1.
+
+    Returns
+    -------
+    numpy.ndarray, shape [n_merged, n_classes]
+        ``p_xy[x, y]``, summing to 1; pass it to :func:`ib_curve`.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+        raise ValueError("labels must be a non-empty 1-d array of class indices >= 0")
+    if isinstance(flip, bool) or not isinstance(flip, (int, float)) or not 0.0 <= float(flip) <= 1.0:
+        raise ValueError(f"flip must be a probability in [0, 1]; got {flip!r}")
+    c = int(y.max()) + 1 if n_classes is None else int(n_classes)
+    if c < 2 or c <= int(y.max()):
+        raise ValueError(f"n_classes must be at least 2 and exceed every label; got {n_classes!r} for labels up to "
+                         f"{int(y.max())}")
+    counts = np.bincount(y, minlength=c).astype(np.float64)
+    rows = []
+    for k in np.nonzero(counts)[0]:  # one merged x per label: its samples share p(y|x)
+        cond = np.full(c, float(flip) / (c - 1))
+        cond[k] = 1.0 - float(flip)
+        rows.append(counts[k] / y.size * cond)
+    return np.array(rows)

@@ -59,6 +59,8 @@ def test_scalar_tags_name_estimator_field_layer_and_seed():
     assert scalar_tags(row) == [("infoplane/kde/ixt/enc.1", 2.5), ("infoplane/kde/ity/enc.1", 0.5),
                                 ("infoplane/kde/ixt_lower/enc.1", 2.0)]
     assert scalar_tags(row, n_seeds=2)[0] == ("infoplane/kde/ixt/enc.1/seed3", 2.5)
+    # A side variable's row: only its I(T;Z), under a tag of its own.
+    assert scalar_tags(row._replace(target="parity")) == [("infoplane/kde/ity[parity]/enc.1", 0.5)]
 
 
 def test_missing_framework_names_the_extra():

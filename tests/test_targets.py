@@ -207,7 +207,7 @@ def test_the_plane_draws_the_bound_the_ib_curve_the_flags_and_a_target():
     ib = [l for l in ax.get_lines() if l.get_label() == "IB curve"][0]
     np.testing.assert_allclose(ib.get_xdata()[:-1], curve.ixt)
     assert ax.get_xlim()[1] < 10                         # the overlays change no limits
-    rings = [c for c in ax.collections if c.get_label().startswith("breaks the chain")]
+    rings = [c for c in ax.collections if c.get_label() == "_chain_flags"]
     assert len(rings) == 1 and np.asarray(rings[0].get_offsets()).tolist() == [[3.5, 0.6]]  # layer 1, epoch 1
     plt.close(fig)
     # A p_xy is turned into the curve; a target's plane labels its axis with the target.
@@ -216,3 +216,21 @@ def test_the_plane_draws_the_bound_the_ib_curve_the_flags_and_a_target():
     fig = infoplane.plot.information_plane(infoplane.Run(meta, rows), target="z", ib_curve=p_xy)
     assert fig.axes[0].get_ylabel() == "I(T;z) [bits]"
     plt.close(fig)
+
+
+def test_label_joint_merges_samples_without_changing_the_curve():
+    from infoplane.bounds import ib_curve, label_joint
+
+    labels = np.array([0, 0, 1, 0, 1, 1, 1])
+    p = label_joint(labels, flip=0.2)
+    np.testing.assert_allclose(p, [[3 / 7 * 0.8, 3 / 7 * 0.2], [4 / 7 * 0.2, 4 / 7 * 0.8]])
+    # The curve of the 7 samples, each its own x, against the merged 2 x 2: the same at every I(X;T) (the full
+    # curve continues flat at I(X;Y) beyond the merged curve's end).
+    full = np.array([[(0.8 if k == y else 0.2) / 7 for k in (0, 1)] for y in labels])
+    betas = np.geomspace(0.1, 300, 120)
+    a, b = ib_curve(full, betas=betas), ib_curve(p, betas=betas)
+    assert a.i_xy == pytest.approx(b.i_xy, abs=1e-12)
+    r = np.linspace(0, b.ixt[-1], 30)
+    np.testing.assert_allclose(np.interp(r, a.ixt, a.ity), np.interp(r, b.ixt, b.ity), atol=2e-3)
+    with pytest.raises(ValueError, match="flip"):
+        label_joint(labels, flip=1.5)

@@ -13,6 +13,7 @@ the graph (a module called twice, a selector), leaves the question open (None): 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence
 
 from torch import nn
@@ -47,7 +48,9 @@ def is_chain(model: nn.Module, layers: Sequence[str]) -> tuple[Optional[bool], s
             def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
                 return qualname in tracked or super().is_leaf_module(m, qualname)
 
-        graph = _Tracer().trace(model)
+        with warnings.catch_warnings():  # fx's notes on what it cannot trace: the answer is None then
+            warnings.simplefilter("ignore")
+            graph = _Tracer().trace(model)
     except Exception as err:  # anything fx cannot trace (data-dependent control flow, ...): undecided
         return None, f"the model could not be traced with torch.fx ({type(err).__name__})"
     nodes = list(graph.nodes)

@@ -65,9 +65,14 @@ def scalar_tags(row: Row, n_seeds: int = 1) -> list[tuple[str, float]]:
     -------
     list of (str, float)
         ``("infoplane/<estimator>/ixt/<layer>", bits)`` and the same for ``ity`` (and the lower bounds when
-        present); NaN values (absent) are left out.
+        present); NaN values (absent) are left out. A side variable's row gives only
+        ``("infoplane/<estimator>/ity[<target>]/<layer>", bits)`` (its I(X;T) is the labels' row's).
     """
     suffix = f"/seed{row.seed}" if n_seeds > 1 else ""
+    target = getattr(row, "target", "")
+    if target:
+        value = float(row.ity)
+        return [] if math.isnan(value) else [(f"infoplane/{row.estimator}/ity[{target}]/{row.layer}{suffix}", value)]
     out = []
     for field in FIELDS:
         value = float(getattr(row, field))

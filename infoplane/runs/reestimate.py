@@ -65,8 +65,9 @@ def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Unio
     shapes = {k: None if v is None else tuple(v) for k, v in (meta.get("layer_shapes") or {}).items()}
     plan = reduce_mod.resolve(reduce, [(l, shapes.get(l)) for l in layers])
     reduced = {l: plan[l].width(shapes.get(l) or (widths[l],)) for l in layers}
+    # Side variables are not re-estimated: their values are not saved with the activations.
     new_meta = {k: v for k, v in meta.items()
-                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed")}
+                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed", "targets")}
     new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                 for e in estimators],
                     keep_activations=False, derived_from=os.path.abspath(run_dir),

@@ -334,6 +334,8 @@ class Tracker:
         Columns each layer has after ``reduce`` (its width when not reduced).
     schedule : Schedule
     estimators : list
+    targets : list of infoplane.tracking.targets.Target
+        The validated side variables (name, kind, values, H(Z)); empty without ``targets=``.
     seeds : list of int
     rank, world_size : int
         This process's place in a ``torch.distributed`` job (0 and 1 outside one).

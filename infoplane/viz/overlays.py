@@ -111,5 +111,7 @@ def draw_chain_flags(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarra
     if bad.any():
         e, j = np.nonzero(bad)
         ax.scatter(mx[e, j], my[e, j], s=90, facecolors="none", edgecolors="red", linewidths=0.9, zorder=3.5,
-                   label=f"breaks the chain ({rep.count})")
+                   label="_chain_flags")
+        ax.annotate(f"red rings: a layer above the one before it ({rep.count}x, data-processing inequality)",
+                    (0.99, 0.01), xycoords="axes fraction", ha="right", va="bottom", fontsize=7, color="red")
     return rep.count

@@ -180,7 +180,7 @@ def information_plane(run: RunLike, estimator: Optional[str] = None, ax: Optiona
 
 
 def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool = False,
-            titles: Optional[Sequence[str]] = None) -> Figure:
+            titles: Optional[Sequence[str]] = None, target: Optional[str] = None) -> Figure:
     """Information planes of several runs side by side (e.g. 5% vs 85% training data).
 
     One panel per run, ordered by training fraction (or as given, with ``titles``), with shared axes and one
@@ -197,6 +197,8 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     titles : list of str, optional
         One label per run (e.g. "tanh", "ReLU"), shown in place of its name; the panels then keep the order of
         ``runs``.
+    target : str or None
+        A side variable every run has: draw (I(X;T), I(T;Z)) (see :func:`information_plane`).
 
     Each panel names its run (``titles``, else ``meta["name"]``, else the run directory's name) and what
     differs between the runs (training fraction, estimator and its settings, reduction, seed count); what
@@ -214,6 +216,9 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     """
     runs = runs_list(runs, "compare")
     _check_some_hold(runs, estimator)
+    runs = runs_list([r.for_target(target) for r in runs_list(runs, "compare")], "compare")
+    for r in runs:
+        _values(r, estimator)
     check_same_data(runs)
     if titles is None:
         runs = by_fraction(runs)
@@ -259,9 +264,8 @@ def theory(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarray, my: np.
     if ib is not None:
         draw_ib_curve(ax, ib)
         handles.append(Line2D([], [], label="IB curve", **IB_STYLE))
-    if chain_flags and draw_chain_flags(ax, run, estimator, mx, my):
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
-                              markeredgecolor="red", label="breaks the chain"))
+    if chain_flags:
+        draw_chain_flags(ax, run, estimator, mx, my)
     return handles
 def _check_some_hold(runs, estimator):
     """Fail, as a single run would, unless at least one run holds ``estimator`` (the others get a note)."""
