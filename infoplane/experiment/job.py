@@ -330,6 +330,11 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         run_dir = fraction_dir(out, fraction)
         if resume and (run_dir / META).exists():
             _check_same_settings(run_dir, meta, recorded)
+            stored = (read_meta(run_dir).get("sharpness") or {}).get("measures")
+            if json.loads(json.dumps(measures)) != stored:
+                raise ConfigError(f"{run_dir} was recorded with other sharpness measures (`sharpness`, "
+                                  f"`sharpness_rho`) than these; resume it with the same settings, or pass "
+                                  f"`overwrite=True` to start it again", "sharpness", "sharpness_rho", "overwrite")
         plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta))
     if ray is not None and ray is not False:  # Ray: one task per fraction, the same code inside
         from infoplane.experiment.raysweep import run_on_ray
