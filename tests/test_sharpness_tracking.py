@@ -214,3 +214,37 @@ def test_ensemble_and_loggers_get_sharpness_tags(tmp_path):
     direct = hessian_trace(models[1], nn.CrossEntropyLoss(), x[50:], y[50:], samples=2, seed=4).value
     assert run.sharpness.get("hessian_trace", seed=4)[0] == direct
     assert run.meta["sharpness"]["subset"] == [list(range(50)), list(range(46))]
+
+
+@pytest.mark.parametrize("fused", ["auto", False])
+def test_fit_engines_train_the_same_with_sharpness_recorded(fused):
+    """The fused kernel and the stacked ensemble hand the tracker torch modules over their weights: measuring
+    them changes nothing in training."""
+    from infoplane.train import fit
+
+    x, y = make_data(n=64)
+
+    def net():
+        return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+
+    plain = fit(net, x, y, np.arange(48), seeds=3, epochs=2, batch_size=16, lr=0.05, optimizer="sgd", fused=fused)
+    trackers = []
+
+    def callback(epoch, members, metrics):
+        if not trackers:
+            trackers.append(infoplane.Tracker(members, x, y, seeds=[0, 1, 2], sharpness={"hessian_trace": {
+                "samples": 2}}, sharpness_data=(x[:48], y[:48])))
+        trackers[0].step(epoch)
+
+    recorded = fit(net, x, y, np.arange(48), seeds=3, epochs=2, batch_size=16, lr=0.05, optimizer="sgd",
+                   fused=fused, callback=callback)
+    trackers[0].close()
+    assert recorded.vectorized and recorded.reason == plain.reason
+    for a, b in zip(plain.members, recorded.members):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.equal(p, q)
+    run = trackers[0].run
+    assert run.sharpness.get("hessian_trace").shape == (3, 3)
+    # the last epoch's value is the trained network's
+    final = hessian_trace(recorded.members[2], nn.CrossEntropyLoss(), x[:48], y[:48], samples=2, seed=2).value
+    assert run.sharpness.get("hessian_trace", seed=2)[-1] == pytest.approx(final, rel=1e-6)

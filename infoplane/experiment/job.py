@@ -412,6 +412,10 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
                 here = again if again.to_json() == stored.get("schedule") else schedule
             _check_same_settings(run_dir, stored, meta, {**recorded, "schedule": here.to_json()}, requested,
                                  extend_from)
+            if json.loads(json.dumps(measures)) != (stored.get("sharpness") or {}).get("measures"):
+                raise ConfigError(f"{run_dir} was recorded with other sharpness measures (`sharpness`, "
+                                  f"`sharpness_rho`) than these; resume it with the same settings, or pass "
+                                  f"`overwrite=True` to start it again", "sharpness", "sharpness_rho", "overwrite")
         plans.append(FractionPlan(fraction, run_dir, splits, probe_x, probe_y, meta, targets, schedule=here,
                                   extend_from=extend_from))
     # The last check before training: every run directory can be created and written (nothing else is touched).
