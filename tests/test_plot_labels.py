@@ -178,10 +178,13 @@ def test_renyi_values_get_their_own_axes_and_ceilings_not_shannons():
     curve_axes = ip.curves(run).axes[:2]
     levels = ceiling_levels(curve_axes[1])
     assert levels == [pytest.approx(1.0)] and "Rényi" in curve_axes[1].get_ylabel()
-    # Shannon estimates keep H(Y).
+    # Shannon estimates keep H(Y); side by side with Rényi ones, each panel keeps its own labels and ceilings.
     shannon = Run(_meta(h_y=h_y), _rows())
     ax = plane_axes(ip.information_plane(shannon))[0]
     assert ceiling_levels(ax) == [pytest.approx(h_y)]
+    left, right = plane_axes(ip.compare([shannon, run], titles=["binned", "renyi"]))
+    assert left.get_ylabel() == "I(T;Y) [bits]" and "Rényi" in right.get_ylabel()
+    assert ceiling_levels(left) == [pytest.approx(h_y)] and ceiling_levels(right) == [pytest.approx(1.0)]
 
 
 # ------------------------------------------------------------------------------------------ no note over data

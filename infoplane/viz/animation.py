@@ -227,7 +227,7 @@ def animate(runs: RunsLike, out: Union[str, os.PathLike] = "plane.gif", *, estim
             draw_bound(ax, run)
         tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
         warn_saturation(ax, run, estimator)
-        if i:
+        if i and ax.get_ylabel() == axes[0].get_ylabel():  # said once, unless this panel measures another thing
             ax.set_ylabel("")
         boxes = PolyCollection([], facecolors="none", edgecolors="none", alpha=0.2, zorder=1.5)
         ax.add_collection(boxes)

@@ -12,6 +12,7 @@ import numpy as np
 
 from infoplane.bounds import IBCurve, ib_curve
 from infoplane.runs.reader import Run
+from infoplane.viz.drawing import add_note
 from infoplane.viz.stats import ceilings, chain_report
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def draw_chain_flags(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarra
     """Ring the points where a layer holds more than the layer before it (:func:`infoplane.viz.stats.chain_report`).
 
     Nothing is drawn for a run whose layers are known not to form a chain (a skip connection): the inequality
-    does not apply there, and a note says so on the axes.
+    does not apply there, and a note below the axes says so.
 
     Parameters
     ----------
@@ -104,14 +105,13 @@ def draw_chain_flags(ax: Axes, run: Run, estimator: Optional[str], mx: np.ndarra
     """
     rep = chain_report(run, estimator, tol=tol)
     if rep.applies is False:
-        ax.annotate("not a chain: no data-processing check", (0.99, 0.01), xycoords="axes fraction", ha="right",
-                    va="bottom", fontsize=7, color="0.45")
+        add_note(ax, "not a chain: no data-processing check", color="0.45")
         return 0
     bad = rep.ixt | rep.ity
     if bad.any():
         e, j = np.nonzero(bad)
         ax.scatter(mx[e, j], my[e, j], s=90, facecolors="none", edgecolors="red", linewidths=0.9, zorder=3.5,
                    label="_chain_flags")
-        ax.annotate(f"red rings: a layer above the one before it ({rep.count}x, data-processing inequality)",
-                    (0.99, 0.01), xycoords="axes fraction", ha="right", va="bottom", fontsize=7, color="red")
+        add_note(ax, f"red rings: a layer above the one before it ({rep.count}x, data-processing inequality)",
+                 color="red")
     return rep.count

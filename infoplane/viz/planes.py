@@ -236,7 +236,7 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
         # Read each panel's limits now: the axes are shared, so the next panel overwrites them.
         tops.append((ax.get_xlim()[1], ax.get_ylim()[1]))
         ax.set_title(wrap_parts(own[i], text_width(ax, 9)), fontsize=9)
-        if i:
+        if i and ax.get_ylabel() == axes[0].get_ylabel():  # said once, unless this panel measures another thing
             ax.set_ylabel("")
     # Shared axes must hold every panel's ceiling and data.
     xmax = max(t[0] for t in tops)
