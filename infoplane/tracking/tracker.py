@@ -29,7 +29,7 @@ from infoplane.runs.reader import Run
 from infoplane.runs.writer import RunWriter
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
-from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_settings, per_layer
+from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_noise, layer_settings, per_layer
 from infoplane.tracking.recorder import Recorder
 from infoplane.tracking.schedule import as_schedule
 
@@ -310,6 +310,9 @@ class Tracker:
                                 reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
         if by_layer is not None:
             run_meta["estimator_layers"] = by_layer
+        noise = layer_noise(models[0], self.layer_info)
+        if noise:  # the network's own noise per layer, which estimate() needs to reduce and estimate again
+            run_meta["layer_noise"] = noise
         extra = check_extra_meta(meta, run_meta)
         # Loggers are made before the run directory, so that a bad one fails without leaving a run behind.
         from infoplane.tracking.sinks import as_sinks
