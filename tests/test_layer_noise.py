@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from infoplane import Noisy, Tracker, add_noise
+from infoplane import Noisy, Tracker, add_noise, estimate
 from infoplane.estimators import noisy_mi
 
 STD = 0.3
@@ -55,11 +55,18 @@ def test_noise_variance_follows_the_network_and_the_reduction(tmp_path):
     assert by_layer["auto"]["1.clean"]["noise_var"] == pytest.approx(STD ** 2 / 64)
     assert by_layer["auto"]["3.clean"]["noise_var"] == pytest.approx(STD ** 2)
     assert by_layer["override"]["3.clean"]["noise_var"] == 0.01
-    # The two conv layers differ in size, so channel-mean gives each its own variance.
-    with Tracker(small_cnn(), x, y, layers=layers, estimators=[Noisy(samples=SAMPLES)], schedule=[0],
-                 reduce="channel-mean") as t2:
-        pass
-    assert t2.run.meta["estimator_layers"]["noisy"]["3.clean"]["noise_var"] == pytest.approx(STD ** 2 / 16)
+    assert run.meta["layer_noise"] == {"1.clean": STD, "3.clean": STD}
+    # From the saved activations, estimate() fixes the same per-layer values, and follows another reduction:
+    # the two conv layers differ in size, so channel-mean gives each its own variance.
+    again = estimate(tmp_path / "run")
+    for est in ("auto", "override"):
+        assert np.array_equal(again.get("ixt", est), run.get("ixt", est))
+        assert np.array_equal(again.get("ity", est), run.get("ity", est))
+    cm = estimate(tmp_path / "run", [Noisy(samples=SAMPLES)], reduce="channel-mean")
+    assert cm.meta["estimator_layers"]["noisy"]["3.clean"]["noise_var"] == pytest.approx(STD ** 2 / 16)
+    cmean3 = acts["3.clean"].reshape(48, 3, 16).mean(dim=2)
+    want3 = noisy_mi(cmean3, y, noise_var=STD ** 2 / 16, samples=SAMPLES)
+    assert cm.get("ixt", seed=0)[0, 1] == pytest.approx(float(want3.ixt), abs=1e-9)
 
 
 def test_noisy_without_noise_is_refused():

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from infoplane.capture import reduce as reduce_mod
+from infoplane.capture.hooks import Layer
 from infoplane.runs.format import ACTIVATIONS, METRICS, read_meta, read_metrics
 from infoplane.runs.reader import Run
 from infoplane.runs.writer import RunWriter
-from infoplane.tracking.estimators import as_estimators
+from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_settings, per_layer
 from infoplane.tracking.recorder import estimate_rows, sort_rows
 
 __all__ = ["estimate"]
@@ -66,8 +67,16 @@ def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Unio
     plan = reduce_mod.resolve(reduce, [(l, shapes.get(l)) for l in layers])
     reduced = {l: plan[l].width(shapes.get(l) or (widths[l],)) for l in layers}
     # Side variables are not re-estimated: their values are not saved with the activations.
+    # Settings that depend on the layer (the network's own noise, after the reduction), as the tracker fixes them.
+    info = [Layer(l["name"], l["width"], l.get("kind", "hidden"), l.get("transform"), l.get("module", ""),
+                  l.get("pool"), l.get("select"), shapes.get(l["name"])) for l in meta["layers"]]
+    bound = per_layer(estimators, layer_contexts(meta.get("layer_noise") or {}, info, plan))
+    by_layer = layer_settings(estimators, bound)
     new_meta = {k: v for k, v in meta.items()
-                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed", "targets")}
+                if k not in ("format", "format_version", "start_time", "end_time", "complete", "resumed",
+                             "estimator_layers", "targets")}
+    if by_layer is not None:
+        new_meta["estimator_layers"] = by_layer
     new_meta.update(estimators=[{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                 for e in estimators],
                     keep_activations=False, derived_from=os.path.abspath(run_dir),
@@ -91,7 +100,7 @@ def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Unio
                 if plan[layer].kind != "flatten":
                     acts = reduce_mod.reduce_activations(acts, plan[layer], shape=shapes.get(layer) or (widths[layer],),
                                                          layer=layer).to(acts.dtype)
-                rows += estimate_rows(acts, labels, estimators, meta.get("fraction"), [(seed, e) for e in part],
+                rows += estimate_rows(acts, labels, bound[layer], meta.get("fraction"), [(seed, e) for e in part],
                                        layer)
     rows = sort_rows(rows, meta["seeds"], layers, estimators)
     writer.add_metrics_many(sorted(read_metrics(os.path.join(run_dir, METRICS))[1].items()))

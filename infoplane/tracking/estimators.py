@@ -3,7 +3,7 @@ with the original 30-bin grid on [-1, 1] as the default; and, per layer, the ver
 (its reduction and the noise the network adds to it)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
@@ -11,7 +11,7 @@ from infoplane.capture.reduce import Reduction
 from infoplane.estimators.base import LayerContext, default_estimator, for_layer, from_settings
 from infoplane.networks.noise import noise_levels
 
-__all__ = ["as_estimators", "layer_contexts", "per_layer", "layer_settings"]
+__all__ = ["as_estimators", "layer_contexts", "layer_noise", "per_layer", "layer_settings"]
 
 
 def as_estimators(estimators: Any) -> list:
@@ -37,13 +37,21 @@ def as_estimators(estimators: Any) -> list:
     return out
 
 
-def layer_contexts(model: nn.Module, layers: Sequence, reductions: dict) -> dict[str, LayerContext]:
+def layer_noise(model: nn.Module, layers: Sequence) -> dict[str, float]:
+    """The standard deviation of the noise the network adds to each recorded layer that gets some
+    (:func:`infoplane.networks.noise.noise_levels`), for meta.json and :func:`layer_contexts`; empty when none."""
+    levels = noise_levels(model)
+    return {layer.name: levels[layer.name] for layer in layers if layer.name in levels}
+
+
+def layer_contexts(levels: Union[nn.Module, dict], layers: Sequence, reductions: dict) -> dict[str, LayerContext]:
     """What each recorded layer offers an estimator: its shape, reduction, and the network's own noise on it.
 
     Parameters
     ----------
-    model : nn.Module
-        The (first) model; its :func:`~infoplane.add_noise` modules give the noise levels.
+    levels : nn.Module or dict
+        The (first) model, whose :func:`~infoplane.add_noise` modules give the noise levels, or those levels
+        (layer name -> noise standard deviation, as :func:`infoplane.networks.noise.noise_levels` gives them).
     layers : list of Layer
         The resolved layers (:func:`infoplane.capture.hooks.resolve_layers`).
     reductions : dict
@@ -54,7 +62,8 @@ def layer_contexts(model: nn.Module, layers: Sequence, reductions: dict) -> dict
     dict
         Layer name -> :class:`~infoplane.estimators.base.LayerContext`.
     """
-    levels = noise_levels(model)
+    if isinstance(levels, nn.Module):
+        levels = noise_levels(levels)
     out = {}
     for layer in layers:
         red: Reduction = reductions.get(layer.name) or Reduction("flatten")

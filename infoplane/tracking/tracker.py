@@ -31,7 +31,7 @@ from infoplane.runs.reader import Run
 from infoplane.runs.writer import RunWriter
 from infoplane.tracking.distributed import DEFAULT_TIMEOUT, Sharded, check_options, strip_prefix, unwrap
 from infoplane.tracking.distributed import active as distributed_active
-from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_settings, per_layer
+from infoplane.tracking.estimators import as_estimators, layer_contexts, layer_noise, layer_settings, per_layer
 from infoplane.tracking.gradients import GradientRow, GradientStats
 from infoplane.tracking.recorder import Recorder, add_timings
 from infoplane.tracking.schedule import as_schedule, extends, from_json
@@ -417,6 +417,9 @@ class Tracker:
         # --
         if by_layer is not None:
             run_meta["estimator_layers"] = by_layer
+        noise = layer_noise(models[0], self.layer_info)
+        if noise:  # the network's own noise per layer, which estimate() needs to reduce and estimate again
+            run_meta["layer_noise"] = noise
         extra = check_extra_meta(meta, run_meta)
         if name is not None:
             if not isinstance(name, str) or not name.strip():
