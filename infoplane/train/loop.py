@@ -13,7 +13,7 @@ from infoplane._validate import check_int
 from infoplane.data.modelfile import ModelFile
 from infoplane.train.arguments import as_index_sets, as_seeds
 from infoplane.train.engines import choose_engine
-from infoplane.train.metrics import LazyMetrics, evaluate_members
+from infoplane.train.metrics import LazyMetrics, MemberMetrics
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import check_state, derive_seed, initial_rng, restore, snapshot
 from infoplane.train.vectorized import unshare
@@ -189,8 +189,10 @@ def fit(
     def current_state(epoch):
         return snapshot(epoch, seeds, engine, generators, rngs)
 
+    evaluate_all = MemberMetrics()  # one stacked pass per index set where the members allow it
+
     def evaluate():
-        return evaluate_members(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
+        return evaluate_all(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
 
     def report(epoch):
         if callback is not None:
