@@ -133,7 +133,8 @@ def _log_kernel_sums(h, labels, bounds, dtype, scale_lower, budget):
     return out.log_()
 
 
-def direct_kernel_sums(h, labels, bounds, scale_lower, budget):
+def direct_kernel_sums(h: torch.Tensor, labels: torch.Tensor, bounds: list[int], scale_lower: float,
+                       budget: int) -> torch.Tensor:
     """The float32 route off the CPU: :func:`_log_kernel_sums` for ``dtype=float32``, with the squared distances
     summed from squared float32 differences on ``h``'s device (no matrix product, so no precision setting applies).
 

@@ -16,6 +16,7 @@ import torch
 
 from infoplane.capture.hooks import model_device, probe
 from infoplane.capture.reduce import reduce_activations
+from infoplane.capture.stacked import StackedProbe
 from infoplane.data import probeset
 from infoplane.estimators.base import protocol_attribute
 from infoplane.runs.format import VALUES, Row
@@ -195,6 +196,8 @@ class Recorder:
     def __post_init__(self):
         # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
         self._probe_inputs = {}
+        # Identical plain MLPs are probed together in one stacked pass (where it matches their own bit for bit).
+        self._stacked = StackedProbe()
 
     @property
     def layer_names(self) -> list[str]:
@@ -204,12 +207,19 @@ class Recorder:
         """Probe every model at ``epoch``: per seed, layer name -> activations ``[N, d]``."""
         t0 = time.perf_counter()
         per_seed = []
-        for model, seed in zip(self.models, self.seeds):
+        first = model_device(self.models[0])
+        if first not in self._probe_inputs:
+            self._probe_inputs[first] = probeset.to_device(self.inputs, first)
+        together = self._stacked(self.models, self._probe_inputs[first], self.layers, self.probe_batch_size, epoch)
+        for i, (model, seed) in enumerate(zip(self.models, self.seeds)):
             here = model_device(model)  # looked up each time: the model may have moved since construction
             device = self.device or here
             if here not in self._probe_inputs:
                 self._probe_inputs[here] = probeset.to_device(self.inputs, here)
-            acts = probe(model, self._probe_inputs[here], self.layers, self.probe_batch_size, epoch=epoch)
+            if together is not None:
+                acts = together[i]
+            else:
+                acts = probe(model, self._probe_inputs[here], self.layers, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
             # One host sync per member (not per layer) on accelerators.
             finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()

@@ -16,7 +16,7 @@ from infoplane.tracking.gradients import GradientRow, GradientStats, rows_from_m
 from infoplane.train.arguments import as_index_sets, as_seeds
 from infoplane.train.engines import choose_engine
 from infoplane.train.fused import FusedEngine
-from infoplane.train.metrics import LazyMetrics, evaluate_members
+from infoplane.train.metrics import LazyMetrics, MemberMetrics
 from infoplane.train.sequential import SequentialEngine
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import check_state, derive_seed, initial_rng, restore, snapshot
@@ -216,8 +216,10 @@ def fit(
     def current_state(epoch):
         return snapshot(epoch, seeds, engine, generators, rngs)
 
+    evaluate_all = MemberMetrics()  # one stacked pass per index set where the members allow it
+
     def evaluate():
-        return evaluate_members(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
+        return evaluate_all(engine.members, spec.loss, inputs, labels, train_sets, test_sets)
 
     grads = None if gradients is None else EpochGradients(engine, gradients)
     want_gradients = gradient_epochs if gradient_epochs is not None else (lambda epoch: True)

@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from infoplane.capture.stacked import same_mlps, stacked_outputs
+
 _EVAL_CHUNK = 8192  # rows per forward pass when computing metrics; bounds memory on large sets
 
 
@@ -38,6 +40,63 @@ class LazyMetrics(Mapping):
 
     def close(self) -> None:
         self._open = False
+
+
+class MemberMetrics:
+    """:func:`evaluate_members`, with one stacked forward pass per index set for identical plain MLPs.
+
+    Each member's outputs on its own rows come from one batched pass over all members (rows gathered per
+    member, as its own pass gathers them). Whether the batched product rounds exactly like the member's own is up
+    to the BLAS library, so the first call computes both and compares them bit for bit; the stacked pass is kept
+    only where they agree (the shapes stay the same from call to call).
+    """
+
+    def __init__(self) -> None:
+        self.exact: bool | None = None
+
+    @torch.no_grad()
+    def __call__(self, members: Sequence[nn.Module], loss_fn: Callable, inputs: torch.Tensor, labels: torch.Tensor,
+                 train_sets: Sequence[torch.Tensor], test_sets: Sequence[torch.Tensor] | None) -> dict[str, list[float]]:
+        if self.exact is False or not self._applies(members, inputs, train_sets, test_sets):
+            return evaluate_members(members, loss_fn, inputs, labels, train_sets, test_sets)
+        out: dict[str, list[float]] = {}
+        for prefix, sets in (("train", train_sets), ("test", test_sets)):
+            if sets is None:
+                continue
+            rows = torch.stack([s.to(inputs.device) for s in sets])
+            outputs = stacked_outputs(members, inputs[rows])
+            if self.exact is None:
+                own = [m(inputs[r]) for m, r in zip(members, rows)]
+                self.exact = all(torch.equal(a, b) for a, b in zip(own, outputs))
+                if not self.exact:
+                    return evaluate_members(members, loss_fn, inputs, labels, train_sets, test_sets)
+            values = [_loss_and_accuracy_of(outputs[i], loss_fn, labels[rows[i]]) for i in range(len(members))]
+            out[f"{prefix}_loss"] = [v[0] for v in values]
+            out[f"{prefix}_acc"] = [v[1] for v in values]
+        return out
+
+    @staticmethod
+    def _applies(members, inputs, train_sets, test_sets) -> bool:
+        if inputs.ndim != 2 or not inputs.is_floating_point() or not same_mlps(members):
+            return False
+        if any(m.training is not members[0].training for m in members):
+            return False
+        for sets in (train_sets, test_sets):
+            # one chunk per member, all of the same size: the member's own pass would take them the same way
+            if sets is not None and (len({len(s) for s in sets}) != 1 or not 0 < len(sets[0]) <= _EVAL_CHUNK):
+                return False
+        p = next(members[0].parameters())
+        return p.device == inputs.device and p.dtype == inputs.dtype
+
+
+def _loss_and_accuracy_of(output: torch.Tensor, loss_fn: Callable, y: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy of one chunk of outputs, as :func:`_loss_and_accuracy` computes them."""
+    n = len(y)
+    total_loss = float(loss_fn(output, y)) * n
+    if output.dim() < 2:
+        return total_loss / n, float("nan")
+    target = y if y.dim() == 1 else y.argmax(-1)
+    return total_loss / n, float((output.argmax(-1) == target).sum()) / n
 
 
 @torch.no_grad()
