@@ -214,7 +214,7 @@ def test_resume_refuses_changed_settings_and_checks_every_fraction_first(tmp_pat
     assert meta["caller"][:3] == ["infoplane", "track", TANH]
     capsys.readouterr()
     assert main(base + ["--fraction", "0.5", "--resume", "--lr", "0.1"]) == 2
-    assert "other training settings" in capsys.readouterr().err.splitlines()[0]
+    assert "training.lr: stored 0.0004, now 0.1 (--lr)" in capsys.readouterr().err.splitlines()[0]
     # a fraction too small for any training sample is refused before the first fraction trains or is replaced
     assert main(base + ["--fraction", "0.5", "--fraction", "0.0001", "--overwrite"]) == 2
     assert "0.0001" in capsys.readouterr().err.splitlines()[0]

@@ -302,7 +302,8 @@ def run_on_ray(job: Any, plans: list, address: str | None, cpus: float = 1.0, gp
     runs: dict[int, Any] = {}
     todo = []
     for i, plan in enumerate(plans):
-        if job.resume and (plan.run_dir / META).exists() and read_meta(plan.run_dir).get("complete"):
+        if job.resume and plan.extend_from is None and (plan.run_dir / META).exists() and \
+                read_meta(plan.run_dir).get("complete"):
             log(f"{plan.run_dir}: complete, skipped")
             runs[i] = load_run(plan.run_dir)
         else:
