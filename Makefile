@@ -16,9 +16,11 @@ $(CORE_STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e .
 	touch $(CORE_STAMP)
 
-$(STAMP): $(CORE_STAMP)
+# One pip run installs the test level on a fresh machine (it holds the core level too: both stamps are set).
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[test]'
-	touch $(STAMP)
+	touch $(CORE_STAMP) $(STAMP)
 
 install: $(STAMP)
 
@@ -28,8 +30,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check infoplane cli tests benchmarks examples
 	$(PY) -m mypy
 
+# The tests run in PYTEST_WORKERS processes (pytest-xdist; 2 by default, the cores of the CI machine); none of
+# them depends on another's order or files.
+PYTEST_WORKERS ?= 2
 test: lint
-	MPLBACKEND=Agg $(PY) -m pytest -q
+	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 # The C kernels built with AddressSanitizer and UndefinedBehaviorSanitizer (a separate cache key), and the tests of
 # both kernels run on them. A ctypes-loaded ASan library needs the ASan runtime preloaded; Python's own

@@ -111,7 +111,10 @@ def estimator_label(run: Run, estimator: Optional[str]) -> str:
     """The estimator's name with its settings, e.g. ``binning (bins=30, range=[-1, 1])``, numbers rounded."""
     entry = estimator_entry(run, estimator)
     settings = entry.get("settings") or {}
-    params = ", ".join(f"{k}={format_setting(v)}" for k, v in settings.items() if k not in ("kind", "name"))
+    # A setting left to each layer (None, e.g. the noise variance read from the network) is said once, not as None.
+    per_layer = "per layer" if any(v is None for v in settings.values()) else None
+    params = ", ".join([f"{k}={format_setting(v)}" for k, v in settings.items()
+                        if k not in ("kind", "name") and v is not None] + ([per_layer] if per_layer else []))
     return f"{entry['name']} ({params})" if params else entry["name"]
 
 
