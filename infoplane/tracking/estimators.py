@@ -86,7 +86,7 @@ def layer_contexts(levels: Union[nn.Module, dict], layers: Sequence, reductions:
             except ValueError as err:
                 why = f"is reduced with {err}"
         out[layer.name] = LayerContext(layer.name, None if layer.shape is None else tuple(layer.shape), red.spec,
-                                       std, var, why)
+                                       std, var, why, bool(levels))
     return out
 
 
