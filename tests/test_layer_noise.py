@@ -81,6 +81,11 @@ def test_noisy_without_noise_is_refused():
     with pytest.raises(ValueError, match="random:2"):
         Tracker(small_cnn(), x, y, layers=["1.clean"], estimators=[Noisy()], reduce="random:2")
     Tracker(small_cnn(), x, y, layers=["1.clean"], estimators=[Noisy({"1.clean": 0.1})], reduce="random:2").close()
+    # The rule itself: a projection keeps the variance, a mean over H x W positions divides it by H W.
+    from infoplane.capture.reduce import parse
+    assert parse("flatten").noise_variance((2, 8, 8), 0.09) == parse("pca:3").noise_variance((2, 8, 8), 0.09) == 0.09
+    assert parse("channel-mean").noise_variance((3, 4, 5), 0.09) == pytest.approx(0.09 / 20)
+    assert parse("channel-mean").noise_variance((7,), 0.09) == 0.09  # a [C] layer is left as it is
     with pytest.raises(ValueError, match="direct call"):
         Noisy()(torch.rand(10, 2), torch.arange(10) % 2)
 
