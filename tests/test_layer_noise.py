@@ -139,3 +139,16 @@ def test_fixed_range_bins_warn_once_per_layer_outside_their_range(tmp_path, caps
     assert rc == 0
     lines = [l for l in err.splitlines() if "outside the bins' range" in l]
     assert len(lines) == 1 and lines[0].startswith("warning: layer '1'")
+
+
+def test_the_noisy_cnn_example_records_its_noisy_layers():
+    from pathlib import Path
+
+    from infoplane.data.modelfile import load_model_file
+    from infoplane.networks.noise import noise_levels
+
+    mf = load_model_file(Path(__file__).resolve().parents[1] / "examples" / "digits_noisy_cnn.py")
+    model = mf.build(0)
+    assert noise_levels(model) == {name: 0.2 for name in mf.layers}  # every recorded layer gets its own noise
+    x, y = mf.data()
+    assert tuple(x.shape[1:]) == (1, 8, 8) and len(x) == len(y)
