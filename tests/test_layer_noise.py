@@ -72,7 +72,7 @@ def test_noise_variance_follows_the_network_and_the_reduction(tmp_path):
 def test_noisy_without_noise_is_refused():
     x, y = probe_set()
     plain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(128, 3))
-    with pytest.raises(ValueError, match=r"noise inside it.*adds none anywhere.*add_noise"):
+    with pytest.raises(ValueError, match=r"noise inside it, and this network adds none.*add_noise.*another estim"):
         Tracker(plain, x, y, estimators=[Noisy()])
     # The output layer of a noisy network has no noise of its own: refused, naming the noisy layers.
     with pytest.raises(ValueError, match=r"layer '5'.*no noise of its own.*after 1.clean, 3.clean"):
@@ -81,6 +81,11 @@ def test_noisy_without_noise_is_refused():
     with pytest.raises(ValueError, match="random:2"):
         Tracker(small_cnn(), x, y, layers=["1.clean"], estimators=[Noisy()], reduce="random:2")
     Tracker(small_cnn(), x, y, layers=["1.clean"], estimators=[Noisy({"1.clean": 0.1})], reduce="random:2").close()
+    # The rule itself: a projection keeps the variance, a mean over H x W positions divides it by H W.
+    from infoplane.capture.reduce import parse
+    assert parse("flatten").noise_variance((2, 8, 8), 0.09) == parse("pca:3").noise_variance((2, 8, 8), 0.09) == 0.09
+    assert parse("channel-mean").noise_variance((3, 4, 5), 0.09) == pytest.approx(0.09 / 20)
+    assert parse("channel-mean").noise_variance((7,), 0.09) == 0.09  # a [C] layer is left as it is
     with pytest.raises(ValueError, match="direct call"):
         Noisy()(torch.rand(10, 2), torch.arange(10) % 2)
 
@@ -134,3 +139,16 @@ def test_fixed_range_bins_warn_once_per_layer_outside_their_range(tmp_path, caps
     assert rc == 0
     lines = [l for l in err.splitlines() if "outside the bins' range" in l]
     assert len(lines) == 1 and lines[0].startswith("warning: layer '1'")
+
+
+def test_the_noisy_cnn_example_records_its_noisy_layers():
+    from pathlib import Path
+
+    from infoplane.data.modelfile import load_model_file
+    from infoplane.networks.noise import noise_levels
+
+    mf = load_model_file(Path(__file__).resolve().parents[1] / "examples" / "digits_noisy_cnn.py")
+    model = mf.build(0)
+    assert noise_levels(model) == {name: 0.2 for name in mf.layers}  # every recorded layer gets its own noise
+    x, y = mf.data()
+    assert tuple(x.shape[1:]) == (1, 8, 8) and len(x) == len(y)

@@ -62,6 +62,8 @@ class LayerContext:
         for ``channel-mean``); None when there is no noise or no single variance describes it.
     why_no_noise : str
         When ``noise_var`` is None: why, in words that end a sentence about the layer.
+    network_noise : bool
+        Whether the network adds noise anywhere (to this layer or others).
     """
 
     name: str
@@ -70,6 +72,7 @@ class LayerContext:
     noise_std: float | None = None
     noise_var: float | None = None
     why_no_noise: str = ""
+    network_noise: bool = False
 
 
 def for_layer(est: Any, layer: LayerContext) -> Any:

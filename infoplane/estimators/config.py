@@ -246,6 +246,11 @@ class Noisy(Estimator):
                     return value
         if layer.noise_var is not None:
             return layer.noise_var
+        if not layer.network_noise:
+            raise ValueError(
+                "the noisy estimator measures a network with noise inside it, and this network adds none (it has "
+                "no add_noise modules): add the noise with infoplane.add_noise(model, std), which the network then "
+                "trains and is probed with, or use another estimator (binning, kde; docs/choosing.md says which)")
         raise ValueError(
             f"the noisy estimator measures a network with noise inside it, and layer {layer.name!r} "
             f"{layer.why_no_noise or 'gets no noise from the network'}. Add the noise to the network with "

@@ -84,9 +84,9 @@ def layer_contexts(levels: Union[nn.Module, dict], layers: Sequence, reductions:
             try:
                 var = red.noise_variance(shape, std ** 2)
             except ValueError as err:
-                why = f"is reduced with {err}"
+                why = f"has no single noise variance after its reduction ({err})"
         out[layer.name] = LayerContext(layer.name, None if layer.shape is None else tuple(layer.shape), red.spec,
-                                       std, var, why)
+                                       std, var, why, bool(levels))
     return out
 
 
