@@ -234,3 +234,14 @@ def test_label_joint_merges_samples_without_changing_the_curve():
     np.testing.assert_allclose(np.interp(r, a.ixt, a.ity), np.interp(r, b.ixt, b.ity), atol=2e-3)
     with pytest.raises(ValueError, match="flip"):
         label_joint(labels, flip=1.5)
+
+
+def test_an_epoch_is_complete_only_with_every_side_variable_of_its_estimators():
+    from infoplane.runs.format import complete_epochs
+
+    base = [Row(0, None, e, "a", est, 1.0, 0.5, np.nan, np.nan) for e in (0, 1) for est in ("b", "k")]
+    targets = {"parity": ["b", "k"], "x": ["k"]}  # x is measured by k alone
+    rows = base + [r._replace(target="parity") for r in base] + [r._replace(target="x") for r in base
+                                                                  if r.estimator == "k" and r.epoch == 0]
+    assert complete_epochs(rows, [0], ["a"], ["b", "k"], targets) == {0}   # epoch 1 lacks its x row
+    assert complete_epochs(base, [0], ["a"], ["b", "k"]) == {0, 1}         # a run without side variables

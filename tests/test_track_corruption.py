@@ -41,6 +41,12 @@ def test_label_noise_is_drawn_once_recorded_and_the_clean_labels_tracked(tmp_pat
     assert run.meta["targets"][0]["h"] == pytest.approx(_entropy(y))
     itz = run.get("ity", target="y_clean")
     assert np.isfinite(itz).all() and (itz <= _entropy(y) + 1e-12).all()
+    # Accuracies against both label sets: they differ at most by the share of the part's labels that differ.
+    differs = want.y != y
+    for part in ("train", "test"):
+        idx = np.asarray(run.meta["split"][part][0])
+        gap = np.abs(run.metric(f"{part}_acc", seed=3) - run.metric(f"{part}_acc_clean", seed=3))
+        assert np.isfinite(gap).all() and (gap <= differs[idx].mean() + 1e-12).all()
     # A resumed run must draw the same corruption.
     assert main(args + ["--label-noise", "0.2", "--seed", "3", "--resume"]) == 2
     assert "corruption" in capsys.readouterr().err

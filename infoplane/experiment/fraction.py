@@ -26,6 +26,7 @@ from infoplane.tracking.schedule import Schedule
 from infoplane.tracking.sharpness import subset_indices
 from infoplane.tracking.tracker import Tracker
 from infoplane.train.loop import fit
+from infoplane.train.metrics import evaluate_members
 from infoplane.train.state import load_state, save_state
 
 __all__ = ["TrackJob", "FractionPlan", "run_fraction"]
@@ -179,6 +180,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
                 raise
         return made
 
+    clean = _CleanMetrics(job, plan)
+
     def callback(epoch, members, metrics):
         nonlocal tracker
         latest[0] = metrics.gradients
@@ -186,6 +189,7 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
             tracker = make_tracker(members)
         if epoch in tracker.schedule:
             values = dict(metrics)
+            values.update(clean(members))
             tracker.step(epoch, **values)
             if bar is not None:
                 bar.set_postfix(_postfix(values), refresh=False)
@@ -252,6 +256,8 @@ def _gradient_layers(job: TrackJob, plan: FractionPlan) -> dict[str, list[str]] 
         job.log("note: gradient statistics are not recorded: no tracked layer has a trainable weight")
         return None
     return found
+
+
 def _sharpness_options(job: TrackJob, plan: FractionPlan) -> dict[str, Any]:
     """The tracker's sharpness arguments: each seed's measures on ``sharpness_samples`` rows of its own training
     split, drawn here (only those rows are copied) and named in ``meta.json`` as rows of the data set. The
@@ -264,6 +270,37 @@ def _sharpness_options(job: TrackJob, plan: FractionPlan) -> dict[str, Any]:
     plan.meta["sharpness_rows"] = [r.tolist() for r in rows] if len(rows) > 1 else rows[0].tolist()
     return {"sharpness": job.sharpness, "sharpness_data": data if len(data) > 1 else data[0],
             "sharpness_loss": job.model_file.loss, "sharpness_samples": None}
+
+
+class _CleanMetrics:
+    """On data with corrupted labels, loss and accuracy against the clean labels (``train_acc_clean``,
+    ``test_acc_clean``, ...), beside the trainer's, which are against the labels the network was trained on."""
+
+    def __init__(self, job: TrackJob, plan: FractionPlan) -> None:
+        settings = (job.corruption or {}).get("settings") or {}
+        self.labels = None
+        if settings.get("label_noise", 0) > 0:
+            self.labels = torch.as_tensor(np.asarray(job.corruption["arrays"]["clean_labels"]))  # type: ignore[index]
+        self.inputs = job.inputs
+        self.loss = job.model_file.loss if job.model_file.loss is not None else torch.nn.CrossEntropyLoss()
+        self.train = [torch.as_tensor(np.asarray(s[0])) for s in plan.splits]
+        held_out = [torch.as_tensor(np.asarray(s[1])) for s in plan.splits]
+        self.test = None if any(len(t) == 0 for t in held_out) else held_out
+        self._placed: tuple | None = None
+
+    def __call__(self, members: list) -> dict:
+        if self.labels is None:
+            return {}
+        weight = next((p for p in members[0].parameters() if p.is_floating_point()), None)
+        device = weight.device if weight is not None else torch.device("cpu")
+        if self._placed is None or self._placed[0] != device:  # once per device, as the probe inputs
+            x = self.inputs.to(device)
+            if weight is not None and x.is_floating_point():
+                x = x.to(weight.dtype)
+            self._placed = (device, x, self.labels.to(device))
+        _, x, y = self._placed
+        out = evaluate_members(members, self.loss, x, y, self.train, self.test)
+        return {f"{k}_clean": v for k, v in out.items()}
 
 
 def _progress(enabled: bool, epochs: int, fraction: float, state: dict | None) -> Any:
