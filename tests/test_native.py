@@ -370,7 +370,8 @@ def test_a_prepared_fused_epoch_checks_what_changes_at_every_call():
 def test_the_kernel_refuses_rows_outside_the_inputs_before_reading_them():
     lib = fused_kernel.load()
     assert not isinstance(lib, str), lib
-    kw = fused_args(labels=torch.ones(40, dtype=torch.int64))
+    kw = fused_args(labels=torch.ones(40, dtype=torch.int64), hyper=torch.tensor([1e-2, 0.9, 0.999, 1e-8, 0.0],
+                                                                                 dtype=torch.float64))
     kw.pop("order"), kw.pop("step"), kw.pop("update")
     call = kernels.FusedEpoch(lib, **kw)
     before = kw["params"].clone()

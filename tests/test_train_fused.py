@@ -249,3 +249,17 @@ def test_gradient_statistics_equal_the_torch_path_with_gradient_stats(data, seed
             fit(build_tanh, inputs, labels, train, fused=True, gradients={"9": ["9.weight"]}, **kw)
         with pytest.raises(ValueError, match="no tracked layer has a trainable weight"):
             fit(build_tanh, inputs, labels, train, fused=True, gradients={"1": [], "3": []}, **kw)
+
+
+def test_the_kernels_exp_keeps_nan_and_infinities():
+    # NaN must come out NaN (a diverged run is never hidden), and no input may reach undefined behaviour in C
+    # (make sanitize runs this with UBSan).
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.0])
+    out = torch.empty_like(x)
+    params = torch.zeros(2)
+    for code in (1, 3):
+        LIB.ip_activate(code, ctypes.c_void_p(params.data_ptr()), ctypes.c_void_p(x.data_ptr()),
+                        ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(len(x)))
+        assert torch.isnan(out[0])
+        expected = torch.tanh(x[1:]) if code == 1 else torch.sigmoid(x[1:])
+        torch.testing.assert_close(out[1:], expected, rtol=0, atol=1e-7)

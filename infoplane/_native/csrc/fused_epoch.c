@@ -25,8 +25,10 @@ enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_SIGMOID = 3, ACT_LEAKY 
 /* e**x for float32 inputs, vectorisable: 2**n * e**r with |r| <= ln2/2, a degree-7 Taylor polynomial
  * (truncation < 0.1 ulp), and a two-part ln 2 so that r is exact. */
 static inline float ip_exp(float x) {
+    /* xn takes NaN to -87 so that n converts to int without undefined behaviour; x keeps NaN, so e**NaN is NaN */
+    float xn = x > -87.0f ? (x < 88.0f ? x : 88.0f) : -87.0f;
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = nearbyintf(x * 1.44269504088896341f);
+    float n = nearbyintf(xn * 1.44269504088896341f);
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.0f / 5040.0f;
@@ -56,7 +58,7 @@ static inline float ip_tanh(float x) {
     s = s * a2 + 2.0f / 15.0f;
     s = s * a2 - 1.0f / 3.0f;
     float small = a + a * (a2 * s);
-    float e = ip_exp(2.0f * (a < 9.0f ? a : 9.0f));
+    float e = ip_exp(2.0f * (a > 9.0f ? 9.0f : a)); /* written so that NaN stays NaN */
     float big = 1.0f - 2.0f / (e + 1.0f);
     float t = a < 0.55f ? small : big;
     return copysignf(t, x);
