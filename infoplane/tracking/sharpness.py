@@ -10,7 +10,7 @@ would without them.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 from infoplane import sharpness as measures_mod
 from infoplane._validate import check_float, check_int
 from infoplane.runs.format import SharpnessRow
+from infoplane.sharpness import ensemble
 
 __all__ = ["MEASURES", "DEFAULT_OPTIONS", "SharpnessPlan", "as_measures", "subset_indices"]
 
@@ -174,6 +175,8 @@ class SharpnessPlan:
     samples : int or None
         Requested subset size.
     subset_seed : int
+    how : dict
+        Per measure, after :meth:`measure`: ``"batched"`` or why the models were measured one at a time.
     """
 
     measures: dict[str, dict[str, Any]]
@@ -182,6 +185,7 @@ class SharpnessPlan:
     loss_fn: Callable[[Any, Any], torch.Tensor]
     samples: Optional[int]
     subset_seed: int
+    how: dict = field(default_factory=dict)
 
     @classmethod
     def make(cls, spec: Any, models: Sequence[nn.Module], data: Any, loss_fn: Optional[Callable], *,
@@ -246,13 +250,17 @@ class SharpnessPlan:
                 "loss": _describe(self.loss_fn)}
 
     def measure(self, models: Sequence[nn.Module], seeds: Sequence[int], epoch: int) -> list[SharpnessRow]:
-        """Every measure of every model at this epoch (one model at a time), as ``sharpness.csv`` lines."""
-        rows = []
-        for model, seed, (x, y) in zip(models, seeds, self.data):
-            for name, options in self.measures.items():
-                result = MEASURES[name](model, self.loss_fn, x, y, seed=int(seed), **options)
-                rows.append(_row(int(seed), int(epoch), name, result))
-        return rows
+        """Every measure of every model at this epoch, as ``sharpness.csv`` lines (model by model, measures in
+        order). The measures that can run all models at once do (see :func:`infoplane.sharpness.ensemble`);
+        :attr:`how` says, per measure, whether they did or why not."""
+        xs, ys = [x for x, _ in self.data], [y for _, y in self.data]
+        by_measure = {}
+        for name, options in self.measures.items():
+            results, self.how[name] = ensemble(models, self.loss_fn, xs, ys, name, seeds=[int(s) for s in seeds],
+                                               **options)
+            by_measure[name] = results
+        return [_row(int(seed), int(epoch), name, by_measure[name][i])
+                for i, seed in enumerate(seeds) for name in self.measures]
 
 
 def _describe(loss_fn: Any) -> str:
