@@ -81,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="chunk size for every measure (default: none)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure, after a warm-up")
     parser.add_argument("--seeds", type=int, default=20, help="networks of the ensemble part (default 20)")
+    parser.add_argument("--network", choices=["both", "tishby", "cnn"], default="both",
+                        help="which network to time (default both)")
     args = parser.parse_args(argv)
 
     iters, samples, steps, repeats = (10, 10, 5, 1) if args.quick else (20, 20, 10, args.repeats)
@@ -97,7 +99,8 @@ def main(argv=None):
          lambda r: (r.samples + 1, "fwd")),
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; batch_size={args.batch_size}")
-    for name, model, x, y in (tishby_network(), cifar_cnn(images)):
+    wanted = {"both": (0, 1), "tishby": (0,), "cnn": (1,)}[args.network]
+    for name, model, x, y in [(tishby_network, lambda: cifar_cnn(images))[i]() for i in wanted]:
         n_params = sum(p.numel() for p in model.parameters())
         loss = nn.CrossEntropyLoss()
         rows = []
@@ -117,7 +120,7 @@ def main(argv=None):
                "sam_sharpness": {"rho": 0.05, "steps": steps}, "adaptive_sharpness": {"rho": 0.05, "steps": steps},
                "random_sharpness": {"rho": 0.05, "samples": samples}}
     seeds = 2 if args.quick else args.seeds
-    for name, build, x, y in (tishby_ensemble(), cifar_ensemble(images)):
+    for name, build, x, y in [(tishby_ensemble, lambda: cifar_ensemble(images))[i]() for i in wanted]:
         rows = []
         epoch = training_epoch(build(0), x[:1024], y[:1024])
         for measure, opts in options.items():
@@ -135,8 +138,9 @@ def main(argv=None):
 def per_epoch(build, seeds, measures, x, y):
     """Seconds the tracker's plan takes to measure ``seeds`` networks once (after a warm-up), and how."""
     models = [build(s) for s in range(seeds)]
+    warm = models[:2]  # a warm-up, the batched path's included
+    SharpnessPlan.make(measures, warm, (x, y), None, samples=1024, subset_seed=0).measure(warm, [0, 1][:len(warm)], 0)
     plan = SharpnessPlan.make(measures, models, (x, y), None, samples=1024, subset_seed=0)
-    plan.measure(models[:2], [0, 1], 0)  # warm-up, the batched path's included
     t0 = time.perf_counter()
     plan.measure(models, list(range(seeds)), 0)
     return time.perf_counter() - t0, next(iter(plan.how.values()))

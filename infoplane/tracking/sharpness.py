@@ -253,6 +253,9 @@ class SharpnessPlan:
         """Every measure of every model at this epoch, as ``sharpness.csv`` lines (model by model, measures in
         order). The measures that can run all models at once do (see :func:`infoplane.sharpness.ensemble`);
         :attr:`how` says, per measure, whether they did or why not."""
+        if len(models) != len(self.data) or len(seeds) != len(self.data):
+            raise ValueError(f"this plan measures {len(self.data)} model(s); got {len(models)} model(s) and "
+                             f"{len(seeds)} seed(s)")
         xs, ys = [x for x, _ in self.data], [y for _, y in self.data]
         by_measure = {}
         for name, options in self.measures.items():
