@@ -240,6 +240,7 @@ class SharpnessPlan:
                 y = y.long()
             subsets.append((x, y))
             indices.append(idx)
+        _check_loss(models[0], loss_fn, *subsets[0])
         return cls(measures, subsets, indices, loss_fn, samples, subset_seed)
 
     def settings(self) -> dict[str, Any]:
@@ -264,6 +265,29 @@ class SharpnessPlan:
             by_measure[name] = results
         return [_row(int(seed), int(epoch), name, by_measure[name][i])
                 for i, seed in enumerate(seeds) for name in self.measures]
+
+
+def _check_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The loss on two rows must be a scalar: checked once, in eval mode, without gradients and with torch's RNG
+    forked, so that the model and training are untouched."""
+    modes = [(m, m.training) for m in model.modules()]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            try:
+                value = loss_fn(model(x[:2]), y[:2])
+            except Exception as err:  # noqa: BLE001 - any failure here means the data or loss do not fit
+                raise ValueError(f"sharpness: the loss of the model on sharpness_data failed "
+                                 f"({type(err).__name__}: {err}); give training data (x, y) that the model and "
+                                 f"sharpness_loss accept") from err
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"sharpness_loss must return a scalar (the loss averaged over the batch); it returned "
+                         f"{shape}. Use a mean reduction, e.g. nn.CrossEntropyLoss(reduction='mean')")
 
 
 def _describe(loss_fn: Any) -> str:
