@@ -113,6 +113,7 @@ def test_track_cli_with_sam_from_the_model_file_and_sharpness(tmp_path, capsys):
     run_dir = out / "fraction-0.8"
     assert (run_dir / "sharpness.csv").exists() and (run_dir / "sharpness.png").exists()
     assert f"figure: {run_dir / 'sharpness.png'}" in captured.out
+    assert "sharpness at epoch 1: sam_sharpness " in captured.out
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["sharpness"]["measures"]["sam_sharpness"]["rho"] == 0.02
     # each seed's 64 rows come from its own training split, and are recorded as rows of the data set

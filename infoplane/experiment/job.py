@@ -426,7 +426,8 @@ def summary(runs: Sequence[Run]) -> str:
     Returns
     -------
     str
-        One header line per run (its final epoch is the trained network), then one line per layer.
+        One header line per run (its final epoch is the trained network), then one line per layer, then the
+        final sharpness measures of runs that recorded them.
     """
     lines = []
     for run in runs:
@@ -446,4 +447,8 @@ def summary(runs: Sequence[Run]) -> str:
         for j, layer in enumerate(run.layers):
             lines.append(f"  {layer.ljust(width)}  {np.nanmedian(ixt[:, -1, j]):6.3f}  "
                          f"{np.nanmedian(ity[:, -1, j]):6.3f}")
+        if run.sharpness:  # the trained network's sharpness, median over seeds
+            final = [f"{m} {np.nanmedian(run.sharpness.get(m)[:, -1]):.4g}" for m in run.sharpness.measures
+                     if np.isfinite(run.sharpness.get(m)[:, -1]).any()]
+            lines.append(f"  sharpness at epoch {int(run.epochs[-1])}: {', '.join(final) or 'not recorded'}")
     return "\n".join(lines)
