@@ -132,3 +132,26 @@ def test_track_cli_with_sam_from_the_model_file_and_sharpness(tmp_path, capsys):
                  "--optimizer", "adam", "--rho", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "--rho" in err and "--optimizer" in err
+
+
+def test_model_file_names_its_optimizer(tmp_path):
+    from infoplane.data.modelfile import ModelFileError, load_model_file
+    from infoplane.optim import SAM
+    from infoplane.train.spec import TrainSpec
+
+    def write(body):
+        path = tmp_path / "m.py"
+        path.write_text("from torch import nn\ndef build_model():\n    return nn.Linear(3, 2)\n" + body)
+        return path
+
+    mf = load_model_file(write('optimizer = "asam"\nrho = 0.3\n'))
+    assert mf.optimizer == "asam" and mf.rho == 0.3
+    opt = TrainSpec.from_args(mf, 0.1, None, None).make_optimizer(mf.build(0).parameters())
+    assert isinstance(opt, SAM) and opt.param_groups[0]["rho"] == 0.3 and opt.param_groups[0]["adaptive"]
+    assert isinstance(opt.base_optimizer, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ModelFileError, match="names no optimizer.*'sam'"):
+        load_model_file(write('optimizer = "lbfgs"\n'))
+    with pytest.raises(ModelFileError, match="rho in m.py is the radius"):
+        load_model_file(write('optimizer = "adam"\nrho = 0.1\n'))
+    with pytest.raises(ModelFileError, match="rho in m.py must be a number > 0"):
+        load_model_file(write('optimizer = "sam"\nrho = -1\n'))
