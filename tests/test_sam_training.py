@@ -21,13 +21,13 @@ def data(n=13):
     return x, torch.randint(0, 3, (n,), generator=g)
 
 
-def by_hand(x, y, seed, epochs, batch, lr, rho, adaptive, eta=0.01):
+def by_hand(x, y, seed, epochs, batch, lr, rho, adaptive, eta=0.01, make=build, train=None):
     """SAM written out: gradient at w, e = rho g/||g|| (ASAM: rho T^2 g/||T g||), gradient at w + e, SGD step at w."""
     torch.manual_seed(seed)  # fit builds each seed's network with torch's RNG seeded from the seed
-    model = build()
+    model = make()
     params = list(model.parameters())
     order_rng = torch.Generator().manual_seed(derive_seed(seed, 1))
-    train = torch.arange(len(x))
+    train = torch.arange(len(x)) if train is None else torch.as_tensor(train)
     for _ in range(epochs):
         order = train[torch.randperm(len(train), generator=order_rng)]
         for start in range(0, len(order), batch):
@@ -120,8 +120,18 @@ def test_track_cli_with_sam_from_the_model_file_and_sharpness(tmp_path, capsys):
     rows = meta["sharpness_rows"]
     assert len(rows) == 2 and all(len(r) == 64 and set(r) <= set(t) for r, t in zip(rows, meta["split"]["train"]))
     from infoplane import load_run
+    from infoplane.data import tishby12
 
     run = load_run(run_dir)
+    # the job trained what the two-step update trains: the trained network's training loss, seed 1
+    x, y = tishby12()
+    namespace = {}
+    exec(MODEL_FILE, namespace)
+    train = meta["split"]["train"][1]
+    net = by_hand(x.float(), y, 1, 1, 1024, 0.05, 0.1, adaptive=False, make=namespace["build_model"], train=train)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(net(x.float()[train]), y[train]).item()
+    assert run.metric("train_loss", seed=1)[-1] == pytest.approx(expected, rel=1e-5)
     assert run.sharpness.get("sam_sharpness").shape == (2, 2)
     assert np.isfinite(run.sharpness.get("sam_sharpness")).all()
     # errors found before anything trains
