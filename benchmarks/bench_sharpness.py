@@ -17,8 +17,9 @@ tens of times: compare figures taken with the same OMP_NUM_THREADS on an idle ma
 The second part is what a tracker pays per recorded epoch (``Tracker(sharpness=...)``, ``infoplane track
 --sharpness``): every measure, with the options above, through :class:`infoplane.tracking.sharpness.SharpnessPlan`
 on 1024 training rows (the CLI's default) of the 12-bit task and on the CNN's images, for one seed and for an
-ensemble of ``--seeds`` (20) networks, which are measured one after another. The ratio
-``ensemble / (seeds x one seed)`` is 1 when nothing is shared between seeds; one training epoch of a seed (plain
+ensemble of ``--seeds`` (20) networks (batched over the seeds where :func:`infoplane.sharpness.ensemble` can,
+one after another otherwise; the "how" column says which). The ratio ``ensemble / (seeds x one seed)`` is 1
+when batching gains nothing; one training epoch of a seed (plain
 SGD, batch 256, over the same rows) is printed for scale.
 """
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="chunk size for every measure (default: none)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measure, after a warm-up")
     parser.add_argument("--seeds", type=int, default=20, help="networks of the ensemble part (default 20)")
+    parser.add_argument("--network", choices=["both", "tishby", "cnn"], default="both",
+                        help="which network to time (default both)")
     args = parser.parse_args(argv)
 
     iters, samples, steps, repeats = (10, 10, 5, 1) if args.quick else (20, 20, 10, args.repeats)
@@ -96,7 +99,8 @@ def main(argv=None):
          lambda r: (r.samples + 1, "fwd")),
     ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; batch_size={args.batch_size}")
-    for name, model, x, y in (tishby_network(), cifar_cnn(images)):
+    wanted = {"both": (0, 1), "tishby": (0,), "cnn": (1,)}[args.network]
+    for name, model, x, y in [(tishby_network, lambda: cifar_cnn(images))[i]() for i in wanted]:
         n_params = sum(p.numel() for p in model.parameters())
         loss = nn.CrossEntropyLoss()
         rows = []
@@ -116,28 +120,30 @@ def main(argv=None):
                "sam_sharpness": {"rho": 0.05, "steps": steps}, "adaptive_sharpness": {"rho": 0.05, "steps": steps},
                "random_sharpness": {"rho": 0.05, "samples": samples}}
     seeds = 2 if args.quick else args.seeds
-    for name, build, x, y in (tishby_ensemble(), cifar_ensemble(images)):
+    for name, build, x, y in [(tishby_ensemble, lambda: cifar_ensemble(images))[i]() for i in wanted]:
         rows = []
         epoch = training_epoch(build(0), x[:1024], y[:1024])
         for measure, opts in options.items():
             one = per_epoch(build, 1, {measure: opts}, x, y)
-            many = per_epoch(build, seeds, {measure: opts}, x, y)
-            rows.append((measure, f"{one * 1e3:.0f}", f"{many:.2f}", f"{many / (seeds * one):.2f}",
-                         f"{one / epoch:.1f}"))
+            many, how = per_epoch(build, seeds, {measure: opts}, x, y)
+            rows.append((measure, f"{one[0] * 1e3:.0f}", f"{many:.2f}", f"{many / (seeds * one[0]):.2f}",
+                         f"{one[0] / epoch:.1f}", "batched" if how == "batched" else "one by one"))
         print_table(f"per recorded epoch through the tracker, {name}: 1 seed and {seeds} seeds "
                     f"(one training epoch of one seed: {epoch * 1e3:.0f} ms)",
-                    ("measure", "1 seed ms", f"{seeds} seeds s", f"ratio to {seeds} x 1", "1 seed / train epoch"),
+                    ("measure", "1 seed ms", f"{seeds} seeds s", f"ratio to {seeds} x 1", "1 seed / train epoch",
+                     "how"),
                     rows)
 
 
 def per_epoch(build, seeds, measures, x, y):
-    """Seconds the tracker's plan takes to measure ``seeds`` networks once (after a warm-up on one)."""
+    """Seconds the tracker's plan takes to measure ``seeds`` networks once (after a warm-up), and how."""
     models = [build(s) for s in range(seeds)]
+    warm = models[:2]  # a warm-up, the batched path's included
+    SharpnessPlan.make(measures, warm, (x, y), None, samples=1024, subset_seed=0).measure(warm, [0, 1][:len(warm)], 0)
     plan = SharpnessPlan.make(measures, models, (x, y), None, samples=1024, subset_seed=0)
-    plan.measure(models[:1], [0], 0)
     t0 = time.perf_counter()
     plan.measure(models, list(range(seeds)), 0)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, next(iter(plan.how.values()))
 
 
 def training_epoch(model, x, y, batch=256):

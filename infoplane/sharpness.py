@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -672,3 +673,234 @@ def random_sharpness(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *, rho: 
     base, mean, stderr = _sampled(model, loss, "gaussian", samples, seed,
                                   lambda z, base: loss.value(_axpy(rho / _norm(z), z, loss.params)) - base)
     return RandomSharpness(value=mean, stderr=stderr, samples=samples, rho=rho, loss=base)
+
+
+# ---------------------------------------------------------------------------------------------------- ensembles
+
+#: The measures :func:`ensemble` computes for all seeds at once (the others are measured seed after seed).
+BATCHED = ("hessian_top_eigenvalue", "hessian_trace", "random_sharpness")
+
+
+class _Stacked:
+    """Networks of one architecture with their parameters stacked along a new first axis, and the loss of each on
+    its own data through ``torch.func.vmap``: a Hessian-vector product of every seed in one call."""
+
+    def __init__(self, models: Sequence[nn.Module], loss_fn: LossFn, xs: Sequence[torch.Tensor],
+                 ys: Sequence[torch.Tensor]) -> None:
+        from torch.func import grad, jvp, vmap
+
+        first = models[0]
+        self.names = [n for n, p in first.named_parameters() if p.requires_grad]
+        self.buffer_names = [n for n, _ in first.named_buffers()]
+        self.per_model = [[p.detach() for n, p in m.named_parameters() if p.requires_grad] for m in models]
+        self.params = [torch.stack(ps) for ps in zip(*self.per_model)]
+        buffers = [[b.detach() for b in m.buffers()] for m in models]
+        self.buffers = [torch.stack(bs) for bs in zip(*buffers)] if self.buffer_names else []
+        self.x, self.y = torch.stack(list(xs)), torch.stack(list(ys))
+        self.model, self.loss_fn = first, loss_fn
+
+        def single(ws, bs, x, y):
+            state = {**dict(zip(self.names, ws)), **dict(zip(self.buffer_names, bs))}
+            loss = loss_fn(functional_call(self.model, state, (x,)), y)
+            return loss.reshape(())
+
+        def hvp(ws, bs, x, y, vs):
+            return jvp(lambda w: grad(single)(w, bs, x, y), (ws,), (vs,))[1]
+
+        self._loss = vmap(single, randomness="error")
+        self._hvp = vmap(hvp, randomness="error")
+
+    def loss(self, ws: Sequence[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return self._loss(list(ws), self.buffers, self.x, self.y)
+
+    def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(self._hvp(self.params, self.buffers, self.x, self.y, list(vs)))
+
+
+def _why_not_stacked(models: Sequence[nn.Module], xs: Sequence[Any], ys: Sequence[Any]) -> str:
+    layout = [(n, p.shape, p.dtype, p.requires_grad) for n, p in models[0].named_parameters()]
+    buffers = [(n, b.shape, b.dtype) for n, b in models[0].named_buffers()]
+    for m in models[1:]:
+        if [(n, p.shape, p.dtype, p.requires_grad) for n, p in m.named_parameters()] != layout or \
+                [(n, b.shape, b.dtype) for n, b in m.named_buffers()] != buffers:
+            return "the networks differ in their parameters or buffers"
+    if not all(isinstance(t, torch.Tensor) for t in (*xs, *ys)):
+        return "the data are not tensors"
+    if len({tuple(x.shape) for x in xs}) > 1 or len({tuple(y.shape) for y in ys}) > 1:
+        return "the seeds' data differ in shape"
+    if len({p.device for m in models for p in m.parameters()} | {x.device for x in xs}) > 1:
+        return "the networks or data sit on several devices"
+    return ""
+
+
+def _dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[float]:
+    """Per seed (first axis), the dot product of two stacked vectors, accumulated like :func:`_dot`."""
+    total = sum((u.to(_wide(u)) * v.to(_wide(u))).flatten(1).sum(1).cpu() for u, v in zip(a, b))
+    return [float(t) for t in total]  # type: ignore[union-attr]
+
+
+def ensemble(models: Sequence[nn.Module], loss_fn: LossFn, xs: Sequence[Any], ys: Sequence[Any], measure: str, *,
+             seeds: Sequence[int], **options: Any) -> tuple[list[Any], str]:
+    """One measure of every network of an ensemble, each on its own data and with its own seed.
+
+    The measures of :data:`BATCHED` run all networks at once (stacked parameters, ``torch.func.vmap``) where they
+    share one architecture and their data one shape; the results are those of calling the measure on each network
+    (the same random vectors, per-network stopping), up to floating-point rounding. Otherwise, and for the other
+    measures, the networks are measured one after another.
+
+    Parameters
+    ----------
+    models : list of nn.Module
+    loss_fn : callable
+        As for the measures.
+    xs, ys : list
+        Each network's data.
+    measure : str
+        A measure's function name (``"hessian_trace"``, ...).
+    seeds : list of int
+        Each network's ``seed``.
+    **options
+        The measure's other options.
+
+    Returns
+    -------
+    results : list
+        One result per network, as the measure returns it.
+    how : str
+        ``"batched"``, or why the networks were measured one at a time.
+    """
+    functions = {f.__name__: f for f in (hessian_top_eigenvalue, hessian_trace, sam_sharpness, adaptive_sharpness,
+                                         random_sharpness)}
+    if measure not in functions:
+        raise ValueError(f"unknown sharpness measure {measure!r}; known: {sorted(functions)}")
+    if not (len(models) == len(xs) == len(ys) == len(seeds)):
+        raise ValueError("give one data set and one seed per model")
+
+    def one_by_one(why: str) -> tuple[list[Any], str]:
+        return [functions[measure](m, loss_fn, x, y, seed=int(s), **options)
+                for m, x, y, s in zip(models, xs, ys, seeds)], why
+
+    if measure not in BATCHED:
+        return one_by_one(f"{measure} is measured one network at a time")
+    if len(models) < 2:
+        return one_by_one("a single network")
+    if options.get("batch_size") is not None:
+        return one_by_one("batch_size is set")
+    why = _why_not_stacked(models, xs, ys)
+    if why:
+        return one_by_one(why)
+    for m in models:  # the checks (and errors) of the per-network path, without its computation
+        _Loss(m, loss_fn, xs[0][:1], ys[0][:1], None)
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(_untouched(m))
+        # torch's forward-mode internals may warn of their own deprecations on first use: not the caller's concern
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            st = _Stacked(models, loss_fn, xs, ys)
+            base = st.loss(st.params)
+            st.hvp([torch.zeros_like(p) for p in st.params])  # the trial: vmap must be able to run it
+        except Exception as err:  # noqa: BLE001 - anything vmap cannot batch is measured one by one
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            stack.close()
+            return one_by_one(f"the batched evaluation failed ({type(err).__name__}: {first})")
+        bases = [float(b) for b in base]
+        if not all(math.isfinite(b) for b in bases):
+            stack.close()
+            return one_by_one("a loss is not finite")  # the per-network path raises the clear error
+        if measure == "hessian_trace":
+            results: list[Any] = _batched_trace(st, seeds, bases, **options)
+        elif measure == "random_sharpness":
+            results = _batched_random(st, seeds, bases, **options)
+        else:
+            results = _batched_top(st, seeds, bases, **options)
+    # A seed whose dominant eigenvalue was negative needs the shifted second iteration: its own call does it.
+    for i, r in enumerate(results):
+        if r is None:
+            results[i] = hessian_top_eigenvalue(models[i], loss_fn, xs[i], ys[i], seed=int(seeds[i]), **options)
+    return results, "batched"
+
+
+def _stacked_draws(kind: str, st: _Stacked, generators: Sequence[torch.Generator]) -> list[torch.Tensor]:
+    per_seed = [_draw(kind, ws, g) for ws, g in zip(st.per_model, generators)]
+    return [torch.stack(parts) for parts in zip(*per_seed)]
+
+
+def _batched_trace(st: _Stacked, seeds: Sequence[int], bases: list[float], *, samples: int = 50,
+                   seed: None = None) -> list[HessianTrace]:
+    samples = check_int(samples, "samples", minimum=2)
+    gens = [torch.Generator().manual_seed(check_int(s, "seed")) for s in seeds]
+    draws: list[list[float]] = [[] for _ in seeds]
+    for _ in range(samples):
+        z = _stacked_draws("rademacher", st, gens)
+        for i, v in enumerate(_dots(z, st.hvp(z))):
+            draws[i].append(v)
+    out = []
+    for d, base in zip(draws, bases):
+        mean, stderr = _mean_stderr(d)
+        out.append(HessianTrace(value=mean, stderr=stderr, samples=samples, loss=base))
+    return out
+
+
+def _batched_random(st: _Stacked, seeds: Sequence[int], bases: list[float], *, rho: float, samples: int = 100,
+                    seed: None = None) -> list[RandomSharpness]:
+    rho = check_float(rho, "rho", positive=True, what="> 0")
+    samples = check_int(samples, "samples", minimum=2)
+    gens = [torch.Generator().manual_seed(check_int(s, "seed")) for s in seeds]
+    draws: list[list[float]] = [[] for _ in seeds]
+    for _ in range(samples):
+        z = _stacked_draws("gaussian", st, gens)
+        scale = [rho / math.sqrt(n) for n in _dots(z, z)]
+        factor = torch.tensor(scale, dtype=st.params[0].dtype, device=st.params[0].device)
+        moved = [w + factor.view(-1, *([1] * (w.dim() - 1))).to(w.dtype) * u for w, u in zip(st.params, z)]
+        for i, v in enumerate(st.loss(moved).tolist()):
+            draws[i].append(float(v) - bases[i])
+    out = []
+    for d, base in zip(draws, bases):
+        mean, stderr = _mean_stderr(d)
+        out.append(RandomSharpness(value=mean, stderr=stderr, samples=samples, rho=rho, loss=base))
+    return out
+
+
+def _batched_top(st: _Stacked, seeds: Sequence[int], bases: list[float], *, tol: float = 1e-4,
+                 max_iter: int = 100, seed: None = None) -> list[Optional[TopEigenvalue]]:
+    """Power iteration for every seed at once, each stopping (its vector frozen) by the rule of :func:`_power`;
+    None for a seed whose dominant eigenvalue is negative."""
+    tol = check_float(tol, "tol", positive=True, what="> 0")
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    S = len(seeds)
+    v = _stacked_draws("gaussian", st, [torch.Generator().manual_seed(check_int(s, "seed")) for s in seeds])
+
+    def scaled(vec: list[torch.Tensor], factors: list[float]) -> list[torch.Tensor]:
+        f = torch.tensor(factors, dtype=torch.float64)
+        return [(u.to(_wide(u)) * f.to(u.device).view(-1, *([1] * (u.dim() - 1)))).to(u.dtype) for u in vec]
+
+    v = scaled(v, [1.0 / math.sqrt(n) for n in _dots(v, v)])
+    previous: list[Optional[float]] = [None] * S
+    result: list[Optional[tuple[float, int, bool]]] = [None] * S
+    lam = [0.0] * S
+    for it in range(1, max_iter + 1):
+        hv = st.hvp(v)
+        lam = _dots(v, hv)
+        sizes = [math.sqrt(n) for n in _dots(hv, hv)]
+        for i in range(S):
+            if result[i] is not None:
+                continue
+            if sizes[i] == 0.0:
+                result[i] = (0.0, it, True)
+            elif previous[i] is not None and abs(lam[i] - previous[i]) <= tol * abs(lam[i]):  # type: ignore[operator]
+                result[i] = (lam[i], it, True)
+            previous[i] = lam[i]
+        if all(r is not None for r in result):
+            break
+        # Seeds that stopped keep their vector (their products are computed and ignored).
+        v = [torch.where(torch.tensor([r is None for r in result], device=u.device).view(-1, *([1] * (u.dim() - 1))),
+                         n, u) for u, n in zip(v, scaled(hv, [1.0 / s if s else 0.0 for s in sizes]))]
+    out: list[Optional[TopEigenvalue]] = []
+    for i in range(S):
+        found = result[i]
+        value, its, ok = found if found is not None else (lam[i], max_iter, False)
+        out.append(None if value < 0 else TopEigenvalue(value=value, iterations=its, converged=ok, loss=bases[i]))
+    return out

@@ -21,13 +21,13 @@ def data(n=13):
     return x, torch.randint(0, 3, (n,), generator=g)
 
 
-def by_hand(x, y, seed, epochs, batch, lr, rho, adaptive, eta=0.01):
+def by_hand(x, y, seed, epochs, batch, lr, rho, adaptive, eta=0.01, make=build, train=None):
     """SAM written out: gradient at w, e = rho g/||g|| (ASAM: rho T^2 g/||T g||), gradient at w + e, SGD step at w."""
     torch.manual_seed(seed)  # fit builds each seed's network with torch's RNG seeded from the seed
-    model = build()
+    model = make()
     params = list(model.parameters())
     order_rng = torch.Generator().manual_seed(derive_seed(seed, 1))
-    train = torch.arange(len(x))
+    train = torch.arange(len(x)) if train is None else torch.as_tensor(train)
     for _ in range(epochs):
         order = train[torch.randperm(len(train), generator=order_rng)]
         for start in range(0, len(order), batch):
@@ -113,14 +113,25 @@ def test_track_cli_with_sam_from_the_model_file_and_sharpness(tmp_path, capsys):
     run_dir = out / "fraction-0.8"
     assert (run_dir / "sharpness.csv").exists() and (run_dir / "sharpness.png").exists()
     assert f"figure: {run_dir / 'sharpness.png'}" in captured.out
+    assert "sharpness at epoch 1: sam_sharpness " in captured.out
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["sharpness"]["measures"]["sam_sharpness"]["rho"] == 0.02
     # each seed's 64 rows come from its own training split, and are recorded as rows of the data set
     rows = meta["sharpness_rows"]
     assert len(rows) == 2 and all(len(r) == 64 and set(r) <= set(t) for r, t in zip(rows, meta["split"]["train"]))
     from infoplane import load_run
+    from infoplane.data import tishby12
 
     run = load_run(run_dir)
+    # the job trained what the two-step update trains: the trained network's training loss, seed 1
+    x, y = tishby12()
+    namespace = {}
+    exec(MODEL_FILE, namespace)
+    train = meta["split"]["train"][1]
+    net = by_hand(x.float(), y, 1, 1, 1024, 0.05, 0.1, adaptive=False, make=namespace["build_model"], train=train)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(net(x.float()[train]), y[train]).item()
+    assert run.metric("train_loss", seed=1)[-1] == pytest.approx(expected, rel=1e-5)
     assert run.sharpness.get("sam_sharpness").shape == (2, 2)
     assert np.isfinite(run.sharpness.get("sam_sharpness")).all()
     # errors found before anything trains
@@ -131,3 +142,26 @@ def test_track_cli_with_sam_from_the_model_file_and_sharpness(tmp_path, capsys):
                  "--optimizer", "adam", "--rho", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "--rho" in err and "--optimizer" in err
+
+
+def test_model_file_names_its_optimizer(tmp_path):
+    from infoplane.data.modelfile import ModelFileError, load_model_file
+    from infoplane.optim import SAM
+    from infoplane.train.spec import TrainSpec
+
+    def write(body):
+        path = tmp_path / "m.py"
+        path.write_text("from torch import nn\ndef build_model():\n    return nn.Linear(3, 2)\n" + body)
+        return path
+
+    mf = load_model_file(write('optimizer = "asam"\nrho = 0.3\n'))
+    assert mf.optimizer == "asam" and mf.rho == 0.3
+    opt = TrainSpec.from_args(mf, 0.1, None, None).make_optimizer(mf.build(0).parameters())
+    assert isinstance(opt, SAM) and opt.param_groups[0]["rho"] == 0.3 and opt.param_groups[0]["adaptive"]
+    assert isinstance(opt.base_optimizer, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ModelFileError, match="names no optimizer.*'sam'"):
+        load_model_file(write('optimizer = "lbfgs"\n'))
+    with pytest.raises(ModelFileError, match="rho in m.py is the radius"):
+        load_model_file(write('optimizer = "adam"\nrho = 0.1\n'))
+    with pytest.raises(ModelFileError, match="rho in m.py must be a number > 0"):
+        load_model_file(write('optimizer = "sam"\nrho = -1\n'))

@@ -95,3 +95,21 @@ def test_report_has_a_sharpness_row(tmp_path):
     path = infoplane.report([make_run()], out=tmp_path / "r.html")
     text = open(path, encoding="utf-8").read()
     assert "sharpness:hessian_top_eigenvalue" in text and "sharpness:sam_sharpness" in text
+
+
+def test_tensorboard_export_has_sharpness_tags(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from infoplane.integrations.tensorboard import export_tensorboard
+
+    run = make_run(seeds=(0, 1))
+    export_tensorboard(run, tmp_path / "tb")
+    scalars = {}
+    for path in (tmp_path / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = {e.step: e.value for e in acc.Scalars(tag)}
+    assert scalars["sharpness/hessian_top_eigenvalue/seed1"][9] == pytest.approx(10 ** 3 + 1)
+    assert scalars["sharpness/sam_sharpness/seed0"][3] == pytest.approx(0.03)

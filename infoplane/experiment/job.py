@@ -613,7 +613,8 @@ def summary(runs: Sequence[Run]) -> str:
     Returns
     -------
     str
-        One header line per run (its final epoch is the trained network), then one line per layer.
+        One header line per run (its final epoch is the trained network), then one line per layer, then the
+        final sharpness measures of runs that recorded them.
     """
     lines = []
     for run in runs:
@@ -641,4 +642,8 @@ def summary(runs: Sequence[Run]) -> str:
             lines.append(f"  I(T;{target}) per layer: " + ", ".join(f"{np.nanmedian(itz[:, -1, j]):.3f}"
                                                                for j in range(len(run.layers))))
         lines.append("  " + chain_summary(run, est))
+        if run.sharpness:  # the trained network's sharpness, median over seeds
+            final = [f"{m} {np.nanmedian(run.sharpness.get(m)[:, -1]):.4g}" for m in run.sharpness.measures
+                     if np.isfinite(run.sharpness.get(m)[:, -1]).any()]
+            lines.append(f"  sharpness at epoch {int(run.epochs[-1])}: {', '.join(final) or 'not recorded'}")
     return "\n".join(lines)

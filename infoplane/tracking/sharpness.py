@@ -10,7 +10,7 @@ would without them.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 from infoplane import sharpness as measures_mod
 from infoplane._validate import check_float, check_int
 from infoplane.runs.format import SharpnessRow
+from infoplane.sharpness import ensemble
 
 __all__ = ["MEASURES", "DEFAULT_OPTIONS", "SharpnessPlan", "as_measures", "subset_indices"]
 
@@ -174,6 +175,8 @@ class SharpnessPlan:
     samples : int or None
         Requested subset size.
     subset_seed : int
+    how : dict
+        Per measure, after :meth:`measure`: ``"batched"`` or why the models were measured one at a time.
     """
 
     measures: dict[str, dict[str, Any]]
@@ -182,6 +185,7 @@ class SharpnessPlan:
     loss_fn: Callable[[Any, Any], torch.Tensor]
     samples: Optional[int]
     subset_seed: int
+    how: dict = field(default_factory=dict)
 
     @classmethod
     def make(cls, spec: Any, models: Sequence[nn.Module], data: Any, loss_fn: Optional[Callable], *,
@@ -236,6 +240,7 @@ class SharpnessPlan:
                 y = y.long()
             subsets.append((x, y))
             indices.append(idx)
+        _check_loss(models[0], loss_fn, *subsets[0])
         return cls(measures, subsets, indices, loss_fn, samples, subset_seed)
 
     def settings(self) -> dict[str, Any]:
@@ -246,13 +251,43 @@ class SharpnessPlan:
                 "loss": _describe(self.loss_fn)}
 
     def measure(self, models: Sequence[nn.Module], seeds: Sequence[int], epoch: int) -> list[SharpnessRow]:
-        """Every measure of every model at this epoch (one model at a time), as ``sharpness.csv`` lines."""
-        rows = []
-        for model, seed, (x, y) in zip(models, seeds, self.data):
-            for name, options in self.measures.items():
-                result = MEASURES[name](model, self.loss_fn, x, y, seed=int(seed), **options)
-                rows.append(_row(int(seed), int(epoch), name, result))
-        return rows
+        """Every measure of every model at this epoch, as ``sharpness.csv`` lines (model by model, measures in
+        order). The measures that can run all models at once do (see :func:`infoplane.sharpness.ensemble`);
+        :attr:`how` says, per measure, whether they did or why not."""
+        if len(models) != len(self.data) or len(seeds) != len(self.data):
+            raise ValueError(f"this plan measures {len(self.data)} model(s); got {len(models)} model(s) and "
+                             f"{len(seeds)} seed(s)")
+        xs, ys = [x for x, _ in self.data], [y for _, y in self.data]
+        by_measure = {}
+        for name, options in self.measures.items():
+            results, self.how[name] = ensemble(models, self.loss_fn, xs, ys, name, seeds=[int(s) for s in seeds],
+                                               **options)
+            by_measure[name] = results
+        return [_row(int(seed), int(epoch), name, by_measure[name][i])
+                for i, seed in enumerate(seeds) for name in self.measures]
+
+
+def _check_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The loss on two rows must be a scalar: checked once, in eval mode, without gradients and with torch's RNG
+    forked, so that the model and training are untouched."""
+    modes = [(m, m.training) for m in model.modules()]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            try:
+                value = loss_fn(model(x[:2]), y[:2])
+            except Exception as err:  # noqa: BLE001 - any failure here means the data or loss do not fit
+                raise ValueError(f"sharpness: the loss of the model on sharpness_data failed "
+                                 f"({type(err).__name__}: {err}); give training data (x, y) that the model and "
+                                 f"sharpness_loss accept") from err
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"sharpness_loss must return a scalar (the loss averaged over the batch); it returned "
+                         f"{shape}. Use a mean reduction, e.g. nn.CrossEntropyLoss(reduction='mean')")
 
 
 def _describe(loss_fn: Any) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
@@ -53,8 +54,8 @@ class SequentialEngine:
             opt.load_state_dict(saved)
 
 
-
-def _closure(model: nn.Module, loss_fn, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+def _closure(model: nn.Module, loss_fn: Callable, opt: torch.optim.Optimizer, x: torch.Tensor,
+             y: torch.Tensor) -> Callable[[], torch.Tensor]:
     """The closure SAM's step calls: at ``w`` (the gradients are cleared first, so SAM takes it there) and again at
     the perturbed weights, each time zeroing the gradients, computing the batch's loss and its backward."""
     def closure() -> torch.Tensor:

@@ -15,7 +15,8 @@ import numpy as np
 
 # isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import MARKERS, class_note, limits, mark_incomplete, plot_title
+from infoplane.viz.drawing import (MARKERS, class_note, data_name, fraction_label, limits, mark_incomplete,
+                                   plot_title)
 
 import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -103,7 +104,8 @@ def sharpness_curves(run: RunLike, measures: Optional[Sequence[str]] = None, *,
             raise ValueError(f"no sharpness measure {name!r} in this run; measures: {run.sharpness.measures}")
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2, 4.2 * cols), 3.4 * rows), layout="constrained",
+                             squeeze=False)
     x = run.epochs.astype(float)
     for k, ax in enumerate(axes.flat):
         if k >= len(names):
@@ -120,8 +122,16 @@ def sharpness_curves(run: RunLike, measures: Optional[Sequence[str]] = None, *,
             ax.legend(fontsize=7)
         ax.set_ylabel(LABELS.get(name, name), fontsize=8)
         _epoch_axis(ax)
-    seeds = f", median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else ""
-    fig.suptitle(f"Sharpness against epoch{seeds}" + (f" ({run.path})" if run.path else ""), fontsize=9)
+    parts = ["sharpness", data_name(run) or "data n/a", fraction_label(run)]
+    if len(run.seeds) > 1:
+        parts.append(f"median of {len(run.seeds)} seeds")
+    if not run.complete:
+        parts.append("INCOMPLETE run")
+    subset = run.sharpness.settings.get("subset")
+    if isinstance(subset, list) and subset:
+        rows = len(subset[0]) if isinstance(subset[0], list) else len(subset)
+        parts.append(f"{rows} training rows")
+    fig.suptitle(" | ".join(parts), fontsize=8 if len(names) == 1 else 9)
     return _save(fig, out)
 
 
