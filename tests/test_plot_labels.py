@@ -83,7 +83,8 @@ def titles(fig):
 
 # ------------------------------------------------------------------------------------------ telling runs apart
 def test_runs_that_differ_only_in_reduction_get_distinct_panels_named_after_their_directories(tmp_path):
-    dirs = [_write(tmp_path / name, _meta(reduce=spec), _rows())
+    # As `infoplane track --out cnn-pca ...` writes them: the study's directory holds fraction-0.8.
+    dirs = [_write(tmp_path / name / "fraction-0.8", _meta(reduce=spec), _rows())
             for name, spec in (("cnn-cmean", "channel-mean"), ("cnn-pca", "pca:4"), ("cnn-flat", None))]
     fig = ip.compare(dirs)
     shown = titles(fig)

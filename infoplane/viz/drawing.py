@@ -124,12 +124,17 @@ def fraction_label(run: Run) -> Optional[str]:
 
 
 def run_name(run: Run) -> Optional[str]:
-    """The run's name: ``meta["name"]`` (``Tracker(..., name=...)``), else its directory's name, else None."""
+    """The run's name: ``meta["name"]`` (``Tracker(..., name=...)``), else its directory's name (the study's, for
+    the ``fraction-*`` directories of ``infoplane track``, whose fraction the titles give anyway), else None."""
     name = run.meta.get("name")
     if isinstance(name, str) and name:
         return name
     path = run_path(run)
-    return os.path.basename(os.path.normpath(path)) if path else None
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    base, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
+    return parent if base.startswith("fraction-") and parent else base
 
 
 def reduction_label(run: Run) -> str:
@@ -145,7 +150,7 @@ def seeds_label(run: Run) -> str:
     return f"median of {len(run.seeds)} seeds" if len(run.seeds) > 1 else "1 seed"
 
 
-# The facts a title may carry, in order, and whether each is left out when every run shown has its default.
+# Facts at their defaults (flattened layers, one seed), left out of a title when every run shown has them.
 _DEFAULT_FACTS = {"reduce": "reduce=flatten", "seeds": "1 seed"}
 
 
