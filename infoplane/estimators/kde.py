@@ -180,20 +180,26 @@ def direct_kernel_sums(h: torch.Tensor, labels: torch.Tensor, bounds: list[int],
     return out.log_()
 
 
-def _float32_log_kernel_sums(h, labels, bounds, scale_lower, budget, workers):
-    """The float32 route: logs [2, 2, N] as :func:`_log_kernel_sums` gives them, from float32 distances formed by
-    direct differences (worker threads on the CPU, the activations' own device elsewhere)."""
-    # Centred in the widest float the device has, then rounded once to float32: an offset shared by every sample
-    # costs no precision.
-    wide = h.to(result_dtype(h.device))
-    h = (wide - wide.mean(dim=0, keepdim=True)).to(torch.float32)
+def _float32_log_kernel_sums(h, order, labels, bounds, scale_lower, budget, workers):
+    """The float32 route: logs [2, 2, N] as :func:`_log_kernel_sums` gives them (``h`` unsorted, ``order`` the
+    class-sorting permutation, ``labels`` sorted), from float32 distances formed by direct differences: in worker
+    threads on the CPU, on the activations' own device elsewhere.
+
+    Centred in the widest float the device has, then rounded once to float32: an offset shared by every sample
+    costs no precision. On the CPU every step is numpy's (single-threaded, GIL released) or the workers', so no
+    torch parallel region waits on cores that other processes hold.
+    """
     if h.device.type != "cpu":
-        return direct_kernel_sums(h, labels, bounds, scale_lower, budget)
-    sums = torch.from_numpy(kde_blocks.kernel_sums(h.contiguous().numpy(), bounds, scale_lower,
-                                                   _EXP_FLOOR[torch.float32], workers, budget))
-    n = h.shape[0]
-    out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
-    return out.log_()
+        wide = h[order].to(result_dtype(h.device))
+        centred = (wide - wide.mean(dim=0, keepdim=True)).to(torch.float32)
+        return direct_kernel_sums(centred, labels, bounds, scale_lower, budget)
+    wide = h.detach().numpy()[order.numpy()].astype(np.float64)
+    wide -= wide.mean(axis=0)
+    sums = kde_blocks.kernel_sums(wide.astype(np.float32), bounds, scale_lower, _EXP_FLOOR[torch.float32], workers,
+                                  budget)
+    n = sums.shape[2]
+    own = sums[:, labels.numpy(), np.arange(n)]
+    return torch.from_numpy(np.log(np.stack([sums.sum(axis=1), own], axis=1)))
 
 
 def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype, workers=1):
@@ -204,7 +210,7 @@ def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype, workers=1):
     counts = torch.bincount(yb, minlength=n_classes)
     bounds = [0] + torch.cumsum(counts, 0).tolist()
     if dtype == torch.float32:
-        logs = _float32_log_kernel_sums(h[order], yb, bounds, 1.0 / (8.0 * s2), budget, workers).to(res_dtype)
+        logs = _float32_log_kernel_sums(h, order, yb, bounds, 1.0 / (8.0 * s2), budget, workers).to(res_dtype)
     else:
         logs = _log_kernel_sums(h[order].to(torch.float64), yb, bounds, dtype, 1.0 / (8.0 * s2), budget)
         logs = logs.to(res_dtype)
