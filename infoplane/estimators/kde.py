@@ -195,7 +195,9 @@ def _float32_log_kernel_sums(h, order, labels, bounds, scale_lower, budget, work
         return direct_kernel_sums(centred, labels, bounds, scale_lower, budget)
     wide = h.detach().numpy()[order.numpy()].astype(np.float64)
     wide -= wide.mean(axis=0)
-    sums = kde_blocks.kernel_sums(wide.astype(np.float32), bounds, scale_lower, _EXP_FLOOR[torch.float32], workers,
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: the result is then not finite, and the
+        narrow = wide.astype(np.float32)  # caller recomputes the item in float64
+    sums = kde_blocks.kernel_sums(narrow, bounds, scale_lower, _EXP_FLOOR[torch.float32], workers,
                                   budget)
     n = sums.shape[2]
     own = sums[:, labels.numpy(), np.arange(n)]
