@@ -185,6 +185,34 @@ def bench_kde(widths, n, n_epochs, n_numpy, noise_var, device, repeats=1):
     return float(np.mean(ours)), float(np.mean(theirs)), diff, diff64
 
 
+def bench_kde_routes(widths, n, repeats):
+    """kde_mi at float32 by direct float32 differences against the float64 matrix-product route that float32 KDE
+    took before (kernel values in float32 either way; ``kde.DIRECT_MAX_UNITS`` switched to 0 for the latter), CPU.
+    Rows: width, ms by differences, ms by the product, ratio, max |difference| (bits)."""
+    from infoplane.estimators import kde as kde_module
+
+    rows = []
+    labels = torch.from_numpy(labels_for(n))
+    for w in widths:
+        acts = tanh_activations(1, n, w, seed=w)[0]
+        saved = dict(kde_module.DIRECT_MAX_UNITS)
+        try:
+            kde_module.DIRECT_MAX_UNITS["cpu"] = 10**9
+            direct = median_time(lambda acts=acts: kde_mi(acts, labels, noise_var=1e-3), repeats)
+            r_direct = kde_mi(acts, labels, noise_var=1e-3)
+            kde_module.DIRECT_MAX_UNITS["cpu"] = 0
+            product = median_time(lambda acts=acts: kde_mi(acts, labels, noise_var=1e-3), repeats)
+            r_product = kde_mi(acts, labels, noise_var=1e-3)
+        finally:
+            kde_module.DIRECT_MAX_UNITS.clear()
+            kde_module.DIRECT_MAX_UNITS.update(saved)
+        diff = max(float((getattr(r_direct, f) - getattr(r_product, f)).abs().max())
+                   for f in ("ixt", "ity", "ixt_lower", "ity_lower"))
+        chosen = "differences" if kde_module.direct_route(w, torch.device("cpu")) else "product"
+        rows.append([w, ms(direct), ms(product), f"{product / direct:.2f}x", f"{diff:.1e}", chosen])
+    return rows
+
+
 def _peak_rss_mib():
     """Peak resident memory of this process in MiB (VmHWM, which unlike ru_maxrss restarts at exec)."""
     try:
@@ -269,6 +297,11 @@ def main(argv=None):
         results[f"binning_per_d_{d}_cpu"] = dict(ours_s=o, numpy_s=t, max_diff_bits=df,
                                                  meets_time=o * 1e3 <= BINNING_TARGET_MS,
                                                  meets_speedup=t / o >= BINNING_TARGET_SPEEDUP)
+    n_routes = 1024 if args.quick else 4096
+    print_table(f"KDE float32 on the CPU, N = {n_routes}, s2 = 1e-3, one layer per call: squared distances by direct "
+                "float32 differences vs by the float64 matrix product (the route before; ms, medians)",
+                ["width", "differences", "product", "product / differences", "max |diff| (bits)", "default"],
+                bench_kde_routes((5, 10, 16, 32) if not args.quick else (10,), n_routes, 1 if args.quick else 5))
     print_table("Estimators: median time per layer-epoch (ms), infoplane vs plain numpy in this process",
                 ["workload", "infoplane", "numpy", "speed-up", "max |diff| (bits)"], rows)
     mem_rows = []

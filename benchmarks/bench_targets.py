@@ -73,7 +73,9 @@ def tracked_schedule(epochs: int) -> list[int]:
     return sorted(set(range(0, epochs + 1, step)) | {epochs})
 
 
-def bench_tracked(seeds: int, epochs: int) -> float:
+def bench_tracked(seeds: int, epochs: int, device: str = "cpu", verdicts: bool = True) -> tuple[float, float]:
+    """(training-only seconds, tracked seconds) of the tracked workload; prints them (with the verdict unless
+    ``verdicts`` is false: the target is set for the CPU's full run)."""
     from infoplane.data import stratified_split, tishby12
     from infoplane.data.modelfile import load_model_file
     from infoplane.experiment import track
@@ -85,22 +87,23 @@ def bench_tracked(seeds: int, epochs: int) -> float:
     schedule = tracked_schedule(epochs)
     print(f"\n(a) tracked 12-bit workload: {seeds} seeds, {epochs} epochs, fractions {FRACTIONS}, binning at "
           f"{len(schedule)} recorded epochs; {load()}")
-    fit(model_file, inputs, labels, stratified_split(labels, 0.5, 0)[0], seeds=2, epochs=2)  # warm-up
+    fit(model_file, inputs, labels, stratified_split(labels, 0.5, 0)[0], seeds=2, epochs=2, device=device)  # warm-up
     t0 = time.perf_counter()
     for fraction in FRACTIONS:
         # the splits ``track`` draws: stratified, seed s for seed s
         train = torch.stack([torch.as_tensor(stratified_split(labels, fraction, s)[0]) for s in range(seeds)])
-        fit(model_file, inputs, labels, train, seeds=seeds, epochs=epochs)
+        fit(model_file, inputs, labels, train, seeds=seeds, epochs=epochs, device=device)
     training = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         runs = track(model_file, fractions=FRACTIONS, seeds=seeds, epochs=epochs, schedule=schedule, out=out,
-                     progress=False, log=lambda message: None)
+                     device=device, progress=False, log=lambda message: None)
         tracked = time.perf_counter() - t0
     assert all(run.complete for run in runs)
     ratio = tracked / training
-    print(f"    training only {training:.1f} s, tracked {tracked:.1f} s: {ratio:.2f}x {verdict(ratio, TRACK_TARGET)}")
-    return ratio
+    print(f"    training only {training:.1f} s, tracked {tracked:.1f} s: {ratio:.2f}x"
+          + (f" {verdict(ratio, TRACK_TARGET)}" if verdicts else ""))
+    return training, tracked
 
 
 # ------------------------------------------------------------------------------------------- (b) busy machine

@@ -10,7 +10,13 @@ One script, under 5 minutes on one GPU. It
 2. runs the tracked 12-10-7-5-4-3-2 tanh ensemble (``infoplane.experiment.track``: a few seeds, a few hundred
    epochs, binning) on the device and on the CPU, and checks that the device's table equals a CPU re-estimate
    of the activations it saved (exactly);
-3. prints a table and writes it, with the date, the device name and the torch version, to ``docs/gpu.md``.
+3. times ``kde_mi`` at float32 (squared distances as sums of squared differences, on the device) and at float64
+   (a float64 matrix product) on one 12-bit-sized layer, on the device and the CPU, against the CPU's float64
+   result: float32 to 1e-5 bits, float64 to 1e-9 bits, with default precision and with TF32;
+4. times the tracked 12-bit workload of ``make bench`` (seeds of the tanh network at fractions 0.05 and 0.85,
+   binning at the density of log_schedule(8000, 400)) against training alone on the device (reported, not
+   checked);
+5. prints a table and writes it, with the date, the device name and the torch version, to ``docs/gpu.md``.
 
 ``--device cpu --quick`` runs the same code with tiny sizes on the CPU (the device is then the CPU as well):
 the test suite uses it to keep the script working. Exits with status 1 when a check fails.
@@ -47,10 +53,12 @@ def sizes(quick: bool) -> dict:
     if quick:
         return dict(n12=256, widths12=(10, 3), mnist_n=300, mnist_widths=(16,), epochs={"binning": 4},
                     other_epochs=1, mnist_epochs={"binning": 2}, mnist_other_epochs=1, repeats=1,
-                    seeds=2, track_epochs=4, track_records=4, track_batch=1024, track_samples=512)
+                    seeds=2, track_epochs=4, track_records=4, track_batch=1024, track_samples=512,
+                    kde_n=256, kde_items=2, workload_seeds=2, workload_epochs=3)
     return dict(n12=4096, widths12=TISHBY_WIDTHS, mnist_n=10_000, mnist_widths=(1024, 20), epochs={"binning": 274}, other_epochs=16,
                 mnist_epochs={"binning": 4}, mnist_other_epochs=1, repeats=3,
-                seeds=4, track_epochs=300, track_records=30, track_batch=256, track_samples=None)
+                seeds=4, track_epochs=300, track_records=30, track_batch=256, track_samples=None,
+                kde_n=4096, kde_items=6, workload_seeds=20, workload_epochs=300)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -233,6 +241,48 @@ def tracked_rows(device, sz, tmp):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ part 3
+def kde_precision_rows(device, sz):
+    """kde_mi at float32 and float64 on the device and the CPU, against the CPU's float64 result."""
+    from infoplane.estimators import kde_mi
+
+    n, items = sz["kde_n"], sz["kde_items"]
+    acts = tanh_activations(items, n, 10, seed=3)
+    labels = torch.from_numpy(labels_for(n))
+    ref = kde_mi(acts, labels, precision="float64")
+    fields = ("ixt", "ity", "ixt_lower", "ity_lower")
+
+    def diff(result):
+        return max(float((getattr(result, f).cpu().double() - getattr(ref, f)).abs().max()) for f in fields)
+
+    rows = []
+    dev_acts, dev_labels = acts.to(device), labels.to(device)
+    for precision, tol in (("float32", 1e-5), ("float64", 1e-9)):
+        result, t_dev = _timed(lambda p=precision: kde_mi(dev_acts, dev_labels, precision=p), device, sz["repeats"])
+        _, t_cpu = _timed(lambda p=precision: kde_mi(acts, labels, precision=p), torch.device("cpu"), sz["repeats"])
+        with tf32_enabled():
+            d_tf32 = diff(kde_mi(dev_acts, dev_labels, precision=precision))
+        d = diff(result)
+        rows.append(dict(section="estimator", name=f"kde_mi precision={precision}: N={n}, d=10 (vs CPU float64)",
+                         device_s=t_dev / items, cpu_s=t_cpu / items, diff=d, diff_tf32=d_tf32, tolerance=tol,
+                         ok=d <= tol and d_tf32 <= tol))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ part 4
+def workload_rows(device, sz):
+    """The tracked 12-bit workload of ``make bench`` against training alone, on the device."""
+    import bench_targets
+
+    seeds, epochs = sz["workload_seeds"], sz["workload_epochs"]
+    training, tracked = bench_targets.bench_tracked(seeds, epochs, device=str(device), verdicts=False)
+    name = (f"tracked 12-bit workload: {seeds} seeds x {epochs} epochs, fractions 0.05 and 0.85, binning "
+            f"({len(bench_targets.tracked_schedule(epochs))} recorded epochs): tracked / training alone = "
+            f"{tracked / training:.2f}x (not checked)")
+    return [dict(section="tracked", name=name, device_s=tracked, cpu_s=math.nan, diff=math.nan, diff_tf32=math.nan,
+                 tolerance=math.nan, ok=True)]
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _fmt_time(seconds, section):
     if seconds is None or math.isnan(seconds):
@@ -301,8 +351,10 @@ def main(argv=None):
     print(f"infoplane GPU benchmark: {device_name(device)}, torch {torch.__version__}", flush=True)
     t0 = time.perf_counter()
     rows, skipped = estimator_rows(device, sz)
+    rows += kde_precision_rows(device, sz)
     with tempfile.TemporaryDirectory() as tmp:
         rows += tracked_rows(device, sz, tmp)
+    rows += workload_rows(device, sz)
     total = time.perf_counter() - t0
     header, cells = table(rows)
     print_table(f"Device {device} against CPU (estimators: ms per layer-epoch; tracked runs: s)", header, cells)

@@ -117,3 +117,38 @@ def test_kde_is_the_same_with_any_number_of_workers(threads, monkeypatch):
         ity = ixt - sum(np.mean(labels == c) * ent(everyone[labels == c]) for c in range(3))
         assert float(results[0].ixt[b]) == pytest.approx(ixt / math.log(2), abs=1e-5)
         assert float(results[0].ity[b]) == pytest.approx(ity / math.log(2), abs=1e-5)
+
+
+def test_no_estimator_touches_the_process_wide_thread_settings(monkeypatch):
+    # Thread counts are process-wide: the estimators read torch.get_num_threads() for their worker count and never
+    # set it (nor the inter-op count, nor denormal flushing). Any call to a setter fails the estimator here, and
+    # the values read afterwards are those from before.
+    from infoplane.estimators import discrete_mi, gaussian_mi, noisy_mi, permutation_null, renyi_mi, ross_mi
+
+    before = (torch.get_num_threads(), torch.get_num_interop_threads())
+
+    def forbidden(*args):
+        raise AssertionError("an estimator changed a process-wide torch setting")
+
+    for name in ("set_num_threads", "set_num_interop_threads", "set_flush_denormal"):
+        monkeypatch.setattr(torch, name, forbidden)
+    rng = np.random.default_rng(9)
+    a = np.tanh(rng.normal(size=(2, 120, 3))).astype(np.float32)
+    x = rng.normal(size=(120, 4))
+    labels = rng.integers(0, 2, size=120)
+    calls = [
+        lambda: binned_mi(a, labels, bins=30, range=(-1, 1)),
+        lambda: binned_mi(a, labels, width=0.1),
+        lambda: kde_mi(a, labels, noise_var=1e-2),
+        lambda: kde_mi(a, labels, noise_var=1e-2, precision="float64"),
+        lambda: discrete_mi(np.round(a, 1), labels),
+        lambda: noisy_mi(a, labels, noise_var=1e-2, samples=4),
+        lambda: ksg_mi(x, a),
+        lambda: ross_mi(a, labels),
+        lambda: renyi_mi(x, a),
+        lambda: gaussian_mi(torch.from_numpy(x), torch.from_numpy(a[0]).double()),
+        lambda: permutation_null(lambda t, y: binned_mi(t, y, bins=30, range=(-1, 1)), a, labels, permutations=3),
+    ]
+    for call in calls:
+        call()
+        assert (torch.get_num_threads(), torch.get_num_interop_threads()) == before

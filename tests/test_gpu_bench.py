@@ -25,6 +25,9 @@ def test_cpu_smoke_run_writes_the_table_and_passes(tmp_path, capsys):
     for kind, _ in skipped:
         assert f"`{kind}`" in text
     assert any(r.startswith("| tracked tanh 12-10-7-5-4-3-2") for r in rows)
+    assert any(r.startswith("| kde_mi precision=float32: ") for r in rows)
+    assert any(r.startswith("| kde_mi precision=float64: ") for r in rows)
+    assert "| tracked 12-bit workload: 2 seeds x 3 epochs" in text
     assert all(r.rstrip(" |").endswith("ok") for r in rows), rows
     printed = capsys.readouterr().out
     assert "speed-up" in printed and "with TF32" in printed and "FAIL" not in printed

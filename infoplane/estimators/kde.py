@@ -12,10 +12,10 @@ constants cancel). Results are in bits.
 
 The N x N kernel is never held whole: rows are processed in blocks sized from a memory budget, one distance
 block serves both bounds and every class (samples are sorted by class, so class sums are sums over contiguous
-columns). No reduced-precision matmul setting can round a squared distance: with ``precision="float32"`` they are
-float32 sums of squared differences, formed without any matrix product (on the CPU by the worker threads of
-:mod:`~infoplane.estimators._cpu.kde_blocks`, elsewhere on the activations' device, MPS included); with
-``precision="float64"`` they come from one float64 matrix product per strip, which those settings do not touch.
+columns). No reduced-precision matmul setting can round a squared distance: with ``precision="float32"`` on
+narrow layers they are float32 sums of squared differences, formed without any matrix product (on the CPU by the
+worker threads of :mod:`~infoplane.estimators._cpu.kde_blocks`, elsewhere on the activations' device, MPS
+included); otherwise they come from one float64 matrix product per strip, which those settings do not touch.
 """
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ _CACHE_ROWS = 256
 # which is 1), so exponents are clamped first: this changes no result.
 _EXP_FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+# Widest layer whose float32 distances are summed from squared differences (3 passes per unit over each block)
+# rather than taken from a float64 matrix product (a cost that barely grows with the width). Measured on one
+# core at N = 4096 (CPU time): direct 36 / 58 / 113 ms at 5 / 10 / 32 units against 39 / 46 / 49 ms for the
+# product, and 9x slower at 256 units. On accelerators elementwise passes are cheap and float64 is not.
+DIRECT_MAX_UNITS = {"cpu": 16}
+_DIRECT_MAX_UNITS_ELSEWHERE = 64
 
 
 @dataclass
@@ -180,20 +186,34 @@ def direct_kernel_sums(h: torch.Tensor, labels: torch.Tensor, bounds: list[int],
     return out.log_()
 
 
-def _float32_log_kernel_sums(h, labels, bounds, scale_lower, budget, workers):
-    """The float32 route: logs [2, 2, N] as :func:`_log_kernel_sums` gives them, from float32 distances formed by
-    direct differences (worker threads on the CPU, the activations' own device elsewhere)."""
-    # Centred in the widest float the device has, then rounded once to float32: an offset shared by every sample
-    # costs no precision.
-    wide = h.to(result_dtype(h.device))
-    h = (wide - wide.mean(dim=0, keepdim=True)).to(torch.float32)
+def _float32_log_kernel_sums(h, order, labels, bounds, scale_lower, budget, workers):
+    """The float32 route: logs [2, 2, N] as :func:`_log_kernel_sums` gives them (``h`` unsorted, ``order`` the
+    class-sorting permutation, ``labels`` sorted), from float32 distances formed by direct differences: in worker
+    threads on the CPU, on the activations' own device elsewhere.
+
+    Centred in the widest float the device has, then rounded once to float32: an offset shared by every sample
+    costs no precision. On the CPU every step is numpy's (single-threaded, GIL released) or the workers', so no
+    torch parallel region waits on cores that other processes hold.
+    """
     if h.device.type != "cpu":
-        return direct_kernel_sums(h, labels, bounds, scale_lower, budget)
-    sums = torch.from_numpy(kde_blocks.kernel_sums(h.contiguous().numpy(), bounds, scale_lower,
-                                                   _EXP_FLOOR[torch.float32], workers, budget))
-    n = h.shape[0]
-    out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
-    return out.log_()
+        wide = h[order].to(result_dtype(h.device))
+        centred = (wide - wide.mean(dim=0, keepdim=True)).to(torch.float32)
+        return direct_kernel_sums(centred, labels, bounds, scale_lower, budget)
+    wide = h.detach().numpy()[order.numpy()].astype(np.float64)
+    wide -= wide.mean(axis=0)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: the result is then not finite, and the
+        narrow = wide.astype(np.float32)  # caller recomputes the item in float64
+    sums = kde_blocks.kernel_sums(narrow, bounds, scale_lower, _EXP_FLOOR[torch.float32], workers,
+                                  budget)
+    n = sums.shape[2]
+    own = sums[:, labels.numpy(), np.arange(n)]
+    return torch.from_numpy(np.log(np.stack([sums.sum(axis=1), own], axis=1)))
+
+
+def direct_route(units: int, device: torch.device) -> bool:
+    """Whether float32 KDE on a layer of ``units`` units on ``device`` forms its distances by direct differences
+    (else by a float64 matrix product, kernel values still in float32)."""
+    return units <= DIRECT_MAX_UNITS.get(device.type, _DIRECT_MAX_UNITS_ELSEWHERE)
 
 
 def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype, workers=1):
@@ -203,8 +223,8 @@ def _one_item(h, yb, n_classes, dtype, s2, budget, res_dtype, workers=1):
     yb, order = torch.sort(yb, stable=True)
     counts = torch.bincount(yb, minlength=n_classes)
     bounds = [0] + torch.cumsum(counts, 0).tolist()
-    if dtype == torch.float32:
-        logs = _float32_log_kernel_sums(h[order], yb, bounds, 1.0 / (8.0 * s2), budget, workers).to(res_dtype)
+    if dtype == torch.float32 and direct_route(h.shape[1], h.device):
+        logs = _float32_log_kernel_sums(h, order, yb, bounds, 1.0 / (8.0 * s2), budget, workers).to(res_dtype)
     else:
         logs = _log_kernel_sums(h[order].to(torch.float64), yb, bounds, dtype, 1.0 / (8.0 * s2), budget)
         logs = logs.to(res_dtype)
@@ -229,11 +249,12 @@ def kde_mi(activations: Any, labels: Any, *, noise_var: float = 1e-3, precision:
         Variance s^2 of the Gaussian noise added to each unit (1e-3 for the 12-bit data, 0.1 for MNIST in
         Saxe et al.). Same units as the activations squared.
     precision : {"float32", "float64"}, default "float32"
-        Arithmetic of the squared distances, the kernel values and their sums. float32 forms each distance as a
-        sum of squared differences (no matrix product, so no reduced-precision matmul setting can round it) and
-        stays on the activations' device, MPS included; it agrees with float64 to about 1e-5 bits and is faster.
-        float64 forms the distances by a float64 matrix product (also untouched by those settings) and agrees
-        with an exact float64 evaluation to about 1e-9 bits; on MPS, which has no float64, it runs on the CPU.
+        Arithmetic of the kernel values and their sums. With float32, layers of up to 16 units on the CPU (64
+        elsewhere, :func:`direct_route`) have their squared distances formed in float32 as sums of squared
+        differences (no matrix product, so no reduced-precision matmul setting can round them), on the
+        activations' device, MPS included; wider layers, and float64, form them by a float64 matrix product (also
+        untouched by those settings; on MPS, which has no float64, on the CPU). float32 agrees with float64 to
+        about 1e-5 bits and is faster; float64 agrees with an exact float64 evaluation to about 1e-9 bits.
         A batch item whose float32 result is not finite is recomputed in float64.
     memory_budget : int, optional
         Bytes allowed for the pairwise temporaries of one block of rows (default 512 MiB). Peak memory is this
@@ -268,8 +289,8 @@ def kde_mi(activations: Any, labels: Any, *, noise_var: float = 1e-3, precision:
     n = batch.n
     acts = batch.acts
     check_finite(acts, batch)
-    if acts.device.type == "mps" and dtype == torch.float64:
-        # MPS has no float64: that route computes on the CPU and returns on MPS.
+    if acts.device.type == "mps" and not (dtype == torch.float32 and direct_route(acts.shape[-1], acts.device)):
+        # MPS has no float64: the matrix-product route computes on the CPU and returns on MPS.
         acts, y = acts.cpu(), y.cpu()
     workers = max(1, torch.get_num_threads())
     res_dtype = result_dtype(acts.device)
