@@ -390,6 +390,8 @@ def test_timings_by_layer_and_estimator_reach_the_run_and_the_optimizer_its_meta
     meta = infoplane.load_run(tmp_path / "r").meta
     assert meta["timings"] == json.loads(json.dumps(timings))
     assert meta["training"] == {"optimizer": "SGD", "lr": 0.1}
+    page = infoplane.report(tmp_path / "r", out=tmp_path / "r.html")  # the settings panel shows them
+    assert "optimizer SGD, lr 0.1" in Path(page).read_text()
     # A resumed run adds its session's timings to the stored ones.
     with infoplane.Tracker(net, x, y, schedule=[0, 1, 2, 3], estimators=ests, out=tmp_path / "r",
                            resume=True) as t2:
