@@ -319,20 +319,25 @@ def _export_tensorboard(run_dirs, logdir):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    for path in _writing("--tensorboard", args.tensorboard, lambda: _export_tensorboard(args.runs, args.tensorboard)):
+    for path in _writing("--tensorboard", args.tensorboard, lambda: _export_tensorboard(args.runs, args.tensorboard),
+                         file=False):
         print(f"tensorboard: {path}")
     return 0
 
 
-def _writing(option: str | None, path: str | None, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``, which writes to ``path`` (the value of ``option``); a file or folder that cannot be written is a
-    problem with what the user asked for (exit status 2), whatever the operating system's reason."""
+def _writing(option: str | None, path: str | None, fn: Callable[[], Any], file: bool = True) -> Any:
+    """Run ``fn``, which writes to ``path`` (the value of ``option``: a file, or a directory unless ``file``); a
+    file or folder that cannot be written is a problem with what the user asked for (exit status 2), whatever the
+    operating system's reason. A file's folder is made first, so that most such problems are found before
+    drawing."""
     from infoplane.runs.lifecycle import os_reason
 
+    where = f"{option} {path}" if option and path else "the figures"
     try:
+        if path and file:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return fn()
     except OSError as err:
-        where = f"{option} {path}" if option and path else "the figures"
         raise UsageError(f"cannot write {where}: {os_reason(err)}") from err
 
 

@@ -19,7 +19,7 @@ from infoplane.networks.quantize import quantize
 from infoplane.runs.reader import Run, load_run
 from infoplane.runs.reestimate import estimate
 from infoplane.tracking.schedule import every, log_schedule, saxe_schedule
-from infoplane.tracking.tracker import Tracker, UnclosedTrackerWarning
+from infoplane.tracking.tracker import Tracker, UnclosedTrackerWarning, UnfinishedScheduleWarning
 from infoplane.viz.report import report  # Plotly is imported when report() is called
 
 _compat.install()
@@ -27,4 +27,4 @@ sys.modules[__name__].__class__ = _compat.Package
 
 __all__ = ["Binning", "KDE", "Discrete", "Noisy", "WithNull", "KNN", "Renyi", "quantize", "add_noise", "Tracker",
            "log_schedule", "every", "saxe_schedule", "load_run", "Run", "estimate", "UnclosedTrackerWarning", "report",
-           "ib_curve", "IBCurve", "optim", "sharpness", "__version__"]
+           "UnfinishedScheduleWarning", "ib_curve", "IBCurve", "optim", "sharpness", "__version__"]

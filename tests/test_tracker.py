@@ -352,7 +352,7 @@ def test_closing_before_the_last_scheduled_epoch_warns_and_leaves_the_run_incomp
     x, y = data()
     net = tanh_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    with pytest.warns(infoplane.tracking.tracker.UnfinishedScheduleWarning, match=r"last epoch of its schedule, 4"):
+    with pytest.warns(infoplane.UnfinishedScheduleWarning, match=r"last epoch of its schedule, 4"):
         with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r") as t:
             for epoch in range(4):
                 t.step(epoch)
@@ -365,7 +365,7 @@ def test_closing_before_the_last_scheduled_epoch_warns_and_leaves_the_run_incomp
     assert infoplane.load_run(tmp_path / "r").complete
     import warnings
     with warnings.catch_warnings():
-        warnings.simplefilter("error", infoplane.tracking.tracker.UnfinishedScheduleWarning)
+        warnings.simplefilter("error", infoplane.UnfinishedScheduleWarning)
         with infoplane.Tracker(net, x, y, schedule=infoplane.every(2)) as t:
             t.step(0)
     assert t.run.complete
@@ -390,6 +390,8 @@ def test_timings_by_layer_and_estimator_reach_the_run_and_the_optimizer_its_meta
     meta = infoplane.load_run(tmp_path / "r").meta
     assert meta["timings"] == json.loads(json.dumps(timings))
     assert meta["training"] == {"optimizer": "SGD", "lr": 0.1}
+    page = infoplane.report(tmp_path / "r", out=tmp_path / "r.html")  # the settings panel shows them
+    assert "optimizer SGD, lr 0.1" in Path(page).read_text()
     # A resumed run adds its session's timings to the stored ones.
     with infoplane.Tracker(net, x, y, schedule=[0, 1, 2, 3], estimators=ests, out=tmp_path / "r",
                            resume=True) as t2:

@@ -365,7 +365,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     requested = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "device": str(device), "vectorize": vectorize,
                  "optimizer": optimizer if optimizer is None or isinstance(optimizer, str)
                  else getattr(optimizer, "__name__", type(optimizer).__name__), "rho": rho}
-    training = _effective_training(mf, requested, seed_list[0])
+    training = _effective_training(mf, lr, optimizer, requested, seed_list[0])
     job = TrackJob(model_file=mf, inputs=inputs, labels=labels, seeds=seed_list, epochs=epochs, lr=lr,
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
@@ -495,11 +495,13 @@ def _check_loss(loss: Callable, output: Any, target: torch.Tensor, mf: ModelFile
                           f"labels (shape {tuple(target.shape)}, {target.dtype}): {type(err).__name__}: {err}") from err
 
 
-def _effective_training(mf: ModelFile, requested: dict, seed: int) -> dict:
-    """The training settings as they take effect: the optimiser's class and learning rate (the built-in default or
-    the model file's optimizer()), the loss (or the file's train_step), batch size, epochs, device."""
+def _effective_training(mf: ModelFile, lr: float | None, optimizer: str | Callable | None, requested: dict,
+                        seed: int) -> dict:
+    """The training settings as they take effect: the optimiser's class and learning rate (the built-in default, a
+    given factory or the model file's optimizer()), the loss (or the file's train_step), batch size, epochs,
+    device."""
     try:
-        spec = TrainSpec.from_args(mf, requested["lr"], requested["optimizer"], None, requested.get("rho"))
+        spec = TrainSpec.from_args(mf, lr, optimizer, None, requested.get("rho"))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`optimizer`: {err}", "optimizer") from err
     out: dict[str, Any] = {"epochs": requested["epochs"], "batch_size": requested["batch_size"]}

@@ -15,7 +15,7 @@ import numpy as np
 
 # isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import (MARKERS, class_note, data_name, fraction_label, limits, mark_incomplete,
+from infoplane.viz.drawing import (MARKERS, class_note, data_name, fraction_label, limits, mark_incomplete, run_name,
                                    plot_title)
 
 import matplotlib.colors as mcolors  # noqa: E402
@@ -122,7 +122,8 @@ def sharpness_curves(run: RunLike, measures: Optional[Sequence[str]] = None, *,
             ax.legend(fontsize=7)
         ax.set_ylabel(LABELS.get(name, name), fontsize=8)
         _epoch_axis(ax)
-    parts = ["sharpness", data_name(run) or "data n/a", fraction_label(run)]
+    # Facts the run does not record are left out rather than shown as "n/a".
+    parts = [p for p in (run_name(run), "sharpness", data_name(run), fraction_label(run)) if p]
     if len(run.seeds) > 1:
         parts.append(f"median of {len(run.seeds)} seeds")
     if not run.complete:
