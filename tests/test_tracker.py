@@ -353,14 +353,15 @@ def test_closing_before_the_last_scheduled_epoch_warns_and_leaves_the_run_incomp
     net = tanh_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     with pytest.warns(infoplane.UnfinishedScheduleWarning, match=r"last epoch of its schedule, 4"):
-        with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r") as t:
+        with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r", flush_seconds=None) as t:
             for epoch in range(4):
                 t.step(epoch)
                 train_epoch(net, opt, x, y)
     run = infoplane.load_run(tmp_path / "r")
     assert run.epochs.tolist() == [0, 2] and not run.complete
     # Resumed and stepped to the end, the same run is complete; an open-ended schedule never warns.
-    with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r", resume=True) as t:
+    with infoplane.Tracker(net, x, y, schedule=infoplane.every(2, 4), out=tmp_path / "r", resume=True,
+                           flush_seconds=None) as t:
         assert t.step(4)
     assert infoplane.load_run(tmp_path / "r").complete
     import warnings
