@@ -45,23 +45,35 @@ static inline float ip_exp(float x) {
     return p * scale;
 }
 
-/* tanh: the odd Taylor series below |x| = 0.55 (no cancellation there), 1 - 2 / (e**2|x| + 1) above. */
+/* e**x - 1 for 0 <= x (NaN stays NaN): 2**n (1 + q) - 1 = 2**n q + (2**n - 1) with q = e**r - 1 by its Taylor series
+ * (no cancellation for small x, where n = 0 and the result is q itself). */
+static inline float ip_expm1_positive(float x) {
+    float xn = x < 88.0f ? x : 88.0f;
+    x = x > 88.0f ? 88.0f : x;
+    float n = nearbyintf(xn * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r;
+    float q = r + r * p;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return scale * q + (scale - 1.0f);
+}
+
+/* tanh |x| = E / (E + 2) with E = e**2|x| - 1: one exponential and one division for every x (within 1.5 ulp of the
+ * exact value, tested; torch's own is within 1). */
 static inline float ip_tanh(float x) {
     float a = fabsf(x);
-    float a2 = a * a;
-    float s = 6404582.0f / 10854718875.0f;
-    s = s * a2 - 929569.0f / 638512875.0f;
-    s = s * a2 + 21844.0f / 6081075.0f;
-    s = s * a2 - 1382.0f / 155925.0f;
-    s = s * a2 + 62.0f / 2835.0f;
-    s = s * a2 - 17.0f / 315.0f;
-    s = s * a2 + 2.0f / 15.0f;
-    s = s * a2 - 1.0f / 3.0f;
-    float small = a + a * (a2 * s);
-    float e = ip_exp(2.0f * (a > 9.0f ? 9.0f : a)); /* written so that NaN stays NaN */
-    float big = 1.0f - 2.0f / (e + 1.0f);
-    float t = a < 0.55f ? small : big;
-    return copysignf(t, x);
+    float e = ip_expm1_positive(2.0f * (a > 9.0f ? 9.0f : a)); /* written so that NaN stays NaN */
+    return copysignf(e / (e + 2.0f), x);
 }
 
 static inline float ip_sigmoid(float x) { return 1.0f / (1.0f + ip_exp(-x)); }
