@@ -677,8 +677,8 @@ def random_sharpness(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, *, rho: 
 
 # ---------------------------------------------------------------------------------------------------- ensembles
 
-#: The measures :func:`ensemble` computes for all seeds at once (the others are measured seed after seed).
-BATCHED = ("hessian_top_eigenvalue", "hessian_trace", "random_sharpness")
+#: The measures :func:`ensemble` computes for all seeds at once.
+BATCHED = ("hessian_top_eigenvalue", "hessian_trace", "random_sharpness", "sam_sharpness", "adaptive_sharpness")
 
 
 class _Stacked:
@@ -687,7 +687,7 @@ class _Stacked:
 
     def __init__(self, models: Sequence[nn.Module], loss_fn: LossFn, xs: Sequence[torch.Tensor],
                  ys: Sequence[torch.Tensor]) -> None:
-        from torch.func import grad, jvp, vmap
+        from torch.func import grad, grad_and_value, jvp, vmap
 
         first = models[0]
         self.names = [n for n, p in first.named_parameters() if p.requires_grad]
@@ -709,6 +709,7 @@ class _Stacked:
 
         self._loss = vmap(single, randomness="error")
         self._hvp = vmap(hvp, randomness="error")
+        self._value_and_grad = vmap(grad_and_value(single), randomness="error")
 
     def loss(self, ws: Sequence[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -716,6 +717,10 @@ class _Stacked:
 
     def hvp(self, vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return list(self._hvp(self.params, self.buffers, self.x, self.y, list(vs)))
+
+    def value_and_grad(self, ws: Sequence[torch.Tensor]) -> tuple[list[float], list[torch.Tensor]]:
+        gs, values = self._value_and_grad(list(ws), self.buffers, self.x, self.y)
+        return [float(v) for v in values], [g.detach() for g in gs]
 
 
 def _why_not_stacked(models: Sequence[nn.Module], xs: Sequence[Any], ys: Sequence[Any]) -> str:
@@ -744,10 +749,10 @@ def ensemble(models: Sequence[nn.Module], loss_fn: LossFn, xs: Sequence[Any], ys
              seeds: Sequence[int], **options: Any) -> tuple[list[Any], str]:
     """One measure of every network of an ensemble, each on its own data and with its own seed.
 
-    The measures of :data:`BATCHED` run all networks at once (stacked parameters, ``torch.func.vmap``) where they
-    share one architecture and their data one shape; the results are those of calling the measure on each network
-    (the same random vectors, per-network stopping), up to floating-point rounding. Otherwise, and for the other
-    measures, the networks are measured one after another.
+    Every measure runs all networks at once (stacked parameters, ``torch.func.vmap``) where they share one
+    architecture and their data one shape, and ``batch_size`` is not set; the results are those of calling the
+    measure on each network (the same random vectors, the same per-network stopping and step halving), up to
+    floating-point rounding. Otherwise the networks are measured one after another.
 
     Parameters
     ----------
@@ -810,8 +815,10 @@ def ensemble(models: Sequence[nn.Module], loss_fn: LossFn, xs: Sequence[Any], ys
         if not all(math.isfinite(b) for b in bases):
             stack.close()
             return one_by_one("a loss is not finite")  # the per-network path raises the clear error
-        if measure == "hessian_trace":
-            results: list[Any] = _batched_trace(st, seeds, bases, **options)
+        if measure in ("sam_sharpness", "adaptive_sharpness"):
+            results: list[Any] = _batched_ascent(st, seeds, measure == "adaptive_sharpness", **options)
+        elif measure == "hessian_trace":
+            results = _batched_trace(st, seeds, bases, **options)
         elif measure == "random_sharpness":
             results = _batched_random(st, seeds, bases, **options)
         else:
@@ -904,3 +911,75 @@ def _batched_top(st: _Stacked, seeds: Sequence[int], bases: list[float], *, tol:
         value, its, ok = found if found is not None else (lam[i], max_iter, False)
         out.append(None if value < 0 else TopEigenvalue(value=value, iterations=its, converged=ok, loss=bases[i]))
     return out
+
+
+def _times(vec: Sequence[torch.Tensor], factors: Sequence[float]) -> list[torch.Tensor]:
+    """Each seed's slice of a stacked vector times its own factor, in the vector's dtype."""
+    out = []
+    for u in vec:
+        f = torch.tensor(list(factors), dtype=u.dtype, device=u.device).view(-1, *([1] * (u.dim() - 1)))
+        out.append(f * u)
+    return out
+
+
+def _pick(mask: Sequence[bool], new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per seed, ``new``'s slice where ``mask`` holds, else ``old``'s."""
+    out = []
+    for a, b in zip(new, old):
+        m = torch.tensor(list(mask), device=a.device).view(-1, *([1] * (a.dim() - 1)))
+        out.append(torch.where(m, a, b))
+    return out
+
+
+def _batched_ascent(st: _Stacked, seeds: Sequence[int], adaptive: bool, *, rho: float, steps: int = 20,
+                    eta: float = 0.01) -> list[AscentSharpness]:
+    """:func:`_ascent` for every seed at once: the same start, trials, step halving and stopping per seed (a seed
+    that stopped is evaluated along with the others, its results ignored)."""
+    rho = check_float(rho, "rho", positive=True, what="> 0")
+    steps = check_int(steps, "steps", minimum=1)
+    eta = check_float(eta, "eta", minimum=0.0, what=">= 0")
+    S, w = len(seeds), st.params
+    scale = [p.abs() + eta for p in w] if adaptive else None
+
+    def at(u: list[torch.Tensor]) -> tuple[list[float], list[torch.Tensor]]:
+        e = u if scale is None else _mul(scale, u)
+        values, g = st.value_and_grad([a + b for a, b in zip(w, e)])
+        return values, (g if scale is None else _mul(scale, g))
+
+    def norms(v: Sequence[torch.Tensor]) -> list[float]:
+        return [math.sqrt(x) for x in _dots(v, v)]
+
+    base, g = at([torch.zeros_like(p) for p in w])
+    sizes = norms(g)
+    u = _times(g, [rho / n if n > 0 else 0.0 for n in sizes])
+    flat = [i for i, n in enumerate(sizes) if n == 0]
+    if flat:  # a zero gradient: a seeded random start on the sphere, as the seed's own call draws it
+        per_seed = [[x[i] for x in u] for i in range(S)]
+        for i in flat:
+            z = _draw("gaussian", st.per_model[i], torch.Generator().manual_seed(int(seeds[i])))
+            per_seed[i] = _scale(rho / _norm(z), z)
+        u = [torch.stack(parts) for parts in zip(*per_seed)]
+    current, g = at(u)
+    one_step = [c - b if n > 0 else 0.0 for c, b, n in zip(current, base, sizes)]
+    evaluations, alpha, active = [2] * S, [rho] * S, [True] * S
+    for _ in range(steps):
+        sizes = norms(g)
+        active = [a and n != 0.0 and al >= 1e-12 * rho for a, n, al in zip(active, sizes, alpha)]
+        if not any(active):
+            break
+        moved = [a + b for a, b in zip(_times(g, [al / n if a else 0.0 for al, n, a in zip(alpha, sizes, active)]),
+                                       u)]
+        lengths = norms(moved)
+        trial = _times(moved, [1.0 if n <= rho else rho / n for n in lengths])
+        values, trial_g = at(trial)
+        better = [a and v > c for a, v, c in zip(active, values, current)]
+        for i in range(S):
+            if active[i]:
+                evaluations[i] += 1
+                if better[i]:
+                    current[i] = values[i]
+                else:
+                    alpha[i] /= 2
+        u, g = _pick(better, trial, u), _pick(better, trial_g, g)
+    return [AscentSharpness(value=max(c - b, o), one_step=o, multi_step=max(c - b, o), rho=rho, evaluations=n,
+                            loss=b) for c, b, o, n in zip(current, base, one_step, evaluations)]

@@ -252,7 +252,7 @@ def test_fit_engines_train_the_same_with_sharpness_recorded(fused):
 
 
 def test_ensemble_batches_seeds_and_matches_each_network_alone():
-    from infoplane.sharpness import ensemble, random_sharpness
+    from infoplane.sharpness import adaptive_sharpness, ensemble, random_sharpness
 
     x, y = make_data(n=40)
     models = [build(s) for s in range(3)]
@@ -260,7 +260,9 @@ def test_ensemble_batches_seeds_and_matches_each_network_alone():
     loss = nn.CrossEntropyLoss()
     calls = {"hessian_top_eigenvalue": (hessian_top_eigenvalue, {"max_iter": 8, "tol": 1e-3}),
              "hessian_trace": (hessian_trace, {"samples": 2}),
-             "random_sharpness": (random_sharpness, {"rho": 0.1, "samples": 2})}
+             "random_sharpness": (random_sharpness, {"rho": 0.1, "samples": 2}),
+             "sam_sharpness": (sam_sharpness, {"rho": 0.1, "steps": 3}),
+             "adaptive_sharpness": (adaptive_sharpness, {"rho": 0.3, "steps": 3})}
     for name, (f, options) in calls.items():
         results, how = ensemble(models, loss, xs, ys, name, seeds=[5, 6, 7], **options)
         assert how == "batched"
@@ -268,11 +270,13 @@ def test_ensemble_batches_seeds_and_matches_each_network_alone():
             alone = f(m, loss, xi, yi, seed=s, **options)
             assert r.value == pytest.approx(alone.value, rel=1e-4, abs=1e-6)
             assert r.loss == pytest.approx(alone.loss, rel=1e-6)
+            if hasattr(alone, "one_step"):
+                assert r.one_step == pytest.approx(alone.one_step, rel=1e-4, abs=1e-6)
     # the models are left as they were: training mode, parameters
     assert all(m.training for m in models)
     # data of other shapes: one network at a time, saying why
     _, how = ensemble(models, loss, [x[:20], x[:21], x[:20]], [y[:20], y[:21], y[:20]], "hessian_trace",
                       seeds=[0, 1, 2], samples=2)
     assert how == "the seeds' data differ in shape"
-    _, how = ensemble(models, loss, xs, ys, "sam_sharpness", seeds=[0, 1, 2], rho=0.05, steps=1)
-    assert "one network at a time" in how
+    _, how = ensemble(models, loss, xs, ys, "sam_sharpness", seeds=[0, 1, 2], rho=0.05, steps=1, batch_size=8)
+    assert how == "batch_size is set"
