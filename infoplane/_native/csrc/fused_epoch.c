@@ -434,7 +434,8 @@ void ip_activate(int code, const float *p, const float *z, float *out, int64_t n
 void ip_quantize(const float *q, const float *a, float *out, int64_t n) { quantize(q, a, out, n); }
 
 struct job {
-    int S, L, first, stride, opt, update_params, status;
+    int S, L, opt, update_params, status;
+    int *next_seed; /* shared by the threads of one call */
     const int64_t *dims, *Y, *order;
     const int32_t *act, *quantised;
     const float *act_p, *quant, *X;
@@ -445,7 +446,8 @@ struct job {
     double *stat_mean, *stat_m2, *stat_count;
 };
 
-/* Seeds first, first + stride, ... for the whole epoch: the seeds never interact, so threads share nothing. */
+/* Takes the next untrained seed and trains it for the whole epoch, until none is left: the seeds never interact, so
+ * threads share nothing but the counter, and a thread that the system holds back leaves its seeds to the others. */
 static void *run_job(void *arg) {
     struct job *j = (struct job *)arg;
     int64_t T = params_per_seed(j->L, j->dims);
@@ -455,11 +457,13 @@ static void *run_job(void *arg) {
     float *work = (float *)malloc((size_t)work_floats(j->L, j->dims, B) * sizeof(float));
     int64_t *ybuf = (int64_t *)malloc((size_t)B * sizeof(int64_t));
     if (!work || !ybuf) { free(work); free(ybuf); j->status = -3; return NULL; }
-    double step = j->step0;
-    for (int64_t start = 0; start < j->n && j->status == 0; start += j->batch) {
-        int64_t Bc = j->n - start < j->batch ? j->n - start : j->batch;
-        step += 1.0;
-        for (int s = j->first; s < j->S && j->status == 0; s += j->stride) {
+    while (j->status == 0) {
+        int s = __atomic_fetch_add(j->next_seed, 1, __ATOMIC_RELAXED);
+        if (s >= j->S) break;
+        double step = j->step0;
+        for (int64_t start = 0; start < j->n && j->status == 0; start += j->batch) {
+            int64_t Bc = j->n - start < j->batch ? j->n - start : j->batch;
+            step += 1.0;
             j->status = seed_gradient(j->L, j->dims, j->act, j->act_p, j->quantised, j->quant, j->P + s * T,
                                       j->G + s * T, j->X, j->Y, j->N, j->order + s * j->n + start, Bc, work,
                                       ybuf);
@@ -470,8 +474,8 @@ static void *run_job(void *arg) {
             }
             if (j->status == 0 && j->update_params)
                 update(j->opt, j->hyper, step, j->P + s * T, j->G + s * T, j->M + s * T, j->V + s * T, T);
+            if (!j->update_params) break;
         }
-        if (!j->update_params) break;
     }
     free(work);
     free(ybuf);
@@ -480,8 +484,8 @@ static void *run_job(void *arg) {
 
 /* One epoch: for each minibatch of the orders [S, n] (the last one holds n % batch rows), every seed's
  * gradient, then its update. *step is the optimiser's step count, advanced once per minibatch. The seeds are
- * shared out among `threads` threads (each takes every threads-th seed for the whole epoch): an OpenMP team
- * where built with OpenMP, else pthreads.
+ * shared out among `threads` threads (each takes the next untrained seed for its whole epoch, see run_job): an
+ * OpenMP team where built with OpenMP, else pthreads. Each seed's result is the same whichever thread trains it.
  * update_params == 0 computes the first minibatch's gradients only (the trial check).
  * Gradient statistics, where stat_mean is not NULL: every minibatch's weight gradients of seed s go into the
  * running moments stat_mean[s], stat_m2[s] ([S, W] float64, W weights per seed, layer by layer) and
@@ -500,8 +504,9 @@ int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const 
     struct job jobs[64];
     pthread_t ids[64];
     int started[64] = {0};
+    int next_seed = 0;
     for (int t = 0; t < threads; t++) {
-        struct job j = {S, L, t, threads, opt, update_params, 0, dims, Y, order, act, quantised, act_p, quant, X,
+        struct job j = {S, L, opt, update_params, 0, &next_seed, dims, Y, order, act, quantised, act_p, quant, X,
                         P, G, M, V, N, n, batch, hyper, *step, stat_mean, stat_m2, stat_count};
         jobs[t] = j;
     }
@@ -511,7 +516,7 @@ int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const 
     for (int t = 0; t < threads; t++) run_job(&jobs[t]);
 #else
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
-    /* this thread takes job 0, and the jobs of any thread that failed to start */
+    /* this thread works too; the seeds of a thread that failed to start are left to the others */
     run_job(&jobs[0]);
     for (int t = 1; t < threads; t++) {
         if (started[t]) pthread_join(ids[t], NULL);
