@@ -562,6 +562,8 @@ def corruption_record(c: Any) -> dict:
               "clean_labels": np.asarray(c.clean_labels)}
     digest = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())).hexdigest()
     return {"settings": {**c.settings, "sha1": digest}, "arrays": arrays}
+
+
 # What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.
 _RECORDED_KEYS = {"estimators": ("estimators",), "schedule": ("schedule", "epochs"), "seeds": ("seeds", "seed"),
                   "keep_activations": ("keep_activations",), "layers": ()}
