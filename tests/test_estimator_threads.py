@@ -38,6 +38,8 @@ def threads(monkeypatch):
 @pytest.fixture(params=["kernel", "numpy"])
 def route(request, monkeypatch):
     """Run the test on the compiled kernel's route and on the numpy route of the fixed-range grid."""
+    # every call large enough for all the threads the test asks for
+    monkeypatch.setattr(_count_kernel, "ROWS_PER_THREAD", 1)
     if request.param == "numpy":
         monkeypatch.setattr(_count_kernel, "_LOADED", "switched off for this test")
     elif isinstance(_count_kernel.load(), str):
@@ -152,3 +154,10 @@ def test_no_estimator_touches_the_process_wide_thread_settings(monkeypatch):
     for call in calls:
         call()
         assert (torch.get_num_threads(), torch.get_num_interop_threads()) == before
+
+
+def test_small_counting_calls_run_on_one_kernel_thread(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert _count_kernel.kernel_threads(20 * 4096) == 1
+    assert _count_kernel.kernel_threads(2 * _count_kernel.ROWS_PER_THREAD) == 2
+    assert _count_kernel.kernel_threads(100 * _count_kernel.ROWS_PER_THREAD) == 4

@@ -77,6 +77,21 @@ def mode(bins: int | None, d: int, label_bits: int, n: int) -> int | None:
     return 2 if bins <= 2**16 else None
 
 
+# Rows (items x samples) of one call per kernel thread: below 2 * ROWS_PER_THREAD the kernel runs on one thread.
+# Its threads meet at the end of the call, and on a machine whose cores other processes keep busy a thread that
+# the scheduler took off its core holds that meeting for a time slice. Measured on 2 cores (load average 10 from
+# other jobs): 20 items of 4096 rows take 2.7 ms on one thread and 10 ms on two (12 and 20 ms beside one more busy
+# process), while 274 items take 44 ms and 52 ms idle but 92 ms and 68 ms beside two busy processes. The result
+# does not depend on the number of threads.
+ROWS_PER_THREAD = 2**19
+
+
+def kernel_threads(rows: int) -> int:
+    """Threads for a call over ``rows`` rows in all: torch's intra-op count (read, never set), at most one per
+    :data:`ROWS_PER_THREAD` rows."""
+    return max(1, min(torch.get_num_threads(), rows // ROWS_PER_THREAD))
+
+
 def counts(lib: ctypes.CDLL, how: int, a: torch.Tensor, y: torch.Tensor, grid, label_bits: int, table: np.ndarray):
     """Per item of ``a`` ([B, N, d] float32 or float64 on CPU) with dense labels ``y`` ([B or 1, N] int64):
     ``(s_t, s_ty, k_t, k_ty, bad)`` as numpy arrays [B]: the count-of-counts sums of T and of (T, Y) (see
@@ -94,7 +109,7 @@ def counts(lib: ctypes.CDLL, how: int, a: torch.Tensor, y: torch.Tensor, grid, l
     k_t, k_ty, bad = (np.empty(n_items, dtype=np.int64) for _ in range(3))
     status = kernels.count_rows(lib, acts=a, mode=how, labels=y, label_bits=label_bits, bins=grid_args[0],
                                 scale=grid_args[1], offset=grid_args[2], edges=edges, table=table, s_t=s_t, s_ty=s_ty,
-                                k_t=k_t, k_ty=k_ty, bad=bad, threads=max(1, torch.get_num_threads()))
+                                k_t=k_t, k_ty=k_ty, bad=bad, threads=kernel_threads(n_items * n))
     if status:
         raise MemoryError(f"the counting kernel could not allocate its tables for N = {n} samples of {d} units")
     return s_t, s_ty, k_t, k_ty, bad
