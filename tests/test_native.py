@@ -345,6 +345,11 @@ def test_a_prepared_fused_epoch_checks_what_changes_at_every_call():
     assert call(order, step, True, stats) == 0
     args = lib.calls[-1][1]
     assert args[14] == order.data_ptr() and args[-3:] == tuple(t.data_ptr() for t in stats)
+    assert call(order, step, True, stats) == 0 and lib.calls[-1][1][-3:] == args[-3:]  # the same arrays again
+    stats[1].resize_(S, W + 1)  # checked before, changed since
+    with pytest.raises(ValueError, match=r"'stats m2' has shape \[2, 31\]"):
+        call(order, step, True, stats)
+    stats = (stats[0], torch.zeros(S, W, dtype=torch.float64), stats[2])
     for bad, error, message in [
         ((stats[0].float(), stats[1], stats[2]), TypeError, "'stats mean' has dtype float32"),
         ((stats[0], stats[1][:1], stats[2]), ValueError, r"'stats m2' has shape \[1, 30\], expected \[2, 30\]"),

@@ -288,6 +288,7 @@ class FusedEpoch:
                       ptr["params"], ptr["grads"], ptr["exp_avg"], ptr["exp_avg_sq"], ptr["inputs"], ptr["labels"],
                       N)
         self._hyper = ptr["hyper"]
+        self._stats: tuple | None = None
 
     def _still_valid(self) -> None:
         for name, v, address, shape in self._held:
@@ -326,10 +327,17 @@ class FusedEpoch:
         o = _pointer(k, "order", order, ("int64",), (self.S, None))
         moments: tuple[int, int, int] | tuple[None, None, None] = (None, None, None)
         if stats is not None:
-            mean, m2, count = stats
-            moments = (_pointer(k, "stats mean", mean, ("float64",), (self.S, self.weights), writable=True),
-                       _pointer(k, "stats m2", m2, ("float64",), (self.S, self.weights), writable=True),
-                       _pointer(k, "stats count", count, ("float64",), (self.S,), writable=True))
+            held = self._stats
+            # The same (immutable) tuple as the previous call, its arrays unmoved: checked already.
+            if held is not None and held[0] is stats and all(t.data_ptr() == a for t, a in zip(stats, held[1])) \
+                    and all(t.shape == shape for t, shape in zip(stats, held[2])):
+                moments = held[1]
+            else:
+                mean, m2, count = stats
+                moments = (_pointer(k, "stats mean", mean, ("float64",), (self.S, self.weights), writable=True),
+                           _pointer(k, "stats m2", m2, ("float64",), (self.S, self.weights), writable=True),
+                           _pointer(k, "stats count", count, ("float64",), (self.S,), writable=True))
+                self._stats = (stats, moments, tuple(t.shape for t in stats))
         return self.lib.ip_fused_epoch(*self._args, o, order.shape[1], self.batch, self.optimizer,
                                        self._hyper, ctypes.byref(step), int(bool(update)), self.threads,
                                        *moments)

@@ -231,6 +231,7 @@ class FusedEngine:
         self._moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._gradient_layers: list[tuple[str, tuple[int, int] | None]] = []
         self._collect = False
+        self._dirty = False  # the moments hold samples (zeroed at the next period)
         # Seeds are independent, so the kernel shares them out among torch's intra-op threads (read, never set).
         self.threads = max(1, min(torch.get_num_threads(), S))
         n_quant = sum(plan.quantised)
@@ -282,6 +283,7 @@ class FusedEngine:
 
     def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
                     rngs: list[dict]) -> list[dict]:
+        self._dirty = self._dirty or self._collect
         self._call(torch.stack(orders), inputs, labels, batch_size, update=True, stats=self._collect)
         return rngs  # no randomness inside these models' forward
 
@@ -316,8 +318,10 @@ class FusedEngine:
         """Start a new period of gradient statistics; the epochs trained until the next call add to it if ``on``."""
         if self._moments is None:
             raise RuntimeError("call track_gradients first")
-        for t in self._moments:
-            t.zero_()
+        if self._dirty:
+            for t in self._moments:
+                t.zero_()
+            self._dirty = False
         self._collect = on
 
     def gradient_rows(self) -> list[list[GradientRow]]:

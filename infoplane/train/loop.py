@@ -236,7 +236,9 @@ def fit(
             grads.start(False)  # epoch 0: no minibatches
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
-        orders = [idx[torch.randperm(len(idx), generator=g)].to(device) for idx, g in zip(train_sets, generators)]
+        # index_select, not idx[perm]: the same rows, and on the CPU tens of times faster than advanced indexing
+        orders = [idx.index_select(0, torch.randperm(len(idx), generator=g)).to(device)
+                  for idx, g in zip(train_sets, generators)]
         if grads is None:
             rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         else:
