@@ -114,7 +114,7 @@ def test_tracker_stores_null_and_standard_errors(tmp_path):
         assert np.isfinite(run.get(field, estimator="noisy")).all()
         assert np.isnan(run.get(field, estimator="binning")).all()  # not produced: empty cells
     header = (tmp_path / "run" / "infoplane.csv").read_text().splitlines()[0]
-    assert header.endswith("ixt_se,ity_se,ity_null,ity_null_sd")
+    assert header.endswith("ixt_se,ity_se,ity_null,ity_null_sd,target")
 
 
 def test_with_null_takes_memory_budget():

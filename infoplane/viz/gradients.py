@@ -11,7 +11,7 @@ import numpy as np
 
 # isort: off
 # drawing chooses a headless backend, when none is configured, before pyplot is imported.
-from infoplane.viz.drawing import data_name, fraction_label, mark_incomplete, run_name
+from infoplane.viz.drawing import add_note, data_name, fraction_label, mark_incomplete, run_name
 
 import matplotlib.pyplot as plt  # noqa: E402
 # isort: on
@@ -21,6 +21,7 @@ from infoplane.runs.reader import Run  # noqa: E402
 from infoplane.viz.stats import as_run, median, quartiles, transitions  # noqa: E402
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["gradients"]
@@ -75,7 +76,9 @@ def gradients(run: Union[Run, str, os.PathLike], *, window: int = 5, threshold: 
             if k == 2 and not snr:
                 break
             ax = axes[0, 1 if k == 2 else 0]
-            values = np.where(np.isfinite(values[:, :, j]), values[:, :, j], np.nan)  # inf SNR: off the log axis
+            # an infinite SNR, or a zero spread (one batch per epoch), is off the log axis
+            column = values[:, :, j]
+            values = np.where(np.isfinite(column) & (column > 0), column, np.nan)
             med = median(values)
             ok = np.isfinite(med) & (x > 0)
             ax.plot(x[ok], med[ok], style, color=colour, linewidth=1.2)
@@ -90,16 +93,16 @@ def gradients(run: Union[Run, str, os.PathLike], *, window: int = 5, threshold: 
     handles += [Line2D([], [], color="0.3", linestyle="-", label="norm of mean"),
                 Line2D([], [], color="0.3", linestyle="--", label="norm of std")]
     left = axes[0, 0]
-    left.set_xscale("log")
-    left.set_yscale("log")
+    _log_axes(left)
     left.set_xlabel("Epoch")
     left.set_ylabel("Gradient norm")
-    left.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8)
+    # Below the panels, where it covers no line.
+    fig.legend(handles=handles, title="Layer", fontsize=8, title_fontsize=8, loc="outside lower center",
+               ncols=min(4, len(handles)))
     if snr:
         right = axes[0, 1]
+        _log_axes(right)  # before the threshold line, which is no data
         right.axhline(threshold, color="0.35", linestyle="--", linewidth=1)
-        right.set_xscale("log")
-        right.set_yscale("log")
         right.set_xlabel("Epoch")
         right.set_ylabel("SNR (norm of mean / norm of std)")
     mark_incomplete(left, run)
@@ -110,3 +113,18 @@ def gradients(run: Union[Run, str, os.PathLike], *, window: int = 5, threshold: 
     parts.append(f"transition: running median of {window}, SNR < {threshold:g}")
     fig.suptitle(" | ".join(parts), fontsize=10)
     return fig
+
+
+def _log_axes(ax: Axes) -> None:
+    """Log-log axes; where nothing positive was drawn (one batch per epoch has no spread, hence no SNR; epoch 0
+    alone has no x > 0), the axis stays linear and a note below says why it is empty."""
+    # data lines only (the transition and threshold lines are drawn in axes coordinates on one side)
+    drawn = [np.asarray(line.get_xydata(), dtype=float).reshape(-1, 2) for line in ax.get_lines()
+             if line.get_transform() is ax.transData]
+    points = np.concatenate(drawn) if drawn else np.empty((0, 2))
+    for column, set_scale in ((0, ax.set_xscale), (1, ax.set_yscale)):
+        values = points[:, column]
+        if (values[np.isfinite(values)] > 0).any():
+            set_scale("log")
+    if not len(points):
+        add_note(ax, "nothing to draw on log axes: no epoch with more than one optimiser step", color="0.35")

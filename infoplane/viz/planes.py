@@ -214,11 +214,8 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     ValueError
         When the runs' data sets (``meta["data"]``), N or H(Y) differ, or no run holds ``estimator``.
     """
-    runs = runs_list(runs, "compare")
-    _check_some_hold(runs, estimator)
     runs = runs_list([r.for_target(target) for r in runs_list(runs, "compare")], "compare")
-    for r in runs:
-        _values(r, estimator)
+    _check_some_hold(runs, estimator)
     check_same_data(runs)
     if titles is None:
         runs = by_fraction(runs)
