@@ -124,19 +124,26 @@ def _log_kernel_sums(h, labels, bounds, dtype, scale_lower, budget):
         k_lo.diagonal().zero_()
         k_lo.exp_()
         torch.clamp(k_lo, min=base_floor, out=k_up).square_().square_()
-        for b, k in enumerate((k_lo, k_up)):
-            for c in range(n_classes):
-                c0, c1 = bounds[c], bounds[c + 1]
-                # columns of class c (in the strip, columns start at i0): sums for the strip's own rows
-                j0, j1 = max(c0, i0) - i0, c1 - i0
-                if j1 > j0:
-                    sums[b, c, i0:i1] += k[:, j0:j1].sum(dim=1)
-                # rows of class c in the strip, transposed: sums for the later samples
-                r0, r1 = max(c0, i0), min(c1, i1)
-                if r1 > r0 and i1 < n:
-                    sums[b, c, i1:] += k[r0 - i0:r1 - i0, i1 - i0:].sum(dim=0)
+        _add_class_sums(sums, (k_lo, k_up), bounds, i0, i1)
     out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
     return out.log_()
+
+
+def _add_class_sums(sums: torch.Tensor, kernels: tuple, bounds: list[int], i0: int, i1: int) -> None:
+    """Add one strip of the upper triangle (rows i0:i1, columns i0:N) of each kernel to the per-class sums
+    ``sums[b, c, i]`` of both the strip's rows and, by symmetry, the later samples (samples sorted by class)."""
+    n = sums.shape[-1]
+    for b, k in enumerate(kernels):
+        for c in range(len(bounds) - 1):
+            c0, c1 = bounds[c], bounds[c + 1]
+            # columns of class c (in the strip, columns start at i0): sums for the strip's own rows
+            j0, j1 = max(c0, i0) - i0, c1 - i0
+            if j1 > j0:
+                sums[b, c, i0:i1] += k[:, j0:j1].sum(dim=1)
+            # rows of class c in the strip, transposed: sums for the later samples
+            r0, r1 = max(c0, i0), min(c1, i1)
+            if r1 > r0 and i1 < n:
+                sums[b, c, i1:] += k[r0 - i0:r1 - i0, i1 - i0:].sum(dim=0)
 
 
 def direct_kernel_sums(h: torch.Tensor, labels: torch.Tensor, bounds: list[int], scale_lower: float,
@@ -173,15 +180,7 @@ def direct_kernel_sums(h: torch.Tensor, labels: torch.Tensor, bounds: list[int],
             k_lo.addcmul_(k_up, k_up)
         k_lo.mul_(-scale_lower).clamp_(min=floor).exp_()
         torch.clamp(k_lo, min=base_floor, out=k_up).square_().square_()
-        for b, k in enumerate((k_lo, k_up)):
-            for c in range(n_classes):
-                c0, c1 = bounds[c], bounds[c + 1]
-                j0, j1 = max(c0, i0) - i0, c1 - i0
-                if j1 > j0:
-                    sums[b, c, i0:i1] += k[:, j0:j1].sum(dim=1)
-                r0, r1 = max(c0, i0), min(c1, i1)
-                if r1 > r0 and i1 < n:
-                    sums[b, c, i1:] += k[r0 - i0:r1 - i0, i1 - i0:].sum(dim=0)
+        _add_class_sums(sums, (k_lo, k_up), bounds, i0, i1)
     out = torch.stack([sums.sum(dim=1), sums.gather(1, labels.expand(2, 1, n)).squeeze(1)], dim=1)
     return out.log_()
 

@@ -9,7 +9,7 @@ an image under ``infoplane/<estimator>/plane``. Gradient statistics, when record
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
@@ -57,6 +57,14 @@ class TensorBoardSink:
             raise TypeError(f"TensorBoardSink needs a SummaryWriter or a log directory, got {type(target).__name__}")
         self.figure = bool(figure)
 
+    def _write(self, lines: Sequence[Any], run: Run, tags: Callable[[Any, int], list]) -> None:
+        # every tag of every line at its epoch (the global step), then one flush
+        n_seeds = max(1, len(run.seeds))
+        for line in lines:
+            for tag, value in tags(line, n_seeds):
+                self.writer.add_scalar(tag, value, global_step=int(line.epoch))
+        self.writer.flush()
+
     def log_rows(self, rows: Sequence[Row], run: Run) -> None:
         """Write the scalars of ``rows`` (global step = epoch) and flush.
 
@@ -66,11 +74,7 @@ class TensorBoardSink:
         run : Run
             The run so far (gives the number of seeds).
         """
-        n_seeds = max(1, len(run.seeds))
-        for row in rows:
-            for tag, value in scalar_tags(row, n_seeds):
-                self.writer.add_scalar(tag, value, global_step=int(row.epoch))
-        self.writer.flush()
+        self._write(rows, run, scalar_tags)
 
     def log_gradients(self, records: Sequence[GradientRecord], run: Run) -> None:
         """Write the scalars of gradient statistics (global step = epoch) and flush.
@@ -80,11 +84,7 @@ class TensorBoardSink:
         records : list of GradientRecord
         run : Run
         """
-        n_seeds = max(1, len(run.seeds))
-        for record in records:
-            for tag, value in gradient_tags(record, n_seeds):
-                self.writer.add_scalar(tag, value, global_step=int(record.epoch))
-        self.writer.flush()
+        self._write(records, run, gradient_tags)
 
     def log_sharpness(self, rows: Sequence[SharpnessRow], run: Run) -> None:
         """Write the sharpness values of ``rows`` as ``sharpness/<measure>`` (global step = epoch) and flush.
@@ -95,11 +95,7 @@ class TensorBoardSink:
         run : Run
             The run so far (gives the number of seeds).
         """
-        n_seeds = max(1, len(run.seeds))
-        for row in rows:
-            for tag, value in sharpness_tags(row, n_seeds):
-                self.writer.add_scalar(tag, value, global_step=int(row.epoch))
-        self.writer.flush()
+        self._write(rows, run, sharpness_tags)
 
     def log_figure(self, run: Run, step: Optional[int] = None) -> None:
         """Write the plane figure of every estimator of ``run`` now (on demand).

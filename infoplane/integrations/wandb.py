@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 
@@ -63,6 +63,16 @@ class WandbSink:
             self.run.define_metric("sharpness/*", step_metric=EPOCH_KEY)
             self._defined = True
 
+    def _log(self, lines: Sequence[Any], run: Run, tags: Callable[[Any, int], list]) -> None:
+        # one run.log per epoch, carrying infoplane/epoch, with the tags of every line of that epoch
+        self._define()
+        n_seeds = max(1, len(run.seeds))
+        for epoch, group in rows_by_epoch(lines):
+            values: dict[str, float] = {EPOCH_KEY: epoch}
+            for line in group:
+                values.update(tags(line, n_seeds))
+            self.run.log(values)
+
     def log_rows(self, rows: Sequence[Row], run: Run) -> None:
         """Log the scalars of ``rows``: one ``run.log`` per epoch, carrying ``infoplane/epoch``.
 
@@ -72,13 +82,7 @@ class WandbSink:
         run : Run
             The run so far (gives the number of seeds).
         """
-        self._define()
-        n_seeds = max(1, len(run.seeds))
-        for epoch, group in rows_by_epoch(rows):
-            values: dict[str, float] = {EPOCH_KEY: epoch}
-            for row in group:
-                values.update(scalar_tags(row, n_seeds))
-            self.run.log(values)
+        self._log(rows, run, scalar_tags)
 
     def log_gradients(self, records: Sequence[GradientRecord], run: Run) -> None:
         """Log gradient statistics (``infoplane/gradients/<field>/<layer>``): one ``run.log`` per epoch.
@@ -88,13 +92,7 @@ class WandbSink:
         records : list of GradientRecord
         run : Run
         """
-        self._define()
-        n_seeds = max(1, len(run.seeds))
-        for epoch, group in rows_by_epoch(records):
-            values: dict[str, float] = {EPOCH_KEY: epoch}
-            for record in group:
-                values.update(gradient_tags(record, n_seeds))
-            self.run.log(values)
+        self._log(records, run, gradient_tags)
 
     def log_sharpness(self, rows: Sequence[SharpnessRow], run: Run) -> None:
         """Log the sharpness values of ``rows`` as ``sharpness/<measure>``: one ``run.log`` per epoch, carrying
@@ -106,13 +104,7 @@ class WandbSink:
         run : Run
             The run so far (gives the number of seeds).
         """
-        self._define()
-        n_seeds = max(1, len(run.seeds))
-        for epoch, group in rows_by_epoch(rows):
-            values: dict[str, float] = {EPOCH_KEY: epoch}
-            for row in group:
-                values.update(sharpness_tags(row, n_seeds))
-            self.run.log(values)
+        self._log(rows, run, sharpness_tags)
 
     def log_figure(self, run: Run, step: Optional[int] = None) -> None:
         """Log the plane figure of every estimator now, as a ``wandb.Image`` (on demand).
