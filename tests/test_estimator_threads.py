@@ -156,8 +156,16 @@ def test_no_estimator_touches_the_process_wide_thread_settings(monkeypatch):
         assert (torch.get_num_threads(), torch.get_num_interop_threads()) == before
 
 
-def test_small_counting_calls_run_on_one_kernel_thread(monkeypatch):
+def test_small_counting_calls_and_busy_machines_run_on_one_kernel_thread(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert _count_kernel.kernel_threads(20 * 4096) == 1
+    monkeypatch.setattr(_count_kernel, "machine_busy", lambda: False)
+    assert _count_kernel.kernel_threads(_count_kernel.ROWS_PER_THREAD + 1) == 1
     assert _count_kernel.kernel_threads(2 * _count_kernel.ROWS_PER_THREAD) == 2
     assert _count_kernel.kernel_threads(100 * _count_kernel.ROWS_PER_THREAD) == 4
+    monkeypatch.setattr(_count_kernel, "machine_busy", lambda: True)
+    assert _count_kernel.kernel_threads(100 * _count_kernel.ROWS_PER_THREAD) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(_count_kernel.os, "getloadavg", lambda: (1e9, 0.0, 0.0))
+    assert _count_kernel.machine_busy()
+    monkeypatch.setattr(_count_kernel.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert not _count_kernel.machine_busy()
