@@ -114,6 +114,10 @@ def test_chain_check_counts_growth_beyond_the_tolerance():
     r = rng.random((7, 5, 6))
     expected = sum(r[i, j, k + 1] - r[i, j, k] > 0.1 for i in range(7) for j in range(5) for k in range(5))
     assert chain_check(r, tol=0.1).count == expected
+    # equal information estimated through different count tables differs in the last bits: not a violation
+    h = 0.99915712
+    assert chain_check([h, h + 4.44e-16, np.nextafter(h + 4.44e-16, 2.0)]).count == 0
+    assert chain_check([h, h + 1e-6]).count == 1
     with pytest.raises(ValueError, match="at least two"):
         chain_check([1.0])
     with pytest.raises(ValueError, match="tol must be"):

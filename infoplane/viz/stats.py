@@ -252,7 +252,7 @@ def chain_report(run: Union[Run, str, os.PathLike], estimator: Optional[str] = N
     -------
     ChainReport
     """
-    from infoplane.bounds import chain_check
+    from infoplane.bounds import ROUNDING_BITS, chain_check
 
     run = as_run(run)
     ixt, ity = values(run, estimator)
@@ -270,7 +270,7 @@ def chain_report(run: Union[Run, str, os.PathLike], estimator: Optional[str] = N
                 se_med = np.sqrt(median(se ** 2) / max(1, len(run.seeds)))
                 margin = np.nan_to_num(2 * np.sqrt(se_med[:, :-1] ** 2 + se_med[:, 1:] ** 2), nan=0.0)
                 with np.errstate(invalid="ignore"):
-                    found &= np.diff(med, axis=-1) > tol + margin
+                    found &= np.diff(med, axis=-1) > tol + ROUNDING_BITS + margin
             out[field][:, 1:] = found
     count = int(out["ixt"].sum() + out["ity"].sum())
     return ChainReport(applies, why, out["ixt"], out["ity"], float(tol), count)
