@@ -374,3 +374,13 @@ def test_the_budget_can_be_changed_while_open(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="flush_seconds must be a number >= 0 or None"):
         t.flush_seconds = -1
     t.close()
+
+
+def test_training_checkpoints_are_spaced_so_that_saving_costs_at_most_a_twentieth():
+    from infoplane.experiment.fraction import CHECKPOINT_SECONDS, CHECKPOINT_SHARE, checkpoint_interval
+
+    assert CHECKPOINT_SECONDS == 1.0 and CHECKPOINT_SHARE == 0.05
+    assert checkpoint_interval(0.0) == 1.0 and checkpoint_interval(0.05) == 1.0  # cheap saves: once a second
+    for cost in (0.06, 0.2, 1.5):
+        interval = checkpoint_interval(cost)
+        assert interval > 1.0 and cost / interval == pytest.approx(CHECKPOINT_SHARE)

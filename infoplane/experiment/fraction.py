@@ -198,16 +198,20 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         if job.on_epoch is not None:  # a Ray task reports its progress to the driver
             job.on_epoch(1)
 
+    save_cost = 0.0  # seconds the last checkpoint's write took
+
     def should_save(epoch):
-        return time.monotonic() - last_save >= 1.0
+        return time.monotonic() - last_save >= checkpoint_interval(save_cost)
 
     def checkpoint(train_state):
-        nonlocal last_save
+        nonlocal last_save, save_cost
         # The estimates of every epoch up to this state are written before the state is saved, so a resumed run
         # never skips an epoch whose rows were lost; between checkpoints the tracker batches as it likes.
         tracker.flush()
+        t0 = time.monotonic()
         save_state(state_path, train_state)
         last_save = time.monotonic()
+        save_cost = last_save - t0
 
     held_out = [s[1] for s in plan.splits]
     test_idx = None if any(len(t) == 0 for t in held_out) else held_out  # fraction 1: no held-out samples
@@ -238,6 +242,17 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
     how = "vectorised" if result.vectorized else "one at a time"
     log(f"{run_dir}: {len(seeds)} seed(s) trained {how} for {epochs} epochs")
     return load_run(run_dir)
+
+
+#: Shortest time between two training checkpoints (seconds), and the largest share of the time they may take.
+CHECKPOINT_SECONDS, CHECKPOINT_SHARE = 1.0, 0.05
+
+
+def checkpoint_interval(save_seconds: float) -> float:
+    """Seconds between training checkpoints: :data:`CHECKPOINT_SECONDS`, or longer where one save takes more than
+    :data:`CHECKPOINT_SHARE` of that (many seeds, a slow disk), so that saving never costs more than that share of
+    the run. A kill loses at most this interval of training."""
+    return max(CHECKPOINT_SECONDS, save_seconds / CHECKPOINT_SHARE)
 
 
 def _gradient_layers(job: TrackJob, plan: FractionPlan) -> dict[str, list[str]] | None:
