@@ -66,6 +66,24 @@ def test_stacked_probe_and_metrics_equal_the_members_own_passes():
         assert got["train_acc"][i] == pytest.approx(float((out.argmax(1) == y[train[i]]).sum()) / 77, abs=1e-12)
 
 
+def test_quantised_members_are_probed_together_bit_for_bit():
+    from infoplane import quantize
+
+    nets = [quantize(net, bits=8, ranges={nn.LeakyReLU: (-4.0, 4.0)}) for net in _members(4, seed=3)]
+    x = torch.randn(150, 12, generator=torch.Generator().manual_seed(2))
+    layers = resolve_layers(nets[0], x)
+    assert stacked.same_mlps(nets) and stacked.stackable(nets, x, layers)
+    together = stacked.stacked_probe(nets, x, layers, batch_size=64)
+    for net, acts in zip(nets, together):
+        own = probe(net, x, layers, batch_size=64)
+        assert all(torch.equal(own[k], acts[k]) for k in own)
+        # each quantised tanh layer holds levels of the 256-level grid on [-1, 1] only
+        tanh, step = acts[layers[0].name], 2.0 / 255
+        assert torch.equal(tanh, torch.round((tanh + 1) / step) * step - 1)
+    # a quantised network next to the same network unquantised: not the same members
+    assert not stacked.same_mlps([nets[0], _members(1, seed=3)[0]])
+
+
 def test_tracked_fit_is_bit_identical_with_and_without_the_stacked_passes(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(150, 12, generator=g), torch.randint(0, 3, (150,), generator=g)

@@ -24,6 +24,8 @@ __all__ = ["ELEMENTWISE", "same_mlps", "stackable", "stacked_probe", "stacked_ou
 _ROW_ALIGN = 16
 
 #: Parameter-free modules applied elementwise: on a stacked [S, N, d] tensor they act as on each member's [N, d].
+#: A module class may also declare itself so with a class attribute ``infoplane_elementwise = True`` (infoplane's
+#: quantised activations do).
 ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.Identity,
                nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softsign, nn.Tanhshrink)
 
@@ -39,7 +41,7 @@ def _signature(model: nn.Module) -> Optional[list]:
     for name, m in model.named_children():
         if type(m) is nn.Linear:
             out.append((name, "linear", tuple(m.weight.shape), m.bias is not None, m.weight.dtype, m.weight.device))
-        elif type(m) in ELEMENTWISE:
+        elif type(m) in ELEMENTWISE or getattr(type(m), "infoplane_elementwise", False) is True:
             out.append((name, type(m), repr(m)))  # repr carries the parameters (slope, limits, ...)
         else:
             return None

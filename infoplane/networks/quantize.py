@@ -12,6 +12,7 @@ from torch import nn
 
 from infoplane._validate import check_int
 from infoplane.capture.hooks import ACTIVATIONS
+from infoplane.capture.stacked import ELEMENTWISE
 
 __all__ = ["quantize"]
 
@@ -53,8 +54,9 @@ def _quantized_class(base: type) -> type:
                 f"quantized={self.quant_levels} levels on [{self.quant_low}, {self.quant_high}]")
 
         name = f"Quantized{base.__name__}"
+        # Elementwise when the activation is: the ensemble's stacked probe pass may then run it on [S, N, d].
         cls = type(name, (base,), {"forward": forward, "extra_repr": extra_repr, "__module__": __name__,
-                                   "__qualname__": name})
+                                   "__qualname__": name, "infoplane_elementwise": base in ELEMENTWISE})
         # Registered under its name in this module so that pickling (torch.save of the whole model) finds it.
         globals()[name] = cls
         QUANTIZED_CLASSES[base] = cls
