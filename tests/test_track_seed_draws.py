@@ -1,5 +1,6 @@
 """`infoplane track` on corrupted data draws the corruption once per seed: seed s trains, is probed and is measured
 on `corrupt(x, y, seed=s)`, exactly as a run of seed s alone."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,12 @@ def test_a_run_of_an_earlier_release_with_one_shared_draw_reads_per_seed(tmp_pat
     np.testing.assert_array_equal(got["clean_labels"], y)
     with pytest.raises(ValueError, match="one draw shared by every seed"):
         read_corruption(run_dir)
+    # Its meta.json says the same (no "draw"): it is not continued on per-seed draws.
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["corruption"] = {**{k: v for k, v in old.settings.items()}, "sha1": "0" * 40}
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="one corrupted draw shared by every seed"):
+        _track(tmp_path / "o", seeds=3, seed=0, label_noise=0.5, resume=True, epochs=3)
 
 
 def test_per_seed_probe_sets_are_checked(tmp_path):

@@ -404,6 +404,8 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
             else:  # each seed is measured on its own draw: its inputs and the labels it was trained on
                 probes = [_probe_set(x, y, probe, splits) for x, y in zip(seed_inputs, seed_labels)]  # type: ignore[arg-type]
                 probe_x, probe_y = [p[0] for p in probes], [p[1] for p in probes]
+                if seed_inputs[0] is inputs:  # type: ignore[index]  # inputs not corrupted: one probe input for all
+                    probe_x = [probe_x[0]] * len(probe_x)
             targets = None if clean_labels is None else {"y_clean": _probe_set(inputs, clean_labels, probe, splits)[1]}
         except ValueError as err:
             raise ConfigError(f"training fraction {fraction:g}: {err}") from err
@@ -422,6 +424,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         here, extend_from = schedule, None
         if resume and (run_dir / META).exists():
             stored = read_meta(run_dir)
+            _check_draws_per_seed(run_dir, stored, job.corruption)
             extend_from = _extension(run_dir, stored, epochs)
             if extend_from is not None:  # the epochs so far keep their schedule; later ones follow `schedule`
                 here = extended(from_json(stored["schedule"]), schedule, extend_from)
@@ -627,6 +630,16 @@ def corruption_record(draws: Sequence[Any], seeds: Sequence[int]) -> dict:
     settings.update(draw="per seed", seeds=[int(s) for s in seeds],
                     n_corrupted=[int(d.settings["n_corrupted"]) for d in draws], sha1=digest.hexdigest())
     return {"settings": settings, "arrays": arrays}
+
+
+def _check_draws_per_seed(run_dir: Path, stored: dict, corruption: dict | None) -> None:
+    """A run of an earlier release trained every seed on one shared draw: it cannot be continued on per-seed draws."""
+    old = stored.get("corruption")
+    if corruption is not None and isinstance(old, dict) and "draw" not in old:
+        raise ConfigError(f"{run_dir} was trained by an earlier release of infoplane on one corrupted draw shared by "
+                          f"every seed; this release draws the corruption once per seed, so it cannot continue that "
+                          f"run: finish it with that release, or pass `overwrite=True` to train it again with a draw "
+                          f"per seed", "resume", "overwrite")
 
 
 # What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.

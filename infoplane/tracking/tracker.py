@@ -267,8 +267,9 @@ class Tracker:
     per_seed : bool, default False
         ``inputs`` and ``labels`` are lists with one probe set per model, in the order of the models (e.g. each
         seed trained on its own draw of corrupted data): each model is probed on its own inputs and its I(T;Y)
-        is measured against its own labels (and clamped to its own H(Y)). Every probe set has the same N; one
-        input object given for several models is probed once for them. ``meta.json`` then holds each seed's H(Y)
+        is measured against its own labels (and clamped to its own H(Y)). Every probe set has the same N; when
+        every model is given the same input object, the models are probed as with one shared probe set (only the
+        labels differ). ``meta.json`` then holds each seed's H(Y)
         (``h_y_seeds``) and, as ``h_y``, the largest of them (the ceiling of every seed's I(T;Y)); side variables
         (``targets``) are shared by every model; ``labels.npy`` of saved activations holds one row per seed. Not
         under ``torch.distributed``.
