@@ -75,6 +75,8 @@ def test_each_seed_draws_its_own_corruption_and_the_run_stores_every_draw(tmp_pa
     # Each seed's H(Y) is that of its own probe labels (probe "all": the whole data set); the run's is the largest.
     h = [_entropy(got["labels"][i]) for i in range(2)]
     assert run.meta["h_y_seeds"] == pytest.approx(h) and run.h_y == pytest.approx(max(h))
+    assert run.meta["h_y_from"] == "the largest of h_y_seeds"
+    assert "h_y_seeds" not in run.for_target("y_clean").meta  # Z is shared: its H(Z) is the one ceiling
     # Each seed's stratified split is stratified on its own labels, drawn with its seed, as it would be alone.
     for i, s in enumerate((3, 4)):
         train, test = infoplane.data.stratified_split(got["labels"][i], 0.5, seed=s)

@@ -98,6 +98,7 @@ def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Se
     }
     if labels_np.ndim == 2:  # each seed measured against its own labels: each seed's H(Y), in the order of seeds
         meta["h_y_seeds"] = h_seeds
+        meta["h_y_from"] = "the largest of h_y_seeds"
         meta["probe"]["per_seed"] = True
     if class_names is not None:
         meta["class_names"] = class_names

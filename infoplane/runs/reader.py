@@ -164,8 +164,9 @@ class Run:
             raise ValueError(f"target {target!r} is not in this run; its side variables: {self.targets} (None: the "
                              f"labels Y)")
         info: dict = next((t for t in self.meta.get("targets") or [] if t.get("name") == target), {})
-        meta = {**self.meta, "target": target, "h_y": info.get("h"), "class_names": info.get("class_names"),
-                "targets": None}
+        # The labels' per-seed H(Y) (one probe set per seed) says nothing of Z, which every seed shares.
+        meta = {**{k: v for k, v in self.meta.items() if k not in ("h_y_seeds", "h_y_from")}, "target": target,
+                "h_y": info.get("h"), "class_names": info.get("class_names"), "targets": None}
         rows = [r._replace(target="") for r in self.rows if r.target == target]
         return Run(meta, rows, self._metrics, self.metric_names, path=self.path)
 
