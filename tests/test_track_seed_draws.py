@@ -143,17 +143,23 @@ def test_each_seed_is_measured_and_scored_against_the_labels_it_trained_on(tmp_p
 
 def test_resume_checks_every_seeds_draw(tmp_path):
     out = tmp_path / "o"
-    _track(out, seeds=2, seed=0, label_noise=0.4)
+    _track(out, seeds=2, seed=0, label_noise=0.4, schedule=[0, 1, 2, 3])
     run_dir = out / "fraction-0.5"
     # Other corruption settings are refused before anything trains, naming the setting.
     with pytest.raises(ConfigError, match="corruption"):
-        _track(out, seeds=2, seed=0, label_noise=0.3, resume=True)
+        _track(out, seeds=2, seed=0, label_noise=0.3, resume=True, schedule=[0, 1, 2, 3])
+    # The same draws continue: trained on to 3 epochs, every seed is where a straight 3-epoch run puts it.
+    longer = _track(out, seeds=2, seed=0, label_noise=0.4, resume=True, epochs=3, schedule=[0, 1, 2, 3])
+    straight = _track(tmp_path / "straight", seeds=2, seed=0, label_noise=0.4, epochs=3, schedule=[0, 1, 2, 3])
+    assert longer.epochs.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(longer.get("ity"), straight.get("ity"))
+    np.testing.assert_array_equal(longer.metric("train_acc_clean"), straight.metric("train_acc_clean"))
     # The second seed's draw changed on disk (its meta.json entry kept): resuming, here to more epochs, refuses it.
     stored = read_corruption(run_dir)
     stored["labels"][1, 0] = 1 - stored["labels"][1, 0]
     np.savez(run_dir / CORRUPTION, **stored)
     with pytest.raises(ValueError, match="other draws of the corrupted data"):
-        _track(out, seeds=2, seed=0, label_noise=0.4, resume=True, epochs=3)
+        _track(out, seeds=2, seed=0, label_noise=0.4, resume=True, epochs=4, schedule=[0, 1, 2, 3, 4])
 
 
 def test_a_run_of_an_earlier_release_with_one_shared_draw_reads_per_seed(tmp_path):
