@@ -213,12 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed-split", action="store_true", help="one split for all seeds (default: one per seed)")
     g.add_argument("--probe", choices=["all", "train", "test"], default="all",
                    help="samples on which the plane is measured (default: all)")
-    g = track.add_argument_group("corrupted data (drawn once from --seed; the clean labels are tracked as y_clean)")
+    g = track.add_argument_group("corrupted data (drawn once per seed: seed s trains on its own draw; the clean labels "
+                                   "are tracked as y_clean)")
     g.add_argument("--label-noise", metavar="P", type=_probability, default=0.0,
                    help="redraw each label with probability P in [0, 1], uniformly from all classes")
     g.add_argument("--random-labels", action="store_true", help="redraw every label (--label-noise 1)")
     g.add_argument("--shuffled-pixels", action="store_true",
-                   help="reorder the input features by one permutation, the same for every sample")
+                   help="reorder the input features by one permutation (per seed), the same for every sample")
     g.add_argument("--random-pixels", action="store_true",
                    help="reorder the input features of each sample by its own permutation")
     g.add_argument("--gaussian-inputs", action="store_true",

@@ -18,7 +18,7 @@ def _entropy(z):
     return float(-(p * np.log2(p)).sum())
 
 
-def test_label_noise_is_drawn_once_recorded_and_the_clean_labels_tracked(tmp_path, capsys):
+def test_label_noise_is_drawn_per_seed_recorded_and_the_clean_labels_tracked(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, (96, 12)).astype(np.float32)
     y = (x[:, :3].sum(1) % 2).astype(np.int64)
@@ -30,11 +30,11 @@ def test_label_noise_is_drawn_once_recorded_and_the_clean_labels_tracked(tmp_pat
     assert "I(T;y_clean) per layer" in out and "chain check:" in out
     run = infoplane.load_run(tmp_path / "o" / "fraction-0.5")
     want = corrupt(x, y, label_noise=0.5, seed=3)  # the same draw, made here
-    got = run.corruption
-    np.testing.assert_array_equal(got["corrupted"], want.corrupted)
-    np.testing.assert_array_equal(got["labels"], want.y)
+    got = run.corruption  # one row per seed
+    np.testing.assert_array_equal(got["corrupted"], [want.corrupted])
+    np.testing.assert_array_equal(got["labels"], [want.y])
     np.testing.assert_array_equal(got["clean_labels"], y)
-    assert run.meta["corruption"]["label_noise"] == 0.5 and run.meta["corruption"]["seed"] == 3
+    assert run.meta["corruption"]["label_noise"] == 0.5 and run.meta["corruption"]["seeds"] == [3]
     # Y is what the network saw (the corrupted labels); the clean ones are the side variable y_clean.
     assert run.h_y == pytest.approx(_entropy(want.y))
     assert run.targets == ["y_clean"]

@@ -44,6 +44,10 @@ class Corruption:
     settings : dict
         JSON-able record of the options (``label_noise``, ``random_labels``, ``shuffled_pixels``,
         ``random_pixels``, ``gaussian_inputs``, ``n_classes``, ``seed``) and ``n_corrupted``.
+    feature_order : numpy array or None
+        The order the features were put in (int64 indices into the flattened features): ``[D]`` with
+        ``shuffled_pixels`` (feature ``j`` of every sample is its former feature ``feature_order[j]``), ``[N, D]``
+        with ``random_pixels`` (one order per sample); None otherwise.
     """
 
     x: Any
@@ -51,6 +55,7 @@ class Corruption:
     corrupted: Any
     clean_labels: Any
     settings: Dict[str, Any]
+    feature_order: Optional[np.ndarray] = None
 
 
 def _check_flag(value: Any, name: str) -> bool:
@@ -168,7 +173,8 @@ def corrupt(x: Any, y: Any, *, label_noise: float = 0.0, random_labels: bool = F
     -------
     Corruption
         ``x``, ``y`` (corrupted, same types, dtypes and shapes as given), ``corrupted`` (bool mask of the redrawn
-        labels), ``clean_labels`` and ``settings`` (JSON-able).
+        labels), ``clean_labels``, ``settings`` (JSON-able) and ``feature_order`` (the features' new order, where
+        they were shuffled).
 
     Raises
     ------
@@ -230,10 +236,13 @@ def corrupt(x: Any, y: Any, *, label_noise: float = 0.0, random_labels: bool = F
     input_rng = np.random.default_rng(streams[_INPUT_STREAM])
     flat = x.reshape(n, -1)
     d = int(flat.shape[1])
+    order = None
     if modes["shuffled_pixels"]:
-        flat = _permute_features(flat, input_rng.permutation(d))
+        order = input_rng.permutation(d)
+        flat = _permute_features(flat, order)
     elif modes["random_pixels"]:
-        flat = _permute_features(flat, input_rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1))
+        order = input_rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1)
+        flat = _permute_features(flat, order)
     elif modes["gaussian_inputs"]:
         floating = x.is_floating_point() if isinstance(x, torch.Tensor) else x.dtype.kind == "f"
         if not floating:
@@ -250,4 +259,5 @@ def corrupt(x: Any, y: Any, *, label_noise: float = 0.0, random_labels: bool = F
     settings = dict(label_noise=p, random_labels=random_labels, **modes, n_classes=n_classes, seed=int(seed),
                     n_corrupted=int(redraw.sum()))
     return Corruption(x=x_out, y=_labels_like(noisy, form, labels.names, n_classes), corrupted=mask,
-                      clean_labels=_labels_like(clean, form, labels.names, n_classes), settings=settings)
+                      clean_labels=_labels_like(clean, form, labels.names, n_classes), settings=settings,
+                      feature_order=order)

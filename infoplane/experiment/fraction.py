@@ -67,6 +67,10 @@ class TrackJob:
         Record the per-layer gradient statistics of every recorded epoch's mini-batches (``gradients.csv``).
     corruption : dict, optional
         The corruption the data went through (``settings`` and the ``arrays`` of ``corruption.npz``), or None.
+    seed_inputs, seed_labels : list of torch.Tensor, optional
+        Per seed, the inputs ``[N, ...]`` and labels ``[N]`` that seed trains on (its own corrupted draw; a seed
+        whose inputs were not corrupted holds ``inputs`` itself); None: every seed trains on ``inputs`` and
+        ``labels``, which are then the data trained on (with a draw they are the clean data).
     """
 
     model_file: ModelFile
@@ -93,6 +97,14 @@ class TrackJob:
     rho: float | None = None
     sharpness: dict | None = None
     sharpness_samples: int | None = 1024
+    seed_inputs: list | None = None
+    seed_labels: list | None = None
+
+    def seed_data(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per seed, the (inputs, labels) it trains on."""
+        if self.seed_labels is None:
+            return [(self.inputs, self.labels)] * len(self.seeds)
+        return list(zip(self.seed_inputs or [self.inputs] * len(self.seeds), self.seed_labels))
 
 
 @dataclass(frozen=True)
@@ -105,8 +117,9 @@ class FractionPlan:
     run_dir : pathlib.Path
     splits : list of (ndarray, ndarray)
         Per seed, the training and held-out row indices.
-    probe_x, probe_y : torch.Tensor
-        The samples on which the plane is measured.
+    probe_x, probe_y : torch.Tensor or list of torch.Tensor
+        The samples on which the plane is measured, or one probe set per seed (each seed's own draw of
+        corrupted data, ``TrackJob.seed_labels``), in the order of the seeds.
     meta : dict
         Entries for ``meta.json`` (data, model file, caller, training and split settings).
     targets : dict, optional
@@ -171,7 +184,7 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
                        schedule=plan.schedule or job.schedule, out=run_dir, seeds=seeds, fraction=plan.fraction,
                        meta=plan.meta, keep_activations=job.keep_activations, resume=job.resume, reduce=job.reduce,
                        targets=plan.targets, gradients=(lambda: latest[0]) if given else False,
-                       **_sharpness_options(job, plan))
+                       per_seed=isinstance(plan.probe_y, list), **_sharpness_options(job, plan))
         if job.corruption is not None:  # under the tracker's lock of the run directory
             try:
                 save_corruption(run_dir, job.corruption["arrays"])
@@ -180,7 +193,8 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
                 raise
         return made
 
-    clean = _CleanMetrics(job, plan)
+    fit_x, fit_y, train_idx, held_out = _fit_data(job, plan)
+    clean = _CleanMetrics(job, plan, fit_x, train_idx, held_out)
 
     def callback(epoch, members, metrics):
         nonlocal tracker
@@ -213,12 +227,11 @@ def run_fraction(job: TrackJob, plan: FractionPlan) -> Run:
         last_save = time.monotonic()
         save_cost = last_save - t0
 
-    held_out = [s[1] for s in plan.splits]
     test_idx = None if any(len(t) == 0 for t in held_out) else held_out  # fraction 1: no held-out samples
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(job.model_file, job.inputs, job.labels, [s[0] for s in plan.splits], seeds=seeds,
+            result = fit(job.model_file, fit_x, fit_y, train_idx, seeds=seeds,
                          epochs=epochs, lr=job.lr, batch_size=job.batch_size, optimizer=job.optimizer, rho=job.rho,
                          device=job.device, vectorize=job.vectorize, callback=callback, test_idx=test_idx,
                          state=state, checkpoint=checkpoint, checkpoint_every=should_save, gradients=grad_layers,
@@ -255,12 +268,32 @@ def checkpoint_interval(save_seconds: float) -> float:
     return max(CHECKPOINT_SECONDS, save_seconds / CHECKPOINT_SHARE)
 
 
+def _fit_data(job: TrackJob, plan: FractionPlan) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+    """The inputs and labels ``fit`` trains on, and each seed's training and held-out rows in them.
+
+    Seeds with their own draws of corrupted data train on the concatenation of the draws, seed ``i``'s rows offset
+    by ``i * N``. Every engine (the fused kernel, the stacked ensembles, one seed at a time) already takes one set
+    of rows per seed and gathers each seed's minibatches by row, in an order drawn from positions in that set, so
+    each seed trains on exactly its own draw's rows in the order it would alone, at the cost of ``S`` copies of
+    the data set.
+    """
+    train = [np.asarray(s[0]) for s in plan.splits]
+    held_out = [np.asarray(s[1]) for s in plan.splits]
+    if job.seed_labels is None:
+        return job.inputs, job.labels, train, held_out
+    data = job.seed_data()
+    n = len(job.labels)
+    x = torch.cat([torch.as_tensor(d[0]) for d in data])
+    y = torch.cat([torch.as_tensor(d[1]) for d in data])
+    return x, y, [t + i * n for i, t in enumerate(train)], [t + i * n for i, t in enumerate(held_out)]
+
+
 def _gradient_layers(job: TrackJob, plan: FractionPlan) -> dict[str, list[str]] | None:
     """Per tracked layer, the names of the weights whose gradients describe it; None (with a note) when no tracked
     layer has a trainable weight."""
     model = job.model_file.build(job.seeds[0])
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    example = probeset.take(plan.probe_x, 0, 2)
+    example = probeset.take(plan.probe_x[0] if isinstance(plan.probe_y, list) else plan.probe_x, 0, 2)
     if weight is not None:
         example = probeset.cast_floating(example, weight.dtype)
     with warnings.catch_warnings(), torch.random.fork_rng():
@@ -281,7 +314,7 @@ def _sharpness_options(job: TrackJob, plan: FractionPlan) -> dict[str, Any]:
     if not job.sharpness:
         return {}
     rows = [np.asarray(train)[subset_indices(len(train), job.sharpness_samples, 0)] for train, _ in plan.splits]
-    data = [(job.inputs[torch.as_tensor(r)], job.labels[torch.as_tensor(r)]) for r in rows]
+    data = [(x[torch.as_tensor(r)], y[torch.as_tensor(r)]) for r, (x, y) in zip(rows, job.seed_data())]
     plan.meta["sharpness_rows"] = [r.tolist() for r in rows] if len(rows) > 1 else rows[0].tolist()
     return {"sharpness": job.sharpness, "sharpness_data": data if len(data) > 1 else data[0],
             "sharpness_loss": job.model_file.loss, "sharpness_samples": None}
@@ -289,18 +322,22 @@ def _sharpness_options(job: TrackJob, plan: FractionPlan) -> dict[str, Any]:
 
 class _CleanMetrics:
     """On data with corrupted labels, loss and accuracy against the clean labels (``train_acc_clean``,
-    ``test_acc_clean``, ...), beside the trainer's, which are against the labels the network was trained on."""
+    ``test_acc_clean``, ...), beside the trainer's, which are against the labels the network was trained on.
 
-    def __init__(self, job: TrackJob, plan: FractionPlan) -> None:
+    It reads the data as ``fit`` does (:func:`_fit_data`: per-seed draws concatenated, rows offset per seed), each
+    seed's rows paired with the clean labels."""
+
+    def __init__(self, job: TrackJob, plan: FractionPlan, inputs: torch.Tensor, train: list, held_out: list) -> None:
         settings = (job.corruption or {}).get("settings") or {}
         self.labels = None
         if settings.get("label_noise", 0) > 0:
-            self.labels = torch.as_tensor(np.asarray(job.corruption["arrays"]["clean_labels"]))  # type: ignore[index]
-        self.inputs = job.inputs
+            clean = torch.as_tensor(np.asarray(job.corruption["arrays"]["clean_labels"]))  # type: ignore[index]
+            self.labels = clean.repeat(len(inputs) // len(clean))  # one copy per seed's draw
+        self.inputs = inputs
         self.loss = job.model_file.loss if job.model_file.loss is not None else torch.nn.CrossEntropyLoss()
-        self.train = [torch.as_tensor(np.asarray(s[0])) for s in plan.splits]
-        held_out = [torch.as_tensor(np.asarray(s[1])) for s in plan.splits]
-        self.test = None if any(len(t) == 0 for t in held_out) else held_out
+        self.train = [torch.as_tensor(t) for t in train]
+        test = [torch.as_tensor(t) for t in held_out]
+        self.test = None if any(len(t) == 0 for t in test) else test
         self._placed: tuple | None = None
 
     def __call__(self, members: list) -> dict:

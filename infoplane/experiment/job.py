@@ -117,14 +117,22 @@ def _load_data(spec: Any, model_file: ModelFile, log: Callable[[str], Any], data
     return inputs, labels, name, checked.names or npz_names
 
 
-def _splits(labels: torch.Tensor, fraction: float, split: str, seeds: list[int], fixed_split: bool,
-            base_seed: int) -> tuple[list, list]:
-    """Per-seed (train, test) index arrays and the seed each split was drawn with."""
+def _splits(labels: torch.Tensor | list[torch.Tensor], fraction: float, split: str, seeds: list[int],
+            fixed_split: bool, base_seed: int) -> tuple[list, list]:
+    """Per-seed (train, test) index arrays and the seed each split was drawn with.
+
+    ``labels`` may hold one label tensor per seed (each seed's own corrupted draw): a stratified split is then
+    stratified on the labels that seed trains on, and a fixed split on the first seed's (the draw of ``base_seed``),
+    so that each seed's split is the one a run of that seed alone would draw.
+    """
+    per_seed = labels if isinstance(labels, list) else [labels] * len(seeds)
     if split == "original":
-        train, test = data_mod.original_split(len(labels), fraction)
+        train, test = data_mod.original_split(len(per_seed[0]), fraction)
         return [(train, test)] * len(seeds), [None] * len(seeds)
-    split_seeds = [base_seed] * len(seeds) if fixed_split else list(seeds)
-    return [data_mod.stratified_split(labels.numpy(), fraction, seed=s) for s in split_seeds], split_seeds
+    if fixed_split:
+        shared = data_mod.stratified_split(per_seed[0].numpy(), fraction, seed=base_seed)
+        return [shared] * len(seeds), [base_seed] * len(seeds)
+    return [data_mod.stratified_split(y.numpy(), fraction, seed=s) for y, s in zip(per_seed, seeds)], list(seeds)
 
 
 def _probe_set(inputs: torch.Tensor, labels: torch.Tensor, probe: str, splits: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,12 +258,15 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         (``gradients.csv``, ``run.gradients``; see :mod:`infoplane.tracking.gradients`), per seed, on every
         training path (the compiled kernel gathers them itself, at the recorded epochs only).
     label_noise, random_labels, shuffled_pixels, random_pixels, gaussian_inputs
-        Train on a corrupted copy of the data (:func:`infoplane.data.corrupt`, drawn once from ``seed``, before the
-        split, and shared by every seed of the ensemble). The corrupted labels are the labels Y of the runs (what
-        the networks were trained on, and the labels of their accuracies); with corrupted labels the clean ones
-        are tracked as the side variable ``y_clean`` (I(T;Y_clean) in the rows whose ``target`` is
-        ``y_clean``). What was drawn is stored in each run's ``corruption.npz`` (:attr:`Run.corruption`) and its
-        settings in ``meta.json`` (``corruption``); a resumed run must match both.
+        Train on corrupted copies of the data (:func:`infoplane.data.corrupt`), drawn once per seed, before the
+        split: seed ``s`` trains on ``corrupt(inputs, labels, seed=s, ...)`` (its own redrawn labels and, with
+        an input corruption, its own feature order, pixel orders or Gaussian inputs), so that the spread over
+        seeds includes the spread over draws. Each seed's corrupted labels are its labels Y (what it was trained
+        on, the labels of its accuracies and of its I(T;Y)), and it is probed on its own inputs; with corrupted
+        labels the clean ones are tracked as the side variable ``y_clean`` (I(T;Y_clean) in the rows whose
+        ``target`` is ``y_clean``) and give the accuracies ``*_clean``. What was drawn is stored in each run's
+        ``corruption.npz`` (:attr:`Run.corruption`, one row per seed) and its settings in ``meta.json``
+        (``corruption``, with a fingerprint of every seed's draw); a resumed run must match both.
     rho : float, optional
         SAM's radius with ``optimizer="sam"`` or ``"asam"`` (default 0.05 and 0.5; see :func:`infoplane.train.fit`).
     sharpness : None, str, list or dict
@@ -347,20 +358,24 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     _check_fraction_dirs(out, fractions)
     check_outputs(out, fractions, resume, overwrite)
     inputs, labels, data_name, class_names = _load_data(data, mf, log, data_root, download)
-    corrupted = _corrupt(inputs, labels, seed, label_noise=label_noise, random_labels=random_labels,
-                         shuffled_pixels=shuffled_pixels, random_pixels=random_pixels, gaussian_inputs=gaussian_inputs)
-    clean_labels = None
-    if corrupted is not None:
-        inputs, labels = corrupted.x, corrupted.y
-        if corrupted.settings["label_noise"] > 0:
-            clean_labels = corrupted.clean_labels
     seed_list = [seed + i for i in range(seeds)]
+    options = dict(label_noise=label_noise, random_labels=random_labels, shuffled_pixels=shuffled_pixels,
+                   random_pixels=random_pixels, gaussian_inputs=gaussian_inputs)
+    draws = _corrupt_per_seed(inputs, labels, seed_list, **options)
+    clean_labels, seed_inputs, seed_labels = None, None, None
+    if draws is not None:
+        # Each seed trains on its own draw; inputs that were not corrupted stay the one shared tensor.
+        seed_inputs = [d.x for d in draws] if _corrupts_inputs(options) else [inputs] * len(draws)
+        seed_labels = [d.y for d in draws]
+        if draws[0].settings["label_noise"] > 0:
+            clean_labels = labels
     estimators = list(estimators) if estimators else [default_estimator()]
     try:
         schedule = ending_at(log_schedule(epochs, 400) if schedule is None else schedule, epochs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`schedule`: {err}", "schedule") from err
-    layers = _check_model(mf, inputs, labels, seed_list[0], estimators, reduce)
+    first_x, first_y = (inputs, labels) if draws is None else (seed_inputs[0], seed_labels[0])  # type: ignore[index]
+    layers = _check_model(mf, first_x, first_y, seed_list[0], estimators, reduce)
     # What training will use, defaults resolved: meta.json and the report show these, never a null.
     requested = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "device": str(device), "vectorize": vectorize,
                  "optimizer": optimizer if optimizer is None or isinstance(optimizer, str)
@@ -370,8 +385,10 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
                    batch_size=batch_size, optimizer=optimizer, estimators=estimators, schedule=schedule,
                    device=device, resume=resume, overwrite=overwrite, keep_activations=keep_activations,
                    vectorize=vectorize, progress=progress, log=log, reduce=reduce, gradients=bool(gradients),
-                   corruption=None if corrupted is None else corruption_record(corrupted), rho=rho, sharpness=measures,
-                   sharpness_samples=sharpness_samples)
+                   corruption=None if draws is None else corruption_record(draws, seed_list), rho=rho,
+                   sharpness=measures, sharpness_samples=sharpness_samples, seed_inputs=seed_inputs,
+                   seed_labels=seed_labels)
+    del draws  # the record holds what is kept of them (each draw holds a copy of the inputs)
     recorded = {"estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)}
                                for e in estimators],
                 "schedule": schedule.to_json(), "seeds": seed_list, "keep_activations": bool(keep_activations),
@@ -380,8 +397,15 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
     plans = []
     for fraction in fractions:
         try:
-            splits, split_seeds = _splits(labels, fraction, split, seed_list, fixed_split, seed)
-            probe_x, probe_y = _probe_set(inputs, labels, probe, splits)
+            splits, split_seeds = _splits(labels if seed_labels is None else seed_labels, fraction, split, seed_list,
+                                          fixed_split, seed)
+            if seed_labels is None:
+                probe_x, probe_y = _probe_set(inputs, labels, probe, splits)
+            else:  # each seed is measured on its own draw: its inputs and the labels it was trained on
+                probes = [_probe_set(x, y, probe, splits) for x, y in zip(seed_inputs, seed_labels)]  # type: ignore[arg-type]
+                probe_x, probe_y = [p[0] for p in probes], [p[1] for p in probes]
+                if seed_inputs[0] is inputs:  # type: ignore[index]  # inputs not corrupted: one probe input for all
+                    probe_x = [probe_x[0]] * len(probe_x)
             targets = None if clean_labels is None else {"y_clean": _probe_set(inputs, clean_labels, probe, splits)[1]}
         except ValueError as err:
             raise ConfigError(f"training fraction {fraction:g}: {err}") from err
@@ -400,6 +424,7 @@ def track(model_file: str | os.PathLike | ModelFile, *, data: Any = None, fracti
         here, extend_from = schedule, None
         if resume and (run_dir / META).exists():
             stored = read_meta(run_dir)
+            _check_draws_per_seed(run_dir, stored, job.corruption)
             extend_from = _extension(run_dir, stored, epochs)
             if extend_from is not None:  # the epochs so far keep their schedule; later ones follow `schedule`
                 here = extended(from_json(stored["schedule"]), schedule, extend_from)
@@ -553,15 +578,68 @@ def _corrupt(inputs: torch.Tensor, labels: torch.Tensor, seed: int, **options: A
         raise ConfigError(message, *named) from err
 
 
-def corruption_record(c: Any) -> dict:
-    """What a run stores of a corruption: ``settings`` (with a fingerprint of the drawn labels) for ``meta.json``,
-    and the arrays of ``corruption.npz`` (``corrupted`` mask, ``labels`` trained on, ``clean_labels``)."""
+def _corrupt_per_seed(inputs: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int], **options: Any) -> list | None:
+    """One corrupted draw per seed (seed ``s`` trains on ``corrupt(inputs, labels, seed=s, ...)``), or None when
+    nothing is asked. The options are checked on the first draw, before the others are made."""
+    first = _corrupt(inputs, labels, seeds[0], **options)
+    if first is None:
+        return None
+    return [first] + [_corrupt(inputs, labels, s, **options) for s in seeds[1:]]
+
+
+def _corrupts_inputs(options: dict) -> bool:
+    return bool(options["shuffled_pixels"] or options["random_pixels"] or options["gaussian_inputs"])
+
+
+def corruption_record(draws: Sequence[Any], seeds: Sequence[int]) -> dict:
+    """What a run stores of its corrupted data, drawn once per seed (:func:`infoplane.data.corrupt` with
+    ``seed=s`` for seed ``s``).
+
+    Parameters
+    ----------
+    draws : sequence of Corruption
+        One per seed, in the order of ``seeds``.
+    seeds : sequence of int
+
+    Returns
+    -------
+    dict
+        ``settings`` for ``meta.json``: the options, ``draw="per seed"``, the ``seeds`` and each seed's
+        ``n_corrupted``, and ``sha1``, a fingerprint of every seed's draw (its labels and, where the inputs were
+        corrupted, its inputs), which a resumed run must match; and ``arrays`` for ``corruption.npz``: ``seeds``
+        ``[S]``, ``corrupted`` (bool ``[S, N]``), ``labels`` (``[S, N]``, the labels each seed trained on),
+        ``clean_labels`` (``[N]``) and, with ``shuffled_pixels``, ``feature_order`` (``[S, D]``, each seed's
+        order of the flattened features).
+    """
     import hashlib
 
-    arrays = {"corrupted": np.asarray(c.corrupted, dtype=bool), "labels": np.asarray(c.y),
-              "clean_labels": np.asarray(c.clean_labels)}
-    digest = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())).hexdigest()
-    return {"settings": {**c.settings, "sha1": digest}, "arrays": arrays}
+    arrays = {"seeds": np.asarray(list(seeds), dtype=np.int64),
+              "corrupted": np.stack([np.asarray(d.corrupted, dtype=bool) for d in draws]),
+              "labels": np.stack([np.asarray(d.y) for d in draws]),
+              "clean_labels": np.asarray(draws[0].clean_labels)}
+    settings = {k: v for k, v in draws[0].settings.items() if k not in ("seed", "n_corrupted")}
+    if settings.get("shuffled_pixels"):
+        arrays["feature_order"] = np.stack([np.asarray(d.feature_order, dtype=np.int64) for d in draws])
+    digest = hashlib.sha1()
+    for a in arrays.values():
+        digest.update(np.ascontiguousarray(a).tobytes())
+    if _corrupts_inputs(settings):  # the inputs themselves (random pixels' orders and Gaussian samples are not stored)
+        for d in draws:
+            x = d.x.detach().cpu().numpy() if isinstance(d.x, torch.Tensor) else np.asarray(d.x)
+            digest.update(np.ascontiguousarray(x).tobytes())
+    settings.update(draw="per seed", seeds=[int(s) for s in seeds],
+                    n_corrupted=[int(d.settings["n_corrupted"]) for d in draws], sha1=digest.hexdigest())
+    return {"settings": settings, "arrays": arrays}
+
+
+def _check_draws_per_seed(run_dir: Path, stored: dict, corruption: dict | None) -> None:
+    """A run of an earlier release trained every seed on one shared draw: it cannot be continued on per-seed draws."""
+    old = stored.get("corruption")
+    if corruption is not None and isinstance(old, dict) and "draw" not in old:
+        raise ConfigError(f"{run_dir} was trained by an earlier release of infoplane on one corrupted draw shared by "
+                          f"every seed; this release draws the corruption once per seed, so it cannot continue that "
+                          f"run: finish it with that release, or pass `overwrite=True` to train it again with a draw "
+                          f"per seed", "resume", "overwrite")
 
 
 # What the tracker records: a resumed run must record the same; each with the arguments of track() that set it.

@@ -267,7 +267,8 @@ def jsonable(x: Any) -> Any:
 
 
 
-_CORRUPTION_ARRAYS = ("corrupted", "labels", "clean_labels")
+_CORRUPTION_ARRAYS = ("corrupted", "labels", "clean_labels")  # every corruption.npz holds these
+_CORRUPTION_OPTIONAL = ("seeds", "feature_order")  # files of per-seed draws: the seeds; a shuffle's orders
 
 
 def save_corruption(path: PathLike, arrays: dict) -> None:
@@ -278,38 +279,67 @@ def save_corruption(path: PathLike, arrays: dict) -> None:
     path : str or os.PathLike
         The run directory (its lock held by the caller).
     arrays : dict
-        ``corrupted`` (bool mask ``[N]``: the samples whose label was redrawn), ``labels`` (the labels trained
-        on) and ``clean_labels``, over every sample of the data set, in its order.
+        One draw per seed, over every sample of the data set in its order: ``seeds`` (``[S]``), ``corrupted``
+        (bool ``[S, N]``: the samples whose label was redrawn), ``labels`` (``[S, N]``, the labels each seed
+        trained on), ``clean_labels`` (``[N]``) and optionally ``feature_order`` (``[S, D]``, each seed's
+        order of the features).
 
     Raises
     ------
     ValueError
-        A resumed run whose stored draw differs from ``arrays``.
+        A resumed run whose stored draws differ from ``arrays`` (any seed's).
     """
     import numpy as np
 
     file = os.path.join(path, CORRUPTION)
+    names = [k for k in (*_CORRUPTION_ARRAYS, *_CORRUPTION_OPTIONAL) if k in arrays]
     if os.path.exists(file):
-        old = read_corruption(path)
-        same = old is not None and all(np.array_equal(old[k], np.asarray(arrays[k])) for k in _CORRUPTION_ARRAYS)
+        with np.load(file, allow_pickle=False) as data:
+            old = {k: data[k] for k in data.files}
+        same = set(old) == set(names) and all(np.array_equal(old[k], np.asarray(arrays[k])) for k in names)
         if not same:
-            raise ValueError(f"{file} holds another draw of the corrupted data than this one; resume with the same "
-                             f"corruption options and seed, or start the run again (overwrite)")
+            raise ValueError(f"{file} holds other draws of the corrupted data than these (one per seed); resume with "
+                             f"the same corruption options and seeds, or start the run again (overwrite)")
         return
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(arrays[k]) for k in _CORRUPTION_ARRAYS})  # type: ignore[arg-type]
+    np.savez(buf, **{k: np.asarray(arrays[k]) for k in names})  # type: ignore[arg-type]
     atomic_write_bytes(file, buf.getvalue())
 
 
-def read_corruption(path: PathLike) -> Optional[dict]:
-    """The arrays of a run's ``corruption.npz`` (see :func:`save_corruption`), or None when it has none."""
+def read_corruption(path: PathLike, seeds: Optional[Sequence[int]] = None) -> Optional[dict]:
+    """The draws of a run's ``corruption.npz`` (see :func:`save_corruption`), one row per seed, or None when it
+    has none.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The run directory.
+    seeds : sequence of int, optional
+        The run's seeds, for a file of an earlier release, which holds one draw shared by every seed
+        (``corrupted`` and ``labels`` of shape ``[N]``): that draw is returned as every seed's row.
+
+    Returns
+    -------
+    dict or None
+        ``seeds`` ``[S]``, ``corrupted`` ``[S, N]``, ``labels`` ``[S, N]``, ``clean_labels`` ``[N]`` and, where
+        stored, ``feature_order`` ``[S, D]``.
+    """
     import numpy as np
 
     file = os.path.join(path, CORRUPTION)
     if not os.path.exists(file):
         return None
     with np.load(file, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        out = {k: data[k] for k in data.files}
+    if "seeds" not in out:  # one draw shared by every seed (earlier releases)
+        if seeds is None:
+            raise ValueError(f"{file} holds one draw shared by every seed (an earlier release's format); pass the "
+                             f"run's seeds to read it per seed")
+        count = len(seeds)
+        out["seeds"] = np.asarray(list(seeds), dtype=np.int64)
+        for k in ("corrupted", "labels"):
+            out[k] = np.broadcast_to(out[k], (count, *out[k].shape)).copy()
+    return out
 # ---------------------------------------------------------------------------------------------------- sharpness.csv
 # One line per (seed, epoch, measure): the value and the diagnostics the measure gives. An empty cell means the
 # measure does not give that column; a computed NaN is written "nan", so the two are never confused.

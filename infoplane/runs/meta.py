@@ -30,8 +30,10 @@ def entropy_bits(labels: np.ndarray) -> float:
 
 
 def _fingerprint(inputs, labels: torch.Tensor) -> str:
+    """SHA-1 of the probe set; ``inputs`` may be a list of probe inputs (one per seed)."""
     h = hashlib.sha1()
-    for t in (*probeset.leaves(inputs), labels):  # a plain tensor hashes as it always did
+    structures = inputs if isinstance(inputs, list) else [inputs]
+    for t in (*(t for x in structures for t in probeset.leaves(x)), labels):  # a plain tensor hashes as it always did
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -40,7 +42,7 @@ def _fingerprint(inputs, labels: torch.Tensor) -> str:
 def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Sequence, estimators: Sequence,
                  schedule: Any, seeds: Sequence[int], fraction: Optional[float], *, pre_activation: bool,
                  keep_activations: bool, reduce: Any = None, reduced_widths: Optional[dict] = None,
-                 class_names: Optional[list] = None) -> dict:
+                 class_names: Optional[list] = None, seed_inputs: Optional[Sequence] = None) -> dict:
     """The measured part of a run's ``meta.json``.
 
     Parameters
@@ -48,7 +50,8 @@ def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Se
     model : nn.Module
         The (first) model.
     inputs, labels
-        The validated probe set (labels as int64 class indices).
+        The validated probe set (labels as int64 class indices ``[N]``, or ``[S, N]``: one row per seed, each
+        seed measured against its own labels).
     layers : list of Layer
     estimators : list
     schedule : Schedule
@@ -58,6 +61,8 @@ def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Se
     reduce : spec or None
     reduced_widths : dict, optional
     class_names : list, optional
+    seed_inputs : list, optional
+        With labels ``[S, N]``: each seed's probe inputs, where they differ between seeds (None: ``inputs``).
 
     Returns
     -------
@@ -65,15 +70,19 @@ def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Se
         JSON-able description; the keys are documented in docs/tracking.md ("The run directory").
     """
     labels_np = labels.numpy()
+    rows = labels_np.reshape(-1, labels_np.shape[-1])
+    h_seeds = [entropy_bits(r) for r in rows]
     meta = {
         "model": {"class": type(model).__name__, "summary": str(model)[:4000],
                   "n_parameters": sum(p.numel() for p in model.parameters())},
         "layers": [l.to_json() for l in layers],
-        "n": int(labels_np.shape[0]),
-        "log2_n": math.log2(labels_np.shape[0]),
-        "h_y": entropy_bits(labels_np),
+        "n": int(labels_np.shape[-1]),
+        "log2_n": math.log2(labels_np.shape[-1]),
+        # Per-seed labels: the largest of the seeds' H(Y), the one ceiling that bounds every seed's I(T;Y).
+        "h_y": max(h_seeds),
         "n_classes": int(np.unique(labels_np).size),
-        "probe": {"input_shape": probeset.describe(inputs), "sha1": _fingerprint(inputs, labels)},
+        "probe": {"input_shape": probeset.describe(inputs),
+                  "sha1": _fingerprint(inputs if seed_inputs is None else list(seed_inputs), labels)},
         "estimators": [{"name": e.name, "settings": e.settings(), "has_lower": bool(e.has_lower)} for e in estimators],
         "schedule": schedule.to_json(),
         "seeds": list(seeds),
@@ -87,6 +96,10 @@ def describe_run(model: nn.Module, inputs: Any, labels: torch.Tensor, layers: Se
                      "python": platform.python_version()},
         "caller": list(sys.argv) if sys.argv and sys.argv[0] else "python",
     }
+    if labels_np.ndim == 2:  # each seed measured against its own labels: each seed's H(Y), in the order of seeds
+        meta["h_y_seeds"] = h_seeds
+        meta["h_y_from"] = "the largest of h_y_seeds"
+        meta["probe"]["per_seed"] = True
     if class_names is not None:
         meta["class_names"] = class_names
     return meta

@@ -119,16 +119,20 @@ class Run:
 
     @property
     def corruption(self) -> Optional[dict]:
-        """What a run trained on corrupted data (``infoplane track --label-noise`` etc.) drew, else None.
+        """What a run trained on corrupted data (``infoplane track --label-noise`` etc.) drew, one draw per seed,
+        else None.
 
         Returns
         -------
         dict or None
-            ``corrupted`` (bool ``[N]``: the samples of the data set whose label was redrawn), ``labels`` (the
-            labels trained on) and ``clean_labels``, over the whole data set in its order (``meta["split"]`` says
-            which rows each seed trained on); None for a run without ``corruption.npz``.
+            Over the whole data set in its order (``meta["split"]`` says which rows each seed trained on), with row
+            ``i`` for ``seeds[i]``: ``seeds`` (``[S]``), ``corrupted`` (bool ``[S, N]``: the samples whose label
+            was redrawn for that seed), ``labels`` (``[S, N]``: the labels each seed trained on),
+            ``clean_labels`` (``[N]``) and, with ``shuffled_pixels``, ``feature_order`` (``[S, D]``: each seed's
+            order of the flattened features). None for a run without ``corruption.npz``. A run of an earlier
+            release, whose seeds all trained on one draw, reads as that draw repeated for every seed.
         """
-        return None if self.path is None else read_corruption(self.path)
+        return None if self.path is None else read_corruption(self.path, self.seeds)
 
     @property
     def complete(self) -> bool:
@@ -160,8 +164,9 @@ class Run:
             raise ValueError(f"target {target!r} is not in this run; its side variables: {self.targets} (None: the "
                              f"labels Y)")
         info: dict = next((t for t in self.meta.get("targets") or [] if t.get("name") == target), {})
-        meta = {**self.meta, "target": target, "h_y": info.get("h"), "class_names": info.get("class_names"),
-                "targets": None}
+        # The labels' per-seed H(Y) (one probe set per seed) says nothing of Z, which every seed shares.
+        meta = {**{k: v for k, v in self.meta.items() if k not in ("h_y_seeds", "h_y_from")}, "target": target,
+                "h_y": info.get("h"), "class_names": info.get("class_names"), "targets": None}
         rows = [r._replace(target="") for r in self.rows if r.target == target]
         return Run(meta, rows, self._metrics, self.metric_names, path=self.path)
 

@@ -83,12 +83,13 @@ def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Unio
                     reduce=None if reduce is None else {"spec": reduce_mod.spec_to_json(reduce), "widths": reduced})
     writer = RunWriter(out, new_meta, overwrite=overwrite)  # refuses a bad `out` before any work
     rows = []
-    for seed in meta["seeds"]:
+    for k, seed in enumerate(meta["seeds"]):
+        seed_labels = labels[k] if labels.ndim == 2 else labels  # [S, N]: each seed's own probe labels
         seed_dir = os.path.join(acts_dir, str(seed))
         names = os.listdir(seed_dir) if os.path.isdir(seed_dir) else []
         epochs = sorted(int(f[:-4]) for f in names if f.endswith(".npz") and f[:-4].isdigit())
         for layer in layers:
-            per_epoch = max(1, labels.shape[0] * widths[layer] * 4)
+            per_epoch = max(1, labels.shape[-1] * widths[layer] * 4)
             chunk = max(1, buffer_bytes // per_epoch)
             for start in range(0, len(epochs), chunk):
                 part = epochs[start:start + chunk]
@@ -100,7 +101,7 @@ def estimate(run_dir: Union[str, os.PathLike], estimators: Any = None, out: Unio
                 if plan[layer].kind != "flatten":
                     acts = reduce_mod.reduce_activations(acts, plan[layer], shape=shapes.get(layer) or (widths[layer],),
                                                          layer=layer).to(acts.dtype)
-                rows += estimate_rows(acts, labels, bound[layer], meta.get("fraction"), [(seed, e) for e in part],
+                rows += estimate_rows(acts, seed_labels, bound[layer], meta.get("fraction"), [(seed, e) for e in part],
                                        layer)
     rows = sort_rows(rows, meta["seeds"], layers, estimators)
     writer.add_metrics_many(sorted(read_metrics(os.path.join(run_dir, METRICS))[1].items()))

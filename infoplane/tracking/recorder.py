@@ -150,7 +150,8 @@ class Recorder:
         One per seed.
     seeds : list of int
     inputs, labels : tensors
-        The validated probe set (labels as int64 class indices).
+        The validated probe set (labels as int64 class indices ``[N]``, or ``[S, N]``: one row per model, each
+        model measured against its own labels).
     layers : list of Layer
         Resolved layers (:func:`infoplane.capture.hooks.resolve_layers`).
     estimators : list
@@ -167,6 +168,9 @@ class Recorder:
         Seconds on the clock that times each estimator call for :attr:`costs`.
     targets : list of Target
         Side variables (:mod:`infoplane.tracking.targets`) whose I(T;Z) each estimator also gives.
+    seed_inputs : list, optional
+        One probe input per model, where the models are probed on different inputs (each on its own); None:
+        every model is probed on ``inputs``.
 
     Attributes
     ----------
@@ -192,6 +196,7 @@ class Recorder:
     clock: Callable[[], float] = time.monotonic
     costs: dict = field(default_factory=dict)
     targets: list = field(default_factory=list)
+    seed_inputs: Optional[list] = None
 
     def __post_init__(self):
         # One copy of the probe inputs per model device, so that each probe pass does not copy them again.
@@ -207,19 +212,17 @@ class Recorder:
         """Probe every model at ``epoch``: per seed, layer name -> activations ``[N, d]``."""
         t0 = time.perf_counter()
         per_seed = []
-        first = model_device(self.models[0])
-        if first not in self._probe_inputs:
-            self._probe_inputs[first] = probeset.to_device(self.inputs, first)
-        together = self._stacked(self.models, self._probe_inputs[first], self.layers, self.probe_batch_size, epoch)
+        together = None
+        if self.seed_inputs is None:  # one probe set: identical networks may be probed in one stacked pass
+            first = model_device(self.models[0])
+            together = self._stacked(self.models, self._placed(0, first), self.layers, self.probe_batch_size, epoch)
         for i, (model, seed) in enumerate(zip(self.models, self.seeds)):
             here = model_device(model)  # looked up each time: the model may have moved since construction
             device = self.device or here
-            if here not in self._probe_inputs:
-                self._probe_inputs[here] = probeset.to_device(self.inputs, here)
             if together is not None:
                 acts = together[i]
             else:
-                acts = probe(model, self._probe_inputs[here], self.layers, self.probe_batch_size, epoch=epoch)
+                acts = probe(model, self._placed(i, here), self.layers, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
             # One host sync per member (not per layer) on accelerators.
             finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
@@ -236,6 +239,19 @@ class Recorder:
             per_seed.append(acts)
         self.timings["capture"] += time.perf_counter() - t0
         return per_seed
+
+    def _placed(self, i: int, device: torch.device):
+        """Model ``i``'s probe inputs on ``device`` (copied there once)."""
+        key = device if self.seed_inputs is None else (i, device)
+        if key not in self._probe_inputs:
+            self._probe_inputs[key] = probeset.to_device(self._model_inputs(i), device)
+        return self._probe_inputs[key]
+
+    def _model_inputs(self, i: int):
+        return self.inputs if self.seed_inputs is None else self.seed_inputs[i]
+
+    def _model_labels(self, i: int) -> torch.Tensor:
+        return self.labels if self.labels.ndim == 1 else self.labels[i]
 
     def reduce(self, per_seed: list[dict]) -> list[dict]:
         """Apply the layer reductions (``flatten`` layers pass through) to captured activations."""
@@ -275,21 +291,25 @@ class Recorder:
         epochs = [b.epoch for b in buffer]
         names = self.layer_names
         rows = []
-        # One estimator call per layer covers every buffered epoch of every seed that shares a device.
-        by_device: dict[torch.device, list[int]] = {}
+        # One estimator call per layer covers every buffered epoch of every seed that shares a device (and, where
+        # each seed has its own probe labels, one call per seed: each against its own labels and inputs, exactly
+        # the call a run of that seed alone makes).
+        groups: dict[tuple, list[int]] = {}
         for i in range(len(self.seeds)):
-            by_device.setdefault(buffer[0].acts[i][names[0]].device, []).append(i)
-        for members in by_device.values():
+            own = i if self.labels.ndim == 2 else None
+            groups.setdefault((buffer[0].acts[i][names[0]].device, own), []).append(i)
+        for members in groups.values():
             keys = [(self.seeds[i], e) for i in members for e in epochs]
+            labels, inputs = self._model_labels(members[0]), self._model_inputs(members[0])
             for layer in names:
                 acts = torch.stack([b.acts[i][layer] for i in members for b in buffer])
                 for est in self.per_layer[layer] if self.per_layer else self.estimators:
                     # one at a time, so that each one's cost is known
                     t1, w1 = self.clock(), time.perf_counter()
-                    mine = estimate_rows(acts, self.labels, [est], self.fraction, keys, layer, inputs=self.inputs)
+                    mine = estimate_rows(acts, labels, [est], self.fraction, keys, layer, inputs=inputs)
                     rows += mine
                     if self.targets:
-                        rows += target_rows(acts, self.targets, est, mine, inputs=self.inputs)
+                        rows += target_rows(acts, self.targets, est, mine, inputs=inputs)
                     self.costs[(layer, est.name)] = (self.clock() - t1) / len(keys)
                     spent = time.perf_counter() - w1
                     self.timings["layers"][layer] = self.timings["layers"].get(layer, 0.0) + spent

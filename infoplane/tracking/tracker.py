@@ -264,6 +264,15 @@ class Tracker:
     optimizer : torch.optim.Optimizer, optional
         The optimiser of the training loop: its class and learning rate (of each parameter group, at
         construction) go to ``meta.json`` under ``"training"`` and into the report. Nothing is recorded without it.
+    per_seed : bool, default False
+        ``inputs`` and ``labels`` are lists with one probe set per model, in the order of the models (e.g. each
+        seed trained on its own draw of corrupted data): each model is probed on its own inputs and its I(T;Y)
+        is measured against its own labels (and clamped to its own H(Y)). Every probe set has the same N; when
+        every model is given the same input object, the models are probed as with one shared probe set (only the
+        labels differ). ``meta.json`` then holds each seed's H(Y)
+        (``h_y_seeds``) and, as ``h_y``, the largest of them (the ceiling of every seed's I(T;Y)); side variables
+        (``targets``) are shared by every model; ``labels.npy`` of saved activations holds one row per seed. Not
+        under ``torch.distributed``.
     reduce_metrics : None or "mean", default None
         Under ``torch.distributed`` only: None stores the metrics rank 0 passes to :meth:`step`; ``"mean"``
         stores their mean over ranks (every rank must then pass the same metric names).
@@ -360,7 +369,7 @@ class Tracker:
                  targets: Optional[dict] = None, chain: Optional[bool] = None,
                  sharpness: Any = None, sharpness_data: Any = None, sharpness_loss: Any = None,
                  sharpness_samples: Optional[int] = 1024, sharpness_seed: int = 0,
-                 optimizer: Optional[torch.optim.Optimizer] = None):
+                 optimizer: Optional[torch.optim.Optimizer] = None, per_seed: bool = False):
         self._session: Optional[_Session] = None  # until construction succeeds
         models: list[nn.Module] = list(model) if isinstance(model, (list, tuple, nn.ModuleList)) else [model]
         if not models or not all(isinstance(m, nn.Module) for m in models):
@@ -373,15 +382,22 @@ class Tracker:
         # --
         _check_options(fraction, keep_activations, out, probe_batch_size, buffer_bytes, flush_seconds)
 
-        class_names = None if labels is None else as_class_indices(labels).names
-        inputs, labels = as_probe_tensors(inputs, labels)
         weight = next((p for p in models[0].parameters() if p.is_floating_point()), None)
-        if weight is not None:  # float inputs take the model's dtype (numpy gives float64); token ids stay
-            inputs = probeset.cast_floating(inputs, weight.dtype)
-        if labels.shape[0] < 2:
+        seed_inputs = None  # one probe input per model, where the models are probed on different inputs
+        if per_seed:
+            if distributed_active():
+                raise ValueError("per_seed=True (one probe set per model) is not supported under "
+                                 "torch.distributed; give one probe set shared by every model")
+            inputs, labels, class_names, seed_inputs = _per_seed_probes(inputs, labels, len(models), weight)
+        else:
+            class_names = None if labels is None else as_class_indices(labels).names
+            inputs, labels = as_probe_tensors(inputs, labels)
+            if weight is not None:  # float inputs take the model's dtype (numpy gives float64); token ids stay
+                inputs = probeset.cast_floating(inputs, weight.dtype)
+        if labels.shape[-1] < 2:
             raise ValueError("the probe set needs at least 2 samples")
         self.inputs, self.labels = inputs, labels
-        self.targets = as_targets(targets, labels.shape[0])
+        self.targets = as_targets(targets, labels.shape[-1])
         self.models = models
         self.seeds = seeds
         self.fraction = None if fraction is None else float(fraction)
@@ -402,7 +418,8 @@ class Tracker:
         labels_np = labels.numpy()
         run_meta = describe_run(models[0], inputs, labels, self.layer_info, self.estimators, self.schedule, self.seeds,
                                 self.fraction, pre_activation=pre_activation, keep_activations=self.keep_activations,
-                                reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names)
+                                reduce=reduce, reduced_widths=self.reduced_widths, class_names=class_names,
+                                seed_inputs=seed_inputs)
         if self.targets:  # only then: the meta of runs without side variables reads as it always did
             run_meta["targets"] = describe_targets(self.targets, self.estimators)
         chain_note = chain_meta(models[0], self.layers, chain)
@@ -435,7 +452,7 @@ class Tracker:
         clock = _clock  # read once, so that a test's fake clock serves the whole tracker
         recorder = Recorder(models, self.seeds, inputs, labels, self.layer_info, self.estimators, self.fraction,
                             int(probe_batch_size), None if device is None else torch.device(device), reductions,
-                            per_layer=bound, clock=clock, targets=self.targets)
+                            per_layer=bound, clock=clock, targets=self.targets, seed_inputs=seed_inputs)
         # -- torch.distributed (infoplane.tracking.distributed): each rank probes its shard; rank 0 alone writes --
         self._dist, self.rank, self.world_size = None, 0, 1
         if distributed_active():
@@ -755,6 +772,31 @@ def _check_seeds(models, seeds, seed) -> list[int]:
     if len(seeds) != len(models) or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must give one distinct integer per model: {len(models)} model(s), seeds={seeds}")
     return [check_int(s, "seeds", what="integers", error=TypeError) for s in seeds]
+
+
+def _per_seed_probes(inputs, labels, count: int, weight) -> tuple[Any, torch.Tensor, Optional[list], Optional[list]]:
+    """The probe sets of ``per_seed=True``: the first model's inputs, the labels ``[S, N]``, the class names, and
+    the inputs of every model (None when they are all the same object, so that the models are probed together)."""
+    for value, name in ((inputs, "inputs"), (labels, "labels")):
+        if not isinstance(value, (list, tuple)) or len(value) != count:
+            got = f"a {type(value).__name__} of {len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
+            raise ValueError(f"per_seed=True needs {name} as a list with one probe set per model ({count}); got {got}")
+    checked, cast = [], {}
+    for x, y in zip(inputs, labels):
+        x_checked, y_checked = as_probe_tensors(x, y)
+        if id(x) not in cast:  # a shared probe input is cast once and stays shared
+            cast[id(x)] = x_checked if weight is None else probeset.cast_floating(x_checked, weight.dtype)
+        checked.append((cast[id(x)], y_checked, as_class_indices(y).names))
+    if any(c[2] != checked[0][2] for c in checked):
+        raise ValueError("per_seed=True: the models' labels name different classes; give every model the same "
+                         "class names (or class indices)")
+    sizes = sorted({int(c[1].shape[0]) for c in checked})
+    if len(sizes) != 1:
+        raise ValueError(f"per_seed=True: the probe sets differ in size ({sizes}); every model is measured on the "
+                         f"same number of samples")
+    stacked = torch.stack([c[1] for c in checked])
+    shared = all(c[0] is checked[0][0] for c in checked)
+    return checked[0][0], stacked, checked[0][2], None if shared else [c[0] for c in checked]
 
 
 def _resolve_all(models, inputs, layers, pre_activation, seeds):
