@@ -82,6 +82,16 @@ def per_seed(run, estimator):
     return trans, peak
 
 
+def one_minibatch(run):
+    """Whether every epoch of the run's seeds was one minibatch (a training set no larger than the batch): the
+    gradient's spread across minibatches, and so the SNR and the transition, are then undefined."""
+    g = run.gradients
+    if not g:
+        return False
+    batches = g.get("batches")
+    return bool(np.isfinite(batches).any() and np.nanmax(batches) <= 1)
+
+
 def _epoch_stat(values):
     """Median [IQR] of epochs, with the count of seeds that have one."""
     v = np.asarray(values, dtype=float)
@@ -109,12 +119,11 @@ def transition(args):
     from infoplane import Binning, Discrete
 
     quick, out = args.quick, Path(args.out) / "transition"
-    start = time.perf_counter()
     plain = _track(common.REPO / "examples" / "tishby_tanh.py", out / "tanh", "transition", quick, args,
                    fractions=[0.05, 0.85], estimators=[Binning(bins=30, range=(-1, 1))])
     quant = _track(common.REPO / "examples" / "tishby_tanh_q8.py", out / "tanh-q8", "transition", quick, args,
                    fractions=[0.05, 0.85], estimators=[Discrete()])
-    seconds = time.perf_counter() - start
+    seconds = sum(common.wall_seconds(r) for r in plain + quant)  # of the runs, also when they were resumed
     lines = [_stamp("transition", quick, seconds),
              f"{len(plain[0].seeds)} seeds, {int(plain[0].epochs[-1])} epochs, "
              f"`log_schedule({int(plain[0].epochs[-1])}, 400)`; transition = `phase_transition(window={WINDOW}, "
@@ -132,14 +141,23 @@ def transition(args):
             for j, layer in enumerate(hidden_layers(run)):
                 col = run.layers.index(layer)
                 comp = np.nanmax(ixt[:, :, col], axis=1) - ixt[:, -1, col]
-                lines.append(f"| {name} | {run.fraction:g} | {layer} | {_epoch_stat(trans[:, j])} | "
-                             f"{_epoch_stat(peak[:, j])} | {_epoch_stat(peak[:, j] - trans[:, j])} | "
+                undefined = "undefined (one minibatch per epoch)"
+                single = one_minibatch(run)
+                lines.append(f"| {name} | {run.fraction:g} | {layer} | "
+                             f"{undefined if single else _epoch_stat(trans[:, j])} | {_epoch_stat(peak[:, j])} | "
+                             f"{undefined if single else _epoch_stat(peak[:, j] - trans[:, j])} | "
                              f"{common.stat(comp)} |")
                 ok = np.isfinite(trans[:, j]) & np.isfinite(peak[:, j])
                 ax.scatter(trans[ok, j] + 1, peak[ok, j] + 1, s=14, color=colours[j],
                            marker="o" if est == "binning" else "^",
                            label=f"{layer} ({'binned' if est == 'binning' else 'exact, 8-bit'})")
             ax.set_title(f"{run.fraction:.0%} of the data", fontsize=9)
+            if one_minibatch(run) and not ax.texts:  # an empty panel says why
+                n_train = len(run.meta["split"]["train"][0])
+                ax.text(0.5, 0.5, f"no transition to show: {n_train} training samples make one minibatch per "
+                        f"epoch\n(batch {run.meta['training']['batch_size']}), so the gradient has no spread "
+                        f"across minibatches", transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                        wrap=True)
     for ax in axes:
         lim = [1, max(2, int(plain[0].epochs[-1]) + 1)]
         ax.plot(lim, lim, color="0.6", lw=0.8, ls=":")
