@@ -130,7 +130,8 @@ def _train_and_track(x, y, seed, epochs, schedule, samples, pca):
     :class:`~infoplane.Tracker` per reduction. Each tracker probes its own copy of the network, given the trained
     weights before each recorded epoch: the copies' probe-noise generators start where the network's did, so
     every reduction sees the same noise draws. The noisy estimator reads each layer's noise from the network
-    (``add_noise``) and its reduction. Returns ({estimator name: rows}, layer names, (train, test accuracy))."""
+    (``add_noise``) and its reduction. Returns ({estimator name: rows}, layer names, (train, test accuracy),
+    {estimator name: the tracker's ``chain`` meta})."""
     import copy
 
     import torch
@@ -175,10 +176,12 @@ def _train_and_track(x, y, seed, epochs, schedule, samples, pca):
     with torch.no_grad():
         acc = [float((model(x[i]).argmax(1) == y[i]).float().mean()) for i in (train_idx, test_idx)]
     rows: dict = {}
+    chains: dict = {}  # whether the data-processing inequality binds each estimator's layers (a reduction: no)
     for tracker in trackers:
         for row in tracker.run.rows:
             rows.setdefault(row.estimator, []).append(row)
-    return rows, layers, acc
+            chains.setdefault(row.estimator, tracker.run.meta.get("chain"))
+    return rows, layers, acc, chains
 
 
 def noisy_cnn(args):
@@ -209,7 +212,7 @@ def noisy_cnn(args):
     rows: dict = {v: [] for v in variants}
     accuracies = []
     for seed in range(n_seeds):
-        by_name, layers, acc = _train_and_track(x, y, seed, epochs, schedule, samples, pca)
+        by_name, layers, acc, chains = _train_and_track(x, y, seed, epochs, schedule, samples, pca)
         accuracies.append(acc)
         for v, (name, _) in variants.items():
             rows[v] += by_name[name]
@@ -224,7 +227,7 @@ def noisy_cnn(args):
                 "layers": [{"name": l} for l in layers],
                 # The estimator family as its kind, so that the figures explain a saturated layer in its terms.
                 "estimators": [{"name": name, "settings": {"kind": name.split("-")[0]}, "has_lower": False}],
-                "caller": ["benchmarks/reproduce.py", "--only", "finite-noisy"],
+                "caller": ["benchmarks/reproduce.py", "--only", "finite-noisy"], "chain": chains[name],
                 "complete": True}  # every seed and recorded epoch is in the rows
         runs[v] = Run(meta, rows[v])
     acc = np.array(accuracies)

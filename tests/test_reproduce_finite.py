@@ -41,6 +41,11 @@ def test_finite_noisy_quick(tmp_path):
     for name in ("noisy_mi (channel-mean)", f"noisy_mi ({pca})"):
         assert (runs[name].get("ixt") < log2_n - 1).all()
         assert np.isfinite(runs[name].get("ixt_se")).all()
+    # The data-processing inequality is checked on whole layers only: reduced layers are not a chain.
+    for name in ("binning (flatten)", "Rényi (flatten)"):
+        assert runs[name].meta["chain"]["source"] == "graph", runs[name].meta["chain"]
+    for name in ("noisy_mi (channel-mean)", f"noisy_mi ({pca})", f"KSG / Ross ({pca})"):
+        assert runs[name].meta["chain"]["chain"] is False
     # Every variant has a value for every seed, epoch and layer.
     for name in (f"KSG / Ross ({pca})", "Rényi (flatten)"):
         assert runs[name].get("ixt").shape == binned.get("ixt").shape

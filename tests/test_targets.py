@@ -166,6 +166,27 @@ def test_the_chain_is_found_from_the_graph_and_skip_connections_are_not_chains()
     assert is_chain(Branchy(), ["a", "b"])[0] is None
 
 
+def test_reduced_layers_are_not_checked_against_each_other(tmp_path):
+    # A CNN whose conv layers are estimated on their channel means: a channel mean of one layer is not what the
+    # next layer is computed from, so the inequality does not bind the estimates. Whole layers still form a chain.
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(),
+                        nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    x = torch.randn(40, 1, 5, 5)
+    y = torch.arange(40) % 2
+    metas = {}
+    for reduce in ("flatten", "channel-mean"):
+        with infoplane.Tracker(cnn, x, y, layers=["1", "3"], estimators=[Binning(adaptive=True)], reduce=reduce,
+                               flush_seconds=None) as tr:
+            tr.step(0)
+        metas[reduce] = tr.run.meta["chain"]
+    assert metas["flatten"]["chain"] is True and metas["flatten"]["source"] == "graph"
+    assert metas["channel-mean"]["chain"] is False and metas["channel-mean"]["source"] == "reduction"
+    assert "1 (channel-mean), 3 (channel-mean)" in metas["channel-mean"]["why"]
+    run = tr.run
+    assert chain_report(run).count == 0 and "not a chain" in chain_summary(run)
+
+
 def _run(ixt, ity, chain=True, se=None):
     """A hand-made run: one seed, values [epochs, layers]."""
     e, n_layers = np.asarray(ixt).shape

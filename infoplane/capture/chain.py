@@ -75,7 +75,8 @@ def is_chain(model: nn.Module, layers: Sequence[str]) -> tuple[Optional[bool], s
     return True, "every tracked layer is computed from the previous one only"
 
 
-def chain_meta(model: nn.Module, layers: Sequence[str], declared: Optional[bool]) -> Optional[dict]:
+def chain_meta(model: nn.Module, layers: Sequence[str], declared: Optional[bool],
+               reduced: Optional[dict] = None) -> Optional[dict]:
     """``meta.json``'s ``chain``: whether the data-processing inequality applies to the tracked layers.
 
     Parameters
@@ -84,6 +85,10 @@ def chain_meta(model: nn.Module, layers: Sequence[str], declared: Optional[bool]
     layers : sequence of str
     declared : bool or None
         The user's ``chain=`` (wins over the graph); None: decided from the graph.
+    reduced : dict, optional
+        Layer name -> its reduction's description, for the layers estimated on a reduction that keeps part of the
+        layer (channel means, projections). The inequality holds between the layers, not between parts of them:
+        the next layer is computed from the whole of the one before, so reduced layers are not checked.
 
     Returns
     -------
@@ -96,5 +101,10 @@ def chain_meta(model: nn.Module, layers: Sequence[str], declared: Optional[bool]
         return None
     if declared is not None:
         return {"chain": declared, "source": "declared", "why": "declared by the user"}
+    if reduced:
+        shown = ", ".join(f"{name} ({how})" for name, how in reduced.items())
+        return {"chain": False, "source": "reduction",
+                "why": f"the estimates are of reduced layers ({shown}); each layer is computed from the whole of the "
+                       f"one before, not from its reduction, so the data-processing inequality does not bind them"}
     found, why = is_chain(model, layers)
     return {"chain": found, "source": "graph", "why": why}

@@ -8,6 +8,7 @@ collected or the interpreter exits. A large buffer is estimated and written in b
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import time
@@ -422,7 +423,9 @@ class Tracker:
                                 seed_inputs=seed_inputs)
         if self.targets:  # only then: the meta of runs without side variables reads as it always did
             run_meta["targets"] = describe_targets(self.targets, self.estimators)
-        chain_note = chain_meta(models[0], self.layers, chain)
+        full = {l.name: math.prod(l.shape or (l.width,)) for l in self.layer_info}
+        partial = {n: r.spec for n, r in reductions.items() if self.reduced_widths[n] < full[n]}
+        chain_note = chain_meta(models[0], self.layers, chain, partial)
         if chain_note is not None:
             run_meta["chain"] = chain_note
         # -- sharpness beside the plane (infoplane.tracking.sharpness) --
