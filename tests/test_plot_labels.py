@@ -186,6 +186,12 @@ def test_renyi_values_get_their_own_axes_and_ceilings_not_shannons():
     left, right = plane_axes(ip.compare([shannon, run], titles=["binned", "renyi"]))
     assert left.get_ylabel() == "I(T;Y) [bits]" and "Rényi" in right.get_ylabel()
     assert ceiling_levels(left) == [pytest.approx(h_y)] and ceiling_levels(right) == [pytest.approx(1.0)]
+    # ... and its own scale: the Rényi panel's axes are not shared, and its ticks are labelled
+    import matplotlib.pyplot as plt
+
+    plt.gcf().canvas.draw()
+    assert not right.get_shared_y_axes().joined(left, right)
+    assert any(t.get_text() for t in right.get_yticklabels()) and any(t.get_text() for t in left.get_yticklabels())
 
 
 # ------------------------------------------------------------------------------------------ no note over data

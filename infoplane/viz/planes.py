@@ -222,7 +222,10 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
     elif len(titles) != len(runs):
         raise ValueError(f"titles has {len(titles)} entries for {len(runs)} runs")
     norm = epoch_norm(runs)
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.2, 4.6), sharex=True, sharey=True,
+    # Panels share their axes only when they plot the same measure: Rényi values have their own scale and ticks.
+    share = len({_plane_scale(r, estimator).measure for r in runs
+                 if estimator is None or estimator in r.estimators}) <= 1
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.2, 4.6), sharex=share, sharey=share,
                              layout="constrained", squeeze=False)
     axes = axes[0]
     same_layers = all(r.layers == runs[0].layers for r in runs)
@@ -235,11 +238,11 @@ def compare(runs: RunsLike, estimator: Optional[str] = None, *, all_seeds: bool 
         ax.set_title(wrap_parts(own[i], text_width(ax, 9)), fontsize=9)
         if i and ax.get_ylabel() == axes[0].get_ylabel():  # said once, unless this panel measures another thing
             ax.set_ylabel("")
-    # Shared axes must hold every panel's ceiling and data.
-    xmax = max(t[0] for t in tops)
-    ymax = max(t[1] for t in tops)
-    axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
-    axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
+    if share:  # shared axes must hold every panel's ceiling and data
+        xmax = max(t[0] for t in tops)
+        ymax = max(t[1] for t in tops)
+        axes[0].set_xlim(-0.03 / 1.03 * xmax, xmax)
+        axes[0].set_ylim(-0.03 / 1.03 * ymax, ymax)
     if shared:
         fig.suptitle(wrap_parts(shared, int(fig.get_figwidth() * 72 / 6)), fontsize=10)
     colorbar(fig, norm, list(axes))
