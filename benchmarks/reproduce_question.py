@@ -50,7 +50,7 @@ QUICK_OPTIONS = {  # the same measures with a handful of iterations each (the te
     "adaptive_sharpness": {"rho": 0.5, "steps": 2},
     "random_sharpness": {"rho": 0.5, "samples": 2},
 }
-SHARPNESS_ROWS = 256  # rows of each seed's training split the measures use
+SHARPNESS_ROWS = 256  # rows of each seed's training split the measures use (32 in the quick budget)
 LR, RHO = 0.2, 0.05  # SGD's rate, for SGD and as SAM's base; SAM's radius
 BOOTSTRAP, BOOTSTRAP_SEED = 1000, 0
 ESTIMATORS = {"binning": "30 bins", "discrete": "exact"}
@@ -87,7 +87,7 @@ def _track(spec, batch, optimiser, noise, seeds, out, quick, args):
     return track(common.REPO / spec["model"], fractions=[spec["fraction"]], seeds=seeds, epochs=epochs,
                  batch_size=batch, optimizer=optimiser, lr=LR, rho=RHO if optimiser == "sam" else None,
                  label_noise=noise, gradients=False, estimators=[Discrete(), Binning(bins=30, range=(-1, 1))],
-                 schedule=log_schedule(epochs, 6 if quick else 20), out=out, resume=True, progress=not args.quiet,
+                 schedule=[0, epochs] if quick else log_schedule(epochs, 20), out=out, resume=True, progress=not args.quiet,
                  caller=["benchmarks/reproduce.py", "--only", "question"],
                  log=lambda m: print(m, file=sys.stderr))[0]
 
@@ -96,7 +96,11 @@ def measure_options(quick):
     return QUICK_OPTIONS if quick else FULL_OPTIONS
 
 
-def final_sharpness(run, model_path, options):
+def sharpness_rows(quick):
+    return 32 if quick else SHARPNESS_ROWS
+
+
+def final_sharpness(run, model_path, options, n_rows=SHARPNESS_ROWS):
     """The five measures of each seed's trained network (``{measure: [value per seed]}``), measured as the tracker
     measures them, on the final state saved in the run directory."""
     import torch
@@ -121,7 +125,7 @@ def final_sharpness(run, model_path, options):
     labels = torch.as_tensor(np.asarray(corruption["labels"] if corruption is not None else y))
     data = []
     for train in run.meta["split"]["train"]:
-        rows = np.asarray(train)[subset_indices(len(train), SHARPNESS_ROWS, 0)]
+        rows = np.asarray(train)[subset_indices(len(train), n_rows, 0)]
         data.append((inputs[torch.as_tensor(rows)], labels[torch.as_tensor(rows)]))
     loss = mf.loss if mf.loss is not None else torch.nn.CrossEntropyLoss()
     plan = SharpnessPlan.make(dict(options), models, data, loss, samples=None, subset_seed=0)
@@ -130,13 +134,13 @@ def final_sharpness(run, model_path, options):
             for m in options}
 
 
-def _cached_sharpness(run, model_path, path, options):
+def _cached_sharpness(run, model_path, path, options, n_rows):
     if path.exists():
         cached = json.loads(path.read_text())
-        if cached.get("seeds") == run.seeds and cached.get("options") == options:
+        if cached.get("seeds") == run.seeds and cached.get("options") == options and cached.get("rows") == n_rows:
             return cached["values"]
-    values = final_sharpness(run, model_path, options)
-    path.write_text(json.dumps({"seeds": run.seeds, "options": options, "values": values}))
+    values = final_sharpness(run, model_path, options, n_rows)
+    path.write_text(json.dumps({"seeds": run.seeds, "options": options, "rows": n_rows, "values": values}))
     return values
 
 
@@ -264,7 +268,7 @@ def question(args):
             where = out / dataset / config_name(batch, optimiser, noise)
             run = _track(spec, batch, optimiser, noise, seeds, where, quick, args)
             sharp = _cached_sharpness(run, common.REPO / spec["model"], where / "final-sharpness.json",
-                                      measure_options(quick))
+                                      measure_options(quick), sharpness_rows(quick))
             runs[dataset][(batch, optimiser, noise)] = run
             rows.extend(per_run(run, sharp, dataset, batch, optimiser, noise))
     seconds, load_end = time.perf_counter() - start, os.getloadavg()
@@ -308,14 +312,14 @@ def _block(rows, runs, corr, quick, seconds, loads, seeds, figures, boot):
              f"{loads[0][0]:.1f} at the start and {loads[1][0]:.1f} at the end._\n",
              f"{seeds} seeds per configuration; epochs by batch size "
              f"{', '.join(f'{b}: {e}' for b, e in ep.items())}; "
-             f"`log_schedule(epochs, {6 if quick else 20})`; SGD at lr {LR:g} (no momentum), SAM (rho {RHO:g}) "
+             f"{'epochs 0 and the last' if quick else '`log_schedule(epochs, 20)`'} recorded; SGD at lr {LR:g} (no momentum), SAM (rho {RHO:g}) "
              f"around the same SGD; 12-bit task at {specs['12-bit']['fraction']:g} of the data, digits at "
              f"{specs['digits']['fraction']:g}; the plane on all samples. Label noise p: each label redrawn "
              f"uniformly with probability p (so about p/K of them keep their class). Gap = train - test accuracy, "
              f"against the labels trained on (\"trained\") and against the clean labels (\"clean\"). Compression = "
              f"peak - final I(X;T) of the last hidden layer (bits) under 30 bins on [-1, 1] and under the exact "
              f"estimator of the same 8-bit activations; I(T;Y) of that layer at the end, exact. Sharpness of the "
-             f"trained network on {SHARPNESS_ROWS} training rows per seed, against the labels trained on: "
+             f"trained network on {sharpness_rows(quick)} training rows per seed, against the labels trained on: "
              + ", ".join(f"{SHORT[m]} `{json.dumps(o)}`" for m, o in measure_options(quick).items()) + ".\n"]
     for dataset in runs:
         chosen = [r for r in rows if r["dataset"] == dataset]

@@ -130,7 +130,7 @@ def test_final_sharpness_is_the_trained_network_on_its_training_rows(quick):
     train = np.asarray(run.meta["split"]["train"][i])
     from infoplane.tracking.sharpness import subset_indices
 
-    take = torch.as_tensor(train[subset_indices(len(train), q.SHARPNESS_ROWS, 0)])
+    take = torch.as_tensor(train[subset_indices(len(train), q.sharpness_rows(True), 0)])
     x = torch.as_tensor(np.asarray(mf.data()[0]), dtype=torch.float32)[take]
     y = torch.as_tensor(np.asarray(run.corruption["labels"]))[take]
     opts = q.QUICK_OPTIONS["sam_sharpness"]
