@@ -61,7 +61,7 @@ SHORT = {"hessian_top_eigenvalue": "Hessian top eigenvalue", "hessian_trace": "H
 
 def datasets(quick):
     """The two networks, their training fractions and their budgets (epochs per batch size)."""
-    epochs = {32: 2, 256: 2, "full": 2} if quick else {32: 20, 256: 60, "full": 300}
+    epochs = {32: 2, 256: 2, "full": 2} if quick else {32: 100, 256: 300, "full": 1500}
     return {
         "12-bit": dict(model="examples/tishby_tanh_q8.py", fraction=0.25, epochs=epochs),
         "digits": dict(model="examples/digits_tanh_q8.py", fraction=0.5, epochs=epochs),
