@@ -53,6 +53,7 @@ def test_block_structure(quick):
     assert text.startswith("# Reproductions\n\nabove\n") and text.endswith(f"{end}\n\nbelow\n")
     block = text.split(start, 1)[1].split(end, 1)[0]
     assert "old" not in block and "(quick budget)" in block
+    assert "complete already" not in block  # every configuration was trained by this invocation
     configs, seeds = q.grid(True)
     for dataset in q.datasets(True):
         # the medians table has one line per configuration, the correlation table one per predictor
