@@ -129,17 +129,24 @@ def final_sharpness(run, model_path, options, n_rows=SHARPNESS_ROWS):
         models.append(net)
     x, y = mf.data() if mf.data is not None else tishby12()  # as track() reads a model file's data
     inputs = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    corruption = run.corruption
-    labels = torch.as_tensor(np.asarray(corruption["labels"] if corruption is not None else y))
+    labels = torch.as_tensor(trained_labels(run, y))
     data = []
-    for train in run.meta["split"]["train"]:
-        rows = np.asarray(train)[subset_indices(len(train), n_rows, 0)]
-        data.append((inputs[torch.as_tensor(rows)], labels[torch.as_tensor(rows)]))
+    for i, train in enumerate(run.meta["split"]["train"]):
+        rows = torch.as_tensor(np.asarray(train)[subset_indices(len(train), n_rows, 0)])
+        data.append((inputs[rows], labels[i, rows]))
     loss = mf.loss if mf.loss is not None else torch.nn.CrossEntropyLoss()
     plan = SharpnessPlan.make(dict(options), models, data, loss, samples=None, subset_seed=0)
     rows = plan.measure(models, run.seeds, int(run.epochs[-1]))
     return {m: [float(next(r.value for r in rows if r.seed == s and r.measure == m)) for s in run.seeds]
             for m in options}
+
+
+def trained_labels(run, clean):
+    """The labels each seed trained on, ``[n_seeds, N]``: the clean labels, or the corrupted ones that the run stored,
+    whether it holds one draw for all seeds (``[N]``) or one per seed (``[n_seeds, N]``, row i for ``run.seeds[i]``)."""
+    corruption = run.corruption
+    labels = np.asarray(clean if corruption is None else corruption["labels"])
+    return np.tile(labels, (len(run.seeds), 1)) if labels.ndim == 1 else labels
 
 
 def _cached_sharpness(run, model_path, path, options, n_rows):

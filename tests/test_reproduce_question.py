@@ -133,7 +133,8 @@ def test_final_sharpness_is_the_trained_network_on_its_training_rows(quick):
 
     take = torch.as_tensor(train[subset_indices(len(train), q.sharpness_rows(True), 0)])
     x = torch.as_tensor(np.asarray(mf.data()[0]), dtype=torch.float32)[take]
-    y = torch.as_tensor(np.asarray(run.corruption["labels"]))[take]
+    labels = np.asarray(run.corruption["labels"])  # one draw for every seed, or one row per seed
+    y = torch.as_tensor(labels[i] if labels.ndim == 2 else labels)[take]
     opts = q.QUICK_OPTIONS["sam_sharpness"]
     direct = sharpness.sam_sharpness(net, torch.nn.CrossEntropyLoss(), x, y, seed=row["seed"], **opts).value
     assert row["sam_sharpness"] == pytest.approx(direct, rel=1e-4, abs=1e-7)
