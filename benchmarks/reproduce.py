@@ -9,8 +9,9 @@
 
 The finite-information sections (``reproduce_finite.py``), the linear-network sections, where the information
 has closed forms (``reproduce_linear.py``), and the sections on the gradient statistics (``reproduce_dynamics.py``:
-the drift-to-diffusion transition against compression, full batch against mini-batch, depth) run with the full
-budget or when named with ``--only``.
+the drift-to-diffusion transition against compression, full batch against mini-batch, depth) and the section on
+memorisation, compression, flatness and generalisation (``reproduce_question.py``) run with the full budget or
+when named with ``--only``.
 
 Writes the runs under --out, the figures under --figures and the measured facts (per layer: peak and final
 I(X;T), their difference, final I(T;Y); train/test accuracy; median [IQR] over seeds; wall time) into the
@@ -161,12 +162,13 @@ CLASSIC = ("tishby", "saxe", "digits")
 FINITE = ("finite-quantized", "finite-noisy")  # "Networks whose information is finite"
 LINEAR = ("linear", "relevant")  # linear networks, where the information has closed forms
 DYNAMICS = ("transition", "fullbatch", "depth")  # the gradient statistics beside the plane
+QUESTION = ("question",)  # memorisation, compression, flatness and generalisation
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny budget, for the tests")
-    p.add_argument("--only", action="append", choices=[*CLASSIC, "finite", *FINITE, *LINEAR, *DYNAMICS],
+    p.add_argument("--only", action="append", choices=[*CLASSIC, "finite", *FINITE, *LINEAR, *DYNAMICS, *QUESTION],
                    help="run only these sections (repeatable; 'finite' = both finite-information sections); "
                         "the other sections' blocks of the doc are left as they are")
     p.add_argument("--out", default="runs/reproduce", help="parent of the run directories")
@@ -182,6 +184,7 @@ def main(argv=None):
     finite = [k for k in FINITE if k in only or (not only and not args.quick)]
     linear = [k for k in LINEAR if k in only or (not only and not args.quick)]
     dynamics = [k for k in DYNAMICS if k in only or (not only and not args.quick)]
+    question = [k for k in QUESTION if k in only or (not only and not args.quick)]
     args.only = [k for k in CLASSIC if k in only] or (None if not only else [])
     results = run_plan(args) if args.only != [] else {}
     if finite:
@@ -201,6 +204,10 @@ def main(argv=None):
         for key in dynamics:
             results[key] = {"transition": reproduce_dynamics.transition, "fullbatch": reproduce_dynamics.fullbatch,
                             "depth": reproduce_dynamics.depth}[key](args)
+    if question:
+        import reproduce_question
+
+        results["question"] = reproduce_question.question(args)
     return results
 
 
