@@ -7,9 +7,7 @@ PY := $(VENV)/bin/python
 # the core one, so `make test` after `make demo` only adds to the same .venv.
 CORE_STAMP := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed-test
-# --no-compile: byte-compiling every installed file (torch, transformers, ray, ...) takes longer than the whole
-# test suite's imports, which compile only the modules they use, on first import.
-PIP_FLAGS := -q --disable-pip-version-check --no-compile
+PIP_FLAGS := -q --disable-pip-version-check
 
 .PHONY: install lint test sanitize bench bench-gpu demo reproduce clean
 
