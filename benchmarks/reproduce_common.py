@@ -10,13 +10,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stat(values):
+def stat(values, digits=2, empty="n/a"):
+    """Median [IQR] of the finite values, to ``digits`` decimals (the median alone for one value; ``empty`` for
+    none)."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:
-        return "n/a"
+        return empty
     q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return f"{med:.2f} [{q1:.2f}, {q3:.2f}]" if values.size > 1 else f"{med:.2f}"
+    return f"{med:.{digits}f} [{q1:.{digits}f}, {q3:.{digits}f}]" if values.size > 1 else f"{med:.{digits}f}"
 
 
 TABLE_HEAD = ["| layer | peak I(X;T) | final I(X;T) | peak - final | peak I(T;Y) | final I(T;Y) |",
@@ -55,8 +57,10 @@ def accuracy(run):
 
 
 def save_figure(fig, path):
+    """Write ``fig`` to ``path`` (its folder made if needed) at the docs' resolution, close it, return the path."""
     import matplotlib.pyplot as plt
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

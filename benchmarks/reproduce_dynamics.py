@@ -95,17 +95,9 @@ def one_minibatch(run):
 def _epoch_stat(values):
     """Median [IQR] of epochs, with the count of seeds that have one."""
     v = np.asarray(values, dtype=float)
-    ok = v[np.isfinite(v)]
-    if ok.size == 0:
-        return "none"
-    q1, med, q3 = np.percentile(ok, [25, 50, 75])
-    shown = f"{med:.0f} [{q1:.0f}, {q3:.0f}]" if ok.size > 1 else f"{med:.0f}"
-    return shown + ("" if ok.size == v.size else f" ({ok.size} of {v.size} seeds)")
-
-
-def _save(fig, figures, name):
-    Path(figures).mkdir(parents=True, exist_ok=True)
-    return common.save_figure(fig, Path(figures) / name)
+    ok = int(np.isfinite(v).sum())
+    shown = common.stat(v, digits=0, empty="none")
+    return shown + ("" if ok in (0, v.size) else f" ({ok} of {v.size} seeds)")
 
 
 # ------------------------------------------------------------------------------------------------- transition
@@ -169,7 +161,7 @@ def transition(args):
     fig.suptitle("Does compression start at the drift-to-diffusion transition? (one point per seed and layer; "
                  "dotted: the same epoch)", fontsize=9)
     fig.tight_layout()
-    written = _save(fig, args.figures, "transition-vs-compression.png")
+    written = common.save_figure(fig, Path(args.figures) / "transition-vs-compression.png")
     lines.append(f"\n![transition vs compression](figures/{written.name})\n")
     common.write_block(Path(args.doc), "\n".join(lines), *common.markers("transition"))
     return {"tanh": plain, "tanh-q8": quant}
@@ -187,13 +179,12 @@ def fullbatch(args):
     from infoplane import Binning
 
     quick, out = args.quick, Path(args.out) / "fullbatch"
-    start = time.perf_counter()
     runs = {}
     for label, batch in (("mini-batch 256", 256), ("full batch", "full")):
         runs[label] = _track(common.REPO / "examples" / "tishby_tanh.py", out / str(batch), "fullbatch", quick,
                              args, fractions=[0.85], batch_size=batch,
                              estimators=[Binning(bins=30, range=(-1, 1))])[0]
-    seconds = time.perf_counter() - start
+    seconds = sum(common.wall_seconds(r) for r in runs.values())  # also when the runs were resumed
     lines = [_stamp("fullbatch", quick, seconds),
              f"85% of the 12-bit task, {len(runs['full batch'].seeds)} seeds, "
              f"{int(runs['full batch'].epochs[-1])} epochs each, Adam at 4e-4, 30 bins on [-1, 1]. Compression = "
@@ -210,7 +201,7 @@ def fullbatch(args):
     lines.append("\n" + "; ".join(f"{k}: {common.accuracy(r)}" for k, r in runs.items()) + ".\n")
     warnings.filterwarnings("ignore", category=plot.SaturationWarning)
     fig = plot.compare(list(runs.values()), estimator="binning", titles=list(runs))
-    written = _save(fig, args.figures, "fullbatch-vs-minibatch.png")
+    written = common.save_figure(fig, Path(args.figures) / "fullbatch-vs-minibatch.png")
     lines.append(f"![full batch vs mini-batch](figures/{written.name})\n")
     common.write_block(Path(args.doc), "\n".join(lines), *common.markers("fullbatch"))
     return runs
@@ -250,7 +241,6 @@ def depth(args):
 
     quick, out = args.quick, Path(args.out) / "depth"
     depths = (1, 2) if quick else (1, 2, 3, 4, 5, 6)
-    start = time.perf_counter()
     results = {}
     for k in depths:
         widths = HIDDEN[:k]
@@ -262,7 +252,7 @@ def depth(args):
                      estimators=[Binning(bins=30, range=(-1, 1))])[0]
         trans, peak = per_seed(run, "binning")
         results[k] = (run, trans[:, -1], peak[:, -1])
-    seconds = time.perf_counter() - start
+    seconds = sum(common.wall_seconds(r[0]) for r in results.values())  # also when the runs were resumed
     first = results[depths[0]][0]
     lines = [_stamp("depth", quick, seconds),
              f"85% of the 12-bit task, {len(first.seeds)} seeds, {int(first.epochs[-1])} epochs, hidden widths "
@@ -289,7 +279,7 @@ def depth(args):
     ax.legend(fontsize=8)
     ax.set_title("Depth: transition and onset of compression (median, IQR)", fontsize=9)
     fig.tight_layout()
-    written = _save(fig, args.figures, "depth-transition.png")
+    written = common.save_figure(fig, Path(args.figures) / "depth-transition.png")
     lines.append(f"\n![depth](figures/{written.name})\n")
     common.write_block(Path(args.doc), "\n".join(lines), *common.markers("depth"))
     return results

@@ -96,7 +96,6 @@ def quantized(args):
     lines.append("")
     warnings.filterwarnings("ignore", category=plot.SaturationWarning)
     figures = Path(args.figures)
-    figures.mkdir(parents=True, exist_ok=True)
     fig = plot.compare(q_runs, estimator="discrete")
     fig.suptitle(f"12-bit task | tanh network quantised to {BITS} bits: exact I(X;T), I(T;Y)", fontsize=10)
     path = common.save_figure(fig, figures / "finite-quantized.png")
@@ -261,7 +260,6 @@ def noisy_cnn(args):
         lines.append("")
     warnings.filterwarnings("ignore", category=plot.SaturationWarning)
     figures = Path(args.figures)
-    figures.mkdir(parents=True, exist_ok=True)
     written = []
     for names, file, title in (
             (list(variants)[:3], "finite-noisy.png", "binned plane vs noisy_mi"),

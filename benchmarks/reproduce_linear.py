@@ -180,7 +180,6 @@ def linear(args):
                  f"last epoch): I(X;T) {common.stat(res['ixt'][:, -1])} vs {common.stat(sampled)} bits; largest "
                  f"difference {np.abs(sampled - res['ixt'][:, -1]).max():.3f} bits.\n")
     figures = Path(args.figures)
-    figures.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(ratios)))
     x = ep + 1
@@ -285,7 +284,6 @@ def relevant(args):
                  f"I(T; X_r) {common.stat(rel[:, -1])} vs {common.stat(sampled[:, 0])}, I(T; X_i) "
                  f"{common.stat(irr[:, -1])} vs {common.stat(sampled[:, 1])} bits.\n")
     figures = Path(args.figures)
-    figures.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     x = ep + 1
     for v, label, c in ((rel, "I(T; X_relevant)", "tab:blue"), (irr, "I(T; X_irrelevant)", "tab:red")):

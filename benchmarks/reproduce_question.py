@@ -410,7 +410,6 @@ def _scatter(rows, figures):
                  "one point per run", fontsize=9)
     # fixed margins: tight_layout on 14 panels costs more than the quick budget's training
     fig.subplots_adjust(left=0.06, right=0.91, bottom=0.14, top=0.89, wspace=0.38, hspace=0.45)
-    figures.mkdir(parents=True, exist_ok=True)
     return common.save_figure(fig, figures / "question-gap.png")
 
 
