@@ -24,7 +24,7 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["Row", "FIELDS", "VALUES", "META", "TABLE", "METRICS", "ACTIVATIONS", "STATE", "LOCK", "FORMAT", "CORRUPTION",
            "save_corruption", "read_corruption",
            "FORMAT_VERSION", "NotARunError", "read_meta", "write_meta", "read_table", "read_metrics",
-           "atomic_write_bytes", "write_csv", "append_csv", "read_csv", "format_row", "parse_row", "now"]
+           "atomic_write_bytes", "write_csv", "append_csv", "read_csv", "read_rows", "format_row", "parse_row", "now"]
 
 META, TABLE, METRICS, ACTIVATIONS = "meta.json", "infoplane.csv", "metrics.csv", "activations"
 STATE = "train_state.pt"   # the CLI's training checkpoint; a finished run keeps its last one (to train on)
@@ -177,14 +177,20 @@ def parse_row(cells: Sequence[str]) -> Row:
                       *map(_parse_num, vals), *[math.nan] * (len(VALUES) - len(vals)), target])
 
 
-def read_table(path: PathLike) -> list[Row]:
-    """All complete rows of an ``infoplane.csv`` as :class:`Row` tuples."""
+def read_rows(path: PathLike, fields: tuple, *older: tuple) -> list[list[str]]:
+    """The complete lines of a CSV whose header is ``fields`` (or one of the ``older`` headers it still reads), as
+    cells; none when the file is absent. Another header is an error naming the expected one."""
     header, rows = read_csv(path)
     if header is None:
         return []
-    if tuple(header) not in (FIELDS, _FIELDS_V2, _FIELDS_V1):
-        raise ValueError(f"{path}: unexpected header {header}; expected {list(FIELDS)}")
-    return [parse_row(r) for r in rows]
+    if tuple(header) not in (fields, *older):
+        raise ValueError(f"{path}: unexpected header {header}; expected {list(fields)}")
+    return rows
+
+
+def read_table(path: PathLike) -> list[Row]:
+    """All complete rows of an ``infoplane.csv`` as :class:`Row` tuples."""
+    return [parse_row(r) for r in read_rows(path, FIELDS, _FIELDS_V2, _FIELDS_V1)]
 
 
 def read_metrics(path: PathLike) -> tuple[list[str], dict]:
@@ -411,9 +417,4 @@ def parse_sharpness_row(cells: Sequence[str]) -> SharpnessRow:
 
 def read_sharpness(path: PathLike) -> list[SharpnessRow]:
     """All complete lines of a ``sharpness.csv`` (none when the file is absent, as in runs before version 3)."""
-    header, rows = read_csv(path)
-    if header is None:
-        return []
-    if tuple(header) != SHARPNESS_FIELDS:
-        raise ValueError(f"{path}: unexpected header {header}; expected {list(SHARPNESS_FIELDS)}")
-    return [parse_sharpness_row(r) for r in rows]
+    return [parse_sharpness_row(r) for r in read_rows(path, SHARPNESS_FIELDS)]

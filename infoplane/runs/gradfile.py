@@ -13,7 +13,7 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from infoplane.runs.format import PathLike, format_number, read_csv
+from infoplane.runs.format import PathLike, format_number, read_rows
 
 __all__ = ["GRADIENTS", "GRADIENT_FIELDS", "GradientRecord", "Gradients", "record", "format_record", "read_gradients"]
 
@@ -53,13 +53,8 @@ def format_record(r: GradientRecord) -> list[str]:
 
 def read_gradients(path: PathLike) -> list[GradientRecord]:
     """All complete lines of a ``gradients.csv`` (none when the file is absent)."""
-    header, rows = read_csv(path)
-    if header is None:
-        return []
-    if tuple(header) != GRADIENT_FIELDS:
-        raise ValueError(f"{path}: unexpected header {header}; expected {list(GRADIENT_FIELDS)}")
     out = []
-    for seed, epoch, layer, m, s, snr, batches, frozen in rows:
+    for seed, epoch, layer, m, s, snr, batches, frozen in read_rows(path, GRADIENT_FIELDS):
         mean_norm, std_norm, ratio = (math.nan if v == "" else float(v) for v in (m, s, snr))
         out.append(GradientRecord(int(seed), int(epoch), layer, mean_norm, std_norm, ratio, int(batches),
                                   frozen == "1"))
