@@ -162,3 +162,21 @@ def test_to_pandas_joins_metrics(tmp_path):
     df = load_run(tmp_path / "r").to_pandas()
     assert isinstance(df, pd.DataFrame) and len(df) == len(rows_for(0))
     assert set(df.loc[df.seed == 1, "loss"]) == {0.75} and df.loc[df.seed == 0, "loss"].isna().all()
+
+
+def test_run_files_with_another_header_are_refused_by_name(tmp_path):
+    import pytest
+
+    from infoplane.runs.format import FIELDS, read_sharpness, read_table
+    from infoplane.runs.gradfile import GRADIENT_FIELDS, read_gradients
+
+    for name, read, fields in (("infoplane.csv", read_table, FIELDS), ("gradients.csv", read_gradients, GRADIENT_FIELDS),
+                               ("sharpness.csv", read_sharpness, None)):
+        path = tmp_path / name
+        assert read(path) == []  # absent: nothing recorded
+        path.write_text("a,b,c\n1,2,3\n")
+        with pytest.raises(ValueError, match=f"{name}: unexpected header"):
+            read(path)
+        if fields is not None:
+            path.write_text(",".join(fields) + "\n")
+            assert read(path) == []  # the header alone: no lines yet
