@@ -130,11 +130,10 @@ def transition(args):
         for ax, run in zip(axes, runs):
             trans, peak = per_seed(run, est)
             ixt = run.get("ixt", est)
+            single, undefined = one_minibatch(run), "undefined (one minibatch per epoch)"
             for j, layer in enumerate(hidden_layers(run)):
                 col = run.layers.index(layer)
                 comp = np.nanmax(ixt[:, :, col], axis=1) - ixt[:, -1, col]
-                undefined = "undefined (one minibatch per epoch)"
-                single = one_minibatch(run)
                 lines.append(f"| {name} | {run.fraction:g} | {layer} | "
                              f"{undefined if single else _epoch_stat(trans[:, j])} | {_epoch_stat(peak[:, j])} | "
                              f"{undefined if single else _epoch_stat(peak[:, j] - trans[:, j])} | "
@@ -144,7 +143,7 @@ def transition(args):
                            marker="o" if est == "binning" else "^",
                            label=f"{layer} ({'binned' if est == 'binning' else 'exact, 8-bit'})")
             ax.set_title(f"{run.fraction:.0%} of the data", fontsize=9)
-            if one_minibatch(run) and not ax.texts:  # an empty panel says why
+            if single and not ax.texts:  # an empty panel says why
                 n_train = len(run.meta["split"]["train"][0])
                 ax.text(0.5, 0.5, f"no transition to show: {n_train} training samples make one minibatch per "
                         f"epoch\n(batch {run.meta['training']['batch_size']}), so the gradient has no spread "
