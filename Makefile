@@ -50,7 +50,8 @@ SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sani
 sanitize: $(STAMP)
 	INFOPLANE_NATIVE_FLAGS_EXTRA="$(SANITIZE_FLAGS)" CC=gcc LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 MPLBACKEND=Agg \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_binning_kernel.py tests/test_train_fused.py tests/test_native.py
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_binning_kernel.py tests/test_train_fused.py tests/test_native.py \
+		tests/test_shuffle.py
 
 # OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE, set on some machines for old OpenBLAS builds, slow numpy's current
 # kernels: unset them for the benchmark alone so that the numpy baselines are not handicapped.

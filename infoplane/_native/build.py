@@ -1,8 +1,8 @@
 """Compile and load infoplane's small C kernels (one owner for the compiler, the flags and the cache).
 
 The C sources are package data in ``infoplane/_native/csrc/`` (read with :func:`source`): ``count_rows.c``, the
-counting kernel behind ``binned_mi``'s fixed grid and ``discrete_mi`` on the CPU, and ``fused_epoch.c``, the fused
-MLP-ensemble training kernel. :func:`build` compiles one with the system C compiler (``$CC``, else ``cc``,
+counting kernel behind ``binned_mi``'s fixed grid and ``discrete_mi`` on the CPU, ``fused_epoch.c``, the fused
+MLP-ensemble training kernel, and ``shuffle.c``, which draws the seeds' epoch orders as ``torch.randperm`` does. :func:`build` compiles one with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``) into a shared library and loads it with ctypes, which releases the GIL while a kernel runs;
 :mod:`infoplane._native.kernels` calls it through typed, checked wrappers.
 
@@ -56,7 +56,7 @@ def source(filename: str) -> str:
     Parameters
     ----------
     filename : str
-        ``"count_rows.c"`` or ``"fused_epoch.c"``.
+        ``"count_rows.c"``, ``"fused_epoch.c"`` or ``"shuffle.c"``.
 
     Returns
     -------

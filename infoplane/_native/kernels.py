@@ -47,6 +47,10 @@ FUSED_EPOCH_ARGTYPES: ArgTypes = [_i32, _i32, _p, _p, _p,
 ACTIVATE_ARGTYPES: ArgTypes = [_i32, _p, _p, _p, _i64]
 QUANTIZE_ARGTYPES: ArgTypes = [_p, _p, _p, _i64]
 
+# int ip_shuffle(int S, int64_t n, uint32_t *states, int64_t *counters, const int64_t *idx, int64_t *out,
+#                int threads)
+SHUFFLE_ARGTYPES: ArgTypes = [_i32, _i64, _p, _p, _p, _p, _i32]
+
 _INT32_MAX = 2**31 - 1
 
 
@@ -68,7 +72,15 @@ def declare_fused(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32, "int64": torch.int64}
+def declare_shuffle(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give the shuffling library's ``ip_shuffle`` its signature; returns ``lib``."""
+    lib.ip_shuffle.argtypes = SHUFFLE_ARGTYPES
+    lib.ip_shuffle.restype = ctypes.c_int
+    return lib
+
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32, "int64": torch.int64,
+                 "uint32": torch.uint32}
 _NUMPY_DTYPES = {name: np.dtype(name) for name in _TORCH_DTYPES}
 
 
@@ -364,3 +376,36 @@ def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act
             raise ValueError(f"fused_epoch: argument 'order' holds rows outside 0 .. {prepared.N - 1} (the rows of "
                              "'inputs')")
     return prepared(order, step, update)
+
+
+def shuffle(lib: ctypes.CDLL, *, states: np.ndarray, counters: np.ndarray, idx: torch.Tensor, out: torch.Tensor,
+            threads: int) -> int:
+    """Draw every seed's order of its rows with ``ip_shuffle`` (see ``csrc/shuffle.c``).
+
+    Parameters
+    ----------
+    states : numpy.ndarray
+        [S, 624] uint32: each seed's Mersenne-twister state words; advanced in place.
+    counters : numpy.ndarray
+        [S, 2] int64: each seed's (left, next) counters as torch keeps them; advanced in place.
+    idx : torch.Tensor
+        [S, n] int64: each seed's rows.
+    out : torch.Tensor
+        [S, n] int64, written: ``idx[s]`` in the order ``torch.randperm(n)`` draws from seed s's generator.
+    threads : int
+        Worker threads sharing the seeds (1 or more).
+
+    Returns
+    -------
+    int
+        0, or -2 for unsupported sizes or counters no generator has
+        (see the C source).
+    """
+    k = "shuffle"
+    st = _pointer(k, "states", states, ("uint32",), (None, 624), writable=True)
+    S = _integer(k, "seeds", states.shape[0], 0, _INT32_MAX)
+    ct = _pointer(k, "counters", counters, ("int64",), (S, 2), writable=True)
+    src = _pointer(k, "idx", idx, ("int64",), (S, None))
+    n = idx.shape[1]
+    dst = _pointer(k, "out", out, ("int64",), (S, n))
+    return lib.ip_shuffle(S, n, st, ct, src, dst, _integer(k, "threads", threads, 1, 1024))

@@ -281,10 +281,10 @@ class FusedEngine:
         if status != 0:
             raise RuntimeError(f"the fused training kernel failed (status {status})")
 
-    def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                    rngs: list[dict]) -> list[dict]:
+    def train_epoch(self, orders: torch.Tensor | list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int, rngs: list[dict]) -> list[dict]:
         self._dirty = self._dirty or self._collect
-        self._call(torch.stack(orders), inputs, labels, batch_size, update=True, stats=self._collect)
+        self._call(orders if isinstance(orders, torch.Tensor) else torch.stack(orders), inputs, labels, batch_size, update=True, stats=self._collect)
         return rngs  # no randomness inside these models' forward
 
     # -- gradient statistics ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from infoplane.train.engines import choose_engine
 from infoplane.train.fused import FusedEngine
 from infoplane.train.metrics import LazyMetrics, MemberMetrics
 from infoplane.train.sequential import SequentialEngine
+from infoplane.train.shuffle import EpochOrders
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import check_state, derive_seed, initial_rng, restore, snapshot
 from infoplane.train.vectorized import VectorizedEngine, unshare
@@ -213,7 +214,10 @@ def fit(
     if state is not None:
         rngs = restore(state, engine, generators)
 
+    epoch_orders = EpochOrders(train_sets, generators, device)
+
     def current_state(epoch):
+        epoch_orders.sync()  # the generators' states as the torch route would have left them
         return snapshot(epoch, seeds, engine, generators, rngs)
 
     evaluate_all = MemberMetrics()  # one stacked pass per index set where the members allow it
@@ -236,9 +240,7 @@ def fit(
             grads.start(False)  # epoch 0: no minibatches
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
-        # index_select, not idx[perm]: the same rows, and on the CPU tens of times faster than advanced indexing
-        orders = [idx.index_select(0, torch.randperm(len(idx), generator=g)).to(device)
-                  for idx, g in zip(train_sets, generators)]
+        orders = epoch_orders()
         if grads is None:
             rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         else:

@@ -22,8 +22,8 @@ class SequentialEngine:
         self.announced = announced  # the reason was already printed (fit then says nothing more)
         self.optimizers = [spec.make_optimizer(m.parameters()) for m in members]
 
-    def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                    rngs: list[dict]) -> list[dict]:
+    def train_epoch(self, orders: torch.Tensor | list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int, rngs: list[dict]) -> list[dict]:
         device = inputs.device
         new_rngs = []
         # Each member draws its in-forward randomness (dropout) from its own saved RNG state, so

@@ -45,9 +45,9 @@ class VectorizedEngine:
                 lambda name, b, i=i: buffers[name][i],
             )
 
-    def train_epoch(self, orders: list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                    rngs: list[dict]) -> list[dict]:
-        order = torch.stack(orders)
+    def train_epoch(self, orders: torch.Tensor | list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int, rngs: list[dict]) -> list[dict]:
+        order = orders if isinstance(orders, torch.Tensor) else torch.stack(orders)
         # One gather per epoch; the minibatches are then views of it.
         epoch_inputs, epoch_labels = inputs[order], labels[order]
         for start in range(0, order.shape[1], batch_size):
