@@ -66,6 +66,37 @@ def test_stacked_probe_and_metrics_equal_the_members_own_passes():
         assert got["train_acc"][i] == pytest.approx(float((out.argmax(1) == y[train[i]]).sum()) / 77, abs=1e-12)
 
 
+def test_metrics_follow_inputs_changed_in_place_and_take_one_hot_labels():
+    nets = _members(3, seed=4)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(120, 12, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (120,), generator=g), 3).float()
+    train = [torch.randperm(120, generator=g)[:70] for _ in nets]
+    test = [torch.randperm(120, generator=g)[:33] for _ in nets]
+    loss = nn.CrossEntropyLoss()
+    metrics = MemberMetrics()
+    assert metrics(nets, loss, x, y, train, test) == evaluate_members(nets, loss, x, y, train, test)
+    assert metrics.exact is True
+    x.mul_(3.0)  # the rows gathered for the last call are stale now
+    y.copy_(y.roll(1, dims=1))
+    assert metrics(nets, loss, x, y, train, test) == evaluate_members(nets, loss, x, y, train, test)
+
+
+def test_the_stacked_probe_says_which_members_are_not_finite():
+    nets = _members(3, seed=6)
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(7))
+    layers = resolve_layers(nets[0], x)
+    chooser = stacked.StackedProbe()
+    chooser(nets, x, layers, 16)  # the first call compares the stacked pass with the members' own
+    assert chooser.exact is True and chooser.finite == [True, True, True]
+    with torch.no_grad():  # one member diverges
+        nets[1][2].weight[0, 0] = float("inf")
+    acts = chooser(nets, x, layers, 16)
+    assert chooser.finite == [True, False, True]
+    assert [all(bool(torch.isfinite(a).all()) for a in per.values()) for per in acts] == chooser.finite
+    assert not any(a.requires_grad for per in acts for a in per.values())  # activations, not part of a graph
+
+
 def test_quantised_members_are_probed_together_bit_for_bit():
     from infoplane import quantize
 

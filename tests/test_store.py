@@ -180,3 +180,16 @@ def test_run_files_with_another_header_are_refused_by_name(tmp_path):
         if fields is not None:
             path.write_text(",".join(fields) + "\n")
             assert read(path) == []  # the header alone: no lines yet
+
+
+def test_meta_is_indented_json_with_very_long_values_on_one_line():
+    from infoplane.runs.format import render_meta
+
+    small = {"seeds": [0, 1], "training": {"lr": 0.0004, "layers": [{"name": "1"}]}, "model": "net"}
+    assert render_meta(small) == json.dumps(small, indent=2) + "\n"
+    assert render_meta({}) == "{}\n"
+    meta = {**small, "split": [list(range(3000)), list(range(5, 2000))]}
+    text = render_meta(meta)
+    assert json.loads(text) == meta
+    split_lines = [line for line in text.splitlines() if line.startswith('  "split"')]
+    assert split_lines == [f'  "split": {json.dumps(meta["split"])}']

@@ -242,6 +242,18 @@ def test_non_finite_activations_name_layer_and_epoch():
         t.step(3)
 
 
+def test_non_finite_activations_of_one_member_of_a_stacked_ensemble_name_its_seed():
+    x, y = data()
+    nets = [tanh_net() for _ in range(3)]
+    t = infoplane.Tracker(nets, x, y, seeds=[10, 11, 12])
+    t.step(0)
+    assert t._session.recorder._stacked.exact is True  # the ensemble is probed in one stacked pass
+    with torch.no_grad():
+        nets[1][4].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"layer '5' has non-finite activations .* at epoch 3 \(seed 11\)"):
+        t.step(3)
+
+
 # ------------------------------------------------------------------------------------- run directory & resume
 def test_existing_run_and_resume_with_other_settings(tmp_path):
     x, y = data()

@@ -17,7 +17,7 @@ from torch import nn
 
 from infoplane.capture.hooks import Layer, probe
 
-__all__ = ["ELEMENTWISE", "same_mlps", "stackable", "stacked_probe", "stacked_outputs", "StackedProbe"]
+__all__ = ["ELEMENTWISE", "same_mlps", "stackable", "stacked_probe", "stacked_outputs", "pad_rows", "StackedProbe"]
 
 # Rows are padded to a multiple of this, so that every member's slice of a stacked [S, rows, d] float32 tensor
 # starts on a 64-byte boundary as a tensor of its own does: BLAS kernels may round differently on other alignments.
@@ -62,9 +62,10 @@ def same_mlps(models: Sequence[nn.Module]) -> bool:
 def _stacked_weights(models: Sequence[nn.Module]) -> tuple[dict, dict]:
     """Per Linear child (by position): the members' weights, transposed, [S, in, out], and biases [S, 1, out]."""
     weights, biases = {}, {}
-    for k, (name, m) in enumerate(models[0].named_children()):
+    children = [list(model.children()) for model in models]  # the same structure: children match by position
+    for k, m in enumerate(children[0]):
         if type(m) is nn.Linear:
-            members = [dict(model.named_children())[name] for model in models]
+            members = [kids[k] for kids in children]
             weights[k] = torch.stack([mm.weight for mm in members]).transpose(1, 2)
             biases[k] = None if m.bias is None else torch.stack([mm.bias for mm in members]).unsqueeze(1)
     return weights, biases
@@ -76,7 +77,7 @@ def stacked_outputs(models: Sequence[nn.Module], inputs: torch.Tensor) -> torch.
     allows), from one stacked forward pass."""
     weights, biases = _stacked_weights(models)
     n = inputs.shape[1]
-    h = _padded(inputs)
+    h = pad_rows(inputs)
     for k, (_name, m) in enumerate(models[0].named_children()):
         if k in weights:
             h = torch.bmm(h, weights[k]) if biases[k] is None else torch.baddbmm(biases[k], h, weights[k])
@@ -85,8 +86,9 @@ def stacked_outputs(models: Sequence[nn.Module], inputs: torch.Tensor) -> torch.
     return h[:, :n]
 
 
-def _padded(x: torch.Tensor) -> torch.Tensor:
-    """``x`` [S, n, d] with zero rows appended up to a multiple of :data:`_ROW_ALIGN` rows."""
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [S, n, d] with zero rows appended up to a multiple of :data:`_ROW_ALIGN` rows (``x`` itself when n is
+    one already): :func:`stacked_outputs` pads its inputs so, and takes padded ones as they are."""
     n = x.shape[1]
     rows = -(-n // _ROW_ALIGN) * _ROW_ALIGN
     if rows == n:
@@ -130,26 +132,39 @@ def stacked_probe(models: Sequence[nn.Module], inputs: torch.Tensor, layers: Seq
     list of dict
         Per member, layer name -> float32 tensor [N, width], as :func:`~infoplane.capture.hooks.probe` gives it.
     """
+    return _stacked_probe(models, inputs, layers, batch_size)[0]
+
+
+@torch.no_grad()
+def _stacked_probe(models: Sequence[nn.Module], inputs: torch.Tensor, layers: Sequence[Layer],
+                   batch_size: int) -> tuple[list[dict[str, torch.Tensor]], list[bool]]:
+    """:func:`stacked_probe`'s activations, and per member whether every one of them is finite (checked on the
+    stacked tensors: one check per layer and pass for all members)."""
     children = list(models[0].named_children())
     wanted = {layer.name: layer for layer in layers}
     weights, biases = _stacked_weights(models)
     store: list[dict[str, list]] = [{name: [] for name in wanted} for _ in models]
+    checks = []
     n = inputs.shape[0]
     for start in range(0, n, batch_size):
         x = inputs[start:start + batch_size]
         rows = x.shape[0]
-        h = _padded(x.unsqueeze(0)).expand(len(models), -1, -1)
+        h = pad_rows(x.unsqueeze(0)).expand(len(models), -1, -1)
         for k, (name, m) in enumerate(children):
             if k in weights:
                 h = torch.bmm(h, weights[k]) if biases[k] is None else torch.baddbmm(biases[k], h, weights[k])
             else:
                 h = m(h)
             if name in wanted:
-                fn = _TRANSFORMS[wanted[name].transform]
+                # the transform row by row on all members at once: each member's rows as its own call gives them
+                # (the first use compares the whole pass with the members' own, bit for bit)
+                out = _TRANSFORMS[wanted[name].transform](h[:, :rows].reshape(len(models), rows, -1).float())
+                checks.append(torch.isfinite(out).flatten(1).all(1))
                 for i in range(len(models)):
-                    store[i][name].append(fn(h[i, :rows].reshape(rows, -1).float()))
-    return [{name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in per.items()}
-            for per in store]
+                    store[i][name].append(out[i])
+    finite = torch.stack(checks).all(0).tolist() if checks else [True] * len(models)
+    acts = [{name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in per.items()} for per in store]
+    return acts, finite
 
 
 class StackedProbe:
@@ -161,16 +176,20 @@ class StackedProbe:
 
     def __init__(self) -> None:
         self.exact: Optional[bool] = None
+        #: After a call that returned activations: per member, whether all of them are finite; else None.
+        self.finite: Optional[list[bool]] = None
 
     def __call__(self, models: Sequence[nn.Module], inputs: torch.Tensor, layers: Sequence[Layer], batch_size: int,
                  epoch: Optional[int] = None) -> Optional[list[dict[str, torch.Tensor]]]:
         """Per member, layer name -> activations; None where the stacked pass does not apply (probe one by one)."""
+        self.finite = None
         if self.exact is False or not stackable(models, inputs, layers):
             return None
-        stacked = stacked_probe(models, inputs, layers, batch_size)
+        stacked, finite = _stacked_probe(models, inputs, layers, batch_size)
         if self.exact is None:
             own = [probe(m, inputs, layers, batch_size, epoch=epoch) for m in models]
             self.exact = all(torch.equal(a[name], b[name]) for a, b in zip(own, stacked) for name in a)
             if not self.exact:
                 return own
+        self.finite = finite
         return stacked

@@ -224,8 +224,10 @@ class Recorder:
             else:
                 acts = probe(model, self._placed(i, here), self.layers, self.probe_batch_size, epoch=epoch)
             acts = {k: v.to(device) for k, v in acts.items()}
-            # One host sync per member (not per layer) on accelerators.
-            finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
+            if together is not None and self._stacked.finite is not None and self._stacked.finite[i]:
+                finite = [True] * len(acts)  # checked on the stacked pass
+            else:  # one host sync per member (not per layer) on accelerators
+                finite = torch.stack([torch.isfinite(a).all() for a in acts.values()]).tolist()
             for name, ok in zip(acts, finite):
                 if ok:
                     continue

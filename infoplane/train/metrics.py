@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from infoplane.capture.stacked import same_mlps, stacked_outputs
+from infoplane.capture.stacked import pad_rows, same_mlps, stacked_outputs
 
 _EVAL_CHUNK = 8192  # rows per forward pass when computing metrics; bounds memory on large sets
 
@@ -53,6 +53,7 @@ class MemberMetrics:
 
     def __init__(self) -> None:
         self.exact: bool | None = None
+        self._held: dict[str, tuple] = {}
 
     @torch.no_grad()
     def __call__(self, members: Sequence[nn.Module], loss_fn: Callable, inputs: torch.Tensor, labels: torch.Tensor,
@@ -63,17 +64,36 @@ class MemberMetrics:
         for prefix, sets in (("train", train_sets), ("test", test_sets)):
             if sets is None:
                 continue
-            rows = torch.stack([s.to(inputs.device) for s in sets])
-            outputs = stacked_outputs(members, inputs[rows])
-            if self.exact is None:
-                own = [m(inputs[r]) for m, r in zip(members, rows)]
+            x, y = self._gathered(prefix, inputs, labels, sets)
+            outputs = stacked_outputs(members, x)[:, :y.shape[1]]
+            if self.exact is None:  # against the members' own passes, on rows gathered as evaluate_members does
+                own = [m(inputs[s.to(inputs.device)]) for m, s in zip(members, sets)]
                 self.exact = all(torch.equal(a, b) for a, b in zip(own, outputs))
                 if not self.exact:
                     return evaluate_members(members, loss_fn, inputs, labels, train_sets, test_sets)
-            values = [_loss_and_accuracy_of(outputs[i], loss_fn, labels[rows[i]]) for i in range(len(members))]
-            out[f"{prefix}_loss"] = [v[0] for v in values]
-            out[f"{prefix}_acc"] = [v[1] for v in values]
+            n = y.shape[1]
+            # the mean as _loss_and_accuracy forms it (a chunk's mean times its rows, over the rows)
+            out[f"{prefix}_loss"] = [float(loss_fn(outputs[i], y[i])) * n / n for i in range(len(members))]
+            out[f"{prefix}_acc"] = _accuracies(outputs, y)
         return out
+
+    def _gathered(self, prefix: str, inputs: torch.Tensor, labels: torch.Tensor,
+                  sets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's rows of inputs [S, n', features] (zero rows appended, as :func:`stacked_outputs` would)
+        and labels [S, n, ...], gathered once and kept while the inputs, labels and index sets are the same
+        tensors, unmodified (fit passes the same ones every epoch)."""
+        key = (inputs, inputs._version, labels, labels._version, tuple(sets), tuple(s._version for s in sets))
+        held = self._held.get(prefix)
+        if held is not None and len(held[0]) == len(key) and all(a is b if isinstance(a, torch.Tensor) else a == b
+                                                                 for a, b in zip(held[0], key)):
+            return held[1]
+        rows = torch.stack([s.to(inputs.device) for s in sets])
+        flat = rows.reshape(-1)
+        # index_select: the same rows as advanced indexing, and on the CPU many times faster
+        x = pad_rows(inputs.index_select(0, flat).reshape(*rows.shape, *inputs.shape[1:]))
+        y = labels.index_select(0, flat.to(labels.device)).reshape(*rows.shape, *labels.shape[1:])
+        self._held[prefix] = (key, (x, y))
+        return x, y
 
     @staticmethod
     def _applies(members, inputs, train_sets, test_sets) -> bool:
@@ -89,14 +109,15 @@ class MemberMetrics:
         return p.device == inputs.device and p.dtype == inputs.dtype
 
 
-def _loss_and_accuracy_of(output: torch.Tensor, loss_fn: Callable, y: torch.Tensor) -> tuple[float, float]:
-    """Mean loss and accuracy of one chunk of outputs, as :func:`_loss_and_accuracy` computes them."""
-    n = len(y)
-    total_loss = float(loss_fn(output, y)) * n
-    if output.dim() < 2:
-        return total_loss / n, float("nan")
-    target = y if y.dim() == 1 else y.argmax(-1)
-    return total_loss / n, float((output.argmax(-1) == target).sum()) / n
+def _accuracies(outputs: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Per member, the fraction of its rows classified correctly, as :func:`_loss_and_accuracy` counts them
+    (outputs [S, n, classes], labels [S, n] or one-hot [S, n, classes]); NaN without a class axis. Counts are
+    integers, so one pass over all members gives each member's own count exactly."""
+    if outputs.dim() < 3:
+        return [float("nan")] * len(outputs)
+    target = y if y.dim() == 2 else y.argmax(-1)
+    correct = (outputs.argmax(-1) == target).sum(1).tolist()
+    return [c / outputs.shape[1] for c in correct]
 
 
 @torch.no_grad()
