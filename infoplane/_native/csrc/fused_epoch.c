@@ -22,6 +22,15 @@
 
 enum { ACT_IDENTITY = 0, ACT_TANH = 1, ACT_RELU = 2, ACT_SIGMOID = 3, ACT_LEAKY = 4, ACT_HARDTANH = 5 };
 
+/* p * r + c inside the exponentials' polynomials: one rounding where the CPU has FMA (half the operations of the
+ * elementwise activations' hottest loop), else two. The polynomials' truncation error stays below 0.1 ulp either
+ * way; the tests hold both builds within 1.5 ulp of the exact function. */
+#if defined(__FMA__)
+#define POLY(p, r, c) __builtin_fmaf((p), (r), (c))
+#else
+#define POLY(p, r, c) ((p) * (r) + (c))
+#endif
+
 /* e**x for float32 inputs, vectorisable: 2**n * e**r with |r| <= ln2/2, a degree-7 Taylor polynomial
  * (truncation < 0.1 ulp), and a two-part ln 2 so that r is exact. */
 static inline float ip_exp(float x) {
@@ -32,13 +41,13 @@ static inline float ip_exp(float x) {
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    p = POLY(p, r, 1.0f / 720.0f);
+    p = POLY(p, r, 1.0f / 120.0f);
+    p = POLY(p, r, 1.0f / 24.0f);
+    p = POLY(p, r, 1.0f / 6.0f);
+    p = POLY(p, r, 0.5f);
+    p = POLY(p, r, 1.0f);
+    p = POLY(p, r, 1.0f);
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -54,14 +63,14 @@ static inline float ip_expm1_positive(float x) {
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.0f / 40320.0f;
-    p = p * r + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
+    p = POLY(p, r, 1.0f / 5040.0f);
+    p = POLY(p, r, 1.0f / 720.0f);
+    p = POLY(p, r, 1.0f / 120.0f);
+    p = POLY(p, r, 1.0f / 24.0f);
+    p = POLY(p, r, 1.0f / 6.0f);
+    p = POLY(p, r, 0.5f);
     p = p * r;
-    float q = r + r * p;
+    float q = POLY(r, p, r);
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
