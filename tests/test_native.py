@@ -13,9 +13,9 @@ from infoplane._native import build as _native
 from infoplane._native import kernels
 from infoplane.estimators import binned_mi
 from infoplane.estimators._cpu import count_kernel
-from infoplane.train import fit, fused, fused_kernel
+from infoplane.train import fit, fused, fused_kernel, shuffle
 
-SOURCES = ("count_rows.c", "fused_epoch.c")
+SOURCES = ("count_rows.c", "fused_epoch.c", "shuffle.c")
 TINY = "int ip_one(void) { return 1; }\n"
 needs_compiler = pytest.mark.skipif(_native.compiler() is None, reason="no C compiler on this machine")
 
@@ -57,7 +57,9 @@ def fit_tiny(**kw):
 
 def test_the_sources_are_package_data_read_by_the_kernels():
     assert count_kernel.SOURCE == _native.source("count_rows.c")
-    assert fused_kernel.SOURCE == _native.source("fused_epoch.c")
+    # the fused library draws the epoch's orders with shuffle.c's code, compiled in front of its own
+    assert fused_kernel.SOURCE == _native.source("shuffle.c") + "\n" + _native.source("fused_epoch.c")
+    assert shuffle.SOURCE == _native.source("shuffle.c")
     assert "int ip_count_rows(" in count_kernel.SOURCE and "int ip_fused_epoch(" in fused_kernel.SOURCE
 
 
@@ -68,7 +70,8 @@ def test_the_sources_compile_without_warnings(tmp_path, name, openmp):
     project = count_kernel.FLAGS if name == "count_rows.c" else _native.FLAGS
     flags = (*project, *openmp, "-Wall", "-Wextra", "-Werror")
     src = tmp_path / name
-    src.write_text(_native.source(name))
+    src.write_text({"count_rows.c": count_kernel.SOURCE, "fused_epoch.c": fused_kernel.SOURCE,
+                    "shuffle.c": shuffle.SOURCE}[name])
     proc = subprocess.run([_native.compiler(), *flags, str(src), "-o", str(tmp_path / "k.so"), "-lm"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{name} with {' '.join(flags)}:\n{proc.stderr}"
@@ -92,6 +95,7 @@ def c_parameters(source, function):
     ("fused_epoch.c", "ip_fused_epoch", kernels.FUSED_EPOCH_ARGTYPES),
     ("fused_epoch.c", "ip_activate", kernels.ACTIVATE_ARGTYPES),
     ("fused_epoch.c", "ip_quantize", kernels.QUANTIZE_ARGTYPES),
+    ("shuffle.c", "ip_shuffle", kernels.SHUFFLE_ARGTYPES),
 ])
 def test_the_declared_argtypes_match_the_c_signatures(name, function, argtypes):
     wanted = c_parameters(_native.source(name), function)
@@ -327,7 +331,26 @@ def test_fused_epoch_passes_checked_arguments_in_the_c_order():
     assert name == "ip_fused_epoch" and len(args) == len(kernels.FUSED_EPOCH_ARGTYPES)
     assert args[:2] == (2, 2) and args[7] == kw["params"].data_ptr() and args[10] == kw["exp_avg_sq"].data_ptr()
     assert args[11:17] == (kw["inputs"].data_ptr(), kw["labels"].data_ptr(), 40, kw["order"].data_ptr(), 16, 8)
-    assert args[17] == 0 and args[18] == kw["hyper"].data_ptr() and args[20:] == (1, 1, None, None, None)
+    assert args[17] == 0 and args[18] == kw["hyper"].data_ptr()
+    assert args[20:] == (1, 1, None, None, None, None, None, None)
+
+
+def test_a_fused_epoch_that_draws_its_orders_checks_their_arrays():
+    lib = Uncallable()
+    kw = fused_args()
+    prepared = kernels.FusedEpoch(lib, **{k: v for k, v in kw.items() if k not in ("order", "step", "update")})
+    states = np.zeros((2, 624), dtype=np.uint32)
+    counters = np.ones((2, 2), dtype=np.int64)
+    rows = torch.zeros(2, 16, dtype=torch.int64)
+    assert prepared(kw["order"], kw["step"], True, draw=(states, counters, rows)) == 0
+    ((_, args),) = lib.calls
+    assert args[-3:] == (states.ctypes.data, counters.ctypes.data, rows.data_ptr())
+    with pytest.raises(ValueError, match="training epochs only"):
+        prepared(kw["order"], kw["step"], False, draw=(states, counters, rows))
+    with pytest.raises(ValueError, match="'draw rows' has shape"):
+        prepared(kw["order"], kw["step"], True, draw=(states, counters, rows[:, :5]))
+    with pytest.raises(TypeError, match="'draw states' has dtype"):
+        prepared(kw["order"], kw["step"], True, draw=(states.astype(np.int64), counters, rows))
 
 
 def test_a_prepared_fused_epoch_checks_what_changes_at_every_call():
@@ -344,8 +367,8 @@ def test_a_prepared_fused_epoch_checks_what_changes_at_every_call():
              torch.zeros(S, dtype=torch.float64))
     assert call(order, step, True, stats) == 0
     args = lib.calls[-1][1]
-    assert args[14] == order.data_ptr() and args[-3:] == tuple(t.data_ptr() for t in stats)
-    assert call(order, step, True, stats) == 0 and lib.calls[-1][1][-3:] == args[-3:]  # the same arrays again
+    assert args[14] == order.data_ptr() and args[-6:-3] == tuple(t.data_ptr() for t in stats)
+    assert call(order, step, True, stats) == 0 and lib.calls[-1][1][-6:-3] == args[-6:-3]  # the same arrays again
     stats[1].resize_(S, W + 1)  # checked before, changed since
     with pytest.raises(ValueError, match=r"'stats m2' has shape \[2, 31\]"):
         call(order, step, True, stats)

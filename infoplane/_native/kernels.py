@@ -35,11 +35,13 @@ COUNT_ROWS_ARGTYPES: ArgTypes = [_p, _i32, _i32, _i64, _i64, _i64,
 #                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
 #                    const float *X, const int64_t *Y, int64_t N, const int64_t *order, int64_t n, int64_t batch,
 #                    int opt, const double *hyper, double *step, int update_params, int threads,
-#                    double *stat_mean, double *stat_m2, double *stat_count)
+#                    double *stat_mean, double *stat_m2, double *stat_count,
+#                    uint32_t *mt_states, int64_t *mt_counters, const int64_t *rows)
 FUSED_EPOCH_ARGTYPES: ArgTypes = [_i32, _i32, _p, _p, _p,
                         _p, _p, _p, _p, _p, _p,
                         _p, _p, _i64, _p, _i64, _i64,
                         _i32, _p, ctypes.POINTER(ctypes.c_double), _i32, _i32,
+                        _p, _p, _p,
                         _p, _p, _p]
 
 # void ip_activate(int code, const float *p, const float *z, float *out, int64_t n)
@@ -62,7 +64,9 @@ def declare_counting(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def declare_fused(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Give the fused library's ``ip_fused_epoch``, ``ip_activate`` and ``ip_quantize`` their signatures."""
+    """Give the fused library's ``ip_fused_epoch``, ``ip_activate``, ``ip_quantize`` and ``ip_shuffle`` their
+    signatures."""
+    declare_shuffle(lib)
     lib.ip_fused_epoch.argtypes = FUSED_EPOCH_ARGTYPES
     lib.ip_fused_epoch.restype = ctypes.c_int
     lib.ip_activate.argtypes = ACTIVATE_ARGTYPES
@@ -309,13 +313,14 @@ class FusedEpoch:
                                  f"(now shape {list(v.shape)}); prepare a new FusedEpoch")
 
     def __call__(self, order: torch.Tensor, step: ctypes.c_double, update: bool = True,
-                 stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> int:
+                 stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 draw: tuple[np.ndarray, np.ndarray, torch.Tensor] | None = None) -> int:
         """Train one epoch (or, ``update=False``, compute the first minibatch's gradients only).
 
         Parameters
         ----------
         order : torch.Tensor
-            [S, n] int64: each seed's rows of ``inputs`` in training order.
+            [S, n] int64: each seed's rows of ``inputs`` in training order; written first where ``draw`` is given.
         step : ctypes.c_double
             The optimiser's step count, advanced by the number of minibatches.
         update : bool, default True
@@ -323,6 +328,10 @@ class FusedEpoch:
         stats : tuple of three torch.Tensor, optional
             Gradient statistics: (mean [S, W], m2 [S, W], count [S]) float64, W = :attr:`weights` per seed; every
             minibatch's weight gradients are added to these running moments (Welford; see the C source).
+        draw : tuple, optional
+            (states [S, 624] uint32, counters [S, 2] int64, rows [S, n] int64), as :func:`shuffle` takes them:
+            each seed's order is drawn into ``order`` inside the kernel, by the thread that trains it, before
+            training (``update`` must be True); the states and counters advance.
 
         Returns
         -------
@@ -336,7 +345,15 @@ class FusedEpoch:
             raise TypeError(f"{k}: argument 'step' must be a ctypes.c_double, not {type(step).__name__}")
         if not isinstance(order, torch.Tensor):
             raise TypeError(f"{k}: argument 'order' must be a torch.Tensor, not {type(order).__name__}")
-        o = _pointer(k, "order", order, ("int64",), (self.S, None))
+        o = _pointer(k, "order", order, ("int64",), (self.S, None), writable=draw is not None)
+        mt: tuple[int, int, int] | tuple[None, None, None] = (None, None, None)
+        if draw is not None:
+            if not update:
+                raise ValueError(f"{k}: orders are drawn for training epochs only (update=True)")
+            states, counters, rows = draw
+            mt = (_pointer(k, "draw states", states, ("uint32",), (self.S, 624), writable=True),
+                  _pointer(k, "draw counters", counters, ("int64",), (self.S, 2), writable=True),
+                  _pointer(k, "draw rows", rows, ("int64",), tuple(order.shape)))
         moments: tuple[int, int, int] | tuple[None, None, None] = (None, None, None)
         if stats is not None:
             held = self._stats
@@ -352,7 +369,7 @@ class FusedEpoch:
                 self._stats = (stats, moments, tuple(t.shape for t in stats))
         return self.lib.ip_fused_epoch(*self._args, o, order.shape[1], self.batch, self.optimizer,
                                        self._hyper, ctypes.byref(step), int(bool(update)), self.threads,
-                                       *moments)
+                                       *moments, *mt)
 
 
 def fused_epoch(lib: ctypes.CDLL, *, dims: torch.Tensor, acts: torch.Tensor, act_params: torch.Tensor,

@@ -24,6 +24,7 @@ from torch import nn
 from infoplane._native import kernels
 from infoplane.tracking.gradients import GradientRow
 from infoplane.train import fused_kernel
+from infoplane.train.shuffle import EpochOrders, as_orders
 from infoplane.train.spec import TrainSpec
 from infoplane.train.vectorized import swap_tensors
 
@@ -269,11 +270,11 @@ class FusedEngine:
         return held[3]
 
     def _call(self, order: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-              update: bool, stats: bool = False) -> None:
+              update: bool, stats: bool = False, draw: tuple | None = None) -> None:
         call = self._prepared(inputs, labels, batch_size)
         if order.dtype != torch.int64 or not order.is_contiguous():
             order = order.to(torch.int64).contiguous()
-        status = call(order, self.step, update, self._moments if stats else None)
+        status = call(order, self.step, update, self._moments if stats else None, draw)
         if status == -1:
             raise ValueError(f"a label is outside 0 .. {self.plan.dims[-1] - 1}")
         if status == -4:
@@ -281,11 +282,17 @@ class FusedEngine:
         if status != 0:
             raise RuntimeError(f"the fused training kernel failed (status {status})")
 
-    def train_epoch(self, orders: torch.Tensor | list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int, rngs: list[dict]) -> list[dict]:
+    def train_epoch(self, orders: EpochOrders | torch.Tensor | list[torch.Tensor], inputs: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, rngs: list[dict]) -> list[dict]:
         self._dirty = self._dirty or self._collect
-        self._call(orders if isinstance(orders, torch.Tensor) else torch.stack(orders), inputs, labels, batch_size, update=True, stats=self._collect)
-        return rngs  # no randomness inside these models' forward
+        drawn = orders.for_kernel(self.lib) if isinstance(orders, EpochOrders) else None
+        if drawn is not None:  # each seed's order drawn by the thread that trains it, in the same call
+            self._call(drawn[0], inputs, labels, batch_size, update=True, stats=self._collect, draw=drawn[1])
+            return rngs  # no randomness inside these models' forward
+        orders = as_orders(orders)
+        self._call(orders if isinstance(orders, torch.Tensor) else torch.stack(orders), inputs, labels, batch_size,
+                   update=True, stats=self._collect)
+        return rngs
 
     # -- gradient statistics ------------------------------------------------------------------------------------
 

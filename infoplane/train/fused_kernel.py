@@ -1,6 +1,7 @@
 """Build and load the fused ensemble training kernel (C, compiled once per machine, called through ctypes).
 
-The kernel (``infoplane/_native/csrc/fused_epoch.c``) trains an ensemble of small MLPs for one epoch in one call.
+The kernel (``infoplane/_native/csrc/fused_epoch.c``, compiled after ``shuffle.c``, whose draws of the epoch's row
+orders it can make itself) trains an ensemble of small MLPs for one epoch in one call.
 It is compiled and cached by :mod:`infoplane._native.build` (the system C compiler, ``-march=native``, a private
 cache under ``~/.cache/infoplane``) and called through :func:`infoplane._native.kernels.fused_epoch`. When no
 compiler works (or ``INFOPLANE_NO_NATIVE=1``, or the cache is not private), ``load()`` returns the reason as a
@@ -13,7 +14,8 @@ import ctypes
 from infoplane._native import build as _native
 from infoplane._native import kernels
 
-SOURCE = _native.source("fused_epoch.c")
+# One library: the epoch's orders are drawn inside the kernel, seed by seed, with shuffle.c's code.
+SOURCE = _native.source("shuffle.c") + "\n" + _native.source("fused_epoch.c")
 
 _LOADED: ctypes.CDLL | str | None = None
 

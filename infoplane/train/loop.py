@@ -240,7 +240,7 @@ def fit(
             grads.start(False)  # epoch 0: no minibatches
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
-        orders = epoch_orders()
+        orders = epoch_orders  # each engine draws them as it can (the fused kernel inside its call)
         if grads is None:
             rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
         else:

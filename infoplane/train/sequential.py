@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from infoplane.optim import SAM
+from infoplane.train.shuffle import EpochOrders, as_orders
 from infoplane.train.spec import TrainSpec
 from infoplane.train.state import cuda_devices, get_rng, set_rng
 
@@ -22,8 +23,9 @@ class SequentialEngine:
         self.announced = announced  # the reason was already printed (fit then says nothing more)
         self.optimizers = [spec.make_optimizer(m.parameters()) for m in members]
 
-    def train_epoch(self, orders: torch.Tensor | list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int, rngs: list[dict]) -> list[dict]:
+    def train_epoch(self, orders: EpochOrders | torch.Tensor | list[torch.Tensor], inputs: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, rngs: list[dict]) -> list[dict]:
+        orders = as_orders(orders)
         device = inputs.device
         new_rngs = []
         # Each member draws its in-forward randomness (dropout) from its own saved RNG state, so

@@ -67,6 +67,21 @@ def _matches_torch(lib: ctypes.CDLL) -> ctypes.CDLL | str:
     return lib
 
 
+_MATCHES: dict[str, bool] = {}
+
+
+def _library_matches(lib: ctypes.CDLL) -> bool:
+    """Whether another library built with ``shuffle.c`` draws as torch does here (checked once per library)."""
+    if lib._name not in _MATCHES:
+        _MATCHES[lib._name] = not isinstance(_matches_torch(lib), str)
+    return _MATCHES[lib._name]
+
+
+def as_orders(orders: EpochOrders | torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """An epoch's orders, drawn now where ``orders`` is the :class:`EpochOrders` that draws them."""
+    return orders() if isinstance(orders, EpochOrders) else orders
+
+
 def _unpack(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The twister's state words [S, 624] uint32 and counters [S, 2] int64 of generator states [S, 5056] uint8."""
     words = raw[:, _WORDS:_WORDS + 8 * _MT_N].copy().view(np.uint64).astype(np.uint32)
@@ -126,10 +141,7 @@ class EpochOrders:
             # index_select, not idx[perm]: the same rows, and on the CPU tens of times faster than advanced indexing
             return [idx.index_select(0, torch.randperm(len(idx), generator=g)).to(self.device)
                     for idx, g in zip(self.train_sets, self.generators)]
-        if not self.held:  # the generators were synced: they may have been read or drawn from since
-            self.raw = np.stack([g.get_state().numpy() for g in self.generators])
-            self.words, self.counters = _unpack(self.raw)
-            self.held = True
+        self._hold()
         S, n = self.idx.shape
         out = torch.empty(S, n, dtype=torch.int64)
         threads = max(1, min(torch.get_num_threads(), S)) if S * n >= _THREADED_DRAWS else 1
@@ -138,6 +150,22 @@ class EpochOrders:
         if status != 0:
             raise RuntimeError(f"the compiled shuffle failed (status {status})")
         return out.to(self.device)
+
+    def for_kernel(self, lib: ctypes.CDLL) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray, torch.Tensor]] | None:
+        """For a compiled library that draws the orders itself (the fused training kernel, compiled with
+        ``shuffle.c``): the [S, n] tensor to draw into and (states, counters, rows) to draw from, as
+        :func:`infoplane._native.kernels.shuffle` takes them. None on the torch route, or where ``lib``'s draws
+        do not match torch's (checked once per library); call the object instead then."""
+        if self.lib is None or self.device.type != "cpu" or not _library_matches(lib):
+            return None
+        self._hold()
+        return torch.empty(self.idx.shape, dtype=torch.int64), (self.words, self.counters, self.idx)
+
+    def _hold(self) -> None:
+        if not self.held:  # the generators were synced: they may have been read or drawn from since
+            self.raw = np.stack([g.get_state().numpy() for g in self.generators])
+            self.words, self.counters = _unpack(self.raw)
+            self.held = True
 
     def sync(self) -> None:
         """Write the held states back into the generators (a no-op on the torch route)."""

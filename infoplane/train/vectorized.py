@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from infoplane.train.shuffle import EpochOrders, as_orders
 from infoplane.train.spec import TrainSpec
 
 # Optimisers whose update of each parameter element depends only on that element's own gradient
@@ -45,8 +46,9 @@ class VectorizedEngine:
                 lambda name, b, i=i: buffers[name][i],
             )
 
-    def train_epoch(self, orders: torch.Tensor | list[torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor,
-                    batch_size: int, rngs: list[dict]) -> list[dict]:
+    def train_epoch(self, orders: EpochOrders | torch.Tensor | list[torch.Tensor], inputs: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, rngs: list[dict]) -> list[dict]:
+        orders = as_orders(orders)
         order = orders if isinstance(orders, torch.Tensor) else torch.stack(orders)
         # One gather per epoch; the minibatches are then views of it.
         epoch_inputs, epoch_labels = inputs[order], labels[order]

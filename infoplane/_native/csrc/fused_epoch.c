@@ -2,8 +2,9 @@
  * cross-entropy on class indices, Adam or plain SGD), in one call, the seeds shared among threads (torch's own
  * OpenMP threads when built with -fopenmp, see infoplane/_native/build.py; else pthreads started here).
  *
- * Built and loaded by infoplane/train/fused_kernel.py, called through infoplane._native.kernels.fused_epoch
- * (which checks the arguments; infoplane/train/fused.py states the layouts); the arithmetic is that of
+ * Built and loaded by infoplane/train/fused_kernel.py, compiled after shuffle.c (the epoch's orders can be drawn in
+ * here, seed by seed), called through infoplane._native.kernels.fused_epoch (which checks the arguments;
+ * infoplane/train/fused.py states the layouts); the arithmetic is that of
  * torch's own ops, term by term, so results agree with the autograd path to float32 rounding.
  * Compiled with -ffp-contract=off so that a*b+c is two roundings, as in torch's separate elementwise ops.
  *
@@ -446,6 +447,9 @@ struct job {
     int S, L, opt, update_params, status;
     int *next_seed; /* shared by the threads of one call */
     const int64_t *dims, *Y, *order;
+    uint32_t *mt_states; /* where not NULL: each seed's order is drawn here first, see ip_fused_epoch */
+    int64_t *mt_counters, *order_out;
+    const int64_t *rows;
     const int32_t *act, *quantised;
     const float *act_p, *quant, *X;
     float *P, *G, *M, *V;
@@ -469,6 +473,9 @@ static void *run_job(void *arg) {
     while (j->status == 0) {
         int s = __atomic_fetch_add(j->next_seed, 1, __ATOMIC_RELAXED);
         if (s >= j->S) break;
+        if (j->mt_states)
+            shuffle_one(j->mt_states + (int64_t)s * MT_N, j->mt_counters + 2 * s, j->mt_counters + 2 * s + 1,
+                        j->rows + s * j->n, j->order_out + s * j->n, j->n);
         double step = j->step0;
         for (int64_t start = 0; start < j->n && j->status == 0; start += j->batch) {
             int64_t Bc = j->n - start < j->batch ? j->n - start : j->batch;
@@ -499,14 +506,20 @@ static void *run_job(void *arg) {
  * Gradient statistics, where stat_mean is not NULL: every minibatch's weight gradients of seed s go into the
  * running moments stat_mean[s], stat_m2[s] ([S, W] float64, W weights per seed, layer by layer) and
  * stat_count[s] ([S] float64, the number of minibatches so far) by gradient_moments; NULL costs nothing.
- * Returns 0, -1 for a label out of range, -2 for unsupported sizes, -3 when memory runs out, -4 for a row of
- * order outside 0 .. N - 1 (X holds N rows). */
+ * The orders drawn here, where mt_states is not NULL: the thread that takes seed s first writes order[s] = rows[s]
+ * in the order torch.randperm(n) draws from seed s's generator (shuffle_one of shuffle.c, which this file is
+ * compiled after: mt_states [S, 624] and mt_counters [S, 2] as ip_shuffle takes them, advanced), so the draws are
+ * shared out with the training and each order is in that thread's cache when its training reads it.
+ * Returns 0, -1 for a label out of range, -2 for unsupported sizes or generator counters, -3 when memory runs
+ * out, -4 for a row of order outside 0 .. N - 1 (X holds N rows). */
 int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const float *act_p,
                    const int32_t *quantised, const float *quant, float *P, float *G, float *M, float *V,
-                   const float *X, const int64_t *Y, int64_t N, const int64_t *order, int64_t n, int64_t batch,
+                   const float *X, const int64_t *Y, int64_t N, int64_t *order, int64_t n, int64_t batch,
                    int opt, const double *hyper, double *step, int update_params, int threads,
-                   double *stat_mean, double *stat_m2, double *stat_count) {
+                   double *stat_mean, double *stat_m2, double *stat_count,
+                   uint32_t *mt_states, int64_t *mt_counters, const int64_t *rows) {
     if (L < 1 || L > 64 || batch < 1) return -2;
+    if (mt_states && (!update_params || !shuffle_counters_ok(S, n, mt_counters))) return -2;
     if (threads > S) threads = S;
     if (threads < 1) threads = 1;
     if (threads > 64) threads = 64;
@@ -515,8 +528,9 @@ int ip_fused_epoch(int S, int L, const int64_t *dims, const int32_t *act, const 
     int started[64] = {0};
     int next_seed = 0;
     for (int t = 0; t < threads; t++) {
-        struct job j = {S, L, opt, update_params, 0, &next_seed, dims, Y, order, act, quantised, act_p, quant, X,
-                        P, G, M, V, N, n, batch, hyper, *step, stat_mean, stat_m2, stat_count};
+        struct job j = {S, L, opt, update_params, 0, &next_seed, dims, Y, order, mt_states, mt_counters, order,
+                        rows, act, quantised, act_p, quant, X, P, G, M, V, N, n, batch, hyper, *step, stat_mean,
+                        stat_m2, stat_count};
         jobs[t] = j;
     }
 #ifdef _OPENMP

@@ -1,7 +1,8 @@
 /* Each seed's training rows in a random order, drawn as torch.randperm draws them on the CPU.
- * Built by infoplane/_native/build.py; called through infoplane._native.kernels.Shuffle, which checks the
- * arguments, and used by infoplane/train/shuffle.py, which checks on first use that these draws and the generator
- * states they leave are torch's own, bit for bit.
+ * Built by infoplane/_native/build.py, on its own and in front of fused_epoch.c (whose kernel draws each seed's order
+ * with shuffle_one in the thread that trains it); called through infoplane._native.kernels.shuffle, which checks
+ * the arguments, and used by infoplane/train/shuffle.py, which checks on first use that these draws and the
+ * generator states they leave are torch's own, bit for bit.
  *
  * torch.randperm(n, generator=g) on the CPU (for n below 2^32 / 20) fills r[i] = i, then for i = 0 .. n - 2 draws
  * one 32-bit number x from g's Mersenne twister (MT19937) and swaps r[i] with r[i + x % (n - i)]. Applied to a copy
@@ -56,12 +57,17 @@ static void shuffle_one(uint32_t *st, int64_t *left, int64_t *next, const int64_
  * which thread draws which seed. Returns 0, or -2 for unsupported sizes or
  * counters no generator has (left >= 1, next >= 0, left + next <= 625:
  * left counts down from 624 after a regeneration and next counts up from 0, one draw ahead of it). */
-int ip_shuffle(int S, int64_t n, uint32_t *states, int64_t *counters, const int64_t *idx, int64_t *out,
-               int threads) {
-    if (S < 0 || n < 0 || n >= (int64_t)(UINT32_MAX / 20)) return -2;
+static int shuffle_counters_ok(int S, int64_t n, const int64_t *counters) {
+    if (S < 0 || n < 0 || n >= (int64_t)(UINT32_MAX / 20)) return 0;
     for (int s = 0; s < S; s++)
         if (counters[2 * s] < 1 || counters[2 * s + 1] < 0 || counters[2 * s] + counters[2 * s + 1] > MT_N + 1)
-            return -2;
+            return 0;
+    return 1;
+}
+
+int ip_shuffle(int S, int64_t n, uint32_t *states, int64_t *counters, const int64_t *idx, int64_t *out,
+               int threads) {
+    if (!shuffle_counters_ok(S, n, counters)) return -2;
     if (threads < 1) threads = 1;
 #ifdef _OPENMP
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
