@@ -65,6 +65,19 @@ def test_statistics_equal_numpy_on_hand_collected_gradients(micro):
         assert row.snr == pytest.approx(mean_norm / std_norm, rel=1e-12)
 
 
+def test_statistics_are_the_same_without_a_one_call_copy_of_all_gradients(monkeypatch):
+    x, y = data()
+    rows = []
+    for one_call in (True, False):
+        if not one_call:  # a torch without torch._foreach_copy_: the gradients are copied one by one
+            monkeypatch.delattr(torch, "_foreach_copy_", raising=False)
+        net = make_net()
+        with GradientStats({"0": net[0], "2": net[2], "4": net[4]}) as stats:
+            train(net, x, y)
+        rows.append(stats.read())
+    assert rows[0] == rows[1]
+
+
 def test_a_new_period_starts_after_each_read_and_detach_stops_listening():
     x, y = data()
     net = make_net()

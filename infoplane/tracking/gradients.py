@@ -97,6 +97,16 @@ _BLOCK_BYTES = 8 << 20
 _BLOCK_ROWS = 64
 
 
+def _copy_all(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """dst[i].copy_(src[i]) for every i, in one operation where this torch has one."""
+    copy = getattr(torch, "_foreach_copy_", None)
+    if copy is not None:
+        copy(dst, src)
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
 class _Moments:
     """Element-wise count, mean and sum of squared deviations (M2) of one parameter's gradients, in float64.
 
@@ -110,15 +120,25 @@ class _Moments:
         self.mean: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None
         self._block: torch.Tensor | None = None
+        self._rows: tuple[torch.Tensor, ...] = ()
         self._used = 0
 
     def add(self, grad: torch.Tensor) -> None:
+        self.slot(grad).copy_(grad)
+        self.commit()
+
+    def slot(self, grad: torch.Tensor) -> torch.Tensor:
+        """Where the next sample goes (copy ``grad`` there, then :meth:`commit`)."""
         if self._block is None:
             rows = max(1, min(_BLOCK_ROWS, _BLOCK_BYTES // max(1, grad.numel() * grad.element_size())))
             self._block = torch.empty((rows, *grad.shape), dtype=grad.dtype, device=grad.device)
-        self._block[self._used].copy_(grad)
+            self._rows = self._block.unbind(0)  # one view per row, made once
+        return self._rows[self._used]
+
+    def commit(self) -> None:
+        """Count the sample copied into :meth:`slot`; a full block is merged."""
         self._used += 1
-        if self._used == self._block.shape[0]:
+        if self._block is not None and self._used == self._block.shape[0]:
             self.fold()
 
     def fold(self) -> None:
@@ -236,6 +256,7 @@ class GradientStats:
         if not ids:
             return
         stepped = set()
+        slots, grads, accs = [], [], []
         for pid in ids:
             grad = self._params[pid].grad
             if grad is None:
@@ -243,8 +264,14 @@ class GradientStats:
             acc = self._acc.get(pid)
             if acc is None:
                 acc = self._acc[pid] = _Moments()
-            acc.add(grad)
+            slots.append(acc.slot(grad))
+            grads.append(grad)
+            accs.append(acc)
             stepped.add(pid)
+        if slots:  # one copy operation for every tracked parameter of the step (the same values as one by one)
+            _copy_all(slots, grads)
+        for acc in accs:
+            acc.commit()
         for name, ps in self._layers.items():
             if any(id(p) in stepped for p in ps):
                 self._steps[name] += 1
