@@ -90,8 +90,14 @@ def finish(proc, wait_w):
     return err
 
 
+# `python -m infoplane.cli.main`, with Ctrl-C restored to Python's default handler first: a process started from a
+# shell's background job (`make test &` in a script) inherits SIGINT ignored, and Python then keeps it ignored.
+_CLI_WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "runpy.run_module('infoplane.cli.main', run_name='__main__', alter_sys=True)")
+
+
 def pausing_cmd(out):
-    return [sys.executable, "-m", "infoplane.cli.main", "track", PAUSING, "--fraction", "0.5", "--epochs", "6",
+    return [sys.executable, "-c", _CLI_WITH_CTRL_C, "track", PAUSING, "--fraction", "0.5", "--epochs", "6",
             "--seeds", "2", "--quiet", "--no-plot", "--schedule", "every:1", "--out", str(out)]
 
 
