@@ -2,9 +2,10 @@
 
 The C sources are package data in ``infoplane/_native/csrc/`` (read with :func:`source`): ``count_rows.c``, the
 counting kernel behind ``binned_mi``'s fixed grid and ``discrete_mi`` on the CPU, ``fused_epoch.c``, the fused
-MLP-ensemble training kernel, and ``shuffle.c``, which draws the seeds' epoch orders as ``torch.randperm`` does. :func:`build` compiles one with the system C compiler (``$CC``, else ``cc``,
-``gcc`` or ``clang``) into a shared library and loads it with ctypes, which releases the GIL while a kernel runs;
-:mod:`infoplane._native.kernels` calls it through typed, checked wrappers.
+MLP-ensemble training kernel, and ``shuffle.c``, which draws the seeds' epoch orders as ``torch.randperm`` does.
+:func:`build` compiles one with the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) into a shared
+library and loads it with ctypes, which releases the GIL while a kernel runs; :mod:`infoplane._native.kernels`
+calls it through typed, checked wrappers.
 
 The cache. Libraries are kept in ``$XDG_CACHE_HOME/infoplane`` (default ``~/.cache/infoplane``), created with
 mode 0700, under a name keyed by the source, the flags, the compiler's version, the machine and the CPU's feature

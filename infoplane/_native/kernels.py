@@ -415,8 +415,7 @@ def shuffle(lib: ctypes.CDLL, *, states: np.ndarray, counters: np.ndarray, idx: 
     Returns
     -------
     int
-        0, or -2 for unsupported sizes or counters no generator has
-        (see the C source).
+        0, or -2 for unsupported sizes or counters no generator has (see the C source).
     """
     k = "shuffle"
     st = _pointer(k, "states", states, ("uint32",), (None, 624), writable=True)

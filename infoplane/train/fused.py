@@ -288,11 +288,11 @@ class FusedEngine:
         drawn = orders.for_kernel(self.lib) if isinstance(orders, EpochOrders) else None
         if drawn is not None:  # each seed's order drawn by the thread that trains it, in the same call
             self._call(drawn[0], inputs, labels, batch_size, update=True, stats=self._collect, draw=drawn[1])
-            return rngs  # no randomness inside these models' forward
-        orders = as_orders(orders)
-        self._call(orders if isinstance(orders, torch.Tensor) else torch.stack(orders), inputs, labels, batch_size,
-                   update=True, stats=self._collect)
-        return rngs
+        else:
+            orders = as_orders(orders)
+            self._call(orders if isinstance(orders, torch.Tensor) else torch.stack(orders), inputs, labels,
+                       batch_size, update=True, stats=self._collect)
+        return rngs  # no randomness inside these models' forward
 
     # -- gradient statistics ------------------------------------------------------------------------------------
 

@@ -240,13 +240,13 @@ def fit(
             grads.start(False)  # epoch 0: no minibatches
         report(0)
     for epoch in range(start_epoch + 1, epochs + 1):
-        orders = epoch_orders  # each engine draws them as it can (the fused kernel inside its call)
+        # each engine draws the epoch's orders as it can (the fused kernel inside its call)
         if grads is None:
-            rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
+            rngs = engine.train_epoch(epoch_orders, inputs, labels, batch_size, rngs)
         else:
             grads.start(want_gradients(epoch))
             with grads:  # the optimiser hook lives for this epoch's steps only
-                rngs = engine.train_epoch(orders, inputs, labels, batch_size, rngs)
+                rngs = engine.train_epoch(epoch_orders, inputs, labels, batch_size, rngs)
         report(epoch)
         if checkpoint is not None and (epoch == epochs or checkpoint_every(epoch)):
             checkpoint(current_state(epoch))

@@ -82,17 +82,18 @@ class MemberMetrics:
         """Each member's rows of inputs [S, n', features] (zero rows appended, as :func:`stacked_outputs` would)
         and labels [S, n, ...], gathered once and kept while the inputs, labels and index sets are the same
         tensors, unmodified (fit passes the same ones every epoch)."""
-        key = (inputs, inputs._version, labels, labels._version, tuple(sets), tuple(s._version for s in sets))
+        tensors = (inputs, labels, *sets)
+        versions = [t._version for t in tensors]  # a counter every in-place change advances
         held = self._held.get(prefix)
-        if held is not None and len(held[0]) == len(key) and all(a is b if isinstance(a, torch.Tensor) else a == b
-                                                                 for a, b in zip(held[0], key)):
-            return held[1]
+        if held is not None and len(held[0]) == len(tensors) and all(a is b for a, b in zip(held[0], tensors)) \
+                and held[1] == versions:
+            return held[2]
         rows = torch.stack([s.to(inputs.device) for s in sets])
         flat = rows.reshape(-1)
         # index_select: the same rows as advanced indexing, and on the CPU many times faster
         x = pad_rows(inputs.index_select(0, flat).reshape(*rows.shape, *inputs.shape[1:]))
         y = labels.index_select(0, flat.to(labels.device)).reshape(*rows.shape, *labels.shape[1:])
-        self._held[prefix] = (key, (x, y))
+        self._held[prefix] = (tensors, versions, (x, y))
         return x, y
 
     @staticmethod

@@ -127,9 +127,7 @@ class EpochOrders:
         self.held = False
         if self.lib is not None:
             self.idx = torch.stack(self.train_sets).contiguous()
-            self.raw = np.stack([g.get_state().numpy() for g in self.generators])
-            self.words, self.counters = _unpack(self.raw)
-            self.held = True
+            self._hold()
 
     @property
     def compiled(self) -> bool:
@@ -162,7 +160,9 @@ class EpochOrders:
         return torch.empty(self.idx.shape, dtype=torch.int64), (self.words, self.counters, self.idx)
 
     def _hold(self) -> None:
-        if not self.held:  # the generators were synced: they may have been read or drawn from since
+        """Take the generators' states into the arrays the C code draws from (again after a :meth:`sync`: the
+        generators may have been read or drawn from since)."""
+        if not self.held:
             self.raw = np.stack([g.get_state().numpy() for g in self.generators])
             self.words, self.counters = _unpack(self.raw)
             self.held = True

@@ -51,12 +51,9 @@ static void shuffle_one(uint32_t *st, int64_t *left, int64_t *next, const int64_
     *next = k;
 }
 
-/* For each of S seeds: out[s] = idx[s] in the order torch.randperm(n) would give from the generator whose twister
- * is states[s] (624 words) with counters counters[s] = (left, next); the states and counters advance as torch's
- * would. Seeds are shared among `threads` threads (OpenMP where built with it); the result does not depend on
- * which thread draws which seed. Returns 0, or -2 for unsupported sizes or
- * counters no generator has (left >= 1, next >= 0, left + next <= 625:
- * left counts down from 624 after a regeneration and next counts up from 0, one draw ahead of it). */
+/* Whether every seed's counters are ones a generator can have (left >= 1, next >= 0, left + next <= 625: left
+ * counts down from 624 after a regeneration and next counts up from 0, one draw ahead of it), for a size torch
+ * draws this way. */
 static int shuffle_counters_ok(int S, int64_t n, const int64_t *counters) {
     if (S < 0 || n < 0 || n >= (int64_t)(UINT32_MAX / 20)) return 0;
     for (int s = 0; s < S; s++)
@@ -65,6 +62,10 @@ static int shuffle_counters_ok(int S, int64_t n, const int64_t *counters) {
     return 1;
 }
 
+/* For each of S seeds: out[s] = idx[s] in the order torch.randperm(n) would give from the generator whose twister
+ * is states[s] (624 words) with counters counters[s] = (left, next); the states and counters advance as torch's
+ * would. Seeds are shared among `threads` threads (OpenMP where built with it); the result does not depend on
+ * which thread draws which seed. Returns 0, or -2 for unsupported sizes or counters no generator has. */
 int ip_shuffle(int S, int64_t n, uint32_t *states, int64_t *counters, const int64_t *idx, int64_t *out,
                int threads) {
     if (!shuffle_counters_ok(S, n, counters)) return -2;
